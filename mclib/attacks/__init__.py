@@ -1,0 +1,10 @@
+"""Attacks, one file per idea.
+
+* :mod:`mclib.attacks.evasion` -- FGSM, PGD (L-inf / L2), the input-space paper's targeted
+  optimisation attack, and attacks that know a detector.
+* :mod:`mclib.attacks.backdoor` -- triggers, data poisoning (single-target, all-to-all), attack success
+  rate, and the error-injection attack of Zhao et al.
+
+Everything works in pixel space [0, 1] and on whole batches.
+"""
+from mclib.attacks.evasion import fgsm, pgd  # noqa: F401

