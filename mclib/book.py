@@ -115,6 +115,7 @@ def execute(nb: Path, out: Path, params: dict, root: Path, progress: bool = True
     try:
         pm.execute_notebook(str(root / nb), str(out), parameters=params, kernel_name=KERNEL,
                             cwd=str((root / nb).parent), progress_bar=progress, log_output=False)
+        _add_rerun_box(out, nb, params)
     except pm.PapermillExecutionError as err:
         raise NotebookFailed(f"{nb} failed at {_source_cell(out, err.cell_index)}: {err.ename}: {err.evalue}\n"
                              f"  the executed copy, with the traceback, is kept at {out}") from None
@@ -122,11 +123,51 @@ def execute(nb: Path, out: Path, params: dict, root: Path, progress: bool = True
 
 
 def _stage(root: Path, src: Path) -> None:
-    """Copy the book's sources (config, toc, prose pages) next to the executed notebooks."""
+    """Copy the book's sources (config, toc, prose pages) next to the executed notebooks, with MathJax."""
     src.mkdir(parents=True, exist_ok=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / name, src / name)
     shutil.copytree(root / "book", src / "book", dirs_exist_ok=True)
+    stage_mathjax(src / "_static" / "mathjax")
+
+
+def stage_mathjax(dest: Path) -> Path:
+    """Copy a local MathJax 3 (``tex-mml-chtml.js`` and its woff fonts) to ``dest``.
+
+    The files come from the ``django-static-mathjax`` wheel (MathJax 3.2.2 as plain static files, no
+    Django needed), so the built book renders mathematics without any internet access.
+    """
+    import mathjax
+
+    es5 = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
+    if not (es5 / "tex-mml-chtml.js").exists():
+        raise FileNotFoundError(f"MathJax not found at {es5}: reinstall the dependency django-static-mathjax")
+    fonts = Path("output") / "chtml" / "fonts" / "woff-v2"
+    (dest / fonts).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(es5 / "tex-mml-chtml.js", dest / "tex-mml-chtml.js")
+    shutil.copytree(es5 / fonts, dest / fonts, dirs_exist_ok=True)
+    return dest / "tex-mml-chtml.js"
+
+
+def rerun_box(nb: Path, params: dict) -> str:
+    """The markdown of the "rerun this page" box: the exact papermill command for this notebook."""
+    args = " ".join(f"-p {k} {v if v is not None else 'None'}" for k, v in params.items())
+    return (":::{admonition} Rerun this page\n:class: tip\n"
+            f"This page was executed by papermill with these parameters. To rerun it from the repository root:\n\n"
+            f"```bash\npapermill {nb.as_posix()} out.ipynb -k {KERNEL} {args}\n```\n\n"
+            f"or `python -m mclib.book build --only {nb.stem} --preset {params['preset']}` to rebuild it into the book.\n"
+            ":::")
+
+
+def _add_rerun_box(out: Path, nb: Path, params: dict) -> None:
+    import nbformat
+
+    executed = nbformat.read(out, as_version=4)
+    cell = nbformat.v4.new_markdown_cell(rerun_box(nb, params))
+    cell.metadata["tags"] = ["mclib-rerun-box"]
+    first_md = next((i for i, c in enumerate(executed.cells) if c.cell_type == "markdown"), -1)
+    executed.cells.insert(first_md + 1, cell)
+    nbformat.write(executed, out)
 
 
 def build_html(root: Path, build: Path) -> Path:

@@ -1,8 +1,13 @@
 """Shared fixtures: every test writes claims and caches into its own temporary folders."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+from mclib import book, claims
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +18,24 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MCLIB_CACHE", os.environ.get("MCLIB_TEST_CACHE", str(base / "cache")))
     torch.manual_seed(0)
     yield
+
+
+# One smoke build of the whole book (every notebook, then the strict HTML build) in a temporary
+# folder, shared by the notebook tests and the browser test.
+@pytest.fixture(scope="session")
+def smoke_build(tmp_path_factory):
+    base = tmp_path_factory.mktemp("smokebook")
+    old = {k: os.environ.get(k) for k in ("MCLIB_BUILD_DIR", "MCLIB_CACHE")}
+    os.environ["MCLIB_BUILD_DIR"] = str(base / "_build")
+    os.environ["MCLIB_CACHE"] = os.environ.get("MCLIB_TEST_CACHE", str(base / "cache"))
+    try:
+        result = book.build(preset="smoke", device="cpu", html=True, root=ROOT, progress=False)
+        result["claims"] = claims.load_all()
+        result["build"] = base / "_build"
+        yield result
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -4,35 +4,15 @@ This is the slow part of the suite (a few minutes): one smoke build of the whole
 tests below, in a temporary folder so the repository's own _build/ is untouched.
 """
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 
-from mclib import book, claims
+from mclib import book
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = [str(nb) for nb in book.notebooks(ROOT)]
-
-
-@pytest.fixture(scope="module")
-def smoke_build(tmp_path_factory):
-    base = tmp_path_factory.mktemp("smokebook")
-    old = {k: os.environ.get(k) for k in ("MCLIB_BUILD_DIR", "MCLIB_CACHE")}
-    os.environ["MCLIB_BUILD_DIR"] = str(base / "_build")
-    os.environ["MCLIB_CACHE"] = os.environ.get("MCLIB_TEST_CACHE", str(base / "cache"))
-    try:
-        result = book.build(preset="smoke", device="cpu", html=True, root=ROOT, progress=False)
-        result["claims"] = claims.load_all()
-        result["build"] = base / "_build"
-        yield result
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.mark.slow
