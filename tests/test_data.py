@@ -29,6 +29,11 @@ def test_split_is_deterministic_and_disjoint():
     assert not any(bytes(x.numpy().tobytes()) in flat for x in a[:200])
 
 
+def test_first_n_images_are_class_mixed():
+    _, y = data.load("mnist5k", "test", n=50)
+    assert len(set(y.tolist())) >= 8
+
+
 def test_n_and_bad_arguments():
     X, y = data.load("digits", "train", n=10)
     assert len(X) == len(y) == 10

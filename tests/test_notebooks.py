@@ -40,3 +40,19 @@ def test_html_index_links_every_chapter(smoke_build):
     for entry in book.toc_files(ROOT)[1:]:
         assert any(link.endswith(entry + ".html") for link in links), f"index does not link {entry}"
         assert (html.parent / (entry + ".html")).exists()
+
+
+@pytest.mark.slow
+def test_same_preset_and_seed_give_the_same_claims(smoke_build, tmp_path, monkeypatch):
+    """Rerun the first chapter from scratch (fresh build folder and model cache): identical claims JSON."""
+    from mclib import claims
+
+    chapter = "a1_real_paths"
+    first = {k: v for k, v in smoke_build["claims"].items() if v.get("chapter", "").endswith(chapter + ".ipynb")}
+    assert first, f"{chapter} recorded no claim"
+    monkeypatch.setenv("MCLIB_BUILD_DIR", str(tmp_path / "_build"))
+    monkeypatch.setenv("MCLIB_CACHE", str(tmp_path / "cache"))
+    book.build(preset="smoke", device="cpu", only=[chapter], html=False, root=ROOT, progress=False)
+    again = claims.load_all()
+    for cid, rec in first.items():
+        assert again[cid] == rec, f"claim {cid} differs between two identical runs"
