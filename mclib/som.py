@@ -1,0 +1,608 @@
+"""Internal codes read with self-organising maps (Lee & Vijayan, arXiv 2205.10952, claims B1-B3).
+
+The pipeline of the paper (its Sections 2-3):
+
+1. **Layer code.** A layer's output for input ``x`` is turned into a vector, its *code*:
+   a conv output ``(C, H, W)`` becomes the ``C`` channel means ``a_c = mean_{h,w} A[c, h, w]``
+   (:func:`vectorise`), a dense output is kept as it is. :func:`activations` collects the codes of
+   any ``nn.Module`` through forward hooks, batched and without gradients.
+2. **Self-organising map** (Kohonen 1982). A ``rows x cols`` grid of units with weights
+   ``w_k in R^D``. An input's *internal code* is its best-matching unit (BMU),
+   ``k*(a) = argmin_k ||a - w_k||_2`` (ties: lowest row-major index, as in MiniSom).
+   :func:`fit_som` trains with MiniSom's online rule (the default, ``backend="minisom"``) or with
+   mclib's batched PyTorch batch map (``backend="torch"``): each iteration assigns every input to its
+   BMU and sets ``w_k = sum_i h(k, k*_i) a_i / sum_i h(k, k*_i)`` with a Gaussian neighbourhood
+   ``h(k, l) = exp(-|g_k - g_l|^2 / (2 sigma_t^2))`` on the grid coordinates ``g`` and ``sigma_t``
+   decaying exponentially from ``sigma`` to ``sigma_end`` (Kohonen's batch map). Both give a
+   :class:`SOM`, whose BMU rule and errors are checked against MiniSom's in the tests.
+   ``benchmarks/bench_som.py`` measured the batch map at 1-2.2x MiniSom's speed at equal
+   quantisation/topographic error (5000 x 256 codes, 20 x 20 map, CPU), short of the 10x that would
+   justify replacing a well-kept library, so MiniSom is the default.
+3. **Code metrics** per layer (:func:`code_metrics`): distinct BMUs used, entropy of the BMU
+   distribution, class purity and mutual information I(BMU; label), within-class BMU spread on the
+   grid, quantisation error (mean distance to the BMU) and topographic error (share of inputs whose
+   best and second-best units are not grid neighbours). The paper's claim B1/B2: shallow layers map
+   inputs of different classes onto the same (homogeneous) codes, deep layers onto diverse,
+   class-specific ones.
+4. **Vulnerability** (claim B3, the paper's Section 3.3): per input, how homogeneous its shallow code
+   is (:func:`bmu_homogeneity`: label entropy and number of classes at its BMU) against the smallest
+   PGD radius that flips its prediction (:func:`minimal_eps`), with a bootstrap interval for the
+   Spearman correlation (:func:`spearman_ci`); per layer, the share of inputs whose BMU changes under
+   attack (:func:`bmu_change`).
+
+The paper does not specify SOM size, sigma, learning rate, iterations or the exact vectorisation;
+the choices here are arguments with defaults, and the chapter states which it used.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+REDUCTIONS = ("mean", "max", "flatten")
+BACKENDS = ("torch", "minisom")
+
+
+# --------------------------------------------------------------------------- layer codes
+def vectorise(out: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
+    """A layer output ``(N, ...)`` as codes ``(N, D)``.
+
+    ``(N, C, H, W)``: per-channel mean over ``H, W`` (``reduce="mean"``, the default), per-channel max
+    (``"max"``) or everything flattened (``"flatten"``); ``(N, C, L)`` likewise over ``L``;
+    ``(N, D)`` is kept as it is.
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"unknown reduce {reduce!r}; valid: {', '.join(REDUCTIONS)}")
+    if out.dim() < 2:
+        raise ValueError(f"layer output must be batched (N, ...), got shape {tuple(out.shape)}")
+    if out.dim() == 2 or reduce == "flatten":
+        return out.flatten(1)
+    spatial = tuple(range(2, out.dim()))
+    return out.mean(spatial) if reduce == "mean" else out.amax(spatial)
+
+
+def _body(model: nn.Module) -> tuple[str, nn.Module]:
+    """``("1.", body)`` for mclib models ``Sequential(Normalize, body)``, else ``("", model)``."""
+    from mclib.models import Normalize
+
+    if isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], Normalize):
+        return "1.", model[1]
+    return "", model
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Module names whose outputs make a sensible input-to-output sequence of codes.
+
+    * ResNets (a body with ``layer1``, ``layer2``, ...: mclib's CIFAR ResNet and torchvision's
+      ResNet-18): the stem (``stem``, or torchvision's ``relu`` after ``conv1``), every residual block
+      of every stage (the paper's "composite layers"), and the read-out ``fc``;
+    * a ``Sequential`` body (mclib's MLP, CNN, VGG): every ``ReLU`` and the last module (the logits);
+    * anything else: every ``ReLU`` module, or else the direct children.
+
+    Names are those of ``model.named_modules()``, usable as ``layers=`` in :func:`activations`.
+    """
+    prefix, body = _body(model)
+    names: list[str]
+    if all(hasattr(body, s) for s in ("layer1", "layer2", "layer3")):
+        names = ["stem"] if hasattr(body, "stem") else (["relu"] if hasattr(body, "relu") else [])
+        for stage in ("layer1", "layer2", "layer3", "layer4"):
+            if hasattr(body, stage):
+                names += [f"{stage}.{i}" for i in range(len(getattr(body, stage)))]
+        if hasattr(body, "fc"):
+            names.append("fc")
+    elif isinstance(body, nn.Sequential):
+        names = [str(i) for i, m in enumerate(body) if isinstance(m, nn.ReLU)] + [str(len(body) - 1)]
+    else:
+        names = [n for n, m in body.named_modules() if isinstance(m, nn.ReLU)] or [n for n, _ in body.named_children()]
+    return [prefix + n for n in names]
+
+
+@torch.no_grad()
+def activations(
+    model: nn.Module,
+    X: torch.Tensor,
+    layers: Sequence[str] | None = None,
+    batch_size: int = 256,
+    reduce: str = "mean",
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Codes ``{layer name: (N, D) float tensor on the CPU}`` of ``model`` for inputs ``X``.
+
+    A forward hook on each named module (``layers``, default :func:`default_layers`) vectorises its
+    output with :func:`vectorise` (channel means for conv outputs, the raw vector for dense ones).
+    Runs in eval mode, in batches of ``batch_size``, without gradients; a module called more than once
+    in one forward keeps its last output.
+    """
+    if len(X) == 0:
+        raise ValueError("X is empty")
+    layers = default_layers(model) if layers is None else list(layers)
+    modules = dict(model.named_modules())
+    missing = [n for n in layers if n not in modules]
+    if missing:
+        some = ", ".join(list(n for n in modules if n)[:12])
+        raise ValueError(f"layers {missing} are not modules of the model; names look like: {some}, ...")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    store: dict[str, torch.Tensor] = {}
+
+    def hook_for(name):
+        def hook(_mod, _inp, out):
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            store[name] = vectorise(out, reduce)
+        return hook
+
+    handles = [modules[n].register_forward_hook(hook_for(n)) for n in layers]
+    was = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    try:
+        for i in tqdm(range(0, len(X), batch_size), desc="activations", disable=not progress, leave=False):
+            store.clear()
+            model(X[i:i + batch_size].to(device))
+            for n in layers:
+                if n not in store:
+                    raise RuntimeError(f"layer {n!r} was not called in the model's forward pass")
+                parts[n].append(store[n].float().cpu())
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return {n: torch.cat(v) for n, v in parts.items()}
+
+
+# --------------------------------------------------------------------------- SOM
+def _grid(rows: int, cols: int) -> torch.Tensor:
+    """Grid coordinates ``(rows*cols, 2)`` of the units in row-major order (MiniSom's order)."""
+    ii, jj = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    return torch.stack([ii.flatten(), jj.flatten()], 1).float()
+
+
+def _sq_dists(X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``(N, K)``, clipped at 0 (the expanded form can go slightly negative)."""
+    return ((X * X).sum(1, keepdim=True) - 2 * X @ W.T + (W * W).sum(1)).clamp_min_(0)
+
+
+@dataclass
+class SOM:
+    """A fitted rectangular SOM: ``weights`` of shape ``(rows, cols, D)``; ``backend`` says who trained it.
+
+    Methods take codes ``X (N, D)`` and work in batches; unit indices are row-major ``k = i * cols + j``.
+    """
+
+    weights: torch.Tensor
+    backend: str = "torch"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.weights.shape[0]), int(self.weights.shape[1])
+
+    @property
+    def n_units(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def grid(self) -> torch.Tensor:
+        return _grid(*self.shape)
+
+    def _flat(self) -> torch.Tensor:
+        return self.weights.reshape(self.n_units, -1)
+
+    def _check(self, X: torch.Tensor) -> torch.Tensor:
+        X = torch.as_tensor(X, dtype=self.weights.dtype)
+        if X.dim() != 2 or X.shape[1] != self.weights.shape[2]:
+            raise ValueError(f"codes must be (N, {self.weights.shape[2]}), got {tuple(X.shape)}")
+        return X
+
+    def distances(self, X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Euclidean distances ``(N, K)`` from each code to each unit."""
+        X, W = self._check(X), self._flat()
+        return torch.cat([_sq_dists(X[i:i + chunk], W).sqrt_() for i in range(0, len(X), chunk)])
+
+    def bmu(self, X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Best-matching unit per code, ``argmin_k ||x - w_k||`` (first index on ties), as row-major ``k``."""
+        X, W = self._check(X), self._flat()
+        return torch.cat([_sq_dists(X[i:i + chunk], W).argmin(1) for i in range(0, len(X), chunk)])
+
+    def quantization_error(self, X: torch.Tensor) -> float:
+        """Mean distance from each code to its BMU's weight vector (MiniSom's definition)."""
+        X = self._check(X)
+        return float((X - self._flat()[self.bmu(X)]).norm(dim=1).mean())
+
+    def topographic_error(self, X: torch.Tensor, chunk: int = 4096) -> float:
+        """Share of codes whose best and second-best units are not grid neighbours (distance > 1.42,
+        so the 8 surrounding units count as neighbours, as in MiniSom's rectangular topology)."""
+        X, W, g = self._check(X), self._flat(), self.grid
+        if self.n_units < 2:
+            return float("nan")
+        top2 = torch.cat([_sq_dists(X[i:i + chunk], W).topk(2, dim=1, largest=False).indices
+                          for i in range(0, len(X), chunk)])
+        return float(((g[top2[:, 0]] - g[top2[:, 1]]).norm(dim=1) > 1.42).float().mean())
+
+
+def _pca_init(X: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Weights spread over the plane of the first two principal components, ±1 standard deviation."""
+    mean = X.mean(0)
+    Xc = X - mean
+    _, s, Vt = torch.linalg.svd(Xc[: min(len(X), 10000)], full_matrices=False)
+    std = s / math.sqrt(max(len(Xc[:10000]) - 1, 1))
+    v1 = Vt[0] * std[0]
+    v2 = Vt[1] * std[1] if len(std) > 1 else torch.zeros_like(v1)
+    a = torch.linspace(-1, 1, rows).view(rows, 1, 1)
+    b = torch.linspace(-1, 1, cols).view(1, cols, 1)
+    return mean + a * v1 + b * v2
+
+
+def _fit_torch(X: torch.Tensor, rows: int, cols: int, sigma: float, sigma_end: float, iterations: int,
+               init: str, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    N, D = X.shape
+    K = rows * cols
+    if init == "pca":
+        W = _pca_init(X, rows, cols).reshape(K, D)
+    elif init == "random":
+        W = X[torch.randint(0, N, (K,), generator=generator)].clone()
+    else:
+        raise ValueError(f"unknown init {init!r}; valid: pca, random")
+    X, W = X.to(device), W.to(device)
+    g = _grid(rows, cols).to(device)
+    gd2 = torch.cdist(g, g).pow(2)
+    for t in range(iterations):
+        s = sigma * (sigma_end / sigma) ** (t / max(iterations - 1, 1))
+        bmu = torch.cat([_sq_dists(X[i:i + 8192], W).argmin(1) for i in range(0, N, 8192)])
+        counts = torch.bincount(bmu, minlength=K).to(X.dtype)
+        sums = torch.zeros(K, D, dtype=X.dtype, device=device).index_add_(0, bmu, X)
+        H = torch.exp(-gd2 / (2 * s * s))
+        num, den = H @ sums, H @ counts
+        ok = den > 1e-12
+        W[ok] = num[ok] / den[ok, None]
+    return W.cpu().reshape(rows, cols, D)
+
+
+def _fit_minisom(X: np.ndarray, rows: int, cols: int, sigma: float, learning_rate: float, iterations: int,
+                 seed: int) -> np.ndarray:
+    from minisom import MiniSom
+
+    som = MiniSom(rows, cols, X.shape[1], sigma=sigma, learning_rate=learning_rate,
+                  neighborhood_function="gaussian", random_seed=seed,
+                  sigma_decay_function="inverse_decay_to_one", decay_function="inverse_decay_to_zero")
+    som.pca_weights_init(X)
+    som.train(X, iterations, random_order=True)
+    return som.get_weights()
+
+
+def fit_som(
+    X: torch.Tensor,
+    rows: int = 10,
+    cols: int = 10,
+    sigma: float | None = None,
+    sigma_end: float = 1.5,
+    iterations: int | None = None,
+    backend: str = "minisom",
+    learning_rate: float = 0.5,
+    init: str = "pca",
+    standardize: bool = True,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> SOM:
+    """Fit a ``rows x cols`` SOM to codes ``X (N, D)``.
+
+    ``backend="minisom"`` (the default; ``benchmarks/bench_som.py`` found mclib's own SOM less than
+    the 10x faster that would justify replacing it): MiniSom's online rule, ``iterations``
+    single-sample updates in random order (default ``2 * N``, two epochs), learning rate
+    ``learning_rate`` with inverse decay to zero and ``sigma`` (default ``max(rows, cols) / 2``) with
+    inverse decay to one, PCA initialisation, seeded by ``seed``.
+    ``backend="torch"``: Kohonen's batch map (see the module docstring), ``iterations`` full passes
+    (default 10), ``sigma`` decaying exponentially to ``sigma_end``, PCA (or ``"random"``-sample)
+    initialisation; runs on ``device``.
+
+    With ``standardize`` each code dimension is z-scored first (dimensions of a layer can differ in
+    scale by orders of magnitude); the returned SOM then lives in that standardised space, and
+    ``som.info["mean"], som.info["std"]`` hold the transform; map new codes with :func:`standardise`
+    before :meth:`SOM.bmu` (:func:`fit_layers` and :func:`bmu_change` do this for you).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    X = torch.as_tensor(X, dtype=torch.float32)
+    if X.dim() != 2 or len(X) < 2:
+        raise ValueError(f"codes must be (N >= 2, D), got {tuple(X.shape)}")
+    if rows < 1 or cols < 1 or rows * cols < 2:
+        raise ValueError(f"a SOM needs at least 2 units, got {rows}x{cols}")
+    sigma = max(rows, cols) / 2 if sigma is None else float(sigma)
+    info = {"rows": rows, "cols": cols, "sigma": sigma, "iterations": iterations, "seed": seed}
+    if standardize:
+        mean, std = X.mean(0), X.std(0).clamp_min(1e-8)
+        X = (X - mean) / std
+        info.update(mean=mean, std=std)
+    if iterations is None:
+        iterations = 10 if backend == "torch" else 2 * len(X)
+    info["iterations"] = iterations
+    if backend == "torch":
+        gen = torch.Generator().manual_seed(seed)
+        W = _fit_torch(X, rows, cols, sigma, min(sigma_end, sigma), iterations, init, gen, torch.device(device))
+        info.update(sigma_end=sigma_end, init=init)
+    else:
+        W = torch.as_tensor(_fit_minisom(X.double().numpy(), rows, cols, sigma, learning_rate, iterations, seed),
+                            dtype=torch.float32)
+        info.update(learning_rate=learning_rate)
+    return SOM(W, backend, info)
+
+
+def standardise(som: SOM, X: torch.Tensor) -> torch.Tensor:
+    """Codes in the space ``som`` was fitted in (z-scored with the fit's mean/std, if it used any)."""
+    X = torch.as_tensor(X, dtype=torch.float32)
+    if "mean" in som.info:
+        return (X - som.info["mean"]) / som.info["std"]
+    return X
+
+
+# --------------------------------------------------------------------------- metrics
+def _entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Shannon entropy in bits along ``dim`` of (unnormalised, non-negative) weights ``p``."""
+    p = p / p.sum(dim, keepdim=True).clamp_min(1e-300)
+    return -(p * torch.log2(p.clamp_min(1e-300))).sum(dim)
+
+
+def contingency(bmus: torch.Tensor, labels: torch.Tensor, n_units: int, n_classes: int | None = None) -> torch.Tensor:
+    """Counts ``(n_units, n_classes)``: how many inputs of each class have each unit as BMU."""
+    bmus, labels = torch.as_tensor(bmus).long(), torch.as_tensor(labels).long()
+    if bmus.shape != labels.shape:
+        raise ValueError(f"bmus and labels differ in shape: {tuple(bmus.shape)} vs {tuple(labels.shape)}")
+    n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
+    return torch.bincount(bmus * n_classes + labels, minlength=n_units * n_classes).view(n_units, n_classes).double()
+
+
+def code_metrics(bmus: torch.Tensor, labels: torch.Tensor, grid: torch.Tensor, n_classes: int | None = None) -> dict[str, float]:
+    """How inputs spread over a SOM's units, and how much the units say about the label.
+
+    With counts ``n(k, c)`` (:func:`contingency`), ``p(k) = n(k)/N``:
+
+    * ``units_used``: number of distinct BMUs; ``bmu_entropy`` ``H(K)`` in bits and
+      ``bmu_entropy_norm`` ``H(K) / log2(n_units)``;
+    * ``purity``: ``sum_k max_c n(k, c) / N`` (1 when every unit holds one class);
+    * ``mi``: mutual information ``I(K; Y) = H(Y) - H(Y|K)`` in bits, and ``nmi = I / H(Y)``;
+    * ``label_entropy_at_bmu``: ``H(Y|K)``, the mean label entropy at an input's BMU;
+    * ``within_class_spread``: mean grid distance of an input's BMU to the centroid of its class's
+      BMUs (grid units; 0 when each class sits on one unit).
+    """
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    n = contingency(bmus, labels, len(grid), n_classes)
+    N = n.sum()
+    pk, py = n.sum(1), n.sum(0)
+    h_y = float(_entropy(py))
+    h_y_given_k = float((pk / N * _entropy(n, 1)).sum())
+    mi = h_y - h_y_given_k
+    labels = torch.as_tensor(labels).long()
+    pos = grid[torch.as_tensor(bmus).long()]
+    centroid = (n.T @ grid) / py.clamp_min(1)[:, None]  # (classes, 2)
+    spread = float((pos - centroid[labels]).norm(dim=1).mean())
+    used = int((pk > 0).sum())
+    h_k = float(_entropy(pk))
+    return {
+        "units_used": used,
+        "bmu_entropy": h_k,
+        "bmu_entropy_norm": h_k / math.log2(len(grid)) if len(grid) > 1 else 0.0,
+        "purity": float(n.max(1).values.sum() / N),
+        "mi": mi,
+        "nmi": mi / h_y if h_y > 0 else 0.0,
+        "label_entropy_at_bmu": h_y_given_k,
+        "within_class_spread": spread,
+    }
+
+
+def bmu_homogeneity(bmus: torch.Tensor, labels: torch.Tensor, n_units: int, n_classes: int | None = None,
+                    query: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per input, how homogeneous its code is: label statistics of the inputs sharing its BMU.
+
+    The unit statistics come from ``(bmus, labels)`` (the SOM's fitting set); they are read at
+    ``query`` BMUs (default: ``bmus``). Returns ``label_entropy`` (bits; high = many classes share
+    the code, i.e. a homogeneous, class-unspecific code), ``n_classes`` (classes present at the unit)
+    and ``hits`` (inputs at the unit).
+    """
+    n = contingency(bmus, labels, n_units, n_classes)
+    q = torch.as_tensor(bmus if query is None else query).long()
+    return {"label_entropy": _entropy(n, 1)[q].float(), "n_classes": (n > 0).sum(1)[q],
+            "hits": n.sum(1)[q].long()}
+
+
+@dataclass
+class LayerCodes:
+    """Codes of one model: per-layer SOMs, BMUs and metrics (a ``pandas.DataFrame``, layers in order)."""
+
+    layers: list[str]
+    soms: dict[str, SOM]
+    bmus: dict[str, torch.Tensor]
+    metrics: "object"  # pandas.DataFrame
+
+
+def fit_layers(acts: Mapping[str, torch.Tensor], labels: torch.Tensor, progress: bool = False, **som_kw) -> LayerCodes:
+    """Fit one SOM per layer (:func:`fit_som` with ``som_kw``) and compute :func:`code_metrics` plus
+    quantisation and topographic error for each; returns a :class:`LayerCodes`."""
+    import pandas as pd
+
+    labels = torch.as_tensor(labels).long()
+    n_classes = int(labels.max()) + 1
+    soms, bmus, rows = {}, {}, []
+    for depth, (name, A) in enumerate(tqdm(acts.items(), desc="SOMs", disable=not progress, leave=False)):
+        if len(A) != len(labels):
+            raise ValueError(f"layer {name!r} has {len(A)} codes but there are {len(labels)} labels")
+        som = fit_som(A, **som_kw)
+        Z = standardise(som, A)
+        b = som.bmu(Z)
+        soms[name], bmus[name] = som, b
+        rows.append({"layer": name, "depth": depth, "dim": int(A.shape[1]),
+                     **code_metrics(b, labels, som.grid, n_classes),
+                     "quantization_error": som.quantization_error(Z), "topographic_error": som.topographic_error(Z)})
+    return LayerCodes(list(acts), soms, bmus, pd.DataFrame(rows).set_index("layer"))
+
+
+# --------------------------------------------------------------------------- vulnerability
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def minimal_eps(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps_max: float,
+    resolution: int = 64,
+    steps: int = 10,
+    norm: str = "linf",
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Smallest PGD radius that flips each input's prediction, by binary search on ``eps``.
+
+    The search runs on the grid ``eps_j = eps_max * j / resolution``: every bisection step attacks
+    every still-open input once with ``mclib.attacks.pgd`` (``steps`` steps, random start),
+    grouping inputs that share the same midpoint into one batched call, so the work is
+    ``N * log2(resolution)`` attacks. Returns ``(N,)`` radii: 0 for inputs already misclassified,
+    ``inf`` for inputs PGD cannot flip at ``eps_max``; otherwise the smallest grid radius found
+    to flip (accurate to ``eps_max / resolution``, assuming success is monotone in eps).
+    """
+    from mclib.attacks import pgd
+
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+    if eps_max <= 0 or resolution < 1:
+        raise ValueError(f"need eps_max > 0 and resolution >= 1, got {eps_max}, {resolution}")
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    was = model.training
+    model.eval()
+
+    def flips(idx: torch.Tensor, j: int) -> torch.Tensor:
+        adv = pgd(model, x[idx], y[idx], eps=eps_max * j / resolution, steps=steps, norm=norm, generator=generator)
+        return _predict(model, adv) != y[idx]
+
+    out = torch.full((len(x),), float("inf"))
+    wrong = (_predict(model, x) != y).cpu()
+    out[wrong] = 0.0
+    open_ = (~wrong).nonzero().flatten()
+    hit = flips(open_.to(device), resolution).cpu() if len(open_) else torch.zeros(0, dtype=torch.bool)
+    lo = torch.zeros(len(x), dtype=torch.long)          # known not to flip (index 0: clean input)
+    hi = torch.full((len(x),), resolution, dtype=torch.long)  # known to flip
+    todo = open_[hit]
+    todo = todo[hi[todo] - lo[todo] > 1]
+    bar = tqdm(total=max(1, math.ceil(math.log2(resolution))), desc="eps search", disable=not progress, leave=False)
+    while len(todo):
+        mid = (lo[todo] + hi[todo]) // 2
+        for j in mid.unique().tolist():
+            sel = todo[mid == j]
+            f = flips(sel.to(device), j).cpu()
+            hi[sel[f]] = j
+            lo[sel[~f]] = j
+        todo = todo[hi[todo] - lo[todo] > 1]
+        bar.update(1)
+    bar.close()
+    model.train(was)
+    done = open_[hit]
+    out[done] = hi[done].float() * eps_max / resolution
+    return out
+
+
+def bmu_change(model: nn.Module, X: torch.Tensor, X_adv: torch.Tensor, codes: LayerCodes,
+               batch_size: int = 256, reduce: str = "mean") -> dict[str, float]:
+    """Per layer, the share of inputs whose BMU differs between ``X`` and its attacked copy ``X_adv``
+    (both mapped through the layer's SOM from ``codes``)."""
+    if X.shape != X_adv.shape:
+        raise ValueError(f"X and X_adv differ in shape: {tuple(X.shape)} vs {tuple(X_adv.shape)}")
+    a = activations(model, X, codes.layers, batch_size, reduce)
+    b = activations(model, X_adv, codes.layers, batch_size, reduce)
+    out = {}
+    for n in codes.layers:
+        som = codes.soms[n]
+        out[n] = float((som.bmu(standardise(som, a[n])) != som.bmu(standardise(som, b[n]))).float().mean())
+    return out
+
+
+def spearman_ci(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Spearman's rho between ``a`` and ``b`` with a percentile bootstrap interval over pairs.
+
+    Ranks use average ties (so ``inf`` entries tie at the top). Returns ``(rho, low, high)``.
+    """
+    from scipy.stats import rankdata
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 3:
+        raise ValueError(f"need two 1-D arrays of equal length >= 3, got {a.shape} and {b.shape}")
+
+    def rho(ra, rb):
+        ra = ra - ra.mean(-1, keepdims=True)
+        rb = rb - rb.mean(-1, keepdims=True)
+        den = np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
+        return np.where(den > 0, (ra * rb).sum(-1) / np.where(den > 0, den, 1), np.nan)
+
+    r = float(rho(rankdata(a), rankdata(b)))
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    boots = rho(rankdata(a[idx], axis=1), rankdata(b[idx], axis=1))
+    lo, hi = np.nanquantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return r, float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- plots
+def plot_layer_metrics(tables: Mapping[str, "object"], metrics: Iterable[str] = ("purity", "nmi", "bmu_entropy_norm",
+                       "within_class_spread", "quantization_error", "topographic_error"), axes=None):
+    """Per-layer metric curves, input to output, one line per model (``tables``: name -> metrics frame)."""
+    import matplotlib.pyplot as plt
+
+    metrics = list(metrics)
+    if axes is None:
+        cols = 3
+        _, axes = plt.subplots((len(metrics) + cols - 1) // cols, cols, figsize=(10, 3.0 * ((len(metrics) + 2) // 3)),
+                               constrained_layout=True, squeeze=False)
+    axes = np.asarray(axes).ravel()
+    for ax, m in zip(axes, metrics):
+        for name, t in tables.items():
+            depth = np.linspace(0, 1, len(t)) if len(t) > 1 else np.zeros(1)
+            ax.plot(depth, t[m].to_numpy(), "o-", label=name, ms=4)
+        ax.set_title(m.replace("_", " "))
+        ax.set_xlabel("relative depth (0 = first layer, 1 = logits)")
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    axes[0].legend()
+    return axes
+
+
+def plot_som_map(ax, som: SOM, bmus: torch.Tensor, labels: torch.Tensor, n_classes: int | None = None, title: str = ""):
+    """A SOM's grid: each unit coloured by its majority class (opacity = purity), with its hit count."""
+    import matplotlib.pyplot as plt
+
+    rows, cols = som.shape
+    n = contingency(bmus, labels, som.n_units, n_classes).numpy()
+    hits = n.sum(1)
+    cmap = plt.get_cmap("tab10")
+    img = np.ones((rows, cols, 4))
+    for k in range(som.n_units):
+        if hits[k] > 0:
+            c = np.array(cmap(int(n[k].argmax()) % 10))
+            c[3] = 0.25 + 0.75 * n[k].max() / hits[k]
+            img[k // cols, k % cols] = c
+    ax.imshow(img, interpolation="nearest")
+    for k in range(som.n_units):
+        if hits[k] > 0:
+            ax.text(k % cols, k // cols, int(hits[k]), ha="center", va="center", fontsize=6)
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.grid(False)
+    ax.set_title(title)
+    return ax
+
+
+def class_legend(fig, n_classes: int = 10, **kw):
+    """A figure legend with the class colours used by :func:`plot_som_map`."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    cmap = plt.get_cmap("tab10")
+    handles = [Patch(color=cmap(c % 10), label=str(c)) for c in range(n_classes)]
+    kw.setdefault("loc", "outside lower center")
+    kw.setdefault("ncols", n_classes)
+    kw.setdefault("title", "majority class")
+    return fig.legend(handles=handles, **kw)
