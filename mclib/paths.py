@@ -1,0 +1,865 @@
+"""Input-space paths: linear and piecewise-linear paths for many pairs at once, barrier metrics, bypass.
+
+Vrabel, Shem-Ur, Oz & Krueger, *Input space mode connectivity in deep neural networks* (ICLR 2025,
+arXiv 2409.05800), section 3. A *mode* is an input of low cross-entropy toward a class. Between two
+inputs ``A`` and ``C`` the *linear path* is
+
+    x(a) = (1 - a) A + a C,   a in [0, 1],
+
+and ``L(a)`` is the cross-entropy of the model's output at ``x(a)`` toward the pair's class. The
+*barrier max* is ``max_a L(a)``; the *barrier gap* is ``max_a L(a) - max(L(0), L(1))``. A pair is
+*connected* (barrier-free) along a path when the gap is at most a small tolerance.
+
+*Bypass* (section 3.2): take the max-loss point ``B`` of a segment and move it to ``B'`` by Adam on
+
+    CE(f(x), y) + 0.1 * MSE(x - B) + 1e-8 * TV(x - B),     lr 0.005, 1024 iterations,
+
+with the gradient projected orthogonal to the segment direction ``C - A`` so the point stays on the
+hyperplane through ``B`` orthogonal to the segment. The path becomes ``A -> B' -> C``; the procedure
+is repeated on every segment that still has a barrier. For untrained networks the paper optimises ``B``
+freely (Adam lr 0.05, stop at CE < 5e-4): :func:`bypass_free`.
+
+Everything is batched: all pairs and all path points go through the model in a few large forward
+passes (:func:`linear_losses`), and every segment of every pair that needs a bend is optimised in one
+batch (:func:`bypass`). Inputs live in pixel space [0, 1]; optimisation clamps to [0, 1] by default
+(``clamp=True``) and ``clamp=False`` gives the unconstrained optimisation of the paper.
+
+Conventions of this module: ``MSE(v)`` is the mean of ``v**2`` over the pixels of one input;
+``TV(v)`` is the anisotropic total variation, the *sum* of absolute differences of horizontally and
+vertically adjacent pixels of one input. Each input's objective is independent of the others in the
+batch (losses are summed over the batch, and Adam is elementwise), so a batched run equals one input at
+a time up to floating-point rounding.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "alphas", "linear_losses", "Barrier", "barrier", "path_losses", "segment_losses",
+    "BypassResult", "bypass", "bypass_free", "InterpolatedModes", "interpolated_modes", "total_variation",
+    "Adam", "project_box_hyperplane", "plot_loss_curves", "plot_barrier_hist", "plot_path_images",
+    "same_class_pairs", "PairStudy", "study_pairs", "interpolated_pairs",
+]
+
+#: Input scalars (float32) per forward chunk in :func:`linear_losses`, by device type. On a CPU a
+#: convolutional net's cost per input is lowest at moderate batches (activations stay in cache: about 64
+#: MNIST images), on a GPU large batches fill the device.
+CHUNK_BUDGET = {"cpu": 2 ** 16, "cuda": 2 ** 23, "mps": 2 ** 21}
+
+
+# ----------------------------------------------------------------------------------------- checks
+def _model_device(model: nn.Module, device=None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _check_images(name: str, X: torch.Tensor) -> None:
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}")
+    if X.dim() < 2:
+        raise ValueError(f"{name} must have a leading pair dimension, shape (P, C, H, W); got shape {tuple(X.shape)}")
+    if not X.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor in [0, 1], got dtype {X.dtype}")
+    if torch.isnan(X).any():
+        raise ValueError(f"{name} contains NaN values ({int(torch.isnan(X).sum())} of {X.numel()})")
+
+
+def _check_pair(A: torch.Tensor, C: torch.Tensor) -> None:
+    _check_images("A", A)
+    _check_images("C", C)
+    if A.shape != C.shape:
+        raise ValueError(f"A and C must have the same shape (P, C, H, W); got A {tuple(A.shape)} and C {tuple(C.shape)}")
+
+
+def _targets(target, P: int) -> torch.Tensor:
+    """``target`` as an int64 tensor of shape (P,) (a scalar int is broadcast)."""
+    if isinstance(target, torch.Tensor):
+        t = target.detach().cpu()
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
+        t = t.long()
+        if t.dim() == 0:
+            t = t.expand(P)
+    elif isinstance(target, (int,)) and not isinstance(target, bool):
+        t = torch.full((P,), int(target), dtype=torch.long)
+    else:
+        try:
+            t = torch.as_tensor(list(target), dtype=torch.long)
+        except (TypeError, ValueError):
+            raise TypeError(f"target must be an int or a sequence/tensor of ints, got {type(target).__name__}") from None
+    if t.shape != (P,):
+        raise ValueError(f"target must have shape ({P},) (one class per pair) or be a scalar; got shape {tuple(t.shape)}")
+    if (t < 0).any():
+        raise ValueError(f"target holds negative class indices: {t[t < 0].unique().tolist()}")
+    return t.contiguous()
+
+
+def _check_range(target: torch.Tensor, num_classes: int) -> None:
+    bad = target >= num_classes
+    if bad.any():
+        raise ValueError(
+            f"target class(es) {target[bad].unique().tolist()} out of range: the model outputs {num_classes} classes "
+            f"(valid targets 0..{num_classes - 1})")
+
+
+class _Eval:
+    """Context manager: the model in eval mode (restored afterwards)."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.was = model, model.training
+
+    def __enter__(self):
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        self.model.train(self.was)
+        return False
+
+
+def _default_chunk(per_input: int, device: torch.device) -> int:
+    budget = CHUNK_BUDGET.get(torch.device(device).type, CHUNK_BUDGET["cpu"])
+    return int(min(8192, max(16, budget // max(1, per_input))))
+
+
+# ------------------------------------------------------------------------------------ linear paths
+def alphas(num_points: int) -> torch.Tensor:
+    """The ``num_points`` path positions ``a = linspace(0, 1, num_points)`` (float32)."""
+    if int(num_points) < 2:
+        raise ValueError(f"num_points must be at least 2 (both endpoints), got {num_points}")
+    return torch.linspace(0.0, 1.0, int(num_points))
+
+
+@torch.no_grad()
+def _ce_points(model, A, D, a, target, chunk_size, device, progress, desc="path"):
+    """Cross-entropy at A[p] + a[p, t] * D[p] for all p, t; A, D on device, a (P, T) on device.
+
+    Returns (P, T) on the CPU. Chunks are taken over the flattened (pair, point) grid.
+    """
+    P, T = a.shape
+    shape = A.shape[1:]
+    per = int(torch.tensor(shape).prod())
+    chunk = int(chunk_size) if chunk_size else _default_chunk(per, device)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    flat_a = a.reshape(-1)
+    pair_idx = torch.arange(P, device=device).repeat_interleave(T)
+    tgt = target.to(device)
+    out = torch.empty(P * T, dtype=torch.float32)
+    starts = range(0, P * T, chunk)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=desc, leave=False)
+    checked = False
+    with _Eval(model):
+        for s in starts:
+            idx = pair_idx[s:s + chunk]
+            w = flat_a[s:s + chunk].view(-1, *([1] * len(shape)))
+            x = torch.addcmul(A[idx], w, D[idx])
+            logits = model(x)
+            if not checked:
+                if logits.dim() != 2:
+                    raise ValueError(f"the model must output (N, num_classes) logits; got shape {tuple(logits.shape)}")
+                _check_range(target, logits.shape[1])
+                checked = True
+            out[s:s + chunk] = F.cross_entropy(logits.float(), tgt[idx], reduction="none").cpu()
+    return out.view(P, T)
+
+
+def linear_losses(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, num_points: int = 64,
+                  chunk_size: int | None = None, device=None, progress: bool = False) -> torch.Tensor:
+    """Cross-entropy along the linear paths ``x(a) = (1-a) A + a C`` of P pairs at once (paper section 3.1).
+
+    ``A``, ``C``: (P, C, H, W) inputs in [0, 1]; ``target``: (P,) int64 class per pair (a scalar int is
+    broadcast). Returns ``L`` of shape (P, num_points) on the CPU with ``L[p, t]`` the cross-entropy toward
+    ``target[p]`` at ``a = alphas(num_points)[t]``. All P * T inputs go through the model in chunks of
+    ``chunk_size`` inputs (default: :data:`CHUNK_BUDGET` input scalars per forward pass for the device) on the
+    model's device (or ``device``); the model runs in eval mode without gradients.
+    """
+    _check_pair(A, C)
+    P = A.shape[0]
+    tgt = _targets(target, P)
+    dev = _model_device(model, device)
+    A_ = A.to(dev, torch.float32)
+    D = C.to(dev, torch.float32) - A_
+    a = alphas(num_points).to(dev).expand(P, -1)
+    return _ce_points(model, A_, D, a, tgt, chunk_size, dev, progress, desc="linear paths")
+
+
+# ------------------------------------------------------------------------------------ barrier
+@dataclass
+class Barrier:
+    """Barrier metrics of P loss curves, each a tensor of shape (P,).
+
+    ``max``: the largest loss on the path; ``gap``: ``max - max(L(start), L(end))``; ``position``: the
+    normalised path position of the max; ``relative``: the largest excess of the loss over the straight
+    line joining the two endpoint losses, ``max_s [L(s) - ((1-s) L(0) + s L(1))]``.
+    """
+
+    max: torch.Tensor
+    gap: torch.Tensor
+    position: torch.Tensor
+    relative: torch.Tensor
+
+    def has_barrier(self, tolerance: float) -> torch.Tensor:
+        """Boolean (P,): the gap exceeds ``tolerance``."""
+        return self.gap > tolerance
+
+    def __len__(self) -> int:
+        return int(self.max.shape[0])
+
+
+def barrier(losses: torch.Tensor, positions: torch.Tensor | None = None) -> Barrier:
+    """Barrier metrics (:class:`Barrier`) of loss curves ``losses`` (P, T) (a 1-D curve is read as P = 1).
+
+    ``positions`` are the path positions of the T samples, shape (T,) or (P, T), in [0, 1]; default
+    ``linspace(0, 1, T)`` (a linear path). The first and last samples are the endpoints.
+    """
+    L = torch.as_tensor(losses)
+    if L.dim() == 1:
+        L = L[None]
+    if L.dim() != 2 or L.shape[1] < 2:
+        raise ValueError(f"losses must have shape (P, T) with T >= 2, got {tuple(L.shape)}")
+    L = L.float()
+    pos = alphas(L.shape[1]).to(L.device) if positions is None else torch.as_tensor(positions, dtype=torch.float32).to(L.device)
+    pos = pos.expand_as(L) if pos.dim() == 1 else pos
+    if pos.shape != L.shape:
+        raise ValueError(f"positions must have shape ({L.shape[1]},) or {tuple(L.shape)}, got {tuple(pos.shape)}")
+    mx, arg = L.max(dim=1)
+    ends = torch.maximum(L[:, 0], L[:, -1])
+    line = (1 - pos) * L[:, :1] + pos * L[:, -1:]
+    return Barrier(max=mx, gap=mx - ends, position=pos.gather(1, arg[:, None])[:, 0], relative=(L - line).max(dim=1).values)
+
+
+# ------------------------------------------------------------------------------ piecewise-linear paths
+def segment_losses(model: nn.Module, starts: torch.Tensor, ends: torch.Tensor, target, points_per_segment: int = 64,
+                   chunk_size: int | None = None, device=None, progress: bool = False) -> torch.Tensor:
+    """Alias of :func:`linear_losses` for S segments: (S, points_per_segment) losses, endpoints included."""
+    return linear_losses(model, starts, ends, target, points_per_segment, chunk_size, device, progress)
+
+
+def _pad_vertices(vertices) -> tuple[torch.Tensor, torch.Tensor]:
+    """A list of (K_p, ...) tensors -> (P, K_max, ...) padded by repeating each last vertex, and counts (P,)."""
+    if isinstance(vertices, torch.Tensor):
+        return vertices, torch.full((vertices.shape[0],), vertices.shape[1], dtype=torch.long)
+    vs = list(vertices)
+    if not vs:
+        raise ValueError("vertices is empty")
+    shape = vs[0].shape[1:]
+    for i, v in enumerate(vs):
+        if v.dim() < 2 or v.shape[1:] != shape or v.shape[0] < 2:
+            raise ValueError(f"path {i} must be a (K, {', '.join(map(str, shape))}) tensor with K >= 2, got {tuple(v.shape)}")
+    K = max(v.shape[0] for v in vs)
+    out = torch.stack([torch.cat([v, v[-1:].expand(K - v.shape[0], *shape)]) for v in vs])
+    return out, torch.tensor([v.shape[0] for v in vs])
+
+
+def _assemble(seg_L: torch.Tensor, lengths: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-segment curves -> per-path curves against normalised arc position.
+
+    ``seg_L`` (S, n): segment curves of P paths in order (path p owns ``counts[p] - 1`` consecutive rows);
+    ``lengths`` (S,): segment lengths. Duplicate vertex samples are dropped; paths with fewer segments are
+    padded with their last value at position 1. Returns ``(losses, positions)``, both (P, T_max).
+    """
+    n = seg_L.shape[1]
+    a = alphas(n)
+    segs = (counts - 1).tolist()
+    T = (max(segs) * (n - 1)) + 1
+    L_out = torch.empty(len(segs), T)
+    P_out = torch.empty(len(segs), T)
+    row = 0
+    for p, k in enumerate(segs):
+        Ls, ls = seg_L[row:row + k], lengths[row:row + k].double()
+        row += k
+        cum = torch.cat([torch.zeros(1, dtype=torch.float64), ls.cumsum(0)])
+        total = float(cum[-1])
+        curve = torch.cat([Ls[:1, 0], Ls[:, 1:].reshape(-1)])
+        if total > 0:
+            pos = torch.cat([torch.zeros(1, dtype=torch.float64), (cum[:-1, None] + a[1:].double()[None] * ls[:, None]).reshape(-1)]) / total
+        else:
+            pos = alphas(curve.numel()).double()
+        m = curve.numel()
+        L_out[p, :m], P_out[p, :m] = curve, pos.float()
+        L_out[p, m:], P_out[p, m:] = curve[-1], 1.0
+    return L_out, P_out
+
+
+def path_losses(model: nn.Module, vertices, target, points_per_segment: int = 64, chunk_size: int | None = None,
+                device=None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss along P piecewise-linear paths ``v_0 -> v_1 -> ... -> v_{K-1}`` (paper section 3.2, bypass paths).
+
+    ``vertices``: (P, K, C, H, W) with K >= 2 (endpoints included), or a list of (K_p, C, H, W) tensors.
+    Each segment is sampled at ``points_per_segment`` evenly spaced points including both of its
+    vertices, so every vertex is evaluated exactly; all segments of all paths go through the model
+    together (:func:`linear_losses`). Returns ``(losses, positions)``, both (P, T) with
+    T = (K_max - 1)(n - 1) + 1, where ``positions`` is the normalised Euclidean arc length (in pixel space)
+    of each sample along its path: segments of different lengths take their share of [0, 1] by length.
+    Paths with fewer vertices are padded at the end with their last loss at position 1.
+    """
+    if isinstance(vertices, torch.Tensor):
+        _check_images("vertices", vertices)
+        if vertices.dim() < 3 or vertices.shape[1] < 2:
+            raise ValueError(f"vertices must have shape (P, K, C, H, W) with K >= 2, got {tuple(vertices.shape)}")
+        vs = list(vertices)
+    else:
+        vs = list(vertices)
+        _pad_vertices(vs)                       # shape checks
+        for i, v in enumerate(vs):
+            _check_images(f"vertices[{i}]", v)
+    P = len(vs)
+    tgt = _targets(target, P)
+    if int(points_per_segment) < 2:
+        raise ValueError(f"points_per_segment must be at least 2, got {points_per_segment}")
+    counts = torch.tensor([v.shape[0] for v in vs])
+    starts = torch.cat([v[:-1] for v in vs])
+    ends = torch.cat([v[1:] for v in vs])
+    seg_L = linear_losses(model, starts, ends, tgt.repeat_interleave(counts - 1), points_per_segment,
+                          chunk_size, device, progress)
+    lengths = (ends.float() - starts.float()).flatten(1).norm(dim=1).cpu()
+    return _assemble(seg_L, lengths, counts)
+
+
+# ------------------------------------------------------------------------------------ optimiser
+class Adam:
+    """Adam (Kingma & Ba) on a batch of independent points, with per-point freezing.
+
+    The same update as ``torch.optim.Adam`` (bias-corrected moments, ``eps`` outside the square root,
+    weight decay added to the gradient), kept on plain tensors so a subset of rows can be stepped.
+    """
+
+    def __init__(self, x: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        self.lr, self.b1, self.b2, self.eps, self.wd = float(lr), betas[0], betas[1], float(eps), float(weight_decay)
+        self.m = torch.zeros_like(x)
+        self.v = torch.zeros_like(x)
+        self.t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+
+    def step(self, x: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """New values of ``x[rows]`` (``x`` itself if rows is None) after one step with ``grad`` for those rows."""
+        sel = slice(None) if rows is None else rows
+        xs = x if rows is None else x[rows]
+        g = grad + self.wd * xs if self.wd else grad
+        self.t[sel] += 1
+        t = self.t[sel].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        m = self.m[sel].mul(self.b1).add_(g, alpha=1 - self.b1)
+        v = self.v[sel].mul(self.b2).addcmul_(g, g, value=1 - self.b2)
+        self.m[sel], self.v[sel] = m, v
+        denom = (v / (1 - self.b2 ** t)).sqrt_().add_(self.eps)
+        return xs - self.lr * (m / (1 - self.b1 ** t)) / denom
+
+
+def total_variation(v: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation per input: sum of |horizontal| and |vertical| neighbour differences, (N,)."""
+    if v.dim() < 3:
+        return torch.zeros(v.shape[0], device=v.device, dtype=v.dtype)
+    tv = (v[..., 1:, :] - v[..., :-1, :]).abs().flatten(1).sum(1)
+    return tv + (v[..., :, 1:] - v[..., :, :-1]).abs().flatten(1).sum(1)
+
+
+def project_box_hyperplane(z: torch.Tensor, d: torch.Tensor, c: torch.Tensor, lo: float | torch.Tensor = 0.0,
+                           hi: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Euclidean projection of each row of ``z`` onto ``{y : <y, d> = c, lo <= y <= hi}`` (batched, exact).
+
+    ``z``, ``d``: (N, D); ``c``: (N,); ``lo``, ``hi``: floats or (N, 1) per-row bounds. By the KKT conditions the projection is
+    ``y(lam) = clamp(z - lam * d, lo, hi)`` for the ``lam`` with ``f(lam) = <y(lam), d> = c``. ``f`` is
+    piecewise linear and non-increasing in ``lam``, with breakpoints where a coordinate enters or leaves
+    the box; sorting the 2D breakpoints and accumulating slopes gives ``f`` at every breakpoint, and the
+    root is interpolated on the bracketing piece. The set must be non-empty (a feasible point such as
+    ``B`` exists in bypass); otherwise the nearest end of the range of ``f`` is used.
+    """
+    zz, dd, cc = z.double(), d.double(), c.double()
+    if isinstance(lo, torch.Tensor):
+        lo = lo.double()
+    if isinstance(hi, torch.Tensor):
+        hi = hi.double()
+    nz = dd != 0
+    safe = torch.where(nz, dd, torch.ones_like(dd))
+    b1, b2 = (zz - hi) / safe, (zz - lo) / safe          # lo, hi broadcast (float or (N, 1))
+    enter = torch.where(nz, torch.minimum(b1, b2), torch.zeros_like(b1))
+    leave = torch.where(nz, torch.maximum(b1, b2), torch.zeros_like(b1))
+    d2 = dd * dd
+    bps = torch.cat([enter, leave], 1)
+    delta = torch.cat([-d2, d2], 1)
+    order = bps.argsort(1)
+    bps, delta = bps.gather(1, order), delta.gather(1, order)
+    slope = delta.cumsum(1)                                                   # slope on [b_k, b_k+1]
+    f0 = torch.where(dd > 0, dd * hi, dd * lo).sum(1)                         # f(-inf)
+    steps = slope[:, :-1] * (bps[:, 1:] - bps[:, :-1])
+    F = torch.cat([f0[:, None], f0[:, None] + steps.cumsum(1)], 1)            # f at each breakpoint
+    k = ((F >= cc[:, None]).sum(1) - 1).clamp(0, F.shape[1] - 1)
+    Fk, bk, sk = F.gather(1, k[:, None])[:, 0], bps.gather(1, k[:, None])[:, 0], slope.gather(1, k[:, None])[:, 0]
+    lam = torch.where(sk < 0, bk + (cc - Fk) / torch.where(sk < 0, sk, -torch.ones_like(sk)), bk)
+    y = zz - lam[:, None] * dd
+    y = torch.maximum(torch.minimum(y, torch.as_tensor(hi, dtype=y.dtype)), torch.as_tensor(lo, dtype=y.dtype))
+    return y.to(z.dtype)
+
+
+def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, directions=None, clamp=True,
+              stop_loss=None, weight_decay=0.0, progress=False, desc="bypass"):
+    """Adam on the points ``B`` (N, ...) toward ``target`` (N,).
+
+    Objective per point: ``CE + mse_weight * MSE(x - B) + tv_weight * TV(x - B)``. With ``directions``
+    (N, ...) the gradient is projected orthogonal to each direction and, after every step, the point is
+    projected back onto the hyperplane through ``B`` orthogonal to it (intersected with [0, 1] when
+    ``clamp``). Points whose CE falls below ``stop_loss`` are frozen. Returns ``(x, ce, steps)``; ``x``
+    is the final point, or with ``stop_loss`` the point of lowest CE seen.
+    """
+    N = B.shape[0]
+    x = B.detach().clone()
+    ref = B.detach()
+    tgt = target.to(B.device)
+    dhat = c = None
+    if directions is not None:
+        dflat = directions.flatten(1)
+        norm = dflat.norm(dim=1, keepdim=True)
+        if (norm == 0).any():
+            raise ValueError("a bypass segment has zero length (its endpoints are equal); nothing to optimise")
+        dhat = dflat / norm
+        c = (ref.flatten(1) * dhat).sum(1)
+        # the pixel box [0, 1], widened per point to contain B when the endpoints lie outside it
+        # (e.g. unconstrained FVO inputs), so that B is always feasible
+        box_lo = ref.flatten(1).amin(1, keepdim=True).clamp(max=0.0)
+        box_hi = ref.flatten(1).amax(1, keepdim=True).clamp(min=1.0)
+    opt = Adam(x, lr, weight_decay=weight_decay)
+    steps = torch.zeros(N, dtype=torch.long)
+    best_x, best_ce = x.clone(), torch.full((N,), math.inf, device=B.device)
+    active = torch.arange(N, device=B.device)
+    it = range(int(iterations))
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc=desc, leave=False)
+    with _Eval(model):
+        for _ in it:
+            xa = x[active].requires_grad_(True)
+            ce = F.cross_entropy(model(xa).float(), tgt[active], reduction="none")
+            obj = ce.sum()
+            diff = xa - ref[active]
+            if mse_weight:
+                obj = obj + mse_weight * diff.pow(2).flatten(1).mean(1).sum()
+            if tv_weight:
+                obj = obj + tv_weight * total_variation(diff).sum()
+            (g,) = torch.autograd.grad(obj, xa)
+            ce = ce.detach()
+            with torch.no_grad():
+                if stop_loss is not None:
+                    better = ce < best_ce[active]
+                    best_ce[active] = torch.where(better, ce, best_ce[active])
+                    best_x[active[better]] = xa.detach()[better]
+                    done = ce < stop_loss
+                    if done.any():
+                        keep = ~done
+                        active, xa, g = active[keep], xa[keep], g[keep]
+                        if active.numel() == 0:
+                            break
+                if dhat is not None:
+                    gf = g.flatten(1)
+                    dh = dhat[active]
+                    g = (gf - (gf * dh).sum(1, keepdim=True) * dh).view_as(g)
+                new = opt.step(x, g, active)
+                steps[active.cpu()] += 1
+                if dhat is not None:
+                    nf = new.flatten(1)
+                    dh = dhat[active]
+                    if clamp:
+                        nf = project_box_hyperplane(nf, dh, c[active], box_lo[active], box_hi[active])
+                    else:
+                        nf = nf - ((nf * dh).sum(1, keepdim=True) - c[active, None]) * dh
+                    new = nf.view_as(new)
+                elif clamp:
+                    new = new.clamp(0.0, 1.0)
+                x[active] = new
+        with torch.no_grad():
+            final_ce = torch.cat([F.cross_entropy(model(x[i:i + 512]).float(), tgt[i:i + 512], reduction="none")
+                                  for i in range(0, N, 512)]) if N else torch.zeros(0)
+    if stop_loss is not None:
+        better = final_ce < best_ce
+        best_x[better], best_ce[better] = x[better], final_ce[better]
+        return best_x, best_ce.cpu(), steps
+    return x, final_ce.cpu(), steps
+
+
+# ------------------------------------------------------------------------------------ bypass
+@dataclass
+class BypassResult:
+    """The outcome of :func:`bypass` for P pairs.
+
+    ``vertices``: (P, K_max, C, H, W), each path padded by repeating its last vertex; ``counts`` (P,):
+    the number of real vertices per path (``path(p)`` returns them); ``rounds`` (P,): the rounds in which
+    the pair was bent (0 = the straight line had no barrier); ``barriers``: one :class:`Barrier` per round,
+    ``barriers[0]`` for the straight line and ``barriers[r]`` for the path after round r (pairs not bent in
+    round r keep their value); ``connected`` (P,): final gap <= tolerance; ``B``, ``B_prime`` (P, C, H, W):
+    the max-loss point of the straight line and its optimised replacement in round 1 (equal where the line
+    had no barrier, see ``bent_first``); ``losses``/``positions`` (P, T): the loss along the final path
+    against normalised arc position; ``tolerance``.
+    """
+
+    vertices: torch.Tensor
+    counts: torch.Tensor
+    rounds: torch.Tensor
+    barriers: list[Barrier]
+    connected: torch.Tensor
+    B: torch.Tensor
+    B_prime: torch.Tensor
+    bent_first: torch.Tensor
+    losses: torch.Tensor
+    positions: torch.Tensor
+    tolerance: float
+    point_loss: list[torch.Tensor] = field(default_factory=list)
+
+    def path(self, p: int) -> torch.Tensor:
+        """The (K_p, C, H, W) vertices of pair ``p``'s path, endpoints included."""
+        return self.vertices[p, : int(self.counts[p])]
+
+    @property
+    def bends(self) -> torch.Tensor:
+        """Number of bend points per pair (vertices minus the two endpoints), (P,)."""
+        return self.counts - 2
+
+    def gap_history(self) -> torch.Tensor:
+        """(R+1, P): the path's barrier gap after each round (row 0: the straight line)."""
+        return torch.stack([b.gap for b in self.barriers])
+
+    def max_history(self) -> torch.Tensor:
+        """(R+1, P): the path's barrier max after each round."""
+        return torch.stack([b.max for b in self.barriers])
+
+    def shift(self) -> torch.Tensor:
+        """``max|B' - B|`` per pair as a fraction of the max pixel of ``B`` (paper: 1-5%), (P,)."""
+        d = (self.B_prime - self.B).flatten(1).abs().amax(1)
+        return d / self.B.flatten(1).amax(1).clamp_min(1e-12)
+
+
+def _bypass_impl(model, A, C, target, *, free, lr, iterations, mse_weight, tv_weight, tolerance, max_rounds,
+                 num_points, clamp, stop_loss, chunk_size, device, progress):
+    _check_pair(A, C)
+    P = A.shape[0]
+    tgt = _targets(target, P)
+    dev = _model_device(model, device)
+    if int(max_rounds) < 0 or int(num_points) < 3:
+        raise ValueError(f"need max_rounds >= 0 and num_points >= 3, got {max_rounds}, {num_points}")
+    n = int(num_points)
+    bshape = (-1,) + (1,) * (A.dim() - 1)
+    paths = [torch.stack([A[p], C[p]]).to(dev, torch.float32) for p in range(P)]
+    rounds = torch.zeros(P, dtype=torch.long)
+    bent_first = torch.zeros(P, dtype=torch.bool)
+    history, point_loss = [], []
+    B0 = Bp0 = None
+    for r in range(int(max_rounds) + 1):
+        # evaluate every segment of every path in one batched pass
+        counts = torch.tensor([v.shape[0] for v in paths])
+        owner = torch.arange(P).repeat_interleave(counts - 1)
+        seg_local = torch.cat([torch.arange(k - 1) for k in counts.tolist()])
+        starts = torch.cat([v[:-1] for v in paths])
+        ends = torch.cat([v[1:] for v in paths])
+        L = linear_losses(model, starts, ends, tgt[owner], n, chunk_size=chunk_size, device=dev)   # (S, n)
+        lengths = (ends - starts).flatten(1).norm(dim=1).cpu()
+        curves, poss = _assemble(L, lengths, counts)
+        bar = barrier(curves, poss)
+        history.append(bar)
+        seg_max, seg_arg = L.max(1)
+        if r == 0:
+            B0 = starts + alphas(n)[seg_arg].to(dev).view(bshape) * (ends - starts)   # one segment per pair
+            Bp0 = B0.clone()
+        end_loss = torch.maximum(curves[:, 0], L[torch.cumsum(counts - 1, 0) - 1, -1])  # L(A), L(C) per pair
+        needs = bar.gap > tolerance
+        if r == int(max_rounds) or not needs.any():
+            break
+        sel = (needs[owner] & (seg_max > end_loss[owner] + tolerance)).nonzero()[:, 0]
+        a = alphas(n)[seg_arg[sel]].to(dev).view(bshape)
+        sel_d = sel.to(dev)
+        Bs = starts[sel_d] + a * (ends[sel_d] - starts[sel_d])
+        dirs = None if free else ends[sel_d] - starts[sel_d]
+        Bp, ce, _ = _optimise(model, Bs, tgt[owner[sel]], lr=lr, iterations=iterations, mse_weight=mse_weight,
+                              tv_weight=tv_weight, directions=dirs, clamp=clamp, stop_loss=stop_loss,
+                              progress=progress, desc=f"bypass round {r + 1} ({len(sel)} points)")
+        point_loss.append(ce)
+        if r == 0:
+            Bp0[owner[sel].to(dev)] = Bp
+            bent_first[owner[sel]] = True
+        # splice each B' into its path right after the start vertex of its segment
+        inserts: dict[int, dict[int, torch.Tensor]] = {}
+        for j, s in enumerate(sel.tolist()):
+            inserts.setdefault(int(owner[s]), {})[int(seg_local[s])] = Bp[j]
+        for p, ins in inserts.items():
+            rounds[p] += 1
+            pieces = []
+            for k in range(paths[p].shape[0]):
+                pieces.append(paths[p][k:k + 1])
+                if k in ins:
+                    pieces.append(ins[k][None])
+            paths[p] = torch.cat(pieces)
+    V, counts = _pad_vertices([v.cpu() for v in paths])
+    return BypassResult(vertices=V, counts=counts, rounds=rounds, barriers=history, connected=history[-1].gap <= tolerance,
+                        B=B0.cpu(), B_prime=Bp0.cpu(), bent_first=bent_first, losses=curves, positions=poss,
+                        tolerance=float(tolerance), point_loss=point_loss)
+
+
+def bypass(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, lr: float = 0.005, iterations: int = 1024,
+           mse_weight: float = 0.1, tv_weight: float = 1e-8, tolerance: float = 0.01, max_rounds: int = 3,
+           num_points: int = 64, clamp: bool = True, chunk_size: int | None = None, device=None,
+           progress: bool = True) -> BypassResult:
+    """The paper's bypass (section 3.2), batched over pairs and over every segment that has a barrier.
+
+    Round r: evaluate every pair's current path at ``num_points`` points per segment. A pair whose path
+    gap (max loss minus the larger loss of its two endpoints ``A``, ``C``) exceeds ``tolerance`` gets a
+    bend in every segment whose max exceeds that endpoint loss by more than ``tolerance``: the segment's
+    max-loss point ``B`` is optimised by Adam (``lr``, ``iterations``) on
+    ``CE + mse_weight * MSE(x - B) + tv_weight * TV(x - B)`` with the gradient projected orthogonal to the
+    segment direction, and the point kept on the hyperplane through ``B`` orthogonal to the segment
+    (intersected with the pixel box [0, 1] when ``clamp``, the box widened to contain ``B`` if the endpoints
+    lie outside it; ``clamp=False`` is the paper's unconstrained optimisation). The segment ``S -> E`` becomes ``S -> B' -> E``. Rounds repeat until no pair has a
+    barrier or ``max_rounds`` rounds were made. Defaults are the paper's (tolerance and max_rounds
+    are this book's choices). Returns a :class:`BypassResult`.
+    """
+    return _bypass_impl(model, A, C, target, free=False, lr=lr, iterations=iterations, mse_weight=mse_weight,
+                        tv_weight=tv_weight, tolerance=tolerance, max_rounds=max_rounds, num_points=num_points,
+                        clamp=clamp, stop_loss=None, chunk_size=chunk_size, device=device, progress=progress)
+
+
+def bypass_free(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, lr: float = 0.05, iterations: int = 8192,
+                stop_loss: float = 5e-4, mse_weight: float = 0.0, tv_weight: float = 0.0, tolerance: float = 0.01,
+                max_rounds: int = 2, num_points: int = 64, clamp: bool = False, chunk_size: int | None = None,
+                device=None, progress: bool = True) -> BypassResult:
+    """Bypass for untrained networks (paper section 4.3): the max-loss point is optimised *freely*.
+
+    As :func:`bypass`, but without the projection: Adam (``lr`` 0.05) on ``CE`` (plus optional MSE/TV
+    toward ``B``) until each point's CE is below ``stop_loss`` (5e-4) or ``iterations`` is reached (the
+    point of lowest CE seen is kept). ``clamp=False`` by default, as the paper's optimisation of
+    synthetic inputs is unconstrained; ``clamp=True`` keeps the points in [0, 1].
+    """
+    return _bypass_impl(model, A, C, target, free=True, lr=lr, iterations=iterations, mse_weight=mse_weight,
+                        tv_weight=tv_weight, tolerance=tolerance, max_rounds=max_rounds, num_points=num_points,
+                        clamp=clamp, stop_loss=stop_loss, chunk_size=chunk_size, device=device, progress=progress)
+
+
+# ------------------------------------------------------------------------------ interpolated inputs
+@dataclass
+class InterpolatedModes:
+    """Interpolated inputs: ``x`` (N, C, H, W), ``loss_before`` (CE of the raw mix), ``loss`` (CE of ``x``),
+    ``optimised`` (N,) bool (the mix was above the threshold and was optimised), ``steps`` (N,)."""
+
+    x: torch.Tensor
+    loss_before: torch.Tensor
+    loss: torch.Tensor
+    optimised: torch.Tensor
+    steps: torch.Tensor
+
+
+def interpolated_modes(model: nn.Module, X1: torch.Tensor, X2: torch.Tensor, target, mix: float = 0.5,
+                       threshold: float = 0.01, lr: float = 0.01, steps: int = 256, mse_weight: float = 0.1,
+                       clamp: bool = True, device=None, progress: bool = False) -> InterpolatedModes:
+    """Interpolated inputs that are modes of ``target`` (paper section 4.1, "interpolated inputs").
+
+    This book reads the paper's term as: a convex mixture ``m = (1 - mix) X1 + mix X2`` of two real
+    inputs (of one class, or of two classes with ``target`` the class it should be a mode of) which, when
+    it is not already a mode (its CE toward ``target`` is above ``threshold``), is moved to a nearby mode
+    by a short Adam run (``lr``, at most ``steps`` iterations, stopping per input below ``threshold``) on
+    ``CE + mse_weight * MSE(x - m)``, clamped to [0, 1] by default. Returns :class:`InterpolatedModes`.
+    """
+    _check_pair(X1, X2)
+    if not 0.0 <= float(mix) <= 1.0:
+        raise ValueError(f"mix must lie in [0, 1], got {mix}")
+    N = X1.shape[0]
+    tgt = _targets(target, N)
+    dev = _model_device(model, device)
+    m = ((1 - mix) * X1.to(dev, torch.float32) + mix * X2.to(dev, torch.float32))
+    with torch.no_grad(), _Eval(model):
+        out = model(m)
+        _check_range(tgt, out.shape[1])
+        before = F.cross_entropy(out.float(), tgt.to(dev), reduction="none").cpu()
+    x = m.clone()
+    nsteps = torch.zeros(N, dtype=torch.long)
+    need = (before > threshold).nonzero()[:, 0]
+    loss = before.clone()
+    if need.numel() and steps > 0:
+        xo, lo_, st = _optimise(model, m[need.to(dev)], tgt[need], lr=lr, iterations=steps, mse_weight=mse_weight,
+                                tv_weight=0.0, clamp=clamp, stop_loss=threshold, progress=progress,
+                                desc="interpolated modes")
+        x[need.to(dev)] = xo
+        loss[need] = lo_
+        nsteps[need] = st
+    return InterpolatedModes(x=x.cpu(), loss_before=before, loss=loss, optimised=before > threshold, steps=nsteps)
+
+
+# ------------------------------------------------------------------------------------ plots
+def plot_loss_curves(ax, losses: torch.Tensor, positions: torch.Tensor | None = None, color=None, alpha: float = 0.3,
+                     label: str | None = None, median: bool = True, max_curves: int = 100, log: bool = False):
+    """Loss curves (P, T) against path position on ``ax``: thin lines for up to ``max_curves`` pairs, a thick median."""
+    L = torch.as_tensor(losses).float().cpu()
+    L = L[None] if L.dim() == 1 else L
+    pos = alphas(L.shape[1]) if positions is None else torch.as_tensor(positions).float().cpu()
+    pos = pos.expand_as(L) if pos.dim() == 1 else pos
+    for p in range(min(L.shape[0], max_curves)):
+        ax.plot(pos[p].numpy(), L[p].numpy(), color=color, alpha=alpha, lw=0.7,
+                label=label if (p == 0 and not median) else None)
+    if median:
+        grid = alphas(101)
+        if positions is None or pos.dim() == 1:
+            med = L.median(0).values
+            ax.plot(pos[0].numpy(), med.numpy(), color=color, lw=2.2, label=label)
+        else:   # resample each curve on a common grid first
+            import numpy as np
+            res = torch.tensor(np.stack([np.interp(grid.numpy(), pos[p].numpy(), L[p].numpy()) for p in range(L.shape[0])]))
+            ax.plot(grid.numpy(), res.median(0).values.numpy(), color=color, lw=2.2, label=label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("path position")
+    ax.set_ylabel("cross-entropy")
+    return ax
+
+
+def plot_barrier_hist(ax, values: dict, bins: int = 30, log: bool = True, xlabel: str = "barrier"):
+    """Overlaid histograms of barrier values, one per ``{label: tensor}`` entry (log-spaced bins when ``log``)."""
+    import numpy as np
+    arrays = {k: torch.as_tensor(v).float().cpu().numpy() for k, v in values.items()}
+    allv = np.concatenate([a for a in arrays.values() if a.size])
+    if log:
+        pos = allv[allv > 0]
+        lo, hi = (pos.min(), pos.max()) if pos.size else (1e-6, 1.0)
+        edges = np.logspace(np.log10(max(lo, 1e-8)), np.log10(max(hi, lo * 10)), bins + 1)
+        ax.set_xscale("log")
+    else:
+        edges = np.linspace(allv.min(), allv.max() if allv.max() > allv.min() else allv.min() + 1, bins + 1)
+    for k, a in arrays.items():
+        ax.hist(np.clip(a, edges[0], edges[-1]), bins=edges, alpha=0.55, label=k)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("pairs")
+    ax.legend()
+    return ax
+
+
+def plot_path_images(axes, A, B, B_prime, C, scale_diff: bool = True):
+    """A row of five images: A, B, B', C and |B' - B| (rescaled to its own max when ``scale_diff``)."""
+    from mclib import plots
+    diff = (B_prime - B).abs()
+    mx = float(diff.max())
+    shown = diff / mx if (scale_diff and mx > 0) else diff
+    plots.images(axes, [A, B, B_prime, C, shown.clamp(0, 1)],
+                 ["A", "B (max loss)", "B' (bypass)", "C", f"|B'-B| (max {mx:.3f})"])
+    return axes
+
+
+# ------------------------------------------------------------------------------ pair studies (A1-A5)
+def same_class_pairs(model: nn.Module | None, X: torch.Tensor, y: torch.Tensor, n_pairs: int,
+                     generator: torch.Generator | None = None, correct_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(i, j)`` (each (n_pairs,)) of distinct same-class pairs of ``X``, balanced over classes.
+
+    Pair k uses class ``classes[k % num_classes]`` (the classes present); ``i`` and ``j`` are drawn without
+    replacement among that class's inputs that ``model`` classifies correctly (all of them when
+    ``correct_only`` is False or ``model`` is None). Used for the real-pair experiments (paper section 4.1).
+    """
+    y = torch.as_tensor(y).long().cpu()
+    ok = torch.ones_like(y, dtype=torch.bool)
+    if model is not None and correct_only:
+        from mclib import train
+        ok = train.logits(model, X).argmax(1) == y
+    classes = [c for c in y.unique().tolist() if int(((y == c) & ok).sum()) >= 2]
+    if not classes:
+        raise ValueError("no class has two correctly classified inputs to pair")
+    I, J = [], []
+    for k in range(int(n_pairs)):
+        cand = ((y == classes[k % len(classes)]) & ok).nonzero()[:, 0]
+        i, j = cand[torch.randperm(len(cand), generator=generator)[:2]]
+        I.append(int(i)), J.append(int(j))
+    return torch.tensor(I), torch.tensor(J)
+
+
+@dataclass
+class PairStudy:
+    """Straight-line barriers of P pairs and the bypass of those with a barrier (paper sections 4.1-4.2).
+
+    ``line``: (P, T) loss along the straight lines; ``line_barrier``: its :class:`Barrier`; ``has_barrier``
+    (P,): gap > ``tolerance``; ``bypass``: the :class:`BypassResult` of the pairs with a barrier (in the
+    order of ``has_barrier.nonzero()``), None when no pair has one.
+    """
+
+    line: torch.Tensor
+    line_barrier: Barrier
+    has_barrier: torch.Tensor
+    bypass: BypassResult | None
+    tolerance: float
+    endpoint_loss: torch.Tensor
+
+    def summary(self) -> dict:
+        """Plain numbers: fraction with a barrier, bypass rounds and bends, free after one bend, B' shift."""
+        b = self.line_barrier
+        out = {"pairs": int(len(b)), "endpoint loss (median)": float(self.endpoint_loss.median()),
+               "barrier max (median)": float(b.max.median()), "barrier gap (median)": float(b.gap.median()),
+               "barrier gap (max)": float(b.gap.max()), "pairs with a barrier": int(self.has_barrier.sum()),
+               "fraction with a barrier": float(self.has_barrier.float().mean())}
+        r = self.bypass
+        if r is None:
+            out.update({"free after 1 bend": float("nan"), "connected at the end": float("nan"),
+                        "rounds (median)": float("nan"), "rounds (max)": float("nan"), "bends (median)": float("nan"),
+                        "max|B'-B| % (median)": float("nan"), "max|B'-B| % (max)": float("nan"),
+                        "final gap (median)": float("nan")})
+            return out
+        g1 = r.barriers[1].gap if len(r.barriers) > 1 else r.barriers[0].gap
+        shift = 100 * r.shift()[r.bent_first]
+        out.update({"free after 1 bend": float((g1 <= self.tolerance).float().mean()),
+                    "connected at the end": float(r.connected.float().mean()),
+                    "rounds (median)": float(r.rounds.float().median()), "rounds (max)": int(r.rounds.max()),
+                    "bends (median)": float(r.bends.float().median()),
+                    "max|B'-B| % (median)": float(shift.median()) if shift.numel() else float("nan"),
+                    "max|B'-B| % (max)": float(shift.max()) if shift.numel() else float("nan"),
+                    "final gap (median)": float(r.barriers[-1].gap.median())})
+        return out
+
+
+def study_pairs(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, num_points: int = 64,
+                tolerance: float = 0.01, progress: bool = True, **bypass_kwargs) -> PairStudy:
+    """Barrier of the straight line for every pair, then :func:`bypass` on the pairs whose gap > ``tolerance``.
+
+    ``bypass_kwargs`` go to :func:`bypass` (``iterations``, ``max_rounds``, ``clamp``, ...). Returns a
+    :class:`PairStudy`; ``PairStudy.summary()`` gives the numbers of claims A1-A5.
+    """
+    tgt = _targets(target, A.shape[0])
+    line = linear_losses(model, A, C, tgt, num_points, progress=progress)
+    bar = barrier(line)
+    has = bar.gap > tolerance
+    res = None
+    if has.any():
+        idx = has.nonzero()[:, 0]
+        res = bypass(model, A[idx], C[idx], tgt[idx], tolerance=tolerance, num_points=num_points,
+                     progress=progress, **bypass_kwargs)
+    return PairStudy(line=line, line_barrier=bar, has_barrier=has, bypass=res, tolerance=float(tolerance),
+                     endpoint_loss=torch.maximum(line[:, 0], line[:, -1]))
+
+
+def interpolated_pairs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n_pairs: int, kind: str = "same",
+                       mix: float = 0.5, generator: torch.Generator | None = None, **kwargs):
+    """Same-class pairs of interpolated modes (paper section 4.1), ``(A, C, target, modes)``.
+
+    Pair k has class ``c`` (balanced over classes). ``kind="same"``: each endpoint mixes two real inputs of
+    class ``c``; ``kind="two"``: each endpoint mixes a real input of class ``c`` with one of another class
+    (drawn at random), and is made a mode of ``c``. Each mix goes through :func:`interpolated_modes`
+    (``kwargs``: ``threshold``, ``steps``, ``lr``, ...); ``modes`` is its :class:`InterpolatedModes` for the
+    2P endpoints (first P are the ``A``). Only correctly classified inputs are used.
+    """
+    if kind not in ("same", "two"):
+        raise ValueError(f"kind must be 'same' or 'two', got {kind!r}")
+    i1, j1 = same_class_pairs(model, X, y, n_pairs, generator)
+    i2, j2 = same_class_pairs(model, X, y, n_pairs, generator)
+    yy = torch.as_tensor(y).long()
+    if kind == "two":       # replace the second input of each mix by one of another class
+        def other(idx):
+            out = []
+            for i in idx.tolist():
+                cand = (yy != yy[i]).nonzero()[:, 0]
+                out.append(int(cand[torch.randint(len(cand), (1,), generator=generator)]))
+            return torch.tensor(out)
+        j1, j2 = other(i1), other(i2)
+    target = yy[i1]
+    X1 = torch.cat([X[i1], X[i2]])
+    X2 = torch.cat([X[j1], X[j2]])
+    modes = interpolated_modes(model, X1, X2, torch.cat([target, target]), mix=mix, **kwargs)
+    P = len(target)
+    return modes.x[:P], modes.x[P:], target, modes
