@@ -182,7 +182,7 @@ def linear_losses(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, nu
     ``A``, ``C``: (P, C, H, W) inputs in [0, 1]; ``target``: (P,) int64 class per pair (a scalar int is
     broadcast). Returns ``L`` of shape (P, num_points) on the CPU with ``L[p, t]`` the cross-entropy toward
     ``target[p]`` at ``a = alphas(num_points)[t]``. All P * T inputs go through the model in chunks of
-    ``chunk_size`` inputs (default: :data:`CHUNK_BUDGET` input scalars per forward pass for the device) on the
+    ``chunk_size`` inputs (default: ``CHUNK_BUDGET`` input scalars per forward pass for the device) on the
     model's device (or ``device``); the model runs in eval mode without gradients.
     """
     _check_pair(A, C)

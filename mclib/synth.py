@@ -229,7 +229,7 @@ def fvo_pairs(model: nn.Module, classes: Sequence[int] | torch.Tensor, pairs_per
 
     Returns ``(A, C, target, result)``: endpoints ``A``, ``C`` (P, C, H, W) of P = len(classes) *
     pairs_per_class same-class pairs (both endpoints synthetic, from independent noise), their class
-    ``target`` (P,), and the underlying :class:`FVOResult` of the 2P inputs (first P are the ``A``s).
+    ``target`` (P,), and the underlying :class:`FVOResult` of the 2P inputs (the first P are the ``A`` endpoints).
     Keyword arguments go to :func:`fvo`. Used for the synthetic-pair experiments of Vrabel et al.
     (synthetic inputs, untrained networks, barrier evolution during training).
     """
@@ -262,7 +262,7 @@ class SyntheticPaths:
 
     @property
     def endpoint_loss(self) -> torch.Tensor:
-        """(P,): the larger CE of the two FVO endpoints of each pair."""
+        """The larger CE of the two FVO endpoints of each pair, one value per pair."""
         p = len(self.target)
         return torch.maximum(self.modes.loss[:p], self.modes.loss[p:]).cpu()
 

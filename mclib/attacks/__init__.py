@@ -7,4 +7,13 @@
 
 Everything works in pixel space [0, 1] and on whole batches.
 """
+from mclib.attacks.backdoor import (  # noqa: F401
+    Trigger,
+    asr,
+    inject_errors,
+    injection_success,
+    optimise_trigger,
+    poison,
+    triggered_set,
+)
 from mclib.attacks.evasion import fgsm, pgd  # noqa: F401

@@ -1,0 +1,466 @@
+"""Weight-space curves between two trained networks, for any ``nn.Module``.
+
+A curve joins two *endpoints* (trained models with weights :math:`w_0` and :math:`w_1`) through
+trainable *bends* :math:`\\theta_1..\\theta_K`, as in Garipov et al. (2018, "Loss surfaces, mode
+connectivity and fast ensembling of DNNs", sec. 3) and Zhao et al. (2020, "Bridging mode
+connectivity in loss landscapes and adversarial robustness", sec. 2). Writing the control points
+:math:`p_0 = w_0, p_1..p_K = \\theta_1..\\theta_K, p_{K+1} = w_1` and :math:`n = K + 1`:
+
+* **Bezier** (``kind="bezier"``): :math:`w(t) = \\sum_{k=0}^{n} \\binom{n}{k} t^k (1-t)^{n-k} p_k`
+  (Bernstein polynomials). With one bend this is the paper's quadratic curve
+  :math:`(1-t)^2 w_0 + 2t(1-t)\\theta + t^2 w_1`.
+* **Polygonal chain** (``kind="polychain"``): :math:`w(t) = \\sum_k \\max(0, 1 - |nt - k|)\\, p_k`
+  (hat functions on the knots :math:`k/n`); with one bend, :math:`w_0 \\to \\theta` for
+  :math:`t \\le 1/2` and :math:`\\theta \\to w_1` after.
+* ``num_bends=0`` is the straight line :math:`(1-t) w_0 + t w_1` for either kind (:func:`line`).
+
+One generic implementation serves every architecture: the curve keeps a deep copy of endpoint 0 as
+the *template*, all parameters of each control point flattened into one vector, and evaluates the
+network at :math:`w(t)` with :func:`torch.func.functional_call` -- no mirror class per layer type.
+The combination is one small matrix product per forward pass.
+
+Training (:func:`train_curve`) follows Garipov et al. sec. 3.2: every minibatch draws
+:math:`t \\sim U(0, 1)` and takes a step on :math:`\\mathrm{CE}(f_{w(t)}(x), y) +
+\\tfrac{\\lambda}{2}\\lVert w(t) \\rVert^2` (weight decay on the point of the curve, not on the
+bends), with the endpoints frozen and only the bends trained. Bends start on the straight line.
+
+Buffers (BatchNorm running statistics, normalisation constants) are not trained. The curve's own
+forward pass uses the endpoints' buffers interpolated linearly in :math:`t` (floating buffers; integer
+ones such as ``num_batches_tracked`` are taken from endpoint 0), so it is exact at :math:`t=0, 1`;
+in training mode BatchNorm uses the batch's statistics as usual. Inside the curve, running statistics
+of an interior point are not meaningful: :meth:`Curve.at` re-estimates them on data (Garipov et al.
+sec. 3.2; Zhao et al. sec. 2), which is how every point of a BatchNorm curve should be evaluated.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+KINDS = ("bezier", "polychain")
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+
+
+def _check_same_architecture(endpoints: Sequence[nn.Module]) -> None:
+    """Raise a ValueError naming the first parameter or buffer in which the endpoints differ."""
+    ref = endpoints[0]
+    for i, other in enumerate(endpoints[1:], start=1):
+        for what, a, b in (("parameter", dict(ref.named_parameters()), dict(other.named_parameters())),
+                           ("buffer", dict(ref.named_buffers()), dict(other.named_buffers()))):
+            for name, ta in a.items():
+                if name not in b:
+                    raise ValueError(f"endpoints have different architectures: {what} {name!r} {_describe(ta)} "
+                                     f"of endpoint 0 is missing from endpoint {i}")
+                tb = b[name]
+                if ta.shape != tb.shape or ta.dtype != tb.dtype:
+                    raise ValueError(f"endpoints have different architectures: {what} {name!r} is "
+                                     f"{_describe(ta)} in endpoint 0 but {_describe(tb)} in endpoint {i}")
+            extra = [n for n in b if n not in a]
+            if extra:
+                raise ValueError(f"endpoints have different architectures: {what} {extra[0]!r} "
+                                 f"{_describe(b[extra[0]])} of endpoint {i} is missing from endpoint 0")
+
+
+def bernstein(t: float | torch.Tensor, n: int) -> torch.Tensor:
+    """Bernstein basis of degree ``n`` at ``t``: :math:`\\binom{n}{k} t^k (1-t)^{n-k}`, ``k = 0..n`` (float64)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    k = torch.arange(n + 1, dtype=torch.float64)
+    binom = torch.tensor([math.comb(n, int(j)) for j in k], dtype=torch.float64)
+    return binom * t ** k * (1 - t) ** (n - k)
+
+
+def hat(t: float | torch.Tensor, n: int) -> torch.Tensor:
+    """Hat functions on the knots ``k/n``, ``k = 0..n``: :math:`\\max(0, 1 - |nt - k|)` (float64)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    k = torch.arange(n + 1, dtype=torch.float64)
+    return (1 - (n * t - k).abs()).clamp_min(0)
+
+
+class Curve(nn.Module):
+    """A Bezier curve or polygonal chain in the weight space of any network (see the module docstring).
+
+    Parameters
+    ----------
+    endpoints:
+        Two models of the same architecture (same parameter and buffer names and shapes); they are
+        copied, never modified.
+    kind:
+        ``"bezier"`` (Bernstein combination) or ``"polychain"`` (hat functions).
+    num_bends:
+        Number of trainable bends; 1 is the papers' quadratic Bezier / one-bend chain, 0 the straight line.
+
+    Attributes
+    ----------
+    template: a deep copy of endpoint 0 (the architecture; its own parameters are frozen and unused).
+    names, shapes: the template's parameter names and shapes, in order.
+    ends: ``(2, P)`` buffer, the flattened endpoint parameters.
+    bends: ``(num_bends, P)`` parameter, the flattened bends -- the only trainable tensor.
+    """
+
+    def __init__(self, endpoints: Sequence[nn.Module], kind: str = "bezier", num_bends: int = 1):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown curve kind {kind!r}; valid: {', '.join(KINDS)}")
+        if not isinstance(num_bends, int) or num_bends < 0:
+            raise ValueError(f"num_bends must be an int >= 0, got {num_bends!r}")
+        endpoints = list(endpoints)
+        if len(endpoints) != 2 or not all(isinstance(m, nn.Module) for m in endpoints):
+            raise ValueError(f"a curve needs exactly two nn.Module endpoints, got {len(endpoints)} object(s)")
+        _check_same_architecture(endpoints)
+        self.kind, self.num_bends = kind, num_bends
+        self.template = copy.deepcopy(endpoints[0])
+        for p in self.template.parameters():
+            p.requires_grad_(False)
+        named = list(self.template.named_parameters())
+        if not named:
+            raise ValueError("the endpoints have no parameters: nothing to connect")
+        bad = [n for n, p in named if not p.is_floating_point()]
+        if bad:
+            raise ValueError(f"curves need floating-point parameters; {bad[0]!r} is not")
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        dtype = named[0][1].dtype
+        flat = [torch.cat([dict(m.named_parameters())[n].detach().reshape(-1).to(dtype).cpu() for n in self.names])
+                for m in endpoints]
+        device = named[0][1].device
+        self.register_buffer("ends", torch.stack(flat).to(device))
+        # bends on the straight line: theta_k = w0 + k/(K+1) (w1 - w0)
+        frac = torch.arange(1, num_bends + 1, dtype=dtype).view(-1, 1) / (num_bends + 1)
+        self.bends = nn.Parameter((self.ends[0] + frac.to(device) * (self.ends[1] - self.ends[0])).clone())
+        # buffers: floating ones are interpolated linearly between the endpoints, the others come from endpoint 0
+        bufs = [(n, b) for n, b in self.template.named_buffers()]
+        self.float_buffers = [n for n, b in bufs if b.is_floating_point()]
+        self.other_buffers = [n for n, b in bufs if not b.is_floating_point()]
+        self._buf_shapes = {n: b.shape for n, b in bufs}
+        if self.float_buffers:
+            fb = [torch.cat([dict(m.named_buffers())[n].detach().reshape(-1).float().cpu() for n in self.float_buffers])
+                  for m in endpoints]
+            self.register_buffer("end_buffers", torch.stack(fb).to(device))
+        else:
+            self.register_buffer("end_buffers", torch.zeros(2, 0, device=device))
+        self.has_bn = any(isinstance(m, _BN_TYPES) for m in self.template.modules())
+
+    # -- the curve --------------------------------------------------------------------------------
+    def coefficients(self, t: float | torch.Tensor) -> torch.Tensor:
+        """Weights of the ``num_bends + 2`` control points at ``t`` (Bernstein or hat functions; sum to 1)."""
+        t_ = torch.as_tensor(t, dtype=torch.float64)
+        if t_.dim() != 0:
+            raise ValueError(f"t must be a scalar, got shape {tuple(t_.shape)}")
+        if not 0.0 <= float(t_) <= 1.0:
+            raise ValueError(f"t must lie in [0, 1], got {float(t_)}")
+        n = self.num_bends + 1
+        return bernstein(t_, n) if self.kind == "bezier" else hat(t_, n)
+
+    def flat_weights(self, t: float | torch.Tensor) -> torch.Tensor:
+        """:math:`w(t)` as one flat vector of length P (differentiable with respect to the bends)."""
+        c = self.coefficients(t).to(device=self.ends.device, dtype=self.ends.dtype)
+        w = c[0] * self.ends[0] + c[-1] * self.ends[1]
+        if self.num_bends:
+            w = w + c[1:-1] @ self.bends
+        return w
+
+    def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: piece.view(s) for n, piece, s in zip(self.names, flat.split(self.numels), self.shapes)}
+
+    def weights(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        """:math:`w(t)` as a dict parameter name -> tensor (views of :meth:`flat_weights`)."""
+        return self._unflatten(self.flat_weights(t))
+
+    def buffers_at(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Buffers at ``t``: floating ones ``(1-t) b_0 + t b_1`` (exact at the ends), integer ones from endpoint 0.
+
+        Fresh tensors, so a BatchNorm forward in training mode that updates them in place leaves the
+        curve untouched.
+        """
+        tf = float(torch.as_tensor(t))
+        out: dict[str, torch.Tensor] = {}
+        if self.float_buffers:
+            fb = (1 - tf) * self.end_buffers[0] + tf * self.end_buffers[1] if 0 < tf < 1 else \
+                self.end_buffers[0 if tf == 0 else 1].clone()
+            sizes = [math.prod(self._buf_shapes[n]) for n in self.float_buffers]
+            dtypes = dict(self.template.named_buffers())
+            for n, piece in zip(self.float_buffers, fb.split(sizes)):
+                out[n] = piece.view(self._buf_shapes[n]).to(dtypes[n].dtype).clone()
+        own = dict(self.template.named_buffers())
+        for n in self.other_buffers:
+            out[n] = own[n].clone()
+        return out
+
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """The network at :math:`w(t)` applied to ``x`` (train/eval mode follows the curve's own mode)."""
+        state = self.weights(t)
+        state.update(self.buffers_at(t))
+        return functional_call(self.template, state, (x,))
+
+    def bend_parameters(self) -> list[nn.Parameter]:
+        """The trainable tensors (for an optimiser): ``[self.bends]``, or ``[]`` for a straight line."""
+        return [self.bends] if self.num_bends else []
+
+    def control_points(self) -> list[dict[str, torch.Tensor]]:
+        """Every control point ``[w_0, theta_1, .., theta_K, w_1]`` as name -> tensor dicts (detached)."""
+        rows = [self.ends[0]] + [b for b in self.bends.detach()] + [self.ends[1]]
+        return [{k: v.clone() for k, v in self._unflatten(r.detach()).items()} for r in rows]
+
+    def at(self, t: float | torch.Tensor, bn_data: torch.Tensor | None = None, batch_size: int = 256) -> nn.Module:
+        """A standalone copy of the network with weights :math:`w(t)`, in eval mode, on the curve's device.
+
+        If the network has BatchNorm and ``bn_data`` (a tensor of inputs) is given, the running
+        statistics are reset and re-estimated on ``bn_data`` as a cumulative average over batches of
+        ``batch_size`` (momentum ``None``; :func:`torch.optim.swa_utils.update_bn`), as Garipov et al.
+        (sec. 3.2) do for every evaluated point. Without ``bn_data`` the buffers are the endpoints'
+        interpolated linearly (exact at ``t = 0, 1``; a warning says so for interior BN points).
+        """
+        model = copy.deepcopy(self.template)
+        with torch.no_grad():
+            for name, value in self.weights(t).items():
+                _get(model, name).copy_(value)
+            for name, value in self.buffers_at(t).items():
+                _get(model, name, buffer=True).copy_(value)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if self.has_bn:
+            tf = float(torch.as_tensor(t))
+            if bn_data is not None:
+                update_bn(model, bn_data, batch_size=batch_size)
+            elif 0 < tf < 1:
+                warnings.warn("Curve.at(t) without bn_data on a BatchNorm network: running statistics are the "
+                              "endpoints' interpolated, not re-estimated; pass bn_data=X_train", stacklevel=2)
+        return model.eval()
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, num_bends={self.num_bends}, parameters per point={self.ends.shape[1]}"
+
+
+def _get(model: nn.Module, name: str, buffer: bool = False) -> torch.Tensor:
+    mod_name, _, attr = name.rpartition(".")
+    mod = model.get_submodule(mod_name) if mod_name else model
+    return getattr(mod, attr)
+
+
+def update_bn(model: nn.Module, X: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """Reset every BatchNorm's running statistics and re-estimate them on inputs ``X`` (in place).
+
+    Cumulative average over the batches (momentum ``None``), via :func:`torch.optim.swa_utils.update_bn`;
+    the model's train/eval mode is restored afterwards.
+    """
+    if not isinstance(X, torch.Tensor) or len(X) == 0:
+        raise ValueError("bn_data must be a non-empty tensor of inputs")
+    device = next(model.parameters()).device
+    batches = [X[i:i + batch_size] for i in range(0, len(X), batch_size)]
+    torch.optim.swa_utils.update_bn(batches, model, device=device)
+    return model
+
+
+def line(m0: nn.Module, m1: nn.Module) -> Curve:
+    """The straight line :math:`(1-t) w_0 + t w_1` between two models (a curve without bends)."""
+    return Curve([m0, m1], kind="bezier", num_bends=0)
+
+
+class CurvePoint(nn.Module):
+    """The curve at a fixed ``t`` as an ordinary module: ``forward(x) = curve(x, t)``, differentiable in the bends.
+
+    Handed to ``batch_hook`` by :func:`train_curve` so that attacks written for models (e.g.
+    :func:`mclib.attacks.evasion.pgd`, which switches to eval mode and back) run against the point of the
+    curve being trained.
+    """
+
+    def __init__(self, curve: Curve, t: float | torch.Tensor):
+        super().__init__()
+        self.curve, self.t = curve, t
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.curve.train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.curve(x, self.t)
+
+
+def objective(curve: Curve, x: torch.Tensor, y: torch.Tensor, t: float | torch.Tensor,
+              weight_decay: float = 0.0) -> torch.Tensor:
+    """The curve-training objective at one ``t``: :math:`\\mathrm{CE}(f_{w(t)}(x), y) + \\tfrac{\\lambda}{2}\\lVert w(t)\\rVert^2`.
+
+    Runs in the curve's current mode (training mode: BatchNorm on batch statistics); differentiable in
+    the bends. ``weight_decay`` is :math:`\\lambda` (Garipov et al. 2018 sec. 3.2).
+    """
+    w = curve.flat_weights(t)
+    state = curve._unflatten(w)
+    state.update(curve.buffers_at(t))
+    loss = F.cross_entropy(functional_call(curve.template, state, (x,)), y)
+    if weight_decay:
+        loss = loss + 0.5 * weight_decay * w.pow(2).sum()
+    return loss
+
+
+def train_curve(
+    curve: Curve,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 0.015,
+    weight_decay: float = 5e-4,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    batch_hook: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    desc: str = "curve",
+) -> list[float]:
+    """Train the bends of ``curve`` on ``(X, y)``; returns the per-batch objective values.
+
+    Garipov et al. (2018) sec. 3.2, as used by Zhao et al. (2020) sec. 2: for every minibatch draw
+    :math:`t \\sim U(0, 1)` (from ``generator``) and minimise
+    :math:`\\mathrm{CE}(f_{w(t)}(x), y) + \\tfrac{\\lambda}{2} \\lVert w(t) \\rVert^2` with
+    ``weight_decay`` :math:`= \\lambda` applied to the whole point :math:`w(t)` (the optimiser itself has
+    no weight decay). Only the bends receive gradients; the endpoints stay fixed. SGD (with
+    ``momentum``) uses a cosine learning-rate decay over all steps, Adam a constant rate. The defaults
+    (SGD, ``lr=0.015``, ``weight_decay=5e-4``) are Garipov et al.'s for VGG16 on CIFAR-10.
+
+    ``batch_hook(point, x, y) -> x`` replaces each batch first, where ``point`` is a :class:`CurvePoint`
+    -- an ``nn.Module`` computing ``curve(x, t)`` at this batch's ``t`` -- e.g. adversarial curve
+    training with ``lambda m, x, y: pgd(m, x, y, eps=0.1)``. Gradients the hook leaves on the bends
+    are discarded. A curve without bends has nothing to train and returns ``[]``.
+    """
+    if len(X) != len(y):
+        raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
+    params = curve.bend_parameters()
+    if not params:
+        return []
+    device = torch.device(device) if device is not None else curve.ends.device
+    curve.to(device)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: adam, sgd")
+    steps_per_epoch = (len(X) + batch_size - 1) // batch_size
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch) if optimizer == "sgd" else None
+    losses: list[float] = []
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
+    for _ in range(epochs):
+        order = torch.randperm(len(X), generator=generator)
+        ts = torch.rand(steps_per_epoch, generator=generator, dtype=torch.float64)
+        for j, i in enumerate(range(0, len(X), batch_size)):
+            idx = order[i:i + batch_size]
+            xb, yb = X[idx].to(device), y[idx].to(device)
+            t = ts[j]
+            if batch_hook is not None:
+                xb = batch_hook(CurvePoint(curve, t), xb, yb).detach()
+            curve.train()
+            loss = objective(curve, xb, yb, t, weight_decay)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    curve.eval()
+    return losses
+
+
+def along(curve: Curve, ts: Iterable[float], fn: Callable[[nn.Module], Any], bn_data: torch.Tensor | None = None,
+          batch_size: int = 256, progress: bool = False) -> list:
+    """``[fn(curve.at(t, bn_data)) for t in ts]``: any metric of the standalone model at each ``t``.
+
+    BatchNorm statistics are re-estimated on ``bn_data`` at every ``t`` (see :meth:`Curve.at`).
+    """
+    ts = [float(t) for t in ts]
+    return [fn(curve.at(t, bn_data=bn_data, batch_size=batch_size))
+            for t in tqdm(ts, desc="along t", disable=not progress, leave=False)]
+
+
+def evaluate_along(curve: Curve, ts: Iterable[float], X: torch.Tensor, y: torch.Tensor,
+                   bn_data: torch.Tensor | None = None, metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
+                   batch_size: int = 512, progress: bool = False):
+    """A pandas DataFrame with columns ``t``, ``loss`` (mean cross-entropy), ``acc`` on ``(X, y)`` along the curve.
+
+    Extra ``metrics`` (name -> ``fn(model) -> float``) add one column each, computed on the same
+    model at ``t`` (e.g. the attack success rate of a backdoor). BN is re-estimated on ``bn_data``.
+    """
+    import pandas as pd
+
+    from mclib import train as _train
+
+    ts = [float(t) for t in ts]
+    metrics = dict(metrics or {})
+
+    def row(model: nn.Module) -> dict:
+        r = _train.evaluate(model, X.to(curve.ends.device), y.to(curve.ends.device), batch_size=batch_size)
+        r.update({k: float(f(model)) for k, f in metrics.items()})
+        return r
+
+    rows = along(curve, ts, row, bn_data=bn_data, progress=progress)
+    return pd.DataFrame([{"t": t, **r} for t, r in zip(ts, rows)])
+
+
+def summary(df) -> dict[str, float]:
+    """Barrier numbers of one curve from an :func:`evaluate_along` frame (rows ordered by t, ends at t=0 and 1).
+
+    * ``end_acc``: the worse endpoint's accuracy; ``worst_acc`` and ``t_worst``: the lowest accuracy
+      along the curve and where; ``acc_drop = end_acc - worst_acc`` (Garipov et al. 2018 fig. 1 and
+      Zhao et al. 2020 fig. 2 report the error along t; the line's maximum error is the barrier).
+    * ``max_loss`` and ``loss_barrier = max_t L(w(t)) - max(L(w_0), L(w_1))``.
+    """
+    df = df.sort_values("t")
+    ends = df.iloc[[0, -1]]
+    i = int(df["acc"].to_numpy().argmin())
+    end_acc = float(ends["acc"].min())
+    return {"end_acc": end_acc, "worst_acc": float(df["acc"].iloc[i]), "t_worst": float(df["t"].iloc[i]),
+            "acc_drop": end_acc - float(df["acc"].iloc[i]), "max_error": 1.0 - float(df["acc"].iloc[i]),
+            "max_loss": float(df["loss"].max()), "loss_barrier": float(df["loss"].max() - ends["loss"].max())}
+
+
+def grid(n: int) -> list[float]:
+    """``n`` evenly spaced values of t from 0 to 1 inclusive."""
+    if n < 2:
+        raise ValueError(f"a grid needs at least 2 points, got {n}")
+    return [i / (n - 1) for i in range(n)]
+
+
+# -- plotting -------------------------------------------------------------------------------------
+def plot_along(ax, df, column: str = "acc", label: str | None = None, percent: bool | None = None, **kw):
+    """Plot ``df[column]`` against ``df["t"]`` on ``ax`` (accuracy-like columns in percent by default)."""
+    percent = column in ("acc", "asr", "error") if percent is None else percent
+    values = df[column] * (100 if percent else 1)
+    kw.setdefault("marker", "o")
+    kw.setdefault("markersize", 3)
+    ax.plot(df["t"], values, label=label, **kw)
+    ax.set_xlabel("t")
+    ax.set_ylabel(f"{column} (%)" if percent else column)
+    ax.set_xlim(0, 1)
+    return ax
+
+
+def plot_curves(frames: Mapping[str, Any], columns: Sequence[str] = ("loss", "acc"), axes=None, title: str | None = None):
+    """One panel per column with one line per curve (``frames``: label -> DataFrame from :func:`evaluate_along`)."""
+    from mclib import plots
+
+    if axes is None:
+        _, axes = plots.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2))
+    axes = list(axes) if hasattr(axes, "__len__") else [axes]
+    for ax, col in zip(axes, columns):
+        for label, df in frames.items():
+            plot_along(ax, df, col, label=label)
+        if title:
+            ax.set_title(f"{title}: {col}")
+    axes[0].legend()
+    return axes

@@ -1,0 +1,327 @@
+"""Model repair along weight-space curves with limited bonafide data, and its baselines.
+
+Zhao et al. (2020, "Bridging mode connectivity in loss landscapes and adversarial robustness",
+sec. 3) repair two *tampered* models -- backdoored (sec. 3.1) or error-injected (sec. 3.2) -- that
+share an architecture: a quadratic Bezier curve (:class:`mclib.curves.Curve`) joins them, its bend is
+trained on :math:`N` clean (*bonafide*) samples only, and a point :math:`w(t)` inside the path keeps
+clean accuracy while losing the tampering. The bonafide data are drawn from one half of the test
+split; every number is measured on the other half (:func:`split_bonafide`).
+
+Baselines get the same bonafide data and the same budget (epochs, batch size, learning rate)
+(Zhao et al. sec. 3.1, Table 1): :func:`finetune` an endpoint, train :func:`from_scratch`,
+:func:`prune_finetune` (L1 filter pruning of the last convolution, Li et al. 2017, then fine-tuning;
+cf. fine-pruning, Liu et al. 2018) and :func:`weight_noise` (a Gaussian perturbation of an endpoint
+as far from it, in L2, as the curve point). :func:`comparison_table` measures clean accuracy and
+attack success rate (ASR) of every repaired model.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from mclib import curves, train
+from mclib.attacks import backdoor
+
+#: The training budget every repair method shares unless told otherwise.
+DEFAULT_BUDGET = {"epochs": 50, "batch_size": 64, "lr": 1e-2, "optimizer": "sgd", "weight_decay": 5e-4}
+
+
+def split_bonafide(X_test: torch.Tensor, y_test: torch.Tensor, n: int, generator: torch.Generator | None = None,
+                   seed: int = 2020):
+    """``(X_bona, y_bona, X_eval, y_eval)``: ``n`` bonafide samples from one half of the test split, the other half for evaluation.
+
+    The halves are fixed (a permutation seeded by ``seed``, independent of the run) and disjoint, so
+    every method and every ``n`` is evaluated on the same images. Within the bonafide half the ``n``
+    samples are the first ``n`` of an order drawn from ``generator`` (the half's fixed order without
+    one), so smaller sets are subsets of larger ones. Zhao et al. sec. 3: N = 50 .. 2500 of CIFAR-10's
+    5000-image half.
+    """
+    if len(X_test) != len(y_test):
+        raise ValueError(f"X_test and y_test differ in length: {len(X_test)} vs {len(y_test)}")
+    perm = torch.randperm(len(X_test), generator=torch.Generator().manual_seed(seed))
+    half = len(X_test) // 2
+    bona, evaluation = perm[:half], perm[half:]
+    if not isinstance(n, int) or not 0 < n <= half:
+        raise ValueError(f"n must be an int in 1..{half} (half of the {len(X_test)} test images), got {n!r}")
+    if generator is not None:
+        bona = bona[torch.randperm(half, generator=generator)]
+    bona = bona[:n]
+    return X_test[bona], y_test[bona], X_test[evaluation], y_test[evaluation]
+
+
+def _budget(kw: Mapping[str, Any] | None) -> dict[str, Any]:
+    b = dict(DEFAULT_BUDGET)
+    b.update(kw or {})
+    unknown = set(b) - set(DEFAULT_BUDGET)
+    if unknown:
+        raise ValueError(f"unknown budget keys {sorted(unknown)}; valid: {sorted(DEFAULT_BUDGET)}")
+    return b
+
+
+def path_repair(m0: nn.Module, m1: nn.Module, X_bona: torch.Tensor, y_bona: torch.Tensor, kind: str = "bezier",
+                num_bends: int = 1, generator: torch.Generator | None = None, device=None, progress: bool = False,
+                **budget) -> curves.Curve:
+    """Path connection repair (Zhao et al. sec. 3): a curve between two tampered models trained on bonafide data only.
+
+    Builds ``Curve([m0, m1], kind, num_bends)`` (bend on the straight line) and trains it with
+    :func:`mclib.curves.train_curve` on ``(X_bona, y_bona)`` with the budget ``epochs``, ``batch_size``,
+    ``lr``, ``optimizer``, ``weight_decay`` (defaults :data:`DEFAULT_BUDGET`). The training losses are
+    kept as ``curve.losses``. Evaluate points with ``curve.at(t, bn_data=X_bona)``.
+    """
+    b = _budget(budget)
+    curve = curves.Curve([m0, m1], kind=kind, num_bends=num_bends)
+    curve.losses = curves.train_curve(curve, X_bona, y_bona, generator=generator, device=device,
+                                      progress=progress, desc="path repair", **b)
+    return curve
+
+
+def _fit(model: nn.Module, X, y, b: Mapping[str, Any], generator, device, progress, desc) -> nn.Module:
+    train.fit(model, X, y, epochs=b["epochs"], batch_size=b["batch_size"], lr=b["lr"], optimizer=b["optimizer"],
+              weight_decay=b["weight_decay"], generator=generator, device=device or next(model.parameters()).device,
+              progress=progress, desc=desc)
+    return model.eval()
+
+
+def finetune(model: nn.Module, X_bona: torch.Tensor, y_bona: torch.Tensor, generator: torch.Generator | None = None,
+             device=None, progress: bool = False, **budget) -> nn.Module:
+    """Baseline: a copy of ``model`` fine-tuned on the bonafide data with the same budget (Zhao et al. Table 1)."""
+    return _fit(copy.deepcopy(model), X_bona, y_bona, _budget(budget), generator, device, progress, "fine-tune")
+
+
+def reinitialise(model: nn.Module, generator_seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every layer's parameters reset (``reset_parameters``) under a fixed seed."""
+    fresh = copy.deepcopy(model)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(generator_seed)
+    try:
+        for m in fresh.modules():
+            if m is not fresh and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    finally:
+        torch.random.set_rng_state(state)
+    return fresh
+
+
+def from_scratch(model: nn.Module, X_bona: torch.Tensor, y_bona: torch.Tensor, generator: torch.Generator | None = None,
+                 device=None, progress: bool = False, init_seed: int = 0, **budget) -> nn.Module:
+    """Baseline: the same architecture, freshly initialised (:func:`reinitialise`), trained on the bonafide data only."""
+    return _fit(reinitialise(model, init_seed), X_bona, y_bona, _budget(budget), generator, device, progress,
+                "from scratch")
+
+
+def last_conv(model: nn.Module) -> str:
+    """Name of the last ``nn.Conv2d`` module in ``model`` (the layer :func:`prune_finetune` prunes).
+
+    Residual shortcut/downsample projections are skipped: in a ResNet the last conv of the main path is pruned.
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)
+             and not any(k in n for k in ("shortcut", "downsample"))]
+    if not names:
+        raise ValueError("the model has no Conv2d layer to prune; pass layer=... naming a Linear layer instead")
+    return names[-1]
+
+
+def prune_filters(model: nn.Module, amount: float = 0.5, layer: str | None = None) -> tuple[nn.Module, torch.Tensor]:
+    """A copy of ``model`` whose ``layer`` (default :func:`last_conv`) loses the ``amount`` fraction of filters with the smallest L1 norm.
+
+    L1 filter pruning (Li et al. 2017) with :func:`torch.nn.utils.prune.ln_structured` (``n=1``,
+    ``dim=0``); the bias of a pruned filter is masked too, so the filter's output is exactly zero
+    before the next layer. The pruning masks stay attached (pruned weights remain zero while
+    fine-tuning); :func:`prune_finetune` makes them permanent. Returns ``(model, kept)`` with
+    ``kept`` the boolean mask of surviving filters.
+    """
+    from torch.nn.utils import prune
+
+    if not 0.0 <= amount < 1.0:
+        raise ValueError(f"amount must be in [0, 1), got {amount}")
+    pruned = copy.deepcopy(model)
+    layer = layer or last_conv(pruned)
+    mod = pruned.get_submodule(layer)
+    prune.ln_structured(mod, "weight", amount=amount, n=1, dim=0)
+    kept = mod.weight_mask.flatten(1).any(1)
+    if getattr(mod, "bias", None) is not None:
+        prune.custom_from_mask(mod, "bias", kept.to(mod.bias.dtype))
+    return pruned, kept
+
+
+def _make_permanent(model: nn.Module) -> nn.Module:
+    from torch.nn.utils import prune
+
+    for m in model.modules():
+        for name in ("weight", "bias"):
+            if hasattr(m, f"{name}_mask"):
+                prune.remove(m, name)
+    return model
+
+
+def prune_finetune(model: nn.Module, X_bona: torch.Tensor, y_bona: torch.Tensor, amount: float = 0.5,
+                   layer: str | None = None, generator: torch.Generator | None = None, device=None,
+                   progress: bool = False, **budget) -> nn.Module:
+    """Baseline: :func:`prune_filters` of the last convolution, then fine-tuning on the bonafide data (same budget)."""
+    pruned, _ = prune_filters(model, amount, layer)
+    _fit(pruned, X_bona, y_bona, _budget(budget), generator, device, progress, "prune + fine-tune")
+    return _make_permanent(pruned).eval()
+
+
+def _flat_params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def weight_noise(model: nn.Module, distance: float, generator: torch.Generator | None = None) -> nn.Module:
+    """Baseline: a copy of ``model`` moved by ``distance`` (L2, over all parameters) in a uniformly random direction.
+
+    The direction is a standard Gaussian vector over every parameter, normalised; Zhao et al. compare
+    with random perturbations as far from the endpoint as the curve point :math:`w(t)` is
+    (:func:`curve_distance`). Buffers (BatchNorm statistics) are kept.
+    """
+    if distance < 0:
+        raise ValueError(f"distance must be >= 0, got {distance}")
+    noisy = copy.deepcopy(model)
+    params = list(noisy.parameters())
+    noise = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
+    norm = torch.sqrt(sum((z.double() ** 2).sum() for z in noise)).item()
+    with torch.no_grad():
+        for p, z in zip(params, noise):
+            p.add_(z.to(p.device) * (distance / max(norm, 1e-12)))
+    return noisy.eval()
+
+
+def curve_distance(curve: curves.Curve, t: float, end: int = 0) -> float:
+    """:math:`\\lVert w(t) - w_{end} \\rVert_2` over all parameters (the radius used by :func:`weight_noise`)."""
+    with torch.no_grad():
+        return (curve.flat_weights(t) - curve.ends[end]).norm().item()
+
+
+def clean_and_asr(model: nn.Module, X_eval: torch.Tensor, y_eval: torch.Tensor,
+                  trigger: backdoor.Trigger | Mapping | None = None, mode: str = "single", target: int = 0) -> dict:
+    """``{"clean_acc", "asr"}`` of one model on the evaluation half (ASR as in :func:`mclib.attacks.backdoor.asr`)."""
+    return {"clean_acc": train.evaluate(model, X_eval, y_eval)["acc"],
+            "asr": backdoor.asr(model, X_eval, y_eval, trigger, mode, target)}
+
+
+def along_curve(curve: curves.Curve, ts, X_eval: torch.Tensor, y_eval: torch.Tensor,
+                metrics: Mapping[str, Callable[[nn.Module], float]], bn_data: torch.Tensor | None = None):
+    """DataFrame ``t, loss, acc`` (clean, on the evaluation half) plus one column per extra metric, along the curve."""
+    return curves.evaluate_along(curve, ts, X_eval, y_eval, bn_data=bn_data, metrics=metrics)
+
+
+def backdoor_along(curve: curves.Curve, ts, X_eval: torch.Tensor, y_eval: torch.Tensor,
+                   trigger: backdoor.Trigger | Mapping | None = None, mode: str = "single", target: int = 0,
+                   bn_data: torch.Tensor | None = None):
+    """Clean accuracy (``acc``) and attack success rate (``asr``) on the evaluation half at every ``t``."""
+    Xt, yt = backdoor.triggered_set(X_eval, y_eval, trigger, mode, target)
+    return along_curve(curve, ts, X_eval, y_eval, bn_data=bn_data,
+                       metrics={"asr": lambda m: train.evaluate(m, Xt, yt)["acc"]})
+
+
+def repair_methods(m0: nn.Module, m1: nn.Module, X_bona: torch.Tensor, y_bona: torch.Tensor, t: float = 0.5,
+                   curve: curves.Curve | None = None, prune_amount: float = 0.5,
+                   generator: torch.Generator | None = None, device=None, progress: bool = False,
+                   **budget) -> dict[str, nn.Module]:
+    """Every repair of Zhao et al.'s Table 1 with the same bonafide data and budget, as name -> model.
+
+    ``path (t=..)``: the curve point (``curve`` reused if given, else trained by :func:`path_repair`),
+    BN re-estimated on the bonafide data; ``endpoint``: ``m0`` untouched; ``fine-tune``,
+    ``from scratch``, ``prune + fine-tune`` (from ``m0``); ``weight noise``: ``m0`` moved as far as
+    :math:`w(t)` is from it.
+    """
+    b = _budget(budget)
+    curve = curve if curve is not None else path_repair(m0, m1, X_bona, y_bona, generator=generator, device=device,
+                                                          progress=progress, **b)
+    return {
+        f"path (t={t:g})": curve.at(t, bn_data=X_bona),
+        "endpoint (no repair)": m0,
+        "fine-tune": finetune(m0, X_bona, y_bona, generator=generator, device=device, progress=progress, **b),
+        "from scratch": from_scratch(m0, X_bona, y_bona, generator=generator, device=device, progress=progress, **b),
+        "prune + fine-tune": prune_finetune(m0, X_bona, y_bona, amount=prune_amount, generator=generator,
+                                            device=device, progress=progress, **b),
+        "weight noise": weight_noise(m0, curve_distance(curve, t, 0), generator=generator),
+    }
+
+
+def comparison_table(models: Mapping[str, nn.Module], X_eval: torch.Tensor, y_eval: torch.Tensor,
+                     trigger: backdoor.Trigger | Mapping | None = None, mode: str = "single", target: int = 0,
+                     columns: Mapping[str, Any] | None = None):
+    """A DataFrame with one row per method: ``method``, ``clean_acc``, ``asr`` (after constant ``columns``, e.g. ``{"N": 50}``)."""
+    import pandas as pd
+
+    rows = [{**dict(columns or {}), "method": name, **clean_and_asr(m, X_eval, y_eval, trigger, mode, target)}
+            for name, m in models.items()]
+    return pd.DataFrame(rows)
+
+
+# -- glue for the chapters -------------------------------------------------------------------------
+def backdoored_recipe(ctx_or_preset, seed: int = 0, trigger: Mapping[str, Any] | None = None, mode: str = "single",
+                      target: int = 0, rate: float = 0.1, arch: str | None = None) -> train.Recipe:
+    """The book's standard recipe (:func:`mclib.train.recipe_for`) with BadNets poisoning as its data hook.
+
+    Two endpoints = the same poisoned data (poisoning drawn from the recipe's seed) and different seeds
+    (Zhao et al. sec. 3.1). ``trigger`` is a dict of :class:`~mclib.attacks.backdoor.Trigger` arguments.
+    """
+    kw = {"mode": mode, "target": int(target), "rate": float(rate),
+          "trigger": dict(trigger) if trigger is not None else backdoor.Trigger().to_dict()}
+    return train.recipe_for(ctx_or_preset, arch=arch, seed=seed, data_hook="mclib.attacks.backdoor:poison",
+                            data_hook_kwargs=kw)
+
+
+def epochs_for(n: int, steps: int, batch_size: int) -> int:
+    """Epochs over ``n`` samples that give about ``steps`` optimiser steps (at least 1): equal budgets across N."""
+    per_epoch = -(-n // batch_size)
+    return max(1, round(steps / per_epoch))
+
+
+def sweep(m0: nn.Module, m1: nn.Module, X_test: torch.Tensor, y_test: torch.Tensor, ns, ts,
+          metrics: Callable[[torch.Tensor, torch.Tensor], Mapping[str, Callable[[nn.Module], float]]] | None = None,
+          steps: int = 150, batch_size: int = 64, generator_seed: int = 0, exclude: torch.Tensor | None = None,
+          progress: bool = False, **budget):
+    """Path repair for every bonafide size ``N`` in ``ns``; returns ``(frame, curves)``.
+
+    For each ``N``: :func:`split_bonafide` (fixed halves, so one evaluation half for all N), a curve by
+    :func:`path_repair` with about ``steps`` optimiser steps (:func:`epochs_for`), then clean loss and
+    accuracy on the evaluation half and every extra metric at each ``t`` (BN re-estimated on the
+    bonafide data). ``metrics(X_eval, y_eval)`` builds name -> ``fn(model)``; ``exclude`` is a boolean
+    mask over the evaluation half of images left out of the clean accuracy (e.g. the error-injected
+    images). ``frame`` has columns ``N, t, loss, acc, <metrics>``; ``curves`` maps N -> Curve.
+    """
+    import pandas as pd
+
+    frames, out = [], {}
+    for n in ns:
+        Xb, yb, Xe, ye = split_bonafide(X_test, y_test, int(n))
+        extra = dict(metrics(Xe, ye)) if metrics is not None else {}
+        if exclude is not None:
+            Xe, ye = Xe[~exclude], ye[~exclude]
+        b = {**budget, "batch_size": batch_size, "epochs": epochs_for(int(n), steps, batch_size)}
+        curve = path_repair(m0, m1, Xb, yb, generator=torch.Generator().manual_seed(generator_seed + int(n)),
+                            progress=progress, **b)
+        df = curves.evaluate_along(curve, ts, Xe, ye, bn_data=Xb, metrics=extra)
+        df.insert(0, "N", int(n))
+        frames.append(df)
+        curve.bonafide = (Xb, yb)
+        out[int(n)] = curve
+    return pd.concat(frames, ignore_index=True), out
+
+
+def asr_metric(trigger: backdoor.Trigger | Mapping | None = None, mode: str = "single", target: int = 0):
+    """``metrics`` factory for :func:`sweep`: ``{"asr": fn(model)}`` on the evaluation half."""
+    def build(Xe, ye):
+        Xt, yt = backdoor.triggered_set(Xe, ye, trigger, mode, target)
+        return {"asr": lambda m: train.evaluate(m, Xt, yt)["acc"]}
+    return build
+
+
+def plot_sweep(frame, column: str = "asr", ax=None, title: str | None = None, label_fmt: str = "N = {}"):
+    """One line per bonafide size N of ``frame[column]`` (percent) against t."""
+    from mclib import plots
+
+    if ax is None:
+        _, ax = plots.subplots(figsize=(4.2, 3.2))
+    for n, df in frame.groupby("N"):
+        curves.plot_along(ax, df, column, label=label_fmt.format(n), percent=column != "loss")
+    ax.set_ylim(-3, 103)
+    if title:
+        ax.set_title(title)
+    return ax

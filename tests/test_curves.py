@@ -1,0 +1,251 @@
+"""Tests for mclib.curves: the curve's points against hand-computed combinations, gradients, BN, errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mclib import curves, models
+
+
+def _pair(arch: str = "cnn", **kw):
+    torch.manual_seed(0)
+    m0 = models.build(arch, in_shape=(1, 8, 8), num_classes=4, **kw)
+    torch.manual_seed(1)
+    m1 = models.build(arch, in_shape=(1, 8, 8), num_classes=4, **kw)
+    return m0.eval(), m1.eval()
+
+
+def _perturb_bends(curve: curves.Curve, seed: int = 3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        curve.bends.add_(0.05 * torch.randn(curve.bends.shape, generator=g))
+
+
+@pytest.mark.parametrize("kind", curves.KINDS)
+@pytest.mark.parametrize("num_bends", [0, 1, 3])
+def test_endpoints_are_exact(kind, num_bends):
+    m0, m1 = _pair()
+    c = curves.Curve([m0, m1], kind=kind, num_bends=num_bends)
+    if num_bends:
+        _perturb_bends(c)
+    for t, m in ((0.0, m0), (1.0, m1)):
+        w = c.weights(t)
+        for name, p in m.named_parameters():
+            assert torch.equal(w[name], p), (t, name)
+    x = torch.rand(6, 1, 8, 8)
+    c.eval()
+    assert torch.equal(c(x, 0.0), m0(x))
+    assert torch.equal(c(x, torch.tensor(1.0)), m1(x))
+
+
+def test_quadratic_bezier_matches_hand_computed_bernstein():
+    m0, m1 = _pair()
+    c = curves.Curve([m0, m1], kind="bezier", num_bends=1)
+    _perturb_bends(c)
+    theta = c.control_points()[1]
+    p0, p1 = dict(m0.named_parameters()), dict(m1.named_parameters())
+    for t in (0.1, 0.37, 0.5, 0.9):
+        w = c.weights(t)
+        for name in c.names:
+            ref = (1 - t) ** 2 * p0[name] + 2 * t * (1 - t) * theta[name] + t ** 2 * p1[name]
+            torch.testing.assert_close(w[name], ref.detach(), rtol=1e-6, atol=1e-7)
+    # cubic Bezier (two bends) coefficients
+    c3 = curves.Curve([m0, m1], kind="bezier", num_bends=2)
+    t = 0.3
+    torch.testing.assert_close(c3.coefficients(t), torch.tensor(
+        [(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t ** 2 * (1 - t), t ** 3], dtype=torch.float64))
+
+
+def test_bends_start_on_the_straight_line():
+    m0, m1 = _pair()
+    c = curves.Curve([m0, m1], kind="polychain", num_bends=3)
+    lin = curves.line(m0, m1)
+    for t in (0.2, 0.5, 0.75):
+        for name in c.names:
+            torch.testing.assert_close(c.weights(t)[name], lin.weights(t)[name], rtol=1e-5, atol=1e-6)
+    cb = curves.Curve([m0, m1], kind="bezier", num_bends=1)
+    for name in cb.names:  # the quadratic Bezier with theta at the midpoint *is* the line
+        torch.testing.assert_close(cb.weights(0.3)[name], lin.weights(0.3)[name], rtol=1e-5, atol=1e-6)
+
+
+def test_polychain_hat_functions():
+    m0, m1 = _pair()
+    c = curves.Curve([m0, m1], kind="polychain", num_bends=1)
+    _perturb_bends(c)
+    theta = c.control_points()[1]
+    p0, p1 = dict(m0.named_parameters()), dict(m1.named_parameters())
+    for t in (0.2, 0.5, 0.8):
+        ref_c = [max(0.0, 1 - 2 * t), 1 - abs(2 * t - 1), max(0.0, 2 * t - 1)]
+        torch.testing.assert_close(c.coefficients(t), torch.tensor(ref_c, dtype=torch.float64))
+        name = c.names[0]
+        ref = (1 - 2 * t) * p0[name] + 2 * t * theta[name] if t <= 0.5 else \
+            (2 - 2 * t) * theta[name] + (2 * t - 1) * p1[name]
+        torch.testing.assert_close(c.weights(t)[name], ref.detach(), rtol=1e-6, atol=1e-7)
+    # hat functions of a 3-bend chain: partition of unity, at most two non-zero, 1 at the knots
+    c3 = curves.Curve([m0, m1], kind="polychain", num_bends=3)
+    for t in torch.linspace(0, 1, 17):
+        co = c3.coefficients(t)
+        assert math.isclose(co.sum().item(), 1.0, abs_tol=1e-12) and int((co > 0).sum()) <= 2
+    assert torch.equal(c3.coefficients(0.5), torch.tensor([0, 0, 1, 0, 0], dtype=torch.float64))
+
+
+def test_line_is_linear_interpolation():
+    m0, m1 = _pair("mlp", hidden=(8,))
+    c = curves.line(m0, m1)
+    assert c.bend_parameters() == [] and c.num_bends == 0
+    for name, p in m0.named_parameters():
+        ref = 0.75 * p + 0.25 * dict(m1.named_parameters())[name]
+        torch.testing.assert_close(c.weights(0.25)[name], ref.detach())
+    assert curves.train_curve(c, torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long), epochs=1, progress=False) == []
+
+
+def test_gradients_reach_only_the_bends():
+    m0, m1 = _pair("vgg_bn", widths=(4, "M", 8))
+    c = curves.Curve([m0, m1], num_bends=1)
+    c.train()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 4, (8,))
+    loss = nn.functional.cross_entropy(c(x, 0.4), y)
+    loss.backward()
+    trainable = [n for n, p in c.named_parameters() if p.requires_grad]
+    assert trainable == ["bends"]
+    assert c.bends.grad is not None and c.bends.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in c.named_parameters() if n != "bends")
+    assert all(p.grad is None for p in list(m0.parameters()) + list(m1.parameters()))
+
+
+def test_training_moves_only_bends_and_lowers_loss():
+    m0, m1 = _pair()
+    ends_before = {n: p.clone() for n, p in m0.named_parameters()}
+    c = curves.Curve([m0, m1], num_bends=1)
+    ends = c.ends.clone()
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(64, 1, 8, 8, generator=g)
+    y = (X.flatten(1).mean(1) > X.flatten(1).mean()).long()
+    bends0 = c.bends.detach().clone()
+    losses = curves.train_curve(c, X, y, epochs=8, batch_size=32, lr=0.05, weight_decay=1e-4,
+                                generator=g, progress=False)
+    assert len(losses) == 16
+    assert torch.equal(c.ends, ends)
+    assert not torch.equal(c.bends.detach(), bends0)
+    assert all(torch.equal(p, ends_before[n]) for n, p in m0.named_parameters())
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_weight_decay_is_half_lambda_squared_norm_of_w_t():
+    # with zero learning rate the returned objective is CE + wd/2 ||w(t)||^2 exactly
+    m0, m1 = _pair("mlp", hidden=(6,))
+    c = curves.Curve([m0, m1], num_bends=1)
+    X, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    plain = curves.train_curve(c, X, y, epochs=1, batch_size=4, lr=0.0, weight_decay=0.0, generator=g1, progress=False)
+    wd = curves.train_curve(c, X, y, epochs=1, batch_size=4, lr=0.0, weight_decay=0.1, generator=g2, progress=False)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(5)
+    torch.randperm(4, generator=g)
+    t = torch.rand(1, generator=g, dtype=torch.float64)[0]
+    norm2 = c.flat_weights(t).pow(2).sum().item()
+    assert math.isclose(wd[0] - plain[0], 0.05 * norm2, rel_tol=1e-4)
+
+
+def test_bn_reestimation_changes_running_statistics():
+    m0, m1 = _pair("vgg_bn", widths=(4, "M", 8))
+    c = curves.Curve([m0, m1], num_bends=1)
+    X = torch.rand(64, 1, 8, 8)
+    with pytest.warns(UserWarning, match="bn_data"):
+        plain = c.at(0.5)
+    fresh = c.at(0.5, bn_data=X, batch_size=16)
+    bn_plain = [m for m in plain.modules() if isinstance(m, nn.BatchNorm2d)]
+    bn_fresh = [m for m in fresh.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bn_fresh) == 2
+    for a, b in zip(bn_plain, bn_fresh):
+        assert not torch.allclose(a.running_mean, b.running_mean)
+        assert b.momentum == 0.1  # restored after the cumulative average
+    # the re-estimated statistics of the first BN are the data's own (exact cumulative average)
+    first_conv = fresh[1][0]
+    with torch.no_grad():
+        h = first_conv(fresh[0](X))
+    torch.testing.assert_close(bn_fresh[0].running_mean, h.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not fresh.training and all(p.requires_grad for p in fresh.parameters())
+
+
+def test_buffers_interpolate_and_training_leaves_them_alone():
+    m0, m1 = _pair("vgg_bn", widths=(4,))
+    with torch.no_grad():
+        for m, v in ((m0, 1.0), (m1, 3.0)):
+            m[1][1].running_mean.fill_(v)
+    c = curves.Curve([m0, m1], num_bends=1)
+    assert torch.equal(c.buffers_at(0.25)["1.1.running_mean"], torch.full((4,), 1.5))
+    before = c.end_buffers.clone()
+    curves.train_curve(c, torch.rand(16, 1, 8, 8), torch.randint(0, 4, (16,)), epochs=1, batch_size=8, progress=False)
+    assert torch.equal(c.end_buffers, before)
+
+
+def test_mismatched_endpoints_raise_naming_the_parameter():
+    torch.manual_seed(0)
+    a = models.build("cnn", in_shape=(1, 8, 8), num_classes=4, channels=(4, 8))
+    b = models.build("cnn", in_shape=(1, 8, 8), num_classes=4, channels=(4, 6))
+    with pytest.raises(ValueError, match=r"'1\.3\.weight'.*\(8, 4, 3, 3\).*\(6, 4, 3, 3\)"):
+        curves.Curve([a, b])
+    c = models.build("mlp", in_shape=(1, 8, 8), num_classes=4)
+    with pytest.raises(ValueError, match="missing"):
+        curves.Curve([a, c])
+    with pytest.raises(ValueError, match="exactly two"):
+        curves.Curve([a])
+    with pytest.raises(ValueError, match="kind"):
+        curves.Curve([a, a], kind="spline")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        curves.Curve([a, a]).weights(1.5)
+
+
+def test_at_equals_curve_forward_in_eval_mode():
+    m0, m1 = _pair()
+    for kind in curves.KINDS:
+        c = curves.Curve([m0, m1], kind=kind, num_bends=2)
+        _perturb_bends(c)
+        c.eval()
+        x = torch.rand(10, 1, 8, 8)
+        for t in (0.0, 0.3, 0.77, 1.0):
+            model = c.at(t)
+            assert isinstance(model, nn.Sequential) and not model.training
+            torch.testing.assert_close(model(x), c(x, t), rtol=0, atol=0)
+
+
+def test_along_and_evaluate_along():
+    m0, m1 = _pair()
+    c = curves.Curve([m0, m1], num_bends=1)
+    X, y = torch.rand(20, 1, 8, 8), torch.randint(0, 4, (20,))
+    df = curves.evaluate_along(c, curves.grid(5), X, y, metrics={"n": lambda m: 20})
+    assert list(df.columns) == ["t", "loss", "acc", "n"] and list(df["t"]) == [0, 0.25, 0.5, 0.75, 1.0]
+    from mclib import train
+    assert math.isclose(df["acc"].iloc[0], train.evaluate(m0, X, y)["acc"])
+    assert math.isclose(df["loss"].iloc[-1], train.evaluate(m1, X, y)["loss"], rel_tol=1e-6)
+    assert curves.along(c, [0.0, 1.0], lambda m: type(m).__name__) == ["Sequential", "Sequential"]
+
+
+def test_batch_hook_gets_a_module_at_t():
+    from mclib.attacks import pgd
+
+    m0, m1 = _pair()
+    c = curves.Curve([m0, m1], num_bends=1)
+    seen = []
+
+    def hook(point, x, y):
+        assert isinstance(point, curves.CurvePoint)
+        seen.append(float(point.t))
+        return pgd(point, x, y, eps=0.1, steps=2)
+
+    X, y = torch.rand(16, 1, 8, 8), torch.randint(0, 4, (16,))
+    losses = curves.train_curve(c, X, y, epochs=1, batch_size=8, batch_hook=hook, progress=False)
+    assert len(seen) == 2 == len(losses) and all(0 <= t <= 1 for t in seen)
+
+
+def test_summary_barrier_numbers():
+    import pandas as pd
+
+    df = pd.DataFrame({"t": [0.0, 0.5, 1.0], "loss": [0.2, 1.5, 0.3], "acc": [0.95, 0.6, 0.97]})
+    s = curves.summary(df)
+    assert s["end_acc"] == 0.95 and s["worst_acc"] == 0.6 and s["t_worst"] == 0.5
+    assert math.isclose(s["acc_drop"], 0.35) and math.isclose(s["loss_barrier"], 1.2) and math.isclose(s["max_error"], 0.4)
