@@ -1,0 +1,509 @@
+"""The largest eigenvalue of the input Hessian, per example and batched, and robustness along a path.
+
+Zhao et al. (ICLR 2020, arXiv 2005.00060, Section 5) walk the path between a regular and an
+adversarially trained model and find that the *robustness loss* (cross-entropy on PGD examples) rises
+to a barrier while the standard loss does not, and that the robustness loss correlates with the
+largest eigenvalue of the Hessian of the loss with respect to the *input*,
+
+    H(x) = d^2/dx^2  CE(f_w(x), y)          (a D x D matrix, D = C*H*W),
+
+following Yao et al. (2018), who estimate it by power iteration on Hessian-vector products.
+
+Eigenvalues
+-----------
+:func:`top_eigenvalue` returns, for every example of a batch, the largest *algebraic* eigenvalue
+lambda_max(H(x_i)). Two iterative solvers share one batched Hessian-vector product (HVP):
+
+* ``method="lanczos"`` (default): Lanczos with full re-orthogonalisation. After j steps the
+  tridiagonal matrix T_j (alphas on the diagonal, betas off it) is diagonalised with
+  :func:`torch.linalg.eigh`; its largest Ritz value theta converges to lambda_max from below, and
+  |theta - lambda| <= beta_j |s_j| (the residual of the Ritz pair, s_j = last component of the Ritz
+  vector) bounds the error. Extreme eigenvalues of *both* signs are found, so there is no sign
+  problem. Breakdown (beta ~ 0: the Krylov space is invariant, e.g. after <= C steps for a ReLU
+  network whose input Hessian J^T (diag p - p p^T) J has rank <= C - 1) ends the iteration with the
+  exact value.
+* ``method="power"``: power iteration (Yao et al. 2018) returns the eigenvalue of largest
+  *magnitude*. When that Rayleigh quotient mu is negative, the example is run again on the shifted
+  matrix H - mu I, whose spectrum lambda_i - mu is >= 0 (up to convergence) with largest element
+  lambda_max - mu, so lambda_max = nu + mu.
+
+Both stop per example when the error estimate falls below ``tol`` (relative, see below) or after
+``iters`` HVPs, and finished examples are frozen while the others go on.
+
+The HVP, and why it is batched this way
+---------------------------------------
+``backend="autograd"`` (default): one forward pass and one backward pass with ``create_graph=True``
+give g = d/dX sum_i CE(f(x_i), y_i); every HVP is then a single double-backward
+``autograd.grad(g, X, grad_outputs=V)``. In eval mode the model has no cross-example coupling
+(BatchNorm uses running statistics), so the Hessian of the *summed* loss with respect to the whole
+batch is block-diagonal with blocks H(x_i): one double-backward applies every H(x_i) to its own
+v_i exactly. The forward/backward graph is built once and reused for every iteration.
+``backend="func"``: ``vmap`` over examples of ``jvp(grad(loss_i))`` (forward-over-reverse,
+torch.func), which recomputes forward and backward at every HVP. Both are exact; the benchmark
+(``benchmarks/bench_hessian.py``) found the graph-reusing autograd form faster on CPU, hence the
+default. The model is put in eval mode for the computation (and restored).
+
+:func:`batch_top_eigenvalue` is the paper's variant: the Hessian of the *batch-mean* loss with
+respect to the whole input batch (a BD x BD matrix). With no cross-example coupling it equals
+blockdiag(H(x_i)) / B, so its largest eigenvalue is max_i lambda_max(H(x_i)) / B -- the tests use
+this identity as an independent check.
+
+Robustness along a path
+-----------------------
+:func:`robustness_along` evaluates, at every t of a weight-space curve (:mod:`mclib.curves`), the
+standard loss/accuracy, the PGD loss/accuracy (Madry et al. 2018; :func:`mclib.attacks.evasion.pgd`) and
+the mean largest input-Hessian eigenvalue on clean inputs. :func:`barrier_height` and
+:func:`correlation` (Pearson and Spearman with bootstrap intervals) turn those into claims C6, C7;
+:func:`plot_along` draws a loss and the eigenvalue on one t axis (twin axes).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+METHODS = ("lanczos", "power")
+BACKENDS = ("autograd", "func")
+
+__all__ = [
+    "input_hvp", "lanczos", "power_iteration", "top_eigenvalue", "batch_top_eigenvalue", "exact_hessian",
+    "exact_top_eigenvalue", "robustness_along", "barrier_height", "has_barrier", "correlation", "plot_along",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hessian-vector products
+# ----------------------------------------------------------------------------------------------------
+def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
+    if not torch.is_tensor(x) or not torch.is_tensor(y):
+        raise TypeError("x and y must be tensors")
+    if x.dim() < 2:
+        raise ValueError(f"x must be a batch (B, ...) of inputs, got shape {tuple(x.shape)}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be (B,) labels matching x's batch size {x.shape[0]}, got shape {tuple(y.shape)}")
+
+
+def input_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backend: str = "autograd",
+              reduction: str = "sum") -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function ``V (B, D) -> (B, D)`` applying the input Hessian of the cross-entropy to ``V``.
+
+    With ``reduction="sum"`` row i of the result is H(x_i) v_i (the per-example Hessian, exact when
+    the model has no cross-example coupling, i.e. eval mode); with ``"mean"`` it is the Hessian of
+    the batch-mean loss w.r.t. the whole batch applied to ``V`` (= the sum form / B in eval mode).
+    ``backend`` is ``"autograd"`` (double backward through a graph built once) or ``"func"``
+    (vmap of forward-over-reverse ``jvp(grad(.))``; ``reduction="sum"`` only). The caller keeps the
+    model in the mode it wants (:func:`top_eigenvalue` uses eval mode).
+    """
+    _check_xy(x, y)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    B = x.shape[0]
+    shape = x.shape
+    if backend == "autograd":
+        xg = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(xg), y, reduction=reduction)
+            (g,) = torch.autograd.grad(loss, xg, create_graph=True)
+
+        def hvp(v: torch.Tensor) -> torch.Tensor:
+            (hv,) = torch.autograd.grad(g, xg, grad_outputs=v.reshape(shape).to(g), retain_graph=True,
+                                        materialize_grads=True)
+            return hv.reshape(B, -1).detach()
+
+        return hvp
+    if reduction != "sum":
+        raise ValueError("backend='func' computes per-example Hessians; use backend='autograd' for reduction='mean'")
+    from torch.func import functional_call, grad, jvp, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss_one(xi, yi):
+        out = functional_call(model, (params, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    def hvp_one(xi, yi, vi):
+        return jvp(lambda z: grad(loss_one)(z, yi), (xi,), (vi,))[1]
+
+    batched = vmap(hvp_one)
+    xd = x.detach()
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        return batched(xd, y, v.reshape(shape).to(xd)).reshape(B, -1).detach()
+
+    return hvp
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batched eigen-solvers on a linear operator (B independent symmetric D x D matrices)
+# ----------------------------------------------------------------------------------------------------
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+
+
+def lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, iters: int = 64, tol: float = 1e-5,
+            progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """Largest algebraic eigenvalue of B symmetric operators by Lanczos with full re-orthogonalisation.
+
+    ``hvp(V)`` applies the B operators row-wise to ``V (B, D)``; ``v0 (B, D)`` are the start vectors.
+    Example i stops when the Ritz residual beta_j |s_j| <= ``tol`` * max_k |theta_k| (its spectral
+    scale estimate), at breakdown, or after ``min(iters, D)`` steps. Returns ``(theta (B,), info)``
+    with ``info = {"iters": (B,) steps used, "converged": (B,) bool, "residual": (B,)}``.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    B, D = v0.shape
+    k_max = min(int(iters), D)
+    dtype, dev = v0.dtype, v0.device
+    Q = torch.zeros(B, k_max + 1, D, dtype=dtype, device=dev)
+    alpha = torch.zeros(B, k_max, dtype=torch.float64, device=dev)
+    beta = torch.zeros(B, k_max, dtype=torch.float64, device=dev)
+    Q[:, 0] = _unit(v0)
+    theta = torch.full((B,), float("nan"), dtype=torch.float64, device=dev)
+    resid = torch.full((B,), float("inf"), dtype=torch.float64, device=dev)
+    steps = torch.zeros(B, dtype=torch.long, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    conv = torch.zeros(B, dtype=torch.bool, device=dev)
+    for j in tqdm(range(k_max), desc="lanczos", disable=not progress, leave=False):
+        q = Q[:, j]
+        w = hvp(q)
+        a = (w * q).sum(1)
+        w = w - a[:, None] * q
+        if j > 0:
+            w = w - beta[:, j - 1, None].to(dtype) * Q[:, j - 1]
+        basis = Q[:, : j + 1]
+        for _ in range(2):  # full re-orthogonalisation, twice ("twice is enough")
+            w = w - torch.einsum("bk,bkd->bd", torch.einsum("bkd,bd->bk", basis, w), basis)
+        b = w.norm(dim=1)
+        alpha[:, j] = a.double()
+        # Ritz values of the (j+1) x (j+1) tridiagonal matrix
+        T = torch.diag_embed(alpha[:, : j + 1])
+        if j > 0:
+            off = beta[:, :j]
+            T = T + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+        evals, evecs = torch.linalg.eigh(T)
+        th = evals[:, -1]
+        scale = evals.abs().amax(1).clamp_min(torch.finfo(dtype).tiny)
+        r = b.double() * evecs[:, -1, -1].abs()
+        live = ~done
+        theta = torch.where(live, th, theta)
+        resid = torch.where(live, r, resid)
+        steps = torch.where(live, torch.full_like(steps, j + 1), steps)
+        ok = live & (r <= tol * scale)
+        conv |= ok
+        done |= ok | (j + 1 == k_max)
+        if bool(done.all()):
+            break
+        beta[:, j] = torch.where(done, torch.zeros_like(b.double()), b.double())
+        nxt = w / b.clamp_min(torch.finfo(dtype).tiny)[:, None]
+        Q[:, j + 1] = torch.where(done[:, None], torch.zeros_like(nxt), nxt)
+    return theta.to(dtype), {"iters": steps, "converged": conv, "residual": resid.to(dtype)}
+
+
+def power_iteration(hvp: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, iters: int = 500,
+                    tol: float = 1e-5, progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """Largest algebraic eigenvalue of B symmetric operators by power iteration with a sign shift.
+
+    Plain power iteration (Yao et al. 2018) converges to the eigenvalue of largest magnitude. Where
+    that Rayleigh quotient mu_i is negative the example is iterated again on H_i - mu_i I, whose
+    largest-magnitude eigenvalue is lambda_max - mu_i >= 0. An example stops when its Rayleigh
+    quotient's remaining error, estimated from two successive changes d_k, d_{k-1} as
+    d_k rho / (1 - rho) with rho = d_k / d_{k-1} (geometric convergence), is <= ``tol`` * |mu|, or after
+    ``iters`` steps (per phase).
+    Returns ``(lambda (B,), info)`` like :func:`lanczos`; ``info["shifted"]`` marks shifted examples.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+
+    def run(op, v, active):
+        B = v.shape[0]
+        v = _unit(v)
+        mu = torch.full((B,), float("nan"), dtype=v.dtype, device=v.device)
+        steps = torch.zeros(B, dtype=torch.long, device=v.device)
+        done = ~active
+        conv = torch.zeros(B, dtype=torch.bool, device=v.device)
+        delta = torch.full_like(mu, float("inf"))
+        tiny = torch.finfo(v.dtype).tiny
+        for k in tqdm(range(int(iters)), desc="power", disable=not progress, leave=False):
+            w = op(torch.where(done[:, None], torch.zeros_like(v), v))
+            m = (w * v).sum(1)
+            live = ~done
+            ok = torch.zeros_like(live)
+            if k > 0:
+                d = (m - mu).abs()
+                if k > 1:
+                    # geometric convergence: the remaining error is about d * rho / (1 - rho)
+                    rho = (d / delta.clamp_min(tiny)).clamp(max=1.0)
+                    est = torch.where(rho < 1, d * rho / (1 - rho).clamp_min(tiny), torch.full_like(d, float("inf")))
+                    ok = live & ((d == 0) | (est <= tol * m.abs().clamp_min(tiny)))
+                    conv |= ok
+                delta = torch.where(live, d, delta)
+            mu = torch.where(live, m, mu)
+            steps = torch.where(live, steps + 1, steps)
+            done = done | ok
+            if bool(done.all()):
+                break
+            v = torch.where(done[:, None], v, _unit(w))
+        return mu, steps, conv
+
+    all_on = torch.ones(v0.shape[0], dtype=torch.bool, device=v0.device)
+    mu, steps, conv = run(hvp, v0, all_on)
+    neg = mu < 0
+    if bool(neg.any()):
+        shift = torch.where(neg, mu, torch.zeros_like(mu))
+        nu, steps2, conv2 = run(lambda v: hvp(v) - shift[:, None] * v, v0, neg)
+        mu = torch.where(neg, nu + shift, mu)
+        steps = steps + torch.where(neg, steps2, torch.zeros_like(steps2))
+        conv = torch.where(neg, conv2, conv)
+    return mu, {"iters": steps, "converged": conv, "shifted": neg}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public eigenvalue functions
+# ----------------------------------------------------------------------------------------------------
+class _EvalMode:
+    def __init__(self, model: nn.Module):
+        self.model, self.was = model, model.training
+
+    def __enter__(self):
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.was)
+
+
+def _start(shape: tuple[int, int], generator: torch.Generator | None, dtype, device) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def _solve(hvp, v0, method, iters, tol, progress):
+    if method == "lanczos":
+        return lanczos(hvp, v0, iters=iters, tol=tol, progress=progress)
+    if method == "power":
+        return power_iteration(hvp, v0, iters=iters, tol=tol, progress=progress)
+    raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+
+
+def top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int | None = None,
+                   tol: float = 1e-5, method: str = "lanczos", generator: torch.Generator | None = None,
+                   backend: str = "autograd", batch_size: int = 256, return_info: bool = False,
+                   progress: bool = False):
+    """Largest algebraic eigenvalue of the input Hessian of the per-example cross-entropy, shape (B,).
+
+    For every example, lambda_max( d^2 CE(f(x_i), y_i) / dx_i^2 ) -- the quantity Zhao et al. (2020,
+    Section 5) track along the path between a regular and an adversarially trained model. ``method``
+    ``"lanczos"`` (default, ``iters`` defaults to 64) or ``"power"`` (shift-corrected, default 500);
+    ``tol`` is the relative stopping tolerance; ``generator`` seeds the random start vectors.
+    Examples are processed ``batch_size`` at a time, all of a chunk in one batched HVP per step
+    (see the module docstring for why the double-backward HVP is exact per example in eval mode).
+    With ``return_info`` also returns ``{"iters", "converged", "residual"/"shifted"}`` per example.
+    """
+    _check_xy(x, y)
+    if iters is None:
+        iters = 64 if method == "lanczos" else 500
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    dev = x.device
+    try:
+        dev = next(model.parameters()).device
+    except StopIteration:
+        pass
+    vals, infos = [], []
+    with _EvalMode(model):
+        for i in range(0, x.shape[0], batch_size):
+            xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+            hvp = input_hvp(model, xb, yb, backend=backend)
+            v0 = _start((xb.shape[0], xb[0].numel()), generator, xb.dtype, dev)
+            lam, info = _solve(hvp, v0, method, iters, tol, progress)
+            vals.append(lam.detach())
+            infos.append(info)
+    out = torch.cat(vals).to(x.device)
+    if not return_info:
+        return out
+    return out, {k: torch.cat([inf[k] for inf in infos]).to(x.device) for k in infos[0]}
+
+
+def batch_top_eigenvalue(model: nn.Module, X: torch.Tensor, y: torch.Tensor, iters: int | None = None,
+                         tol: float = 1e-5, method: str = "power", generator: torch.Generator | None = None,
+                         return_info: bool = False, progress: bool = False):
+    """The paper's variant: largest eigenvalue of the Hessian of the *batch-mean* loss w.r.t. all of ``X``.
+
+    Zhao et al. (2020, Section 5) follow Yao et al. (2018): power iteration on Hessian-vector products
+    of the mean cross-entropy over a batch, the input batch flattened into one vector of B*D entries.
+    ``method="power"`` (default, as in the paper, with the sign shift) or ``"lanczos"``. Returns a
+    0-dim tensor. In eval mode (no cross-example coupling) this equals
+    ``top_eigenvalue(model, X, y).max() / len(X)``.
+    """
+    _check_xy(X, y)
+    if iters is None:
+        iters = 64 if method == "lanczos" else 500
+    dev = next(model.parameters()).device
+    Xd, yd = X.to(dev), y.to(dev)
+    B = Xd.shape[0]
+    with _EvalMode(model):
+        inner = input_hvp(model, Xd, yd, backend="autograd", reduction="mean")
+        hvp = lambda v: inner(v.reshape(B, -1)).reshape(1, -1)  # noqa: E731
+        v0 = _start((1, Xd[0].numel() * B), generator, Xd.dtype, dev)
+        lam, info = _solve(hvp, v0, method, iters, tol, progress)
+    return (lam[0], info) if return_info else lam[0]
+
+
+def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Reference: the full per-example input Hessians (B, D, D) by ``torch.func.hessian`` (small D only)."""
+    _check_xy(x, y)
+    from torch.func import functional_call, hessian, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    shape = x.shape[1:]
+
+    def loss_one(xi, yi):
+        out = functional_call(model, (params, buffers), (xi.reshape(shape).unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    with _EvalMode(model):
+        H = vmap(hessian(loss_one))(x.detach().reshape(x.shape[0], -1), y)
+    return H
+
+
+def exact_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Reference: ``eigvalsh`` of :func:`exact_hessian`, largest eigenvalue per example (B,)."""
+    H = exact_hessian(model, x, y)
+    return torch.linalg.eigvalsh(0.5 * (H + H.transpose(1, 2)))[:, -1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Robustness along a weight-space path (Zhao et al. 2020, Section 5; claims C6, C7)
+# ----------------------------------------------------------------------------------------------------
+def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
+                     step_size: float | None = None, n_hessian: int | None = None, bn_data=None,
+                     hessian_kwargs: Mapping | None = None, generator: torch.Generator | None = None,
+                     batch_size: int = 500, progress: bool = True):
+    """Standard and PGD loss/accuracy and the mean top input-Hessian eigenvalue at every t of ``curve``.
+
+    ``curve`` is a :class:`mclib.curves.Curve` (anything with ``.at(t, bn_data=None) -> nn.Module``).
+    At each t: cross-entropy ``loss`` and ``acc`` on ``(X, y)``; ``pgd_loss``/``pgd_acc`` on L-inf PGD
+    examples (radius ``eps``, ``steps``, ``step_size``; Madry et al. 2018) crafted against the model
+    at t; ``eig_mean``/``eig_median`` of lambda_max of the input Hessian (:func:`top_eigenvalue`) on the
+    first ``n_hessian`` clean examples. Returns ``(DataFrame, per_example)`` where ``per_example``
+    holds (T, N) arrays ``pgd_loss`` and ``eig`` for example-level bootstraps.
+    """
+    import pandas as pd
+
+    from mclib.attacks import pgd
+
+    _check_xy(X, y)
+    n_hessian = len(X) if n_hessian is None else min(int(n_hessian), len(X))
+    hk = dict(hessian_kwargs or {})
+    rows, pgd_rows, eig_rows = [], [], []
+    for t in tqdm(list(ts), desc="along t", disable=not progress, leave=False):
+        model = curve.at(float(t), bn_data=bn_data).eval()
+        dev = next(model.parameters()).device
+        losses, correct, plosses, pcorrect = [], [], [], []
+        for i in range(0, len(X), batch_size):
+            xb, yb = X[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+            with torch.no_grad():
+                out = model(xb)
+            losses.append(F.cross_entropy(out, yb, reduction="none").cpu())
+            correct.append((out.argmax(1) == yb).cpu())
+            adv = pgd(model, xb, yb, eps=eps, steps=steps, step_size=step_size, generator=generator)
+            with torch.no_grad():
+                pout = model(adv)
+            plosses.append(F.cross_entropy(pout, yb, reduction="none").cpu())
+            pcorrect.append((pout.argmax(1) == yb).cpu())
+        eig = top_eigenvalue(model, X[:n_hessian].to(dev), y[:n_hessian].to(dev), generator=generator, **hk).cpu()
+        pl = torch.cat(plosses)
+        rows.append({"t": float(t), "loss": torch.cat(losses).mean().item(),
+                     "acc": torch.cat(correct).float().mean().item(), "pgd_loss": pl.mean().item(),
+                     "pgd_acc": torch.cat(pcorrect).float().mean().item(), "eig_mean": eig.mean().item(),
+                     "eig_median": eig.median().item()})
+        pgd_rows.append(pl.numpy())
+        eig_rows.append(eig.numpy())
+    return pd.DataFrame(rows), {"pgd_loss": np.stack(pgd_rows), "eig": np.stack(eig_rows)}
+
+
+def barrier_height(values: Iterable[float]) -> float:
+    """Barrier height of a profile along t: ``max_t v(t) - max(v(0), v(1))`` (>= 0; Zhao et al. Sec. 5).
+
+    The same definition as the input-space barrier gap of Vrabel et al. (max along the path minus the
+    larger endpoint), applied to a loss along a weight-space path.
+    """
+    v = np.asarray(list(values), dtype=float)
+    if v.ndim != 1 or len(v) < 2:
+        raise ValueError(f"need a 1-D profile of >= 2 values, got shape {v.shape}")
+    return float(v.max() - max(v[0], v[-1]))
+
+
+def has_barrier(values: Iterable[float], abs_tol: float = 0.05, rel_tol: float = 0.05) -> bool:
+    """Whether a profile has a barrier: height > ``abs_tol`` + ``rel_tol`` * (larger endpoint value)."""
+    v = np.asarray(list(values), dtype=float)
+    return barrier_height(v) > abs_tol + rel_tol * max(v[0], v[-1])
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def correlation(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, level: float = 0.95,
+                seed: int = 0) -> dict:
+    """Pearson and Spearman correlation of two profiles along t, with percentile bootstrap intervals.
+
+    The point estimates and p-values are :func:`scipy.stats.pearsonr` / :func:`scipy.stats.spearmanr`.
+    The intervals resample the (a_k, b_k) pairs with replacement ``n_boot`` times (pairs bootstrap;
+    resamples with a constant column are dropped) and take the ``(1 - level)/2`` and
+    ``(1 + level)/2`` percentiles. Returns a dict with ``pearson``, ``pearson_p``, ``pearson_lo``,
+    ``pearson_hi`` and the same for ``spearman``, plus ``n`` and ``n_boot``.
+    """
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 3:
+        raise ValueError(f"need two 1-D profiles of equal length >= 3, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(int(n_boot), len(a)))
+    ab, bb = a[idx], b[idx]
+    boot_p = _pearson_rows(ab, bb)
+    boot_s = _pearson_rows(stats.rankdata(ab, axis=1), stats.rankdata(bb, axis=1))
+    q = [50 * (1 - level), 50 * (1 + level)]
+    pr, sr = stats.pearsonr(a, b), stats.spearmanr(a, b)
+    out = {"n": len(a), "n_boot": int(n_boot), "level": level}
+    for name, res, boot in (("pearson", pr, boot_p), ("spearman", sr, boot_s)):
+        lo, hi = np.nanpercentile(boot, q) if np.isfinite(boot).any() else (np.nan, np.nan)
+        out.update({name: float(res[0]), f"{name}_p": float(res[1]), f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
+    return out
+
+
+def plot_along(ax, df, left: str = "pgd_loss", right: str = "eig_mean", left_label: str | None = None,
+               right_label: str | None = None, extra_left: Sequence[str] = (), title: str | None = None):
+    """Draw ``df[left]`` (and ``extra_left`` columns) on ``ax`` and ``df[right]`` on a twin axis, against t.
+
+    Returns the twin axis. Colours follow :data:`mclib.plots.PALETTE`.
+    """
+    from mclib.plots import PALETTE
+
+    labels = {"pgd_loss": "robustness (PGD) loss", "loss": "standard loss", "eig_mean": "mean top input-Hessian eigenvalue",
+              "pgd_acc": "PGD accuracy", "acc": "accuracy"}
+    lines = ax.plot(df["t"], df[left], "o-", color=PALETTE[1], label=left_label or labels.get(left, left))
+    for k, col in enumerate(extra_left):
+        lines += ax.plot(df["t"], df[col], "s--", color=PALETTE[2 + k], label=labels.get(col, col))
+    ax.set_xlabel("t (0 = regular, 1 = adversarially trained)")
+    ax.set_ylabel("loss", color=PALETTE[1])
+    ax2 = ax.twinx()
+    lines += ax2.plot(df["t"], df[right], "^-", color=PALETTE[0], label=right_label or labels.get(right, right))
+    ax2.set_ylabel("eigenvalue", color=PALETTE[0])
+    ax2.grid(False)
+    ax2.spines["right"].set_visible(True)
+    ax2.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=8, framealpha=0.9)
+    if title:
+        ax.set_title(title)
+    return ax2

@@ -1,0 +1,258 @@
+"""mclib.hessian: iterative top input-Hessian eigenvalues against exact references; robustness helpers.
+
+References are independent of the code under test: a closed-form Hessian for a quadratic model, and
+``torch.func.hessian`` + ``torch.linalg.eigvalsh`` written out here for small networks.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from torch import nn
+
+from mclib import hessian as H
+from mclib import models
+
+
+def rel_err(a, b):
+    return ((a - b).abs() / b.abs().clamp_min(1e-12)).max().item()
+
+
+def exact_reference(model, x, y):
+    """Per-example input Hessians with torch.func.hessian, then eigvalsh: (B,) largest eigenvalues."""
+    from torch.func import functional_call, hessian
+
+    model.eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    out = []
+    for xi, yi in zip(x, y):
+        def f(z):
+            return F.cross_entropy(functional_call(model, (params, buffers), (z.view(1, *xi.shape),)), yi.view(1))
+        Hm = hessian(f)(xi.reshape(-1).detach())
+        out.append(torch.linalg.eigvalsh(Hm.double())[-1])
+    return torch.stack(out).to(x.dtype)
+
+
+class Quadratic(nn.Module):
+    """logits = (q(x), 0) with q(x) = 1/2 x^T A x + b^T x. With label 1 the loss is softplus(q(x)), whose
+    input Hessian is sigma(q) A + sigma(q)(1 - sigma(q)) g g^T with g = A x + b (closed form)."""
+
+    def __init__(self, A, b):
+        super().__init__()
+        self.A = nn.Parameter(A)
+        self.b = nn.Parameter(b)
+
+    def forward(self, x):
+        z = x.flatten(1)
+        q = 0.5 * torch.einsum("bi,ij,bj->b", z, self.A, z) + z @ self.b
+        return torch.stack([q, torch.zeros_like(q)], 1)
+
+    def hessian(self, x):
+        z = x.flatten(1)
+        A = self.A.detach()
+        q = 0.5 * torch.einsum("bi,ij,bj->b", z, A, z) + z @ self.b.detach()
+        g = z @ A + self.b.detach()
+        s = torch.sigmoid(q)
+        return s[:, None, None] * A + (s * (1 - s))[:, None, None] * g[:, :, None] * g[:, None, :]
+
+
+def sym_with_spectrum(eigs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), generator=g, dtype=torch.float64))
+    return Q @ torch.diag(torch.as_tensor(eigs, dtype=torch.float64)) @ Q.T
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_quadratic_model_matches_closed_form(method):
+    D = 20
+    A = sym_with_spectrum(np.linspace(-3, 6, D), seed=1)
+    model = Quadratic(A, 0.1 * torch.randn(D, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    x = 0.3 * torch.randn(6, 1, 4, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = torch.ones(6, dtype=torch.long)
+    truth = torch.linalg.eigvalsh(model.hessian(x))[:, -1]
+    lam, info = H.top_eigenvalue(model, x, y, method=method, tol=1e-7, return_info=True,
+                                 generator=torch.Generator().manual_seed(0))
+    assert rel_err(lam, truth) < 1e-3
+    assert bool(info["converged"].all())
+    # the closed form agrees with torch.func.hessian too (sanity of the reference itself)
+    assert torch.allclose(exact_reference(model, x, y), truth, rtol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_negative_dominant_eigenvalue_sign_handling(method):
+    # at x = 0 (b = 0) the Hessian is A / 2: dominant (largest-magnitude) eigenvalue -5, largest algebraic 1
+    D = 12
+    spectrum = [-10.0, -7.0, -3.0, -1.0, -0.5, 0.2, 0.5, 0.8, 1.2, 1.5, 1.8, 2.0]
+    model = Quadratic(sym_with_spectrum(spectrum, seed=4), torch.zeros(D, dtype=torch.float64))
+    x = torch.zeros(3, D, dtype=torch.float64)
+    y = torch.ones(3, dtype=torch.long)
+    lam, info = H.top_eigenvalue(model, x, y, method=method, tol=1e-8, return_info=True,
+                                 generator=torch.Generator().manual_seed(0))
+    assert rel_err(lam, torch.full((3,), 1.0, dtype=torch.float64)) < 1e-3
+    if method == "power":
+        assert bool(info["shifted"].all())  # plain power iteration found -5 first and had to shift
+    # entirely negative spectrum: the answer is the negative eigenvalue closest to zero
+    model2 = Quadratic(sym_with_spectrum([-8.0, -6.0, -4.0, -2.0, -1.0], seed=5), torch.zeros(5, dtype=torch.float64))
+    lam2 = H.top_eigenvalue(model2, torch.zeros(2, 5, dtype=torch.float64), torch.ones(2, dtype=torch.long),
+                            method=method, tol=1e-8, generator=torch.Generator().manual_seed(0))
+    assert rel_err(lam2, torch.full((2,), -0.5, dtype=torch.float64)) < 1e-3
+
+
+def _mlp(act, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 24), act(), nn.Linear(24, 24), act(), nn.Linear(24, 10)).to(dtype)
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.Softplus, nn.ReLU])
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_small_networks_match_exact_hessian(act, method):
+    model = _mlp(act)
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(6, 1, 6, 6, generator=g)
+    y = torch.randint(0, 10, (6,), generator=g)
+    truth = exact_reference(model, x, y)
+    lam = H.top_eigenvalue(model, x, y, method=method, tol=1e-6, generator=torch.Generator().manual_seed(0))
+    assert lam.shape == (6,)
+    assert rel_err(lam, truth) < 1e-3
+
+
+def test_cnn_with_pooling_and_batchnorm_models():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 1, 8, 8, generator=g)
+    y = torch.randint(0, 10, (5,), generator=g)
+    for arch in ("cnn", "vgg_bn"):
+        torch.manual_seed(1)
+        model = models.build(arch, in_shape=(1, 8, 8), num_classes=10)
+        if arch == "vgg_bn":  # non-trivial running statistics
+            model.train()
+            with torch.no_grad():
+                model(torch.rand(64, 1, 8, 8, generator=g))
+        model.train()  # top_eigenvalue must use eval mode and restore the mode afterwards
+        lam = H.top_eigenvalue(model, x, y, generator=torch.Generator().manual_seed(0))
+        assert model.training
+        assert rel_err(lam, exact_reference(model, x, y)) < 1e-3
+
+
+def test_backends_agree_and_batched_equals_loop():
+    model = _mlp(nn.Tanh, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(7, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (7,), generator=g)
+    a = H.top_eigenvalue(model, x, y, backend="autograd", tol=1e-10, generator=torch.Generator().manual_seed(0))
+    b = H.top_eigenvalue(model, x, y, backend="func", tol=1e-10, generator=torch.Generator().manual_seed(0))
+    loop = torch.cat([H.top_eigenvalue(model, x[i:i + 1], y[i:i + 1], tol=1e-10) for i in range(7)])
+    chunks = H.top_eigenvalue(model, x, y, batch_size=3, tol=1e-10)
+    for other in (b, loop, chunks):
+        assert rel_err(other, a) < 1e-8
+
+
+def test_batch_mean_variant():
+    model = _mlp(nn.Softplus, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(4, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (4,), generator=g)
+    from torch.func import hessian
+
+    def mean_loss(flat):
+        return F.cross_entropy(model(flat.view(4, 1, 6, 6)), y)
+
+    truth = torch.linalg.eigvalsh(hessian(mean_loss)(x.reshape(-1)))[-1]
+    for method in ("power", "lanczos"):
+        lam = H.batch_top_eigenvalue(model, x, y, method=method, tol=1e-9, generator=torch.Generator().manual_seed(0))
+        assert lam.dim() == 0
+        assert rel_err(lam, truth) < 1e-3
+    # block-diagonal identity: lambda_max(batch-mean Hessian) = max_i lambda_max(H_i) / B
+    per = H.top_eigenvalue(model, x, y, tol=1e-10)
+    assert rel_err(per.max() / 4, truth) < 1e-6
+
+
+def test_exact_helpers_and_bad_input():
+    model = _mlp(nn.Tanh, dtype=torch.float64)
+    x = torch.rand(3, 1, 6, 6, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    assert H.exact_hessian(model, x, y).shape == (3, 36, 36)
+    assert rel_err(H.exact_top_eigenvalue(model, x, y), exact_reference(model, x, y)) < 1e-10
+    with pytest.raises(ValueError, match="method"):
+        H.top_eigenvalue(model, x, y, method="arnoldi")
+    with pytest.raises(ValueError, match="backend"):
+        H.top_eigenvalue(model, x, y, backend="jax")
+    with pytest.raises(ValueError, match="labels"):
+        H.top_eigenvalue(model, x, y[:2])
+
+
+def test_barrier_height_and_correlation():
+    assert H.barrier_height([1.0, 3.0, 2.0]) == pytest.approx(1.0)
+    assert H.barrier_height([2.0, 1.0, 0.5]) == 0.0
+    assert H.has_barrier([1.0, 3.0, 2.0]) and not H.has_barrier([1.0, 1.04, 0.5])
+    rng = np.random.default_rng(0)
+    a = np.linspace(0, 1, 15)
+    b = 2 * a + 0.2 * rng.standard_normal(15)
+    c = H.correlation(a, b, n_boot=500, seed=1)
+    assert c["pearson"] == pytest.approx(stats.pearsonr(a, b)[0])
+    assert c["spearman"] == pytest.approx(stats.spearmanr(a, b)[0])
+    assert c["pearson_lo"] <= c["pearson"] <= c["pearson_hi"] <= 1.0
+    assert c["spearman_lo"] <= c["spearman_hi"]
+    assert H.correlation(a, b, n_boot=500, seed=1) == c  # deterministic
+    with pytest.raises(ValueError):
+        H.correlation([1, 2], [1, 2])
+
+
+@pytest.fixture(scope="module")
+def adv_pair(tmp_path_factory):
+    """A regular and a PGD-adversarially trained CNN on the 8x8 digits (the recipe's batch_hook)."""
+    from mclib import train
+
+    cache = tmp_path_factory.mktemp("cache")
+    base = train.Recipe(arch="cnn", dataset="digits", seed=0, epochs=5, batch_size=64, lr=3e-3, n_train=500)
+    adv_recipe = base.replace(batch_hook="mclib.attacks.evasion:pgd",
+                              batch_hook_kwargs={"eps": 0.2, "steps": 2, "step_size": 0.15})
+    reg = train.train(base, device="cpu", cache_dir=cache, progress=False)
+    adv = train.train(adv_recipe, device="cpu", cache_dir=cache, progress=False)
+    return train, base, adv_recipe, reg, adv, cache
+
+
+def test_adversarial_training_is_more_robust(adv_pair):
+    from mclib import data
+    from mclib.attacks import pgd
+
+    train, _, _, reg, adv, _ = adv_pair
+    X, y = data.load("digits", "test", n=200)
+    accs = {}
+    for name, m in (("reg", reg), ("adv", adv)):
+        xa = pgd(m, X, y, eps=0.2, steps=10, step_size=0.05, generator=torch.Generator().manual_seed(0))
+        accs[name] = train.evaluate(m, xa, y)["acc"]
+    print(accs)
+    assert accs["adv"] > accs["reg"] + 0.1, accs
+
+
+def test_adversarial_training_is_deterministic(tmp_path):
+    """PGD's random start draws from torch's global generator, which train() seeds (via Recipe.build)."""
+    from mclib import train
+
+    recipe = train.Recipe(arch="mlp", dataset="digits", seed=3, epochs=1, batch_size=64, n_train=192,
+                          batch_hook="mclib.attacks.evasion:pgd", batch_hook_kwargs={"eps": 0.2, "steps": 2})
+    a = train.train(recipe, device="cpu", cache_dir=tmp_path, progress=False)
+    torch.manual_seed(12345)  # a different global RNG state before the second run must not matter
+    b = train.train(recipe, device="cpu", cache_dir=tmp_path, retrain=True, progress=False)
+    for (k, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(u, v), k
+
+
+def test_robustness_along_a_curve(adv_pair):
+    from mclib import curves, data
+    from mclib.attacks import pgd
+
+    train, _, _, reg, adv, _ = adv_pair
+    X, y = data.load("digits", "test", n=64)
+    curve = curves.Curve([reg, adv], kind="bezier", num_bends=1)  # untrained bend: the straight line
+    df, per = H.robustness_along(curve, [0.0, 0.5, 1.0], X, y, eps=0.2, steps=3, step_size=0.1, n_hessian=16,
+                                 generator=torch.Generator().manual_seed(0), progress=False)
+    assert list(df.columns) == ["t", "loss", "acc", "pgd_loss", "pgd_acc", "eig_mean", "eig_median"]
+    assert per["pgd_loss"].shape == (3, 64) and per["eig"].shape == (3, 16)
+    for row, m in ((0, reg), (2, adv)):
+        assert df["loss"][row] == pytest.approx(train.evaluate(m, X, y)["loss"], rel=1e-5)
+        assert df["eig_mean"][row] == pytest.approx(H.top_eigenvalue(m, X[:16], y[:16]).mean().item(), rel=1e-3)
+    assert (df["pgd_loss"] >= df["loss"] - 1e-6).all()
