@@ -228,6 +228,7 @@ def build(preset: str = "quick", device: str = "auto", seed: int = 0, data_root:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (``python -m mclib.book build|run ...``); returns the exit code (1 on any failure)."""
     parser = argparse.ArgumentParser(prog="python -m mclib.book", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("build", "run"):

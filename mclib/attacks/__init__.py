@@ -16,4 +16,4 @@ from mclib.attacks.backdoor import (  # noqa: F401
     poison,
     triggered_set,
 )
-from mclib.attacks.evasion import fgsm, pgd  # noqa: F401
+from mclib.attacks.evasion import adaptive_pgd, barrier_surrogate, fgsm, optimisation_attack, pgd  # noqa: F401

@@ -1,0 +1,525 @@
+"""Detecting adversarial inputs from input-space loss barriers (claims A8, A9), with baselines.
+
+Vrabel, Shem-Ur, Oz & Krueger, *Input space mode connectivity in deep neural networks* (ICLR 2025),
+section 4.4 "Adversarial detection". A real test input ``x`` and a real image ``r`` of the class
+``c`` that the model predicts for ``x`` are joined by a low barrier along the linear path
+
+    x(a) = (1 - a) r + a x,   a in [0, 1],   L(a) = CE(f(x(a)), c),
+
+whereas an adversarial input (predicted ``c``, but made from an image of another class) and a real
+image of ``c`` are separated by a high one. This module turns that into a measured detector:
+
+* :func:`select_references` -- for each class ``c``, the ``K`` correctly classified images of ``c``
+  with the lowest loss in a *reference pool* (the training split here; disjoint from the test inputs);
+* :func:`loss_curves` / :func:`extract` -- for N inputs, their predicted classes and the N x K x T
+  loss curves to their references, all in a few large batched forward passes
+  (:func:`mclib.paths.linear_losses`), and per-input features: barrier max, gap, position and relative
+  height (:func:`mclib.paths.barrier`, median over the K references), curve statistics, and the logits;
+* detectors: :class:`ThresholdDetector` (a single threshold on one feature) and
+  :class:`LogisticDetector` (scikit-learn logistic regression, regularisation chosen by internal
+  cross-validation); :func:`cross_val_scores` gives out-of-fold scores with folds grouped by source image;
+* metrics: :func:`roc`, :func:`metrics` (AUROC, TPR at 5% FPR, accuracy);
+* baselines: the maximum softmax probability (Hendrycks & Gimpel 2017), a feature in :func:`extract`,
+  and the Mahalanobis distance on penultimate-layer features (Lee et al. 2018, tied covariance,
+  :class:`Mahalanobis`);
+* :func:`collect_adversarial` -- successful adversarial examples from any batched attack.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mclib import paths
+
+__all__ = [
+    "References", "class_loss_quantile", "select_references", "loss_curves", "Features", "extract", "PATH_FEATURES", "LOGIT_FEATURES",
+    "penultimate", "Mahalanobis", "ThresholdDetector", "LogisticDetector", "cross_val_scores", "roc", "metrics",
+    "tpr_at_fpr", "collect_adversarial", "pair_barriers", "median_barrier",
+    "standard_detectors", "detection_table", "plot_roc",
+]
+
+#: Per-input features from the K loss curves (medians over references unless stated).
+PATH_FEATURES = ("barrier_max", "barrier_gap", "barrier_position", "barrier_relative", "barrier_max_min",
+                 "curve_mean", "curve_std", "end_loss")
+#: Per-input features from the logits.
+LOGIT_FEATURES = ("max_softmax", "max_logit", "logit_margin", "entropy")
+
+
+def _device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    dev = _device(model)
+    out = torch.cat([model(X[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(X), batch_size)]) \
+        if len(X) else torch.zeros(0, 0)
+    model.train(was)
+    return out
+
+
+# ------------------------------------------------------------------------------------ references
+@dataclass
+class References:
+    """``K`` reference images per class: ``images`` (num_classes, K, C, H, W), their ``losses``
+    (num_classes, K) toward their own class and ``indices`` (num_classes, K) into the pool."""
+
+    images: torch.Tensor
+    losses: torch.Tensor
+    indices: torch.Tensor
+
+    @property
+    def k(self) -> int:
+        return int(self.images.shape[1])
+
+    def of(self, classes: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """The references of each entry of ``classes`` (N,): (N, k, C, H, W) (the first ``k``, default all)."""
+        imgs = self.images[torch.as_tensor(classes).long().cpu()]
+        return imgs if k is None else imgs[:, :k]
+
+
+def class_loss_quantile(model: nn.Module, X: torch.Tensor, y: torch.Tensor, q: float = 0.5,
+                        num_classes: int | None = None) -> torch.Tensor:
+    """Per class ``c``, the ``q``-quantile of the cross-entropy of the correctly classified images of ``c`` in
+    ``(X, y)``: (num_classes,). With ``q = 0.5`` this is "the loss of a typical real image", the stopping
+    threshold of the paper's high-confidence optimisation attack."""
+    out = _logits(model, X)
+    nc = int(num_classes or out.shape[1])
+    loss = F.cross_entropy(out, y, reduction="none")
+    ok = out.argmax(1) == y
+    return torch.stack([loss[(y == c) & ok].quantile(q) if ((y == c) & ok).any() else torch.tensor(float("nan"))
+                        for c in range(nc)])
+
+
+def _order(ok: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+    """Indices sorting correct entries (by loss) before incorrect ones (by loss)."""
+    idx_ok, idx_bad = ok.nonzero()[:, 0], (~ok).nonzero()[:, 0]
+    return torch.cat([idx_ok[loss[idx_ok].argsort()], idx_bad[loss[idx_bad].argsort()]])
+
+
+def select_references(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, num_classes: int | None = None,
+                      batch_size: int = 1024) -> References:
+    """For each class ``c``, the ``k`` correctly classified images of class ``c`` in the pool ``(X, y)``
+    with the lowest cross-entropy toward ``c`` (the paper's "real reference images of the predicted class").
+
+    The pool must be disjoint from the inputs to be tested (the notebook uses the training split). Only if a
+    class has fewer than ``k`` correctly classified images (a barely trained model) are its misclassified
+    images used too, again lowest loss first.
+    """
+    if len(X) != len(y):
+        raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    out = _logits(model, X, batch_size)
+    nc = int(num_classes or out.shape[1])
+    loss = F.cross_entropy(out, y, reduction="none")
+    ok = out.argmax(1) == y
+    imgs, losses, idx = [], [], []
+    for c in range(nc):
+        members = (y == c).nonzero()[:, 0]
+        if members.numel() < k:
+            raise ValueError(f"class {c} has only {members.numel()} images in the reference pool; need k = {k} "
+                             f"(use a larger pool or a smaller k)")
+        # correctly classified first (by loss), then -- only if too few are correct -- the rest by loss
+        order = members[_order(ok[members], loss[members])[:k]]
+        imgs.append(X[order])
+        losses.append(loss[order])
+        idx.append(order)
+    return References(images=torch.stack(imgs), losses=torch.stack(losses), indices=torch.stack(idx))
+
+
+# ------------------------------------------------------------------------------------ features
+def loss_curves(model: nn.Module, x: torch.Tensor, references: References, classes: torch.Tensor,
+                num_points: int = 64, k: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    """Loss curves (N, k, T) from each input's references to the input.
+
+    ``L[i, j, t] = CE(f((1 - a_t) r_ij + a_t x_i), classes[i])`` with ``r_ij`` the j-th reference of
+    class ``classes[i]`` and ``a_t = linspace(0, 1, T)[t]``, so ``a = 0`` is the real reference and ``a = 1``
+    the tested input. All N * k * T points go through the model in large chunks
+    (:func:`mclib.paths.linear_losses`).
+    """
+    classes = torch.as_tensor(classes).long().cpu()
+    if classes.shape != (x.shape[0],):
+        raise ValueError(f"classes must have shape ({x.shape[0]},), got {tuple(classes.shape)}")
+    R = references.of(classes, k)                                   # (N, k, C, H, W)
+    N, K = R.shape[:2]
+    A = R.reshape(N * K, *x.shape[1:])
+    C = x.detach().cpu().repeat_interleave(K, 0)
+    L = paths.linear_losses(model, A, C, classes.repeat_interleave(K), num_points=num_points, chunk_size=chunk_size)
+    return L.view(N, K, -1)
+
+
+@dataclass
+class Features:
+    """What :func:`extract` computes for N inputs: ``pred`` (N,), ``logits`` (N, classes),
+    ``curves`` (N, K, T) loss curves, ``pair_max`` and ``pair_gap`` (N, K) per-pair barriers, and
+    ``table`` (a DataFrame, one row per input, columns :data:`PATH_FEATURES` + :data:`LOGIT_FEATURES`
+    [+ ``mahalanobis``])."""
+
+    pred: torch.Tensor
+    logits: torch.Tensor
+    curves: torch.Tensor
+    pair_max: torch.Tensor
+    pair_gap: torch.Tensor
+    table: pd.DataFrame
+
+    def __len__(self) -> int:
+        return int(self.pred.shape[0])
+
+
+def _path_features(curves: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    N, K, T = curves.shape
+    b = paths.barrier(curves.reshape(N * K, T))
+    mx, gap = b.max.view(N, K), b.gap.view(N, K)
+    feats = {
+        "barrier_max": mx.median(1).values,
+        "barrier_gap": gap.median(1).values,
+        "barrier_position": b.position.view(N, K).median(1).values,
+        "barrier_relative": b.relative.view(N, K).median(1).values,
+        "barrier_max_min": mx.min(1).values,
+        "curve_mean": curves.mean((1, 2)),
+        "curve_std": curves.std(2).median(1).values,
+        "end_loss": curves[:, 0, -1],
+    }
+    return feats, mx, gap
+
+
+def _logit_features(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    p = logits.softmax(1)
+    top2 = logits.topk(2, dim=1).values
+    return {
+        "max_softmax": p.max(1).values,
+        "max_logit": top2[:, 0],
+        "logit_margin": top2[:, 0] - top2[:, 1],
+        "entropy": -(p * p.clamp_min(1e-30).log()).sum(1),
+    }
+
+
+def extract(model: nn.Module, x: torch.Tensor, references: References, num_points: int = 64, k: int | None = None,
+            mahalanobis: "Mahalanobis | None" = None, chunk_size: int | None = None,
+            batch_size: int = 1024) -> Features:
+    """Detection features of N inputs (batched): predicted class, logits, the N x k x T loss curves to the
+    references of the predicted class (:func:`loss_curves`) and the per-input feature table.
+
+    Path features (median over the k references): ``barrier_max`` = max_a L(a), ``barrier_gap`` =
+    max_a L(a) - max(L(0), L(1)), ``barrier_position`` = argmax position, ``barrier_relative`` = largest
+    excess over the chord between the end losses (:func:`mclib.paths.barrier`); ``barrier_max_min`` the
+    smallest barrier max over references; ``curve_mean``, ``curve_std`` (along the path); ``end_loss``
+    = L(1), the input's own loss. Logit features: ``max_softmax`` (the MSP baseline), ``max_logit``,
+    ``logit_margin`` (top-1 minus top-2 logit), ``entropy`` of the softmax. With ``mahalanobis`` the
+    table also gets the Mahalanobis baseline's score.
+    """
+    x = x.detach().cpu()
+    logits = _logits(model, x, batch_size)
+    pred = logits.argmax(1)
+    curves = loss_curves(model, x, references, pred, num_points, k, chunk_size)
+    pf, mx, gap = _path_features(curves)
+    cols = {**pf, **_logit_features(logits)}
+    if mahalanobis is not None:
+        cols["mahalanobis"] = mahalanobis.score(model, x)
+    table = pd.DataFrame({n: v.double().numpy() for n, v in cols.items()})
+    return Features(pred=pred, logits=logits, curves=curves, pair_max=mx, pair_gap=gap, table=table)
+
+
+def median_barrier(feats: Features, which: str = "max") -> float:
+    """Median per-pair barrier (see :func:`pair_barriers`); NaN when there are no pairs."""
+    v = pair_barriers(feats, which)
+    return float(v.median()) if v.numel() else float("nan")
+
+
+def pair_barriers(feats: Features, which: str = "max") -> torch.Tensor:
+    """All N * K per-pair barrier values (``which`` = ``"max"`` or ``"gap"``), flattened: the quantities of the
+    paper's Figure 6 box plots."""
+    if which not in ("max", "gap"):
+        raise ValueError(f"which must be 'max' or 'gap', got {which!r}")
+    return (feats.pair_max if which == "max" else feats.pair_gap).reshape(-1)
+
+
+# ------------------------------------------------------------------------------------ Mahalanobis baseline
+def _last_linear(model: nn.Module) -> nn.Linear:
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    if last is None:
+        raise ValueError("the model has no nn.Linear layer; penultimate features are taken as the input of the last one")
+    return last
+
+
+@torch.no_grad()
+def penultimate(model: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Penultimate-layer features (N, D): the input of the model's last ``nn.Linear`` layer (eval mode)."""
+    layer = _last_linear(model)
+    grabbed: list[torch.Tensor] = []
+    h = layer.register_forward_hook(lambda mod, inp, out: grabbed.append(inp[0].detach().flatten(1).float().cpu()))
+    try:
+        _logits(model, X, batch_size)
+    finally:
+        h.remove()
+    return torch.cat(grabbed) if grabbed else torch.zeros(0, layer.in_features)
+
+
+class Mahalanobis:
+    """Mahalanobis-distance baseline (Lee et al. 2018): class means ``mu_c`` and one tied covariance
+    ``Sigma`` of penultimate features on clean training data; an input's score is
+    ``min_c (h - mu_c)^T Sigma^-1 (h - mu_c)`` (high = unlike any class = adversarial)."""
+
+    def __init__(self, shrinkage: float = 1e-3):
+        self.shrinkage = float(shrinkage)
+
+    def fit(self, model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> "Mahalanobis":
+        H = penultimate(model, X).double()
+        classes = torch.unique(y)
+        self.means = torch.stack([H[y == c].mean(0) for c in classes])
+        centred = H - self.means[torch.searchsorted(classes, y)]
+        cov = centred.T @ centred / max(1, len(H) - 1)
+        cov += self.shrinkage * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
+        self.precision = torch.linalg.inv(cov)
+        return self
+
+    def score(self, model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+        H = penultimate(model, X).double()
+        d = H[:, None, :] - self.means[None]                                       # (N, classes, D)
+        return torch.einsum("ncd,de,nce->nc", d, self.precision, d).min(1).values.float()
+
+
+# ------------------------------------------------------------------------------------ detectors
+class ThresholdDetector:
+    """A single threshold on one feature. ``fit`` picks the direction (adversarial above or below, by the
+    training AUROC) and the threshold that maximises balanced accuracy on the training data."""
+
+    def __init__(self, feature: str):
+        self.feature = feature
+
+    def _col(self, table: pd.DataFrame) -> np.ndarray:
+        if self.feature not in table.columns:
+            raise ValueError(f"feature {self.feature!r} not in the table; available: {list(table.columns)}")
+        return table[self.feature].to_numpy(dtype=float)
+
+    def fit(self, table: pd.DataFrame, labels: np.ndarray) -> "ThresholdDetector":
+        v, lab = self._col(table), np.asarray(labels).astype(bool)
+        # direction by the training AUROC (Mann-Whitney U; ties count half): robust where medians tie
+        from scipy.stats import mannwhitneyu
+        u = mannwhitneyu(v[lab], v[~lab]).statistic if lab.any() and (~lab).any() else 0.0
+        self.sign = 1.0 if u >= 0.5 * lab.sum() * (~lab).sum() else -1.0
+        s = self.sign * v
+        cand = np.unique(s)
+        order = np.sort(s)
+        # balanced accuracy of "adversarial iff s >= thr" for every candidate threshold, vectorised
+        pos, neg = np.sort(s[lab]), np.sort(s[~lab])
+        tpr = 1 - np.searchsorted(pos, cand, side="left") / max(1, len(pos))
+        tnr = np.searchsorted(neg, cand, side="left") / max(1, len(neg))
+        best = int(np.argmax(tpr + tnr))
+        self.threshold = float(cand[best]) if len(order) else 0.0
+        return self
+
+    def score(self, table: pd.DataFrame) -> np.ndarray:
+        return self.sign * self._col(table)
+
+    def predict(self, table: pd.DataFrame) -> np.ndarray:
+        return self.score(table) >= self.threshold
+
+
+class LogisticDetector:
+    """Logistic regression (scikit-learn) on standardised features, with the inverse regularisation
+    strength chosen by ``cv``-fold internal cross-validation (``LogisticRegressionCV``)."""
+
+    def __init__(self, features: Sequence[str], cv: int = 3, seed: int = 0):
+        self.features, self.cv, self.seed = list(features), int(cv), int(seed)
+
+    def _X(self, table: pd.DataFrame) -> np.ndarray:
+        missing = [f for f in self.features if f not in table.columns]
+        if missing:
+            raise ValueError(f"features {missing} not in the table; available: {list(table.columns)}")
+        return table[self.features].to_numpy(dtype=float)
+
+    def fit(self, table: pd.DataFrame, labels: np.ndarray) -> "LogisticDetector":
+        from sklearn.linear_model import LogisticRegressionCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        import warnings
+        from sklearn.exceptions import ConvergenceWarning
+        self.model = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-2, 1, 4), cv=self.cv,
+                                                                          max_iter=1000))
+        with warnings.catch_warnings():     # separable folds make large-C fits stop at max_iter; sklearn's
+            warnings.simplefilter("ignore", ConvergenceWarning)     # deprecation notices and small-fold notes
+            warnings.simplefilter("ignore", FutureWarning)          # are not about our results
+            warnings.simplefilter("ignore", UserWarning)
+            self.model.fit(self._X(table), np.asarray(labels).astype(int))
+        return self
+
+    def score(self, table: pd.DataFrame) -> np.ndarray:
+        return self.model.decision_function(self._X(table))
+
+    def predict(self, table: pd.DataFrame) -> np.ndarray:
+        return self.score(table) >= 0.0
+
+
+def cross_val_scores(make_detector: Callable[[], object], clean: pd.DataFrame, adv: pd.DataFrame,
+                     groups_clean: Sequence[int], groups_adv: Sequence[int], folds: int = 5, seed: int = 0,
+                     fit_adv: pd.DataFrame | None = None, groups_fit_adv: Sequence[int] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold detector scores for clean (label 0) and adversarial (label 1) inputs.
+
+    Folds are drawn over *source images* (``groups_*``: the test image each row came from), so a clean
+    image and the adversarial example made from it are never split between training and testing.
+    With ``fit_adv`` the detector is trained on those adversarial rows instead of ``adv`` (same folds by
+    group): a detector fitted against one attack, evaluated against another (e.g. the adaptive attack).
+    Returns ``(labels, scores, predictions)`` over ``clean`` rows then ``adv`` rows.
+    """
+    gc, ga = np.asarray(groups_clean), np.asarray(groups_adv)
+    fit_tab = adv if fit_adv is None else fit_adv
+    gf = ga if fit_adv is None else np.asarray(groups_fit_adv)
+    if len(gc) != len(clean) or len(ga) != len(adv) or len(gf) != len(fit_tab):
+        raise ValueError("each table needs one group id per row")
+    uniq = np.unique(np.concatenate([gc, ga, gf]))
+    rng = np.random.default_rng(seed)
+    fold_of = dict(zip(uniq.tolist(), (rng.permutation(len(uniq)) % folds).tolist()))
+    fc, fa, ff = (np.array([fold_of[g] for g in gg.tolist()], dtype=int) for gg in (gc, ga, gf))
+    scores = np.zeros(len(clean) + len(adv))
+    preds = np.zeros(len(clean) + len(adv), dtype=bool)
+    for k in range(folds):
+        tr = pd.concat([clean[fc != k], fit_tab[ff != k]], ignore_index=True)
+        lab = np.r_[np.zeros(int((fc != k).sum())), np.ones(int((ff != k).sum()))]
+        te = pd.concat([clean[fc == k], adv[fa == k]], ignore_index=True)
+        if len(te) == 0:
+            continue
+        if lab.min() == lab.max():
+            raise ValueError(f"training fold {k} holds only {'adversarial' if lab[0] else 'clean'} rows; "
+                             f"too few rows ({len(clean)} clean, {len(fit_tab)} adversarial) for {folds} folds")
+        det = make_detector().fit(tr, lab)
+        where = np.r_[np.nonzero(fc == k)[0], len(clean) + np.nonzero(fa == k)[0]]
+        scores[where] = det.score(te)
+        preds[where] = det.predict(te)
+    labels = np.r_[np.zeros(len(clean)), np.ones(len(adv))].astype(int)
+    return labels, scores, preds
+
+
+# ------------------------------------------------------------------------------------ metrics
+def roc(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """ROC curve ``(fpr, tpr)`` of scores (higher = adversarial) against labels (1 = adversarial)."""
+    from sklearn.metrics import roc_curve
+    fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(scores))
+    return fpr, tpr
+
+
+def tpr_at_fpr(labels, scores, fpr: float = 0.05) -> float:
+    """The largest true-positive rate at a false-positive rate of at most ``fpr``."""
+    f, t = roc(labels, scores)
+    return float(t[f <= fpr + 1e-12].max())
+
+
+def metrics(labels, scores, preds=None) -> dict[str, float]:
+    """AUROC, TPR at 5% FPR and (with ``preds``) accuracy of a detector's scores."""
+    from sklearn.metrics import roc_auc_score
+    out = {"auroc": float(roc_auc_score(np.asarray(labels), np.asarray(scores))),
+           "tpr@5%fpr": tpr_at_fpr(labels, scores, 0.05)}
+    if preds is not None:
+        out["accuracy"] = float((np.asarray(preds).astype(int) == np.asarray(labels)).mean())
+    return out
+
+
+# ------------------------------------------------------------------------------------ adversarial inputs
+def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                        X: torch.Tensor, y: torch.Tensor, n: int, batch_size: int = 256
+                        ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Up to ``n`` *successful* adversarial examples (the model's prediction differs from ``y``).
+
+    ``attack(x, y, idx) -> x_adv`` is called on successive batches of ``(X, y)`` (``idx`` their indices
+    into ``X``) until ``n`` successes or the sources run out. Returns ``(X_adv, source_index, attempted,
+    succeeded)``: the first ``n`` successes, their indices into ``X``, and the number of sources attacked
+    and of successes among them (``succeeded / attempted`` is the attack's success rate).
+    """
+    got, src, tried = [], [], 0
+    count = 0
+    for s in range(0, len(X), batch_size):
+        if count >= n:
+            break
+        idx = torch.arange(s, min(len(X), s + batch_size))
+        xa = attack(X[idx], y[idx], idx)
+        ok = _logits(model, xa).argmax(1) != y[idx]
+        tried += len(idx)
+        got.append(xa[ok].cpu())
+        src.append(idx[ok])
+        count += int(ok.sum())
+    if not got:
+        return X[:0].clone(), torch.zeros(0, dtype=torch.long), 0, 0
+    Xa, si = torch.cat(got)[:n], torch.cat(src)[:n]
+    return Xa, si, tried, count
+
+
+# ------------------------------------------------------------------------------------ plots
+def plot_roc(ax, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str | None = None):
+    """ROC curves ``{label: (fpr, tpr)}`` on ``ax`` with the chance diagonal and the 5% FPR line."""
+    for name, (f, t) in curves.items():
+        ax.plot(f, t, lw=1.6, label=name)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.axvline(0.05, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    if title:
+        ax.set_title(title)
+    if curves:
+        ax.legend(loc="lower right")
+    return ax
+
+
+# ------------------------------------------------------------------------------------ the chapter's table
+def standard_detectors(with_mahalanobis: bool = True) -> dict[str, Callable[[], object]]:
+    """The chapter's detectors and baselines by name: single thresholds on barrier max and on barrier gap,
+    logistic regression on all path + logit features, and the baselines (max softmax probability,
+    Mahalanobis distance)."""
+    out = {
+        "threshold: barrier max": lambda: ThresholdDetector("barrier_max"),
+        "threshold: barrier gap": lambda: ThresholdDetector("barrier_gap"),
+        "logistic: path + logits": lambda: LogisticDetector(PATH_FEATURES + LOGIT_FEATURES),
+        "logistic: path only": lambda: LogisticDetector(PATH_FEATURES),
+        "baseline: max softmax": lambda: ThresholdDetector("max_softmax"),
+    }
+    if with_mahalanobis:
+        out["baseline: Mahalanobis"] = lambda: ThresholdDetector("mahalanobis")
+    return out
+
+
+def detection_table(clean: pd.DataFrame, groups_clean, attacks: Mapping[str, tuple[pd.DataFrame, Sequence[int]]],
+                    detectors: Mapping[str, Callable[[], object]], folds: int = 5, seed: int = 0,
+                    fitted_on: Mapping[str, str] | None = None):
+    """AUROC, TPR at 5% FPR and accuracy of every detector against every attack, by :func:`cross_val_scores`.
+
+    ``attacks``: ``{name: (adversarial feature table, source-image ids)}``; ``fitted_on``: ``{row name:
+    attack name}`` adds rows where the detector is trained against another attack's examples (e.g. the
+    adaptive attack's examples scored by a detector fitted on PGD); the row is named by the key and scored
+    on the adversarial examples of ``attacks[key]``... given as ``{"adaptive PGD": "PGD"}``, the row label is
+    ``"adaptive PGD (detector fitted on PGD)"``. Returns ``(table, rocs)`` with ``rocs[(attack, detector)] =
+    (fpr, tpr)``.
+    """
+    rows, rocs = [], {}
+    jobs = [(name, name, None) for name in attacks]
+    for target, source in (fitted_on or {}).items():
+        jobs.append((f"{target} (detector fitted on {source})", target, source))
+    for label, name, source in jobs:
+        adv, ga = attacks[name]
+        for dname, make in detectors.items():
+            kw = {}
+            if source is not None:
+                kw = dict(fit_adv=attacks[source][0], groups_fit_adv=attacks[source][1])
+            try:
+                lab, s, p = cross_val_scores(make, clean, adv, groups_clean, ga, folds, seed, **kw)
+            except ValueError:          # too few adversarial examples (e.g. an attack that failed at smoke size)
+                rows.append({"attack": label, "detector": dname, "n_clean": len(clean), "n_adv": len(adv),
+                             "auroc": float("nan"), "tpr@5%fpr": float("nan"), "accuracy": float("nan")})
+                continue
+            m = metrics(lab, s, p)
+            rows.append({"attack": label, "detector": dname, "n_clean": len(clean), "n_adv": len(adv), **m})
+            rocs[(label, dname)] = roc(lab, s)
+    return pd.DataFrame(rows), rocs

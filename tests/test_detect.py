@@ -1,0 +1,139 @@
+"""Barrier features, detectors and metrics of mclib.detect."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mclib import detect, paths
+
+
+def _tables(shift, n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    clean = pd.DataFrame({"a": rng.normal(0, 1, n), "b": rng.normal(0, 1, n)})
+    adv = pd.DataFrame({"a": rng.normal(shift, 1, n), "b": rng.normal(0, 1, n)})
+    return clean, adv
+
+
+@pytest.mark.parametrize("make", [lambda: detect.ThresholdDetector("a"), lambda: detect.LogisticDetector(["a", "b"])])
+def test_separable_and_identical(make):
+    clean, adv = _tables(shift=20.0)
+    lab, s, p = detect.cross_val_scores(make, clean, adv, np.arange(300), np.arange(300) + 1000, folds=5)
+    m = detect.metrics(lab, s, p)
+    assert m["auroc"] > 0.999 and m["tpr@5%fpr"] > 0.99 and m["accuracy"] > 0.99
+    clean, adv = _tables(shift=0.0, n=600)
+    lab, s, p = detect.cross_val_scores(make, clean, adv, np.arange(600), np.arange(600) + 1000, folds=5)
+    m = detect.metrics(lab, s, p)
+    assert abs(m["auroc"] - 0.5) < 0.07 and abs(m["accuracy"] - 0.5) < 0.07
+
+
+def test_threshold_learns_direction():
+    clean, adv = _tables(shift=-20.0)           # adversarial *below*
+    det = detect.ThresholdDetector("a").fit(pd.concat([clean, adv]), np.r_[np.zeros(300), np.ones(300)])
+    assert det.sign == -1.0 and det.predict(adv).mean() > 0.99 and det.predict(clean).mean() < 0.01
+
+
+def test_metrics_against_hand_computed():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 0.4, 0.5, 0.6, 0.05])
+    # AUROC = P(score_adv > score_clean): pairs won = 3+3+3+0 for three adv above three clean, ...
+    won = sum((sa > sc) for sa in scores[4:] for sc in scores[:4])
+    assert detect.metrics(labels, scores)["auroc"] == pytest.approx(won / 16)
+    assert detect.tpr_at_fpr(labels, scores, 0.0) == pytest.approx(0.0)
+    assert detect.tpr_at_fpr(labels, scores, 0.25) == pytest.approx(0.75)
+
+
+def test_groups_never_split():
+    clean, adv = _tables(shift=1.0, n=50)
+    seen = []
+
+    class Spy(detect.ThresholdDetector):
+        def fit(self, table, labels):
+            seen.append(set(np.round(table["a"].to_numpy(), 12)))
+            return super().fit(table, labels)
+
+    g = np.arange(50)
+    lab, s, p = detect.cross_val_scores(lambda: Spy("a"), clean, adv, g, g, folds=5)
+    # a clean row and the adversarial row with the same group id are in the same fold: for each fold, the
+    # training set holds either both or neither
+    for tr in seen:
+        for i in range(50):
+            assert (round(clean["a"][i], 12) in tr) == (round(adv["a"][i], 12) in tr)
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
+
+
+def test_references_and_curves_match_a_loop():
+    g = torch.Generator().manual_seed(0)
+    templates = torch.rand(3, 16, generator=g)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(4 * templates)
+        model[1].bias.copy_(-2 * (templates ** 2).sum(1))       # nearest-template classifier
+    y = torch.arange(90) % 3
+    X = (templates[y] + 0.15 * torch.randn(90, 16, generator=g)).clamp(0, 1).view(90, 1, 4, 4)
+    y[:5] = (y[:5] + 1) % 3                      # a few misclassified pool images are never chosen
+    refs = detect.select_references(model, X, y, k=3)
+    with torch.no_grad():
+        loss = F.cross_entropy(model(X), y, reduction="none")
+        ok = model(X).argmax(1) == y
+    for c in range(3):
+        cand = ((y == c) & ok).nonzero()[:, 0]
+        assert set(refs.indices[c].tolist()) == set(cand[loss[cand].argsort()[:3]].tolist())
+    x = torch.rand(7, 1, 4, 4, generator=g)
+    feats = detect.extract(model, x, refs, num_points=9)
+    assert feats.curves.shape == (7, 3, 9) and len(feats.table) == 7
+    for i in range(7):
+        c = int(feats.pred[i])
+        for j in range(3):
+            a = torch.linspace(0, 1, 9).view(-1, 1, 1, 1)
+            pts = (1 - a) * refs.images[c, j] + a * x[i]
+            with torch.no_grad():
+                ref = F.cross_entropy(model(pts), torch.full((9,), c), reduction="none")
+            assert torch.allclose(feats.curves[i, j], ref, atol=1e-5)
+            assert feats.pair_max[i, j] == pytest.approx(float(ref.max()), abs=1e-5)
+    assert np.allclose(feats.table["barrier_max"], feats.pair_max.median(1).values.numpy(), atol=1e-6)
+    assert np.allclose(feats.table["end_loss"], F.cross_entropy(feats.logits, feats.pred, reduction="none").numpy(),
+                       atol=1e-5)
+    assert np.allclose(feats.table["max_softmax"], feats.logits.softmax(1).max(1).values.numpy(), atol=1e-6)
+
+
+def test_mahalanobis_baseline():
+    model = _model()
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(200, 1, 4, 4, generator=g) * 0.5
+    with torch.no_grad():
+        y = model(X).argmax(1)
+    maha = detect.Mahalanobis().fit(model, X, y)
+    near = maha.score(model, torch.rand(50, 1, 4, 4, generator=g) * 0.5)
+    far = maha.score(model, torch.rand(50, 1, 4, 4, generator=g) * 0.5 + 3.0)
+    assert far.min() > near.max()
+    H = detect.penultimate(model, X[:3])
+    assert H.shape == (3, 12)
+
+
+def test_collect_adversarial_keeps_successes():
+    model = _model()
+    X = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model(X).argmax(1)
+    flip = lambda x, yy, idx: torch.where((idx % 2 == 0).view(-1, 1, 1, 1), x * 0 + X[(idx + 1) % 40], x)  # noqa: E731
+    Xa, src, tried, succeeded = detect.collect_adversarial(model, flip, X, y, n=100, batch_size=16)
+    assert tried == 40 and succeeded == len(Xa)
+    Xb, srcb, triedb, succb = detect.collect_adversarial(model, flip, X, y, n=3, batch_size=16)
+    assert len(Xb) == 3 and triedb == 16 and succb >= 3 and (srcb == src[:3]).all()
+    with torch.no_grad():
+        assert (model(Xa).argmax(1) != y[src]).all()
+
+
+def test_bad_input():
+    model = _model()
+    X = torch.rand(10, 1, 4, 4)
+    with pytest.raises(ValueError, match="only"):
+        detect.select_references(model, X, torch.zeros(10, dtype=torch.long), k=2, num_classes=3)
+    with pytest.raises(ValueError, match="not in the table"):
+        detect.ThresholdDetector("nope").fit(pd.DataFrame({"a": [1.0, 2.0]}), np.array([0, 1]))
