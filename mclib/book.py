@@ -25,6 +25,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import torch
 import yaml
 
 from mclib import claims, config
@@ -215,6 +216,7 @@ def build(preset: str = "quick", device: str = "auto", seed: int = 0, data_root:
     claims_dir = claims.claims_dir()
     (claims_dir / "_meta.json").write_text(json.dumps({
         "preset": preset, "device": str(config.get_device(device)), "seed": seed,
+        "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
         "date": date.today().isoformat()}, indent=2) + "\n")
     start, times = time.perf_counter(), {}
     for i, nb in enumerate(todo, 1):

@@ -17,7 +17,7 @@ lambda_max(H(x_i)). Two iterative solvers share one batched Hessian-vector produ
 * ``method="lanczos"`` (default): Lanczos with full re-orthogonalisation. After j steps the
   tridiagonal matrix T_j (alphas on the diagonal, betas off it) is diagonalised with
   :func:`torch.linalg.eigh`; its largest Ritz value theta converges to lambda_max from below, and
-  |theta - lambda| <= beta_j |s_j| (the residual of the Ritz pair, s_j = last component of the Ritz
+  abs(theta - lambda) <= beta_j abs(s_j) (the residual of the Ritz pair, s_j = last component of the Ritz
   vector) bounds the error. Extreme eigenvalues of *both* signs are found, so there is no sign
   problem. Breakdown (beta ~ 0: the Krylov space is invariant, e.g. after <= C steps for a ReLU
   network whose input Hessian J^T (diag p - p p^T) J has rank <= C - 1) ends the iteration with the
@@ -152,7 +152,7 @@ def lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, iters
     """Largest algebraic eigenvalue of B symmetric operators by Lanczos with full re-orthogonalisation.
 
     ``hvp(V)`` applies the B operators row-wise to ``V (B, D)``; ``v0 (B, D)`` are the start vectors.
-    Example i stops when the Ritz residual beta_j |s_j| <= ``tol`` * max_k |theta_k| (its spectral
+    Example i stops when the Ritz residual beta_j abs(s_j) <= ``tol`` * max_k abs(theta_k) (its spectral
     scale estimate), at breakdown, or after ``min(iters, D)`` steps. Returns ``(theta (B,), info)``
     with ``info = {"iters": (B,) steps used, "converged": (B,) bool, "residual": (B,)}``.
     """
@@ -214,7 +214,7 @@ def power_iteration(hvp: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tenso
     that Rayleigh quotient mu_i is negative the example is iterated again on H_i - mu_i I, whose
     largest-magnitude eigenvalue is lambda_max - mu_i >= 0. An example stops when its Rayleigh
     quotient's remaining error, estimated from two successive changes d_k, d_{k-1} as
-    d_k rho / (1 - rho) with rho = d_k / d_{k-1} (geometric convergence), is <= ``tol`` * |mu|, or after
+    d_k rho / (1 - rho) with rho = d_k / d_{k-1} (geometric convergence), is <= ``tol`` * abs(mu), or after
     ``iters`` steps (per phase).
     Returns ``(lambda (B,), info)`` like :func:`lanczos`; ``info["shifted"]`` marks shifted examples.
     """

@@ -357,7 +357,7 @@ class Adam:
 
 
 def total_variation(v: torch.Tensor) -> torch.Tensor:
-    """Anisotropic total variation per input: sum of |horizontal| and |vertical| neighbour differences, (N,)."""
+    """Anisotropic total variation per input: sum of the absolute horizontal and vertical neighbour differences, (N,)."""
     if v.dim() < 3:
         return torch.zeros(v.shape[0], device=v.device, dtype=v.dtype)
     tv = (v[..., 1:, :] - v[..., :-1, :]).abs().flatten(1).sum(1)
@@ -737,7 +737,7 @@ def plot_barrier_hist(ax, values: dict, bins: int = 30, log: bool = True, xlabel
 
 
 def plot_path_images(axes, A, B, B_prime, C, scale_diff: bool = True):
-    """A row of five images: A, B, B', C and |B' - B| (rescaled to its own max when ``scale_diff``)."""
+    """A row of five images: A, B, B', C and ``abs(B' - B)`` (rescaled to its own max when ``scale_diff``)."""
     from mclib import plots
     diff = (B_prime - B).abs()
     mx = float(diff.max())
