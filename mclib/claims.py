@@ -178,7 +178,7 @@ def _cell(text: Any) -> str:
 def report_markdown(records: Mapping[str, dict] | None = None) -> str:
     """The reproduction report as MyST markdown: one table per paper, each claim linked to its chapter.
 
-    Links are relative to the ``notebooks/`` folder, where the report notebook lives.
+    Links point at the built HTML pages, relative to ``notebooks/`` where the report notebook lives.
     """
     table = report(records)
     marks = {"yes": "✅ holds", "no": "❌ fails", "not run": "— not run"}
@@ -188,7 +188,8 @@ def report_markdown(records: Mapping[str, dict] | None = None) -> str:
         for _, row in table[table["id"].str.startswith(group)].iterrows():
             cid = row["id"]
             if row["chapter"]:
-                cid = f"[{cid}]({Path(row['chapter']).name})"
+                # a link in a notebook's *output* is not resolved by Sphinx: point at the built page
+                cid = f"[{cid}]({Path(row['chapter']).stem}.html)"
             paper = row["paper's value"]
             out.append(f"| {cid} | {_cell(row['claim'])} | {_cell(paper)} | "
                        f"{_cell(row['measured'])} | {marks[row['holds']]} |")

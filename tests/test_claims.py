@@ -34,4 +34,4 @@ def test_report_lists_every_claim_grouped_with_status():
     assert status["A2"] == "no" and status["C7"] == "yes" and status["B1"] == "not run"
     assert claims.summary() == {"holding": 1, "failing": 1, "not run": 19}
     md = claims.report_markdown()
-    assert "[A2](a1_real_paths.ipynb)" in md and md.count("### ") == 3
+    assert "[A2](a1_real_paths.html)" in md and md.count("### ") == 3
