@@ -35,6 +35,23 @@ def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * torch.clamp(eps / n.clamp_min(1e-12), max=1.0)
 
 
+def _start(x: torch.Tensor, eps: float, norm: str, random_start: bool,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """PGD's starting point: ``x`` itself, or a random point of the ``norm`` ball around it, in [0, 1].
+
+    L-inf draws uniformly from the cube; L2 draws a Gaussian direction scaled by ``eps * U(0, 1)``.
+    """
+    if not random_start or eps <= 0:
+        return x.clamp(0, 1)
+    if norm == "linf":
+        delta = (torch.rand(x.shape, generator=generator).to(x) * 2 - 1) * eps
+    else:
+        direction = _l2_normalise(torch.randn(x.shape, generator=generator).to(x))  # drawn first, as before
+        radius = eps * torch.rand(x.shape[0], generator=generator).to(x).view(-1, *([1] * (x.dim() - 1)))
+        delta = direction * radius
+    return (x + _project(delta, eps, norm)).clamp(0, 1)
+
+
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, targeted: bool = False) -> torch.Tensor:
     """One signed-gradient step of size ``eps`` (L-inf): ``clip(x + eps * sign(grad_x L(x, y)), 0, 1)``.
 
@@ -64,14 +81,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.3, st
     was = model.training
     model.eval()
     x = x.detach()
-    if random_start and eps > 0:
-        noise = torch.rand(x.shape, generator=generator).to(x) * 2 - 1 if norm == "linf" else \
-            _l2_normalise(torch.randn(x.shape, generator=generator).to(x)) * eps * torch.rand(
-                x.shape[0], generator=generator).to(x).view(-1, *([1] * (x.dim() - 1)))
-        delta = _project(noise * (eps if norm == "linf" else 1.0), eps, norm)
-    else:
-        delta = torch.zeros_like(x)
-    adv = (x + delta).clamp(0, 1)
+    adv = _start(x, eps, norm, random_start, generator)
     for _ in range(steps):
         g = _loss_grad(model, adv, y, targeted)
         step = g.sign() if norm == "linf" else _l2_normalise(g)
@@ -258,14 +268,7 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, target: torch.Tensor, refere
     x = x.detach()
     refs = references.detach().to(x)
     tgt = torch.as_tensor(target, device=x.device).long()
-    if random_start and eps > 0:
-        noise = torch.rand(x.shape, generator=generator).to(x) * 2 - 1 if norm == "linf" else \
-            _l2_normalise(torch.randn(x.shape, generator=generator).to(x)) * eps * torch.rand(
-                x.shape[0], generator=generator).to(x).view(-1, *([1] * (x.dim() - 1)))
-        delta = _project(noise * (eps if norm == "linf" else 1.0), eps, norm)
-    else:
-        delta = torch.zeros_like(x)
-    adv = (x + delta).clamp(0, 1)
+    adv = _start(x, eps, norm, random_start, generator)
     for _ in range(steps):
         xa = adv.clone().requires_grad_(True)
         obj = F.cross_entropy(model(xa), tgt, reduction="sum")
