@@ -9,25 +9,48 @@ arguments, so that they hash like everything else:
 * ``batch_hook(model, x, y, **kw) -> x`` changes every batch before the step
   (e.g. PGD adversarial training, :func:`mclib.attacks.evasion.pgd`).
 
-:func:`train` returns the cached model when a valid checkpoint exists; a checkpoint whose recipe
-differs or whose tensors fail their checksum is retrained, never used. Writes are atomic
-(temporary file, then rename), so an interrupted run leaves no half-written checkpoint behind.
+The model cache (:func:`train`) promises:
+
+* **Nothing read back is unchecked.** One SHA-256 covers the format, the recipe, the code hash, the
+  stored metrics (``test_acc``, ...) and every tensor (name, dtype, shape, bytes). A checkpoint that is
+  corrupt, truncated, for another recipe or written by other model/training code (:func:`code_hash`)
+  is retrained with a warning, never used.
+* **Atomic writes that respect the umask.** A checkpoint is written to a temporary file in the same
+  folder (created with mode ``0o666 & ~umask``, like any other file), then renamed. Temporary files
+  that a killed process left behind are removed by the next process that saves or loads there.
+* **Train once, wait, then load.** Processes sharing a cache (Slurm jobs, several GPUs) take a lock
+  per checkpoint (``<checkpoint>.lock``, an OS-level ``flock`` through the ``filelock`` package): the
+  first trains, the others wait and then load its checkpoint. The OS releases the lock when its holder
+  dies, however it dies (``kill -9``, node reboot on a local disk), so a killed job never blocks others;
+  a process that *hangs* while training does keep others waiting.
+* **No lost training.** Writability of the cache is checked before training; a read-only cache makes
+  :func:`train` warn and cache into a per-user temporary folder instead (``--cache-dir`` or
+  ``$MCLIB_CACHE`` choose a writable one).
 """
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib
+import inspect
 import io
 import json
 import os
+import re
+import secrets
+import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import filelock
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -210,11 +233,101 @@ def fit(
     return losses
 
 
-def _state_checksum(state: Mapping[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
+# ------------------------------------------------------------------------------------------ code hash
+#: Whole modules whose code defines the networks and the pixels they are trained on.
+CODE_MODULES = ("mclib.models", "mclib.data")
+
+
+def _normalised(source: str) -> str:
+    """The code of ``source`` without its docstrings, comments and layout (a dump of its syntax tree).
+
+    Editing a comment, a docstring or the line breaks keeps the hash; changing any statement,
+    default value, name or error message changes it.
+    """
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def _digest(source: str) -> str:
+    return hashlib.sha256(_normalised(source).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _module_digest(name: str) -> str:
+    """Digest of a module's source as first read in this process (the code that is running)."""
+    return _digest(inspect.getsource(importlib.import_module(name)))
+
+
+def _code_parts(recipe: Recipe) -> dict[str, str]:
+    """Name -> digest of every piece of code that :func:`code_hash` covers for ``recipe``."""
+    parts = {name: _module_digest(name) for name in CODE_MODULES}
+    parts[f"{__name__}:training"] = _TRAINING_DIGEST
+    for hook in (recipe.data_hook, recipe.batch_hook):
+        if hook:
+            parts[f"hook {hook}"] = _hook_digest(hook)
+    return parts
+
+
+def _hook_digest(hook: str) -> str:
+    """Digest of the module a hook lives in; of the hook alone where that module has no source file
+    (a module made at run time, a notebook's ``__main__``), and of its bytecode where it has none either."""
+    fn = resolve(hook)  # a hook that cannot be imported fails here, with resolve's message
+    name = hook.split(":", 1)[0]
+    with contextlib.suppress(OSError, TypeError):
+        return _module_digest(name)
+    with contextlib.suppress(OSError, TypeError):
+        return _digest(inspect.getsource(fn))
+    code = getattr(fn, "__code__", None)
+    return hashlib.sha256(code.co_code if code is not None else hook.encode()).hexdigest()
+
+
+def code_hash(recipe: Recipe) -> str:
+    """A hash of the code that turns ``recipe`` into weights and metrics; a checkpoint of other code is retrained.
+
+    Covered (docstrings, comments and layout excluded, see :func:`_normalised`):
+
+    * :mod:`mclib.models` and :mod:`mclib.data`, whole: the architectures, their initialisation and
+      normalisation, and the loading, scaling and splitting of the training images;
+    * the training path of this module (:data:`TRAINING_CODE`: :meth:`Recipe.build`, :func:`fit`,
+      :func:`evaluate`, :func:`logits`, ...), which decide the weights and the stored metrics;
+    * the whole module of every hook the recipe names (e.g. :mod:`mclib.attacks.evasion` for PGD
+      training), since a hook calls helpers of its module.
+
+    Not covered: the cache machinery of this module (hashing, checksums, locks, saving) -- it does not
+    change a model, and the checkpoint format has its own version (``CHECKPOINT_FORMAT``); other mclib
+    modules that a hook imports; torch, numpy and the hardware, which change rounding but not what the
+    model is. The sources are read once per process, so the hash describes the code that runs.
+    The hash is kept in the checkpoint rather than in its file name: a code change then replaces the
+    old checkpoint (with a warning saying why) instead of leaving it behind.
+    """
+    parts = _code_parts(recipe)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+#: Version of the checkpoint layout; files of another version are retrained.
+CHECKPOINT_FORMAT = 2
+#: The checksummed text fields of a checkpoint (its tensors are checksummed too).
+_RECORD = ("format", "recipe", "code", "metrics")
+#: Temporary files of :func:`save_checkpoint`: ``.<checkpoint>.<pid>.<random>.tmp``.
+_TEMP = re.compile(r"^\.(?P<target>.+)\.\d+\.[0-9a-f]+\.tmp$")
+#: Temporary files of mclib <= 0.1 (``tempfile.mkstemp``); unlocked, so only removed when this old.
+LEGACY_TEMP_SECONDS = 3600
+
+
+def _checksum(record: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the record (format, recipe, code hash, metrics) and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps({k: record[k] for k in _RECORD}, sort_keys=True).encode())
     for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+        t = state[k].detach().cpu().contiguous()
+        h.update(json.dumps([k, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -223,66 +336,132 @@ def checkpoint_path(recipe: Recipe, cache_dir: str | os.PathLike | None = None) 
     return config.cache_dir(cache_dir) / "models" / f"{recipe.arch}-{recipe.dataset}-{recipe.key}.pt"
 
 
-def save_checkpoint(path: Path, recipe: Recipe, model: nn.Module, metrics: Mapping[str, Any]) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"recipe": recipe.to_json(), "state_dict": state, "checksum": _state_checksum(state), "metrics": dict(metrics)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+def lock_path(path: Path) -> Path:
+    """The lock file that guards the checkpoint ``path`` (kept after release, so waiters share one inode)."""
+    return path.with_name(path.name + ".lock")
+
+
+def _open_temp(path: Path) -> tuple[int, Path]:
+    """Create a fresh temporary file next to ``path``.
+
+    Mode ``0o666`` filtered by the umask, as for any other file (``mkstemp`` would force ``0o600``
+    and lock other users of a shared cache out).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    return fd, tmp
+
+
+def _write_and_rename(fd: int, tmp: Path, path: Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` into the open temporary file, flush it to disk, then rename it to ``path``."""
     try:
         with os.fdopen(fd, "wb") as fh:
             buf = io.BytesIO()
-            torch.save(payload, buf)
+            torch.save(dict(payload), buf)
             fh.write(buf.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())  # the rename must never expose a file whose bytes are still in flight
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
+def _payload(recipe: Recipe, model: nn.Module, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    record = {"format": CHECKPOINT_FORMAT, "recipe": recipe.to_json(), "code": code_hash(recipe),
+              "metrics": json.dumps(dict(metrics), sort_keys=True)}
+    return {**record, "state_dict": state, "checksum": _checksum(record, state)}
+
+
+def save_checkpoint(path: Path, recipe: Recipe, model: nn.Module, metrics: Mapping[str, Any]) -> None:
+    """Write atomically: a temporary file in the same folder (umask respected), then ``os.replace``.
+
+    :func:`train` holds the checkpoint's lock around this; other callers that share a cache should too.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _open_temp(path)
+    _write_and_rename(fd, tmp, path, _payload(recipe, model, metrics))
+
+
+def clean_stale_temps(folder: Path, holding: Path | None = None) -> list[Path]:
+    """Remove temporary files left by saves that died; returns the removed paths.
+
+    A temporary file of checkpoint ``c`` is stale when nobody holds ``c``'s lock (writers hold it from
+    creating the file until the rename; ``holding`` is the checkpoint whose lock the caller holds).
+    Unlocked temporary files of older mclib versions are removed once older than
+    :data:`LEGACY_TEMP_SECONDS`. Files that cannot be removed (read-only cache) are left alone.
+    """
+    removed = []
+    for tmp in sorted(folder.glob("*.tmp")):
+        try:
+            match = _TEMP.match(tmp.name)
+            if match is None:
+                if tmp.name.startswith("tmp") and time.time() - tmp.stat().st_mtime > LEGACY_TEMP_SECONDS:
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp)
+                continue
+            target = folder / match["target"]
+            if target == holding:
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+                continue
+            lock = filelock.FileLock(lock_path(target))
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                continue  # its writer is alive
+            try:
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+            finally:
+                lock.release()
+        except OSError:
+            continue
+    return removed
+
+
 class CheckpointInvalid(Exception):
-    """A cached checkpoint that must not be used (corrupt, truncated or for another recipe)."""
+    """A cached checkpoint that must not be used (corrupt, truncated, for another recipe or other code)."""
 
 
 def load_checkpoint(path: Path, recipe: Recipe) -> tuple[nn.Module, dict]:
-    """Load and validate a checkpoint; raise :class:`CheckpointInvalid` saying why it cannot be used."""
+    """Load and validate a checkpoint; raise :class:`CheckpointInvalid` saying why it cannot be used.
+
+    Everything returned is checksummed: the weights, the metrics and the recipe and code they belong to.
+    """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, ...
         raise CheckpointInvalid(f"unreadable ({type(err).__name__}: {err})") from None
     if not isinstance(payload, dict) or {"recipe", "state_dict", "checksum"} - set(payload):
         raise CheckpointInvalid("not an mclib checkpoint")
+    if payload.get("format") != CHECKPOINT_FORMAT or set(_RECORD) - set(payload):
+        raise CheckpointInvalid(f"checkpoint format {payload.get('format', 1)!r}, this mclib writes {CHECKPOINT_FORMAT}")
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointInvalid("its state_dict is not a dict of tensors")
+    try:
+        intact = _checksum(payload, state) == payload["checksum"]
+    except (TypeError, KeyError, ValueError, RuntimeError):
+        intact = False
+    if not intact:
+        raise CheckpointInvalid("checksum mismatch (weights, metrics or recipe changed after writing)")
     if payload["recipe"] != recipe.to_json():
         raise CheckpointInvalid("written for another recipe")
-    if _state_checksum(payload["state_dict"]) != payload["checksum"]:
-        raise CheckpointInvalid("tensor checksum mismatch")
+    if payload["code"] != code_hash(recipe):
+        raise CheckpointInvalid("written by other model or training code (see mclib.train.code_hash)")
     model = recipe.build()
-    model.load_state_dict(payload["state_dict"])
-    return model.eval(), dict(payload.get("metrics", {}))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointInvalid(f"its tensors do not fit the model: {err}") from None
+    return model.eval(), json.loads(payload["metrics"])
 
 
-def train(
-    recipe: Recipe,
-    device: torch.device | str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    data_root: str | os.PathLike | None = None,
-    retrain: bool = False,
-    progress: bool = True,
-) -> nn.Module:
-    """The model of ``recipe``: loaded from the cache if a valid checkpoint exists, else trained and cached.
-
-    The returned model is in eval mode on ``device`` and carries ``model.mclib_metrics``
-    (train/test loss and accuracy, training time) and ``model.mclib_recipe``.
-    """
-    device = config.get_device(device if not isinstance(device, torch.device) else str(device))
-    path = checkpoint_path(recipe, cache_dir)
-    if path.exists() and not retrain:
-        try:
-            model, metrics = load_checkpoint(path, recipe)
-            model.mclib_metrics, model.mclib_recipe = metrics, recipe
-            return model.to(device)
-        except CheckpointInvalid as why:
-            warnings.warn(f"cached checkpoint {path.name} ignored and retrained: {why}", stacklevel=2)
+# ------------------------------------------------------------------------------------------ train
+def _train_fresh(recipe: Recipe, device: torch.device, data_root, progress: bool) -> tuple[nn.Module, dict]:
+    """Train ``recipe``'s model from scratch; returns it on the CPU with its metrics."""
     X, y = data.load(recipe.dataset, "train", n=recipe.n_train, data_root=data_root)
     gen = torch.Generator().manual_seed(recipe.seed)
     if recipe.data_hook:
@@ -300,8 +479,132 @@ def train(
     model.cpu()
     Xt, yt = data.load(recipe.dataset, "test", data_root=data_root)
     tr, te = evaluate(model, X[:2000], y[:2000]), evaluate(model, Xt, yt)
-    metrics = {"train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"], "test_acc": te["acc"],
-               "seconds": seconds}
-    save_checkpoint(path, recipe, model, metrics)
+    return model, {"train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"], "test_acc": te["acc"],
+                   "seconds": seconds}
+
+
+def _signature(path: Path) -> tuple | None:
+    """Identity of the file now at ``path`` (None if absent): a rename by another process changes it."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _load_valid(path: Path, recipe: Recipe, warn: bool = True) -> tuple[nn.Module, dict] | None:
+    """The checkpoint at ``path`` if it exists and is valid; an invalid one is reported (warning) and skipped."""
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint(path, recipe)
+    except CheckpointInvalid as why:
+        if warn:
+            warnings.warn(f"cached checkpoint {path.name} ignored and retrained: {why}", stacklevel=3)
+        return None
+
+
+def _check_writable(folder: Path) -> None:
+    """Raise :class:`OSError` unless a file can be created in ``folder`` (created if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = _open_temp(folder / ".write-probe")
+    os.close(fd)
+    probe.unlink()
+
+
+def fallback_cache_dir() -> Path:
+    """The per-user temporary cache used when the configured one is read-only."""
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"mclib-cache-{user}"
+
+
+def _writable_path(recipe: Recipe, path: Path | None, why: OSError | None) -> Path:
+    """``path`` if its folder is writable, else the fallback cache's path (with a warning naming the fix)."""
+    if why is None:
+        try:
+            _check_writable(path.parent)
+            return path
+        except OSError as err:
+            why = err
+    where = path.parent.parent if path is not None else "the configured cache folder"
+    fix = "pass a writable --cache-dir (cache_dir=...) or set MCLIB_CACHE"
+    try:
+        fallback = checkpoint_path(recipe, fallback_cache_dir())
+        _check_writable(fallback.parent)
+    except OSError as err:
+        raise PermissionError(f"cannot cache the model of {recipe.arch}/{recipe.dataset}: {where} is not writable "
+                              f"({why}) and neither is {fallback_cache_dir()} ({err}); {fix}") from None
+    warnings.warn(f"model cache {where} is not writable ({why}); caching {fallback.name} in {fallback.parent} "
+                  f"instead, which is temporary; {fix}", stacklevel=3)
+    return fallback
+
+
+def train(
+    recipe: Recipe,
+    device: torch.device | str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> nn.Module:
+    """The model of ``recipe``: loaded from the cache if a valid checkpoint exists, else trained and cached.
+
+    The returned model is in eval mode on ``device`` and carries ``model.mclib_metrics``
+    (train/test loss and accuracy, training time) and ``model.mclib_recipe``.
+
+    Order of events: a valid checkpoint is loaded without any lock (renames are atomic, so a reader
+    never sees half a file). Otherwise the cache is checked for writability (falling back to
+    :func:`fallback_cache_dir` with a warning), the checkpoint's lock is taken -- waiting while
+    another process trains the same recipe, then loading its result -- stale temporary files are
+    removed, the temporary file is created, and only then is the model trained.
+    """
+    device = config.get_device(device if not isinstance(device, torch.device) else str(device))
+    try:
+        path, why = checkpoint_path(recipe, cache_dir), None
+    except OSError as err:  # the cache folder itself cannot be created
+        path, why = None, err
+    seen = None
+    if path is not None and not retrain:
+        seen = _signature(path)
+        hit = _load_valid(path, recipe)
+        if hit is not None:
+            with contextlib.suppress(OSError):
+                clean_stale_temps(path.parent)
+            return _attach(*hit, recipe, device)
+    target = _writable_path(recipe, path, why)
+    if target != path:
+        seen = None
+    lock = filelock.FileLock(lock_path(target))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        print(f"waiting for another process that trains {target.name} (lock {lock.lock_file})", file=sys.stderr)
+        lock.acquire()
+    try:
+        clean_stale_temps(target.parent, holding=target)
+        if not retrain and _signature(target) not in (None, seen):  # written while we waited
+            hit = _load_valid(target, recipe)
+            if hit is not None:
+                return _attach(*hit, recipe, device)
+        fd, tmp = _open_temp(target)
+        try:
+            model, metrics = _train_fresh(recipe, device, data_root, progress)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        _write_and_rename(fd, tmp, target, _payload(recipe, model, metrics))
+    finally:
+        lock.release()
+    return _attach(model, metrics, recipe, device)
+
+
+def _attach(model: nn.Module, metrics: dict, recipe: Recipe, device: torch.device) -> nn.Module:
     model.mclib_metrics, model.mclib_recipe = metrics, recipe
     return model.to(device).eval()
+
+
+#: The functions of this module that decide a trained model's weights and stored metrics (hashed by
+#: :func:`code_hash`; taken when the module is imported, so a patched function does not change it).
+TRAINING_CODE = (Recipe.build, _unfreeze, fit, logits, evaluate, _train_fresh)
+_TRAINING_DIGEST = hashlib.sha256("".join(_digest(inspect.getsource(f)) for f in TRAINING_CODE).encode()).hexdigest()
