@@ -1,5 +1,16 @@
+import hashlib
 import json
+import os
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
+import filelock
 import pytest
 import torch
 
@@ -43,7 +54,7 @@ def test_cache_hit_returns_the_same_model_without_training(monkeypatch):
     assert not list(train.checkpoint_path(TINY).parent.glob("*.tmp"))  # atomic write left no temp file
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "tensor", "recipe"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "tensor", "recipe", "metric bit"])
 def test_corrupt_or_mismatching_checkpoint_is_retrained(damage):
     model = train.train(TINY, progress=False)
     path = train.checkpoint_path(TINY)
@@ -51,6 +62,8 @@ def test_corrupt_or_mismatching_checkpoint_is_retrained(damage):
         path.write_bytes(path.read_bytes()[:500])
     elif damage == "garbage":
         path.write_bytes(b"not a checkpoint")
+    elif damage == "metric bit":  # one flipped bit in the stored test accuracy, as a disk or copy could do
+        _flip_last_bit_of(path, model.mclib_metrics["test_acc"])
     else:
         payload = torch.load(path, weights_only=True)
         if damage == "tensor":  # flipped weights, checksum kept: must be caught
@@ -62,7 +75,32 @@ def test_corrupt_or_mismatching_checkpoint_is_retrained(damage):
     with pytest.warns(UserWarning, match="ignored and retrained"):
         again = train.train(TINY, progress=False)
     assert _same(model, again)
+    assert again.mclib_metrics["test_acc"] == model.mclib_metrics["test_acc"]
     train.load_checkpoint(path, TINY)  # the rewritten file is valid again
+
+
+def _flip_last_bit_of(path, value):
+    """Flip the lowest bit of ``value`` where the file stores it (as text or as a pickled big-endian double)."""
+    raw = bytearray(path.read_bytes())
+    for form in (repr(value).encode(), struct.pack(">d", value)):
+        at = raw.find(form)
+        if at >= 0:
+            raw[at + len(form) - 1] ^= 1  # a text digit stays a digit; a double changes by one ulp
+            path.write_bytes(bytes(raw))
+            return
+    raise AssertionError(f"{value!r} not found in {path}")
+
+
+def test_checksum_covers_every_field_read_back():
+    train.train(TINY, progress=False)
+    path = train.checkpoint_path(TINY)
+    for field in ("format", "recipe", "code", "metrics", "checksum"):
+        payload = torch.load(path, weights_only=True)
+        payload[field] = payload[field] + (1 if isinstance(payload[field], int) else " ")
+        damaged = path.with_name(f"damaged-{field}.pt")
+        torch.save(payload, damaged)
+        with pytest.raises(train.CheckpointInvalid, match="checksum|format"):
+            train.load_checkpoint(damaged, TINY)
 
 
 def test_data_hook_and_batch_hook_are_applied(monkeypatch):
@@ -98,3 +136,190 @@ def test_fit_callback_and_evaluate():
     assert 0 <= ev["acc"] <= 1 and ev["loss"] > 0
     with pytest.raises(ValueError, match="differ in length"):
         train.fit(model, X, y[:3])
+
+
+# ---------------------------------------------------------------- code changes retrain (issue 13, 2.4)
+def _counting_fit(monkeypatch):
+    calls, real = [], train.fit
+    monkeypatch.setattr(train, "fit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_code_change_that_keeps_shapes_retrains(monkeypatch):
+    first = train.train(TINY, progress=False)
+    calls = _counting_fit(monkeypatch)
+    parts = getattr(train, "_code_parts", lambda r: {})
+    # an edit of mclib/models.py, simulated: the digest of that module's source changes
+    monkeypatch.setattr(train, "_code_parts", lambda r: {**parts(r), "mclib.models": "edited"}, raising=False)
+    with pytest.warns(UserWarning, match="ignored and retrained: written by other model or training code"):
+        again = train.train(TINY, progress=False)
+    assert calls == [1] and _same(first, again)
+    train.train(TINY, progress=False)  # the new checkpoint is used from then on
+    assert calls == [1]
+
+
+def test_code_change_that_changes_shapes_retrains(monkeypatch):
+    train.train(TINY, progress=False)
+    real_build = train.models.build
+    monkeypatch.setattr(train.models, "build", lambda arch, **kw: real_build(arch, **{**kw, "hidden": (24,)}))
+    monkeypatch.setattr(train, "code_hash", lambda r: "edited", raising=False)
+    with pytest.warns(UserWarning, match="ignored and retrained"):
+        model = train.train(TINY, progress=False)
+    assert 24 in {s for p in model.parameters() for s in p.shape}
+
+
+def test_code_hash_covers_code_not_comments():
+    assert train._normalised("def f(x):\n    '''doc'''\n    return x  # why\n") == train._normalised("def f(x):\n  return x")
+    assert train._digest("def f(x):\n    return x") != train._digest("def f(x):\n    return x + 1")
+    h = train.code_hash(TINY)
+    assert h == train.code_hash(TINY.replace(seed=3))  # the recipe has its own hash; this one is code only
+    adv = TINY.replace(batch_hook="mclib.attacks.evasion:pgd")
+    poison = TINY.replace(data_hook="mclib.attacks.backdoor:poison")
+    assert len({h, train.code_hash(adv), train.code_hash(poison)}) == 3
+    assert set(train._code_parts(adv)) == {"mclib.models", "mclib.data", "mclib.train:training",
+                                           "hook mclib.attacks.evasion:pgd"}
+    with pytest.raises(ValueError, match="cannot import hook"):
+        train.code_hash(TINY.replace(batch_hook="mclib.nothing:here"))
+
+
+# ---------------------------------------------------------------- read-only cache (issue 13, 2.5)
+def _deny_writes_to(monkeypatch, folders):
+    """Make ``folders`` unwritable: chmod for ordinary users; root ignores modes, so the check is told so."""
+    for f in folders:
+        f.mkdir(parents=True, exist_ok=True)
+        f.chmod(0o555)
+    if os.geteuid() == 0:
+        real = getattr(train, "_check_writable", lambda folder: None)
+
+        def check(folder):
+            if Path(folder) in folders:
+                raise PermissionError(13, "Permission denied", str(folder))
+            real(folder)
+        monkeypatch.setattr(train, "_check_writable", check, raising=False)
+
+
+def test_read_only_cache_falls_back_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    models_dir = tmp_path / "ro" / "models"
+    _deny_writes_to(monkeypatch, [models_dir])
+    calls = _counting_fit(monkeypatch)
+    try:
+        with pytest.warns(UserWarning, match=r"not writable.*--cache-dir.*MCLIB_CACHE"):
+            first = train.train(TINY, cache_dir=tmp_path / "ro", progress=False)
+        with pytest.warns(UserWarning, match="not writable"):
+            again = train.train(TINY, cache_dir=tmp_path / "ro", progress=False)  # found in the fallback
+    finally:
+        models_dir.chmod(0o755)
+    assert calls == [1] and _same(first, again)
+    assert len(list((tmp_path / "tmp").rglob("*.pt"))) == 1 and not list(models_dir.iterdir())
+
+
+def test_unwritable_cache_and_fallback_stop_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    folders = [tmp_path / "ro" / "models", tmp_path / "tmp" / f"mclib-cache-{os.getuid()}" / "models"]
+    _deny_writes_to(monkeypatch, folders)
+    calls = _counting_fit(monkeypatch)
+    try:
+        with pytest.raises(PermissionError, match=r"--cache-dir.*MCLIB_CACHE"):
+            train.train(TINY, cache_dir=tmp_path / "ro", progress=False)
+    finally:
+        for f in folders:
+            f.chmod(0o755)
+    assert calls == []
+
+
+# ---------------------------------------------------------------- permissions, stale temp files (issue 13, 2.6)
+@pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
+def test_checkpoint_mode_follows_the_umask(umask):
+    old = os.umask(umask)
+    try:
+        train.train(TINY, progress=False, retrain=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(train.checkpoint_path(TINY).stat().st_mode) == 0o666 & ~umask
+
+
+def test_stale_temporary_files_are_removed():
+    path = train.checkpoint_path(TINY)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    own = folder / f".{path.name}.999999.deadbeef.tmp"  # a killed save of this recipe
+    other = folder / ".mlp-digits-0123456789abcdef.pt.999999.cafe0123.tmp"  # of another recipe
+    busy = folder / ".mlp-digits-fedcba9876543210.pt.999999.cafe0123.tmp"  # being written right now
+    old_style, fresh_style = folder / "tmpab12cd.tmp", folder / "tmpzz9.tmp"  # mkstemp names of mclib <= 0.1
+    for f in (own, other, busy, old_style, fresh_style):
+        f.touch()
+    hour_ago = time.time() - 2 * 3600
+    os.utime(old_style, (hour_ago, hour_ago))
+    writer = filelock.FileLock(str(folder / "mlp-digits-fedcba9876543210.pt.lock"))
+    with writer:
+        train.train(TINY, progress=False)
+    assert not own.exists() and not other.exists() and not old_style.exists()
+    assert busy.exists() and fresh_style.exists()
+    own.touch()
+    train.train(TINY, progress=False)  # a cache hit cleans too
+    assert not own.exists()
+
+
+# ---------------------------------------------------------------- a shared cache under concurrency (issue 19)
+_CHILD = r"""
+import hashlib, pathlib, sys, time
+from mclib import train
+work, me, mode, peers = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+recipe = train.Recipe(arch="mlp", dataset="digits", epochs=1, batch_size=64, n_train=128, arch_kwargs={"hidden": (16,)})
+real_fit = train.fit
+def fit(*a, **k):
+    with open(work / "fits", "a") as fh:
+        fh.write(me + "\n")
+    if mode == "hang":
+        while True:
+            time.sleep(1)
+    time.sleep(3)  # hold the lock while the other process arrives
+    return real_fit(*a, **k)
+train.fit = fit
+(work / f"ready-{me}").touch()
+while len(list(work.glob("ready-*"))) < peers:  # start train() together
+    time.sleep(0.02)
+model = train.train(recipe, progress=False)
+print(hashlib.sha256(b"".join(t.numpy().tobytes() for t in model.state_dict().values())).hexdigest())
+"""
+
+
+def _child(tmp_path, me, mode, peers):
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, str(script), str(tmp_path), me, mode, str(peers)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_train_once_and_share_the_weights(tmp_path):
+    procs = [_child(tmp_path, str(i), "train", 2) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    assert (tmp_path / "fits").read_text().split() in (["0"], ["1"])  # trained exactly once
+    digests = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(digests) == 1
+    parent = train.train(TINY, progress=False)
+    assert hashlib.sha256(b"".join(t.numpy().tobytes() for t in parent.state_dict().values())).hexdigest() in digests
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_lock_of_a_killed_process_is_recovered(tmp_path):
+    proc = _child(tmp_path, "0", "hang", 1)
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "fits").exists():  # it is training: holds the lock, its temp file exists
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.1)
+        lock = train.lock_path(train.checkpoint_path(TINY))
+        with pytest.raises(filelock.Timeout):
+            filelock.FileLock(str(lock)).acquire(timeout=0)
+        assert list(lock.parent.glob("*.tmp"))
+    finally:
+        proc.kill()  # SIGKILL: no cleanup code runs in the child
+        proc.communicate()
+    model = train.train(TINY, progress=False)  # neither blocked by the dead lock nor by its temp file
+    assert model.mclib_metrics["test_acc"] > 0
+    assert not list(lock.parent.glob("*.tmp"))
