@@ -210,3 +210,55 @@ def is_monotone(profile: Sequence[float], tol: float = 0.0) -> bool:
     """
     d = np.diff(np.asarray(profile, dtype=float))
     return bool((d <= tol).all() or (d >= -tol).all())
+
+
+def two_sample_ci(a, b, statistic: Callable[[np.ndarray, np.ndarray], float], n_boot: int = 2000, seed: int = 0,
+                  level: float = 0.95) -> Interval:
+    """Percentile bootstrap interval of ``statistic(a, b)`` for two independent samples.
+
+    The rows of ``a`` and of ``b`` (one per independent unit, e.g. an input with its K reference pairs) are
+    resampled separately, each with replacement, ``n_boot`` times. ``n`` of the result is ``len(a) + len(b)``.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim == 0 or b.ndim == 0 or len(a) == 0 or len(b) == 0:
+        raise ValueError(f"a and b must each hold at least one unit along axis 0, got shapes {a.shape} and {b.shape}")
+    n_boot, level = _check_n_boot(n_boot), _check_level(level)
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, len(a), size=(n_boot, len(a)))
+    ib = rng.integers(0, len(b), size=(n_boot, len(b)))
+    boot = np.array([statistic(a[i], b[j]) for i, j in zip(ia, ib)], dtype=float)
+    lo, hi = _percentiles(boot, level)
+    return Interval(float(statistic(a, b)), lo, hi, len(a) + len(b))
+
+
+def auroc(labels, scores) -> float:
+    """Area under the ROC curve: ``P(score of a positive > score of a negative) + P(tie) / 2`` (Mann-Whitney U / n1 n0).
+
+    nan when one class is absent.
+    """
+    lab = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=float)
+    if lab.shape != s.shape or lab.ndim != 1:
+        raise ValueError(f"labels and scores must be 1-D of equal length, got shapes {lab.shape} and {s.shape}")
+    n1, n0 = int(lab.sum()), int((~lab).sum())
+    if n1 == 0 or n0 == 0:
+        return math.nan
+    r = _ranks(s)
+    return float((r[lab].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def auroc_ci(labels, scores, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
+    """:func:`auroc` with a percentile bootstrap interval; positives and negatives are resampled separately
+    (stratified), so every resample keeps both classes at their sizes."""
+    lab = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=float)
+    if lab.shape != s.shape or lab.ndim != 1:
+        raise ValueError(f"labels and scores must be 1-D of equal length, got shapes {lab.shape} and {s.shape}")
+    pos, neg = s[lab], s[~lab]
+    if len(pos) == 0 or len(neg) == 0:
+        return Interval(math.nan, math.nan, math.nan, len(s))
+
+    def stat(p, q):
+        return auroc(np.r_[np.ones(len(p)), np.zeros(len(q))], np.r_[p, q])
+
+    return two_sample_ci(pos, neg, stat, n_boot, seed, level)

@@ -134,3 +134,173 @@ def test_result_markdown_is_generated_from_the_records():
     assert md.startswith("Of 3 claim(s) on this page: 1 fails, 1 inconclusive.")
     assert "**A1 fails.**" in md and "reason of A1" in md and "**A2 is inconclusive.**" in md
     assert "**A3**" in md and "not recorded" in md
+
+
+# --------------------------------------------------------------------------- paper A and B criteria
+def iv(lo, hi, est=None):
+    return {"estimate": (lo + hi) / 2 if est is None else est, "lo": lo, "hi": hi, "n": 100}
+
+
+def verdict(cid, values):
+    return claims.CATALOGUE[cid].verdict(values)
+
+
+def pairs_ev(barrier=(0.1, 0.2), free=(0.92, 0.99), shift=(1.0, 3.0), conn=(0.95, 1.0), bends=(1, 1),
+             conn_all=(0.95, 1.0), barrier_pairs=10, modes=None):
+    ev = {"tolerance": 0.01, "barrier_pairs": barrier_pairs, "barrier_fraction": iv(*barrier),
+          "free_after_1": iv(*free), "shift_median": iv(*shift), "connected": iv(*conn), "bends_median": iv(*bends),
+          "connected_all": iv(*conn_all)}
+    if modes:
+        ev["mode_fraction"] = iv(*modes)
+    return ev
+
+
+@pytest.mark.parametrize("cid,change,status", [
+    ("A1", {}, "holds"),
+    ("A1", {"barrier": (0.05, 0.2)}, "holds"),            # lower bound exactly at 5%
+    ("A1", {"barrier": (0.0, 0.049)}, "fails"),
+    ("A1", {"barrier": (0.02, 0.09)}, "inconclusive"),
+    ("A2", {}, "holds"),
+    ("A2", {"free": (0.9, 1.0), "shift": (4.0, 5.0)}, "holds"),
+    ("A2", {"free": (0.5, 0.89)}, "fails"),
+    ("A2", {"shift": (5.01, 9.0)}, "fails"),
+    ("A2", {"shift": (3.0, 7.0)}, "inconclusive"),
+    ("A2", {"barrier_pairs": 0}, "inconclusive"),          # bypass never tested
+    ("A3", {}, "holds"),
+    ("A3", {"conn": (0.5, 0.8)}, "fails"),
+    ("A3", {"bends": (2, 2)}, "holds"),
+    ("A3", {"bends": (3, 4)}, "fails"),
+    ("A3", {"bends": (1, 3)}, "inconclusive"),
+    ("A3", {"barrier_pairs": 0}, "inconclusive"),
+    ("A4", {"barrier_pairs": 0, "bends": (9, 9)}, "holds"),  # lines without barriers: connected, bends not asked
+    ("A4", {"conn_all": (0.7, 0.89)}, "fails"),
+    ("A4", {"conn_all": (0.85, 0.95)}, "inconclusive"),
+])
+def test_path_criteria_at_their_boundaries(cid, change, status):
+    runs = {"cnn seed 0": pairs_ev(), "mlp seed 0": pairs_ev(**change)}
+    v = verdict(cid, {"runs": runs})
+    assert v.status == status, v.reason
+    assert "mlp" in v.reason or status == "holds"
+
+
+def test_a5_needs_modes_and_connection():
+    assert verdict("A5", {"runs": {"cnn / FVO": pairs_ev(modes=(0.92, 1.0))}}).status == "holds"
+    assert verdict("A5", {"runs": {"cnn / FVO": pairs_ev(modes=(0.3, 0.6))}}).status == "fails"
+    assert verdict("A5", {"runs": {"cnn / FVO": pairs_ev(modes=(0.8, 0.95))}}).status == "inconclusive"
+
+
+def test_a6_connected_fraction():
+    ok = {"connected": iv(0.9, 1.0)}
+    assert verdict("A6", {"runs": {"cnn": ok, "resnet8": ok}}).status == "holds"
+    assert verdict("A6", {"runs": {"cnn": ok, "resnet8": {"connected": iv(0.2, 0.6)}}}).status == "fails"
+    assert verdict("A6", {"runs": {"cnn": ok, "resnet8": {"connected": iv(0.6, 0.97)}}}).status == "inconclusive"
+    with pytest.raises(ValueError, match="lack 'runs'"):
+        verdict("A6", {"runs": {}})
+
+
+def test_a7_is_judged_on_the_gap_above_the_endpoints():
+    from mclib.claims import paper_a
+
+    # two probes, 30 pairs: the line max falls tenfold with the endpoints, the gap above them stays put
+    gap_flat = np.full((2, 30), 0.5) + np.random.default_rng(0).normal(0, 0.01, (2, 30))
+    ev = paper_a.gap_evolution_evidence(gap_flat, tolerance=0.01, n_boot=200)
+    assert verdict("A7", ev).status == "fails"
+    gap_rising = np.stack([np.full(30, 0.1), np.full(30, 0.5)]) + np.random.default_rng(1).normal(0, 0.01, (2, 30))
+    assert verdict("A7", paper_a.gap_evolution_evidence(gap_rising, 0.01, n_boot=200)).status == "holds"
+    # no barrier at any probe: every median floors at the tolerance, ratio 1
+    assert paper_a.gap_change_statistic(np.zeros((3, 5)), 0.01) == 1.0
+    assert verdict("A7", {"gap_change": iv(1.5, 2.5), "tolerance": 0.01}).status == "inconclusive"
+    with pytest.raises(ValueError, match="probes"):
+        paper_a.gap_evolution_evidence(np.ones((1, 4)), 0.01)
+
+
+def test_a8_ratio_of_medians_over_inputs():
+    from mclib.claims import paper_a
+
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0.9, 1.1, (50, 4))
+    ev = {"FGSM": paper_a.barrier_ratio_evidence(clean, 3 * clean, n_boot=200),
+          "PGD": paper_a.barrier_ratio_evidence(clean, 2.5 * clean, n_boot=200)}
+    assert ev["FGSM"]["ratio"]["estimate"] == pytest.approx(3.0, rel=1e-6)
+    assert verdict("A8", {"attacks": ev}).status == "holds"
+    ev["PGD"] = paper_a.barrier_ratio_evidence(clean, 1.2 * clean, n_boot=200)
+    assert verdict("A8", {"attacks": ev}).status == "fails"
+    ev["PGD"] = {"ratio": iv(1.8, 2.3)}
+    assert verdict("A8", {"attacks": ev}).status == "inconclusive"
+    ev["PGD"] = paper_a.barrier_ratio_evidence(clean, np.zeros((0, 4)))
+    assert verdict("A8", {"attacks": ev}).status == "inconclusive"
+
+
+def test_a9_auroc_interval():
+    assert verdict("A9", {"auroc": {"FGSM": iv(0.9, 0.97), "PGD": iv(0.95, 0.99)}}).status == "holds"
+    assert verdict("A9", {"auroc": {"FGSM": iv(0.6, 0.89), "PGD": iv(0.95, 0.99)}}).status == "fails"
+    assert verdict("A9", {"auroc": {"FGSM": iv(0.85, 0.93)}}).status == "inconclusive"
+    assert verdict("A9", {"auroc": {"FGSM": {"estimate": None, "lo": None, "hi": None}}}).status == "inconclusive"
+
+
+def a10_values(pc2=0.59, sigma2=0.01, tau=(0.1, 0.3, 0.5), se=(0.01, 0.01, 0.01)):
+    return {"criterion_dims": [2, 3], "pc": {"2": pc2, "3": 0.31}, "sigma": {"2": sigma2, "3": 0.005},
+            "literature": {"2": 0.5927, "3": 0.3116}, "tau_ref": list(tau), "tau_ref_se": list(se), "tau_d": [2, 3, 4]}
+
+
+def test_a10_pc_and_the_rise_of_tau():
+    assert verdict("A10", a10_values()).status == "holds"
+    assert verdict("A10", a10_values(pc2=0.5927 + 0.0201)).status == "fails"    # just beyond 2 sigma
+    assert verdict("A10", a10_values(pc2=0.5927 + 0.0199)).status == "holds"    # just within
+    assert verdict("A10", a10_values(sigma2=0.08)).status == "inconclusive"     # 2 sigma > 25% of p_c
+    assert verdict("A10", a10_values(tau=(0.1, 0.3, 0.2))).status == "fails"
+    assert verdict("A10", a10_values(tau=(0.1, 0.3, 0.31), se=(0.01, 0.02, 0.02))).status == "inconclusive"
+
+
+def test_path_evidence_from_a_study():
+    """path_evidence reads a PairStudy: fractions over all pairs and over barrier pairs, medians with intervals."""
+    import torch
+    from types import SimpleNamespace as NS
+    from mclib.claims import paper_a
+
+    gap = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.0])
+    bar = NS(gap=gap, max=gap + 1)
+    bypass = NS(barriers=[NS(gap=torch.tensor([0.5, 0.2])), NS(gap=torch.tensor([0.0, 0.3])), NS(gap=torch.tensor([0.0, 0.0]))],
+                connected=torch.tensor([True, True]), bends=torch.tensor([1, 2]), rounds=torch.tensor([1, 2]),
+                bent_first=torch.tensor([True, True]), shift=lambda: torch.tensor([0.02, 0.04]))
+    st = NS(line_barrier=bar, tolerance=0.01, bypass=bypass, endpoint_loss=torch.zeros(5))
+    ev = paper_a.path_evidence(st, mode_loss=torch.tensor([1e-4, 1e-3]), n_boot=100)
+    assert ev["pairs"] == 5 and ev["barrier_pairs"] == 2 and ev["barrier_fraction"]["estimate"] == 0.4
+    assert ev["free_after_1"]["estimate"] == 0.5 and ev["connected"]["estimate"] == 1.0
+    assert ev["connected_all"]["estimate"] == 1.0 and ev["shift_median"]["estimate"] == pytest.approx(3.0)
+    assert ev["mode_fraction"]["estimate"] == 0.5 and ev["rounds_max"] == 2
+
+
+# B
+def test_purity_and_nmi_match_som_code_metrics():
+    import torch
+    from mclib import som
+    from mclib.claims import paper_b
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 300)
+    bmus = (labels * 2 + rng.integers(0, 3, 300)) % 9
+    ref = som.code_metrics(torch.tensor(bmus), torch.tensor(labels), torch.zeros(9, 2))
+    assert paper_b.purity(bmus, labels) == pytest.approx(ref["purity"], abs=1e-12)
+    assert paper_b.nmi(bmus, labels) == pytest.approx(ref["nmi"], abs=1e-9)
+
+
+def test_b1_b2_from_codes():
+    from mclib.claims import paper_b
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 400)
+    shallow = rng.integers(0, 3, 400)  # 3 units shared by all classes: homogeneous
+    deep = labels.copy()               # one unit per class: diverse
+    ev = {"m": paper_b.code_evidence(shallow, deep, labels, n_boot=200)}
+    assert verdict("B1", {"models": ev}).status == "holds" and verdict("B2", {"models": ev}).status == "holds"
+    ev = {"m": paper_b.code_evidence(deep, deep, labels, n_boot=200)}  # already pure at the first layer
+    assert verdict("B1", {"models": ev}).status == "fails" and verdict("B2", {"models": ev}).status == "fails"
+    assert verdict("B1", {"models": {"m": {"purity_first": iv(0.45, 0.55)}}}).status == "inconclusive"
+    assert verdict("B2", {"models": {"m": {"purity_gain": iv(0.15, 0.25), "nmi_gain": iv(0.1, 0.2)}}}).status == "inconclusive"
+
+
+def test_b3_rho_interval():
+    assert verdict("B3", {"models": {"a": {"spearman": iv(-0.5, -0.1)}}}).status == "holds"
+    assert verdict("B3", {"models": {"a": {"spearman": iv(0.05, 0.3)}}}).status == "fails"
+    assert verdict("B3", {"models": {"a": {"spearman": iv(-0.2, 0.1)}}}).status == "inconclusive"

@@ -103,3 +103,23 @@ def test_partial_correlation_detrends_two_monotone_profiles():
 def test_is_monotone():
     assert stats.is_monotone([3, 2, 2, 1]) and stats.is_monotone([1, 2, 3])
     assert not stats.is_monotone([1, 3, 2]) and stats.is_monotone([1, 3, 2.9], tol=0.2)
+
+
+def test_auroc_matches_sklearn_and_its_interval_is_stratified():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    lab = np.r_[np.ones(80), np.zeros(120)].astype(bool)
+    s = np.r_[rng.normal(1, 1, 80), rng.normal(0, 1, 120)].round(1)  # rounding makes ties
+    assert stats.auroc(lab, s) == pytest.approx(roc_auc_score(lab, s), abs=1e-12)
+    ci = stats.auroc_ci(lab, s, n_boot=500, seed=0)
+    assert ci.lo < ci.estimate < ci.hi and ci.n == 200
+    assert math.isnan(stats.auroc(np.ones(3), [1, 2, 3]))
+    assert math.isnan(stats.auroc_ci(np.ones(3), [1, 2, 3]).lo)
+
+
+def test_two_sample_ci_of_a_ratio_of_medians():
+    a, b = np.full(30, 6.0), np.full(40, 2.0)
+    assert tuple(stats.two_sample_ci(a, b, lambda p, q: np.median(p) / np.median(q), n_boot=50)) == (3.0, 3.0, 3.0, 70)
+    with pytest.raises(ValueError, match="a and b"):
+        stats.two_sample_ci([], b, lambda p, q: 0.0)
