@@ -87,7 +87,9 @@ def fmt(x: Any, spec: str = ".3g") -> str:
 
 
 def fmt_interval(iv: Mapping[str, Any], spec: str = ".3g") -> str:
-    """``"0.04 [0.02, 0.07]"`` from an interval dict (``estimate``, ``lo``, ``hi``)."""
+    """``"0.04 [0.02, 0.07]"`` from an interval dict (``estimate``, ``lo``, ``hi``); ``"n/a"`` for None."""
+    if iv is None:
+        return "n/a"
     return f"{fmt(iv.get('estimate'), spec)} [{fmt(iv.get('lo'), spec)}, {fmt(iv.get('hi'), spec)}]"
 
 
