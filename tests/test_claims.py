@@ -304,3 +304,9 @@ def test_b3_rho_interval():
     assert verdict("B3", {"models": {"a": {"spearman": iv(-0.5, -0.1)}}}).status == "holds"
     assert verdict("B3", {"models": {"a": {"spearman": iv(0.05, 0.3)}}}).status == "fails"
     assert verdict("B3", {"models": {"a": {"spearman": iv(-0.2, 0.1)}}}).status == "inconclusive"
+
+
+def test_an_interval_from_too_few_units_is_inconclusive():
+    few = {"estimate": 3.0, "lo": 2.5, "hi": 3.5, "n": claims.core.MIN_UNITS - 1}
+    assert claims.judge_interval("x", few, 2.0).status == "inconclusive"
+    assert claims.judge_interval("x", {**few, "n": claims.core.MIN_UNITS}, 2.0).status == "holds"

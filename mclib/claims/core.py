@@ -122,11 +122,21 @@ def compare_interval(name: str, lo: float | None, hi: float | None, threshold: f
     return inconclusive(f"{name} is {shown}, an interval that spans the threshold {fmt(threshold, spec)}")
 
 
+#: An interval from fewer independent units (pairs, inputs) than this cannot be trusted (a bootstrap over 2 pairs
+#: has 3 distinct resamples), so a criterion judged on it is inconclusive.
+MIN_UNITS = 5
+
+
 def judge_interval(name: str, iv: Mapping[str, Any] | None, threshold: float, above: bool = True,
                    spec: str = ".3g") -> Verdict:
-    """:func:`compare_interval` on an interval dict (``estimate``, ``lo``, ``hi``) as the records store it."""
+    """:func:`compare_interval` on an interval dict (``estimate``, ``lo``, ``hi``, ``n``) as the records store it.
+
+    An interval from fewer than :data:`MIN_UNITS` units is inconclusive whatever its bounds.
+    """
     if iv is None:
         return inconclusive(f"{name} was not measured")
+    if iv.get("n") is not None and iv["n"] < MIN_UNITS:
+        return inconclusive(f"{name} rests on {iv['n']} unit(s), fewer than the {MIN_UNITS} an interval needs")
     return compare_interval(name, iv.get("lo"), iv.get("hi"), threshold, above, iv.get("estimate"), spec)
 
 
