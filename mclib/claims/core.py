@@ -86,10 +86,12 @@ def fmt(x: Any, spec: str = ".3g") -> str:
     return format(float(x), spec)
 
 
-def fmt_interval(iv: Mapping[str, Any], spec: str = ".3g") -> str:
+def fmt_interval(iv: Mapping[str, Any] | None, spec: str = ".3g") -> str:
     """``"0.04 [0.02, 0.07]"`` from an interval dict (``estimate``, ``lo``, ``hi``); ``"n/a"`` for None."""
     if iv is None:
         return "n/a"
+    if hasattr(iv, "_asdict"):  # an mclib.stats.Interval
+        iv = iv._asdict()
     return f"{fmt(iv.get('estimate'), spec)} [{fmt(iv.get('lo'), spec)}, {fmt(iv.get('hi'), spec)}]"
 
 
