@@ -48,7 +48,7 @@ def _percentiles(boot: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def bootstrap_ci(samples, statistic: Callable[[np.ndarray], float] = np.mean, n_boot: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> Interval:
+                 level: float = 0.95, method: str = "percentile") -> Interval:
     """Percentile bootstrap interval of ``statistic(samples)``.
 
     ``samples`` has one row per independent unit (a pair, an input); rows are drawn with replacement
@@ -56,7 +56,13 @@ def bootstrap_ci(samples, statistic: Callable[[np.ndarray], float] = np.mean, n_
     ``(1+level)/2`` percentiles of the replicates. Non-finite replicates are dropped (nan interval if all
     are). The estimate is ``statistic(samples)`` on the full sample. A resample is one
     ``numpy.random.default_rng(seed)`` draw, so the same seed gives the same interval.
+
+    ``method="basic"`` gives the reverse-percentile interval ``[2 theta - q_hi, 2 theta - q_lo]``, which
+    corrects a statistic that resampling shifts by a constant (plug-in mutual information, which duplicates in
+    a resample inflate); ``"percentile"`` suits unbiased statistics such as means and medians.
     """
+    if method not in ("percentile", "basic"):
+        raise ValueError(f"method must be 'percentile' or 'basic', got {method!r}")
     x = np.asarray(samples, dtype=float)
     if x.ndim == 0 or len(x) == 0:
         raise ValueError(f"samples must hold at least one unit along axis 0, got shape {x.shape}")
@@ -64,7 +70,10 @@ def bootstrap_ci(samples, statistic: Callable[[np.ndarray], float] = np.mean, n_
     idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
     boot = np.array([statistic(x[i]) for i in idx], dtype=float)
     lo, hi = _percentiles(boot, level)
-    return Interval(float(statistic(x)), lo, hi, len(x))
+    est = float(statistic(x))
+    if method == "basic":
+        lo, hi = 2 * est - hi, 2 * est - lo
+    return Interval(est, lo, hi, len(x))
 
 
 def fraction_ci(flags, level: float = 0.95) -> Interval:

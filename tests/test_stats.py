@@ -123,3 +123,13 @@ def test_two_sample_ci_of_a_ratio_of_medians():
     assert tuple(stats.two_sample_ci(a, b, lambda p, q: np.median(p) / np.median(q), n_boot=50)) == (3.0, 3.0, 3.0, 70)
     with pytest.raises(ValueError, match="a and b"):
         stats.two_sample_ci([], b, lambda p, q: 0.0)
+
+
+def test_basic_bootstrap_reflects_the_percentiles_about_the_estimate():
+    x = np.random.default_rng(2).exponential(size=50)
+    p = stats.bootstrap_ci(x, np.max, n_boot=300, seed=1)
+    b = stats.bootstrap_ci(x, np.max, n_boot=300, seed=1, method="basic")
+    assert b.estimate == p.estimate
+    assert b.lo == pytest.approx(2 * p.estimate - p.hi) and b.hi == pytest.approx(2 * p.estimate - p.lo)
+    with pytest.raises(ValueError, match="method"):
+        stats.bootstrap_ci(x, method="bca")
