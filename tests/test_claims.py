@@ -80,7 +80,8 @@ def test_record_computes_the_verdict_and_carries_provenance(monkeypatch):
     assert seen[0] == rec["values"] == {"x": {"estimate": 1.5, "lo": 1.2, "hi": 1.8}, "v": [0, 1, 2]}
     assert rec["status"] == "holds" and "x is 1.5 [1.2, 1.8]" in rec["reason"]
     assert (rec["preset"], rec["seed"], rec["device"]) == ("smoke", 3, "cpu")
-    assert rec["threads"] >= 1 and rec["torch"] and len(rec["source_hash"]) == 64
+    assert rec["threads"] >= 1 and rec["torch"] and len(rec["source_hash"]) == 64 and len(rec["mclib_hash"]) == 64
+    assert rec["source_hash"] != rec["mclib_hash"]  # the chapter notebook is part of the source hash
     assert rec["chapter"] == "notebooks/a1_real_paths.ipynb" and rec["cite"] == "vrabel2025input"
     path = claims.claims_dir() / "A1.json"
     first = path.read_text()
@@ -102,7 +103,8 @@ def test_record_rejects_bad_input(monkeypatch):
 
 
 def _rec(cid, status, **prov):
-    base = {"preset": "smoke", "seed": 0, "device": "cpu", "threads": 1, "torch": "2", "source_hash": "ab" * 32}
+    base = {"preset": "smoke", "seed": 0, "device": "cpu", "threads": 1, "torch": "2", "mclib_hash": "ab" * 32,
+            "source_hash": cid * 8}  # source hashes differ between chapters: that is no mixed run
     return {"id": cid, "status": status, "reason": f"reason of {cid}", "measured": f"measured {cid}",
             "chapter": "notebooks/a1_real_paths.ipynb", **{**base, **prov}}
 

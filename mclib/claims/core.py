@@ -29,7 +29,8 @@ from mclib import config
 VERDICTS = ("holds", "fails", "inconclusive")
 NOT_RUN = "not run"
 #: The fields of a record that say how it was made; records that differ in any of them come from different runs.
-PROVENANCE = ("preset", "seed", "device", "threads", "torch", "source_hash")
+#: (Each record also holds ``source_hash``, which adds its own chapter notebook and so differs between chapters.)
+PROVENANCE = ("preset", "seed", "device", "threads", "torch", "mclib_hash")
 PAPERS = {
     "A": "Input space mode connectivity (Vrabel et al., ICLR 2025)",
     "B": "Internal codes and adversarial vulnerability (Lee & Vijayan)",
@@ -235,9 +236,10 @@ def claims_dir() -> Path:
 
 
 def source_hash(chapter: str | None = None) -> str:
-    """sha256 over the chapter notebook (when found in the checkout) and every mclib source and preset file.
+    """sha256 over the chapter notebook (when given and found in the checkout) and every mclib source and preset file.
 
     Two records with the same hash were made by the same code; files are hashed by relative path and bytes.
+    Without ``chapter`` it is the hash of the mclib sources alone (``mclib_hash`` of a record).
     """
     h = hashlib.sha256()
     pkg = Path(__file__).resolve().parent.parent
@@ -262,6 +264,7 @@ def provenance(chapter: str | None = None) -> dict[str, Any]:
         "device": str(ctx.device) if ctx else None,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "mclib_hash": source_hash(None),
         "source_hash": source_hash(chapter),
     }
 
@@ -361,7 +364,7 @@ def provenance_table(records: Mapping[str, dict] | None = None):
         groups.setdefault(key, []).append(cid)
     rows = [{**dict(zip(PROVENANCE, key)), "claims": ", ".join(ids)} for key, ids in groups.items()]
     table = pd.DataFrame(rows, columns=[*PROVENANCE, "claims"])
-    table["source_hash"] = table["source_hash"].map(lambda h: h[:12] if isinstance(h, str) else h)
+    table["mclib_hash"] = table["mclib_hash"].map(lambda h: h[:12] if isinstance(h, str) else h)
     return table
 
 
@@ -394,8 +397,8 @@ def provenance_markdown(records: Mapping[str, dict] | None = None) -> str:
     if not mixed:
         r = next(iter(records.values()))
         return (f"Every claim comes from one run: preset {r.get('preset')}, seed {r.get('seed')}, device "
-                f"{r.get('device')}, {r.get('threads')} torch threads, torch {r.get('torch')}, source "
-                f"{str(r.get('source_hash'))[:12]}.")
+                f"{r.get('device')}, {r.get('threads')} torch threads, torch {r.get('torch')}, mclib sources "
+                f"{str(r.get('mclib_hash'))[:12]}.")
     return (f"**Mixed runs:** these claims were not all made by one run; they differ in {', '.join(mixed)}. "
             "Compare the provenance table before reading the verdicts side by side.")
 
