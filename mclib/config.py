@@ -192,6 +192,6 @@ _CURRENT: Context | None = None
 def current() -> Context | None:
     """The :class:`Context` that :func:`setup` last returned in this process (None before any setup).
 
-    Claim records read the run's preset, seed and device from it (:func:`mclib.claims.record`).
+    Claim records read the run's preset, seed and device from it (:func:`mclib.claims.core.record`).
     """
     return _CURRENT

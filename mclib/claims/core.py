@@ -26,11 +26,14 @@ import numpy as np
 
 from mclib import config
 
+#: The three verdicts a criterion can give.
 VERDICTS = ("holds", "fails", "inconclusive")
+#: The status of a catalogued claim that no notebook recorded.
 NOT_RUN = "not run"
 #: The fields of a record that say how it was made; records that differ in any of them come from different runs.
 #: (Each record also holds ``source_hash``, which adds its own chapter notebook and so differs between chapters.)
 PROVENANCE = ("preset", "seed", "device", "threads", "torch", "mclib_hash")
+#: Paper group letter -> the paper's short title.
 PAPERS = {
     "A": "Input space mode connectivity (Vrabel et al., ICLR 2025)",
     "B": "Internal codes and adversarial vulnerability (Lee & Vijayan)",

@@ -48,7 +48,7 @@ def path_evidence(study, mode_loss=None, n_boot: int = 2000, seed: int = 0) -> d
     ``connected`` (barrier-free after at most max_rounds rounds), ``bends_median`` (bootstrap interval of
     the median number of bends), ``shift_median`` (bootstrap interval of the median ``max|B'-B|`` in % of
     the max pixel of ``B``). ``mode_loss`` (optional, the endpoints' CE) adds ``mode_fraction``: endpoints
-    with CE below :data:`MODE_CE`. None where there is nothing to measure (no barrier pair).
+    with CE below ``MODE_CE``. None where there is nothing to measure (no barrier pair).
     """
     has = np.asarray(study.line_barrier.gap > study.tolerance)
     gap = np.asarray(study.line_barrier.gap, dtype=float)
@@ -136,7 +136,7 @@ def _untested(run: str) -> Verdict:
 
 
 def judge_a2(values: Mapping[str, Any]) -> Verdict:
-    """Every run: >= 90% of barrier pairs barrier-free after one bend, and median max|B'-B| <= 5% of the max pixel."""
+    """Every run: >= 90% of barrier pairs barrier-free after one bend, and median ``max|B'-B|`` <= 5% of the max pixel."""
     parts = []
     for run, ev in _runs(values).items():
         if not ev["barrier_pairs"]:
