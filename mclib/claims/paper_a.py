@@ -1,0 +1,304 @@
+"""Claims of Vrabel et al. (ICLR 2025), A1..A10: the criteria, and the evidence helpers that turn the
+library's results (:class:`mclib.paths.PairStudy`, barrier features, percolation estimates) into the
+JSON-plain values the criteria read.
+
+Every criterion is judged on intervals: fractions carry Wilson intervals, medians and ratios percentile
+bootstrap intervals over pairs or inputs (:mod:`mclib.stats`). A run is one model (and training seed);
+criteria ask that every run meets them, so one failing run makes the claim fail and one undecided run
+(with none failing) makes it inconclusive.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from mclib import stats
+from mclib.claims.core import (Claim, Verdict, combine, compare_interval, fails, fmt, holds, inconclusive,
+                               judge_interval)
+
+CITE = "vrabel2025input"
+#: Thresholds fixed before any run (never tuned to the outcome).
+A1_MIN_BARRIER_FRACTION = 0.05   # a barrier is "shown" when at least 5% of same-class pairs have one
+CONNECTED_MIN = 0.9              # "connected": at least 90% of pairs end on a barrier-free path
+FREE_AFTER_ONE_MIN = 0.9         # A2: at least 90% of barrier pairs are barrier-free after one bend
+SHIFT_MAX_PERCENT = 5.0          # A2: median max|B'-B| at most 5% of the max pixel (paper: 1-5%)
+BENDS_MAX = 2                    # A3: median number of bends at most 2 ("simple, near-linear")
+MODE_CE = 5e-4                   # A5: an FVO input is a mode at CE < 5e-4 (the paper's stopping rule)
+A7_MIN_CHANGE = 2.0              # A7: the median barrier gap changes by at least a factor of 2
+A8_MIN_RATIO = 2.0               # A8: real-adversarial median barrier max at least twice the real-real one
+A9_MIN_AUROC = 0.9               # A9: single-threshold AUROC at least 0.9 (paper about 0.94)
+A10_MAX_REL_WIDTH = 0.25         # A10: a p_c estimate whose 2-sigma half-width exceeds 25% of p_c cannot discriminate
+Z95 = 1.959963984540054
+
+
+def _iv(interval) -> dict | None:
+    """An :class:`mclib.stats.Interval` as the dict the records store (None stays None)."""
+    return None if interval is None else dict(interval._asdict())
+
+
+# --------------------------------------------------------------------------- evidence helpers
+def path_evidence(study, mode_loss=None, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Per-pair evidence of one :class:`mclib.paths.PairStudy` (claims A1-A5), with intervals.
+
+    Over all P pairs: ``barrier_fraction`` (gap above the tolerance; Wilson interval) and
+    ``connected_all`` (pairs whose straight line has no barrier, or whose bypass path ends barrier-free).
+    Over the pairs with a barrier: ``free_after_1`` (gap at most the tolerance after one bend),
+    ``connected`` (barrier-free after at most max_rounds rounds), ``bends_median`` (bootstrap interval of
+    the median number of bends), ``shift_median`` (bootstrap interval of the median ``max|B'-B|`` in % of
+    the max pixel of ``B``). ``mode_loss`` (optional, the endpoints' CE) adds ``mode_fraction``: endpoints
+    with CE below ``MODE_CE``. None where there is nothing to measure (no barrier pair).
+    """
+    has = np.asarray(study.line_barrier.gap > study.tolerance)
+    gap = np.asarray(study.line_barrier.gap, dtype=float)
+    out: dict[str, Any] = {
+        "pairs": int(len(has)), "barrier_pairs": int(has.sum()), "tolerance": float(study.tolerance),
+        "barrier_fraction": _iv(stats.fraction_ci(has)),
+        "gap_median": float(np.median(gap)), "gap_max": float(gap.max()),
+        "max_median": float(np.median(np.asarray(study.line_barrier.max, dtype=float))),
+        "endpoint_loss_median": float(np.median(np.asarray(study.endpoint_loss, dtype=float))),
+        "free_after_1": None, "connected": None, "bends_median": None, "shift_median": None, "shift_max": None,
+        "rounds_max": 0, "final_gap_median": None,
+    }
+    connected_all = ~has
+    r = study.bypass
+    if r is not None and has.any():
+        g1 = np.asarray((r.barriers[1] if len(r.barriers) > 1 else r.barriers[0]).gap, dtype=float)
+        conn = np.asarray(r.connected, dtype=bool)
+        bends = np.asarray(r.bends, dtype=float)
+        shift = 100 * np.asarray(r.shift(), dtype=float)[np.asarray(r.bent_first, dtype=bool)]
+        connected_all = connected_all.copy()
+        connected_all[np.flatnonzero(has)] = conn
+        out.update({
+            "free_after_1": _iv(stats.fraction_ci(g1 <= study.tolerance)),
+            "connected": _iv(stats.fraction_ci(conn)),
+            "bends_median": _iv(stats.bootstrap_ci(bends, np.median, n_boot, seed)),
+            "shift_median": _iv(stats.bootstrap_ci(shift, np.median, n_boot, seed)) if shift.size else None,
+            "shift_max": float(shift.max()) if shift.size else None,
+            "rounds_max": int(np.asarray(r.rounds).max()),
+            "final_gap_median": float(np.median(np.asarray(r.barriers[-1].gap, dtype=float))),
+        })
+    out["connected_all"] = _iv(stats.fraction_ci(connected_all))
+    if mode_loss is not None:
+        out["mode_fraction"] = _iv(stats.fraction_ci(np.asarray(mode_loss, dtype=float).reshape(-1) < MODE_CE))
+    return out
+
+
+def gap_change_statistic(gap: np.ndarray, tolerance: float) -> float:
+    """A7's statistic on a (probes, pairs) array of barrier gaps: the largest over the smallest per-probe median gap,
+    each floored at ``tolerance`` (a gap at or below it is "no barrier", so no-barrier probes count as equal)."""
+    med = np.maximum(np.median(np.asarray(gap, dtype=float), axis=1), tolerance)
+    return float(med.max() / med.min())
+
+
+def gap_evolution_evidence(gap, tolerance: float, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """A7: :func:`gap_change_statistic` with a bootstrap interval over pairs (columns resampled together)."""
+    g = np.asarray(gap, dtype=float)
+    if g.ndim != 2 or g.shape[0] < 2:
+        raise ValueError(f"gap must be (probes >= 2, pairs), got shape {g.shape}")
+    iv = stats.bootstrap_ci(g.T, lambda cols: gap_change_statistic(cols.T, tolerance), n_boot, seed)
+    return {"gap_change": _iv(iv), "tolerance": float(tolerance), "pairs": int(g.shape[1]), "probes": int(g.shape[0]),
+            "gap_median_per_probe": np.median(g, axis=1).tolist()}
+
+
+def barrier_ratio_evidence(clean_pairs, adv_pairs, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """A8: median real-adversarial over median real-real barrier, bootstrap over inputs.
+
+    ``clean_pairs`` (N, K) and ``adv_pairs`` (M, K): the barrier of each input with its K references; inputs
+    (rows) are resampled, each group separately, and the medians are over all pairs of the resample.
+    """
+    a, c = np.asarray(adv_pairs, dtype=float), np.asarray(clean_pairs, dtype=float)
+    if len(a) == 0 or len(c) == 0:
+        return {"ratio": None, "real_real": None, "real_adversarial": None, "inputs": [len(c), len(a)]}
+    iv = stats.two_sample_ci(a, c, lambda p, q: float(np.median(p) / np.median(q)), n_boot, seed)
+    return {"ratio": _iv(iv), "real_real": float(np.median(c)), "real_adversarial": float(np.median(a)),
+            "inputs": [len(c), len(a)]}
+
+
+# --------------------------------------------------------------------------- judges
+def _runs(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    runs = values["runs"]
+    if not runs:
+        raise KeyError("runs")
+    return runs
+
+
+def judge_a1(values: Mapping[str, Any]) -> Verdict:
+    """Every run's fraction of same-class pairs with a straight-line gap above the tolerance is at least 5%."""
+    return combine(judge_interval(f"the {run} share of same-class pairs with a gap above {ev['tolerance']:g}",
+                                  ev["barrier_fraction"], A1_MIN_BARRIER_FRACTION, spec=".1%")
+                   for run, ev in _runs(values).items())
+
+
+def _untested(run: str) -> Verdict:
+    return inconclusive(f"no {run} pair had a barrier, so the bypass was never tested")
+
+
+def judge_a2(values: Mapping[str, Any]) -> Verdict:
+    """Every run: >= 90% of barrier pairs barrier-free after one bend, and median ``max|B'-B|`` <= 5% of the max pixel."""
+    parts = []
+    for run, ev in _runs(values).items():
+        if not ev["barrier_pairs"]:
+            parts.append(_untested(run))
+            continue
+        parts.append(judge_interval(f"the {run} share of barrier pairs free after one bend", ev["free_after_1"],
+                                    FREE_AFTER_ONE_MIN, spec=".0%"))
+        parts.append(judge_interval(f"the {run} median max|B'-B| in % of the max pixel", ev["shift_median"],
+                                    SHIFT_MAX_PERCENT, above=False, spec=".2g"))
+    return combine(parts)
+
+
+def judge_a3(values: Mapping[str, Any]) -> Verdict:
+    """Every run: >= 90% of barrier pairs connected within max_rounds, and a median of at most 2 bends."""
+    parts = []
+    for run, ev in _runs(values).items():
+        if not ev["barrier_pairs"]:
+            parts.append(_untested(run))
+            continue
+        parts.append(judge_interval(f"the {run} share of barrier pairs connected", ev["connected"], CONNECTED_MIN,
+                                    spec=".0%"))
+        parts.append(judge_interval(f"the {run} median number of bends", ev["bends_median"], BENDS_MAX, above=False,
+                                    spec=".2g"))
+    return combine(parts)
+
+
+def _connected_like_real(run: str, ev: Mapping[str, Any]) -> list[Verdict]:
+    out = [judge_interval(f"the {run} share of pairs joined by a barrier-free path", ev["connected_all"],
+                          CONNECTED_MIN, spec=".0%")]
+    if ev["barrier_pairs"]:
+        out.append(judge_interval(f"the {run} median number of bends", ev["bends_median"], BENDS_MAX, above=False,
+                                  spec=".2g"))
+    return out
+
+
+def judge_a4(values: Mapping[str, Any]) -> Verdict:
+    """Every model and kind of interpolated pair: >= 90% of all pairs end on a barrier-free path (straight or
+    bypassed) and the barrier pairs need a median of at most 2 bends."""
+    return combine(v for run, ev in _runs(values).items() for v in _connected_like_real(run, ev))
+
+
+def judge_a5(values: Mapping[str, Any]) -> Verdict:
+    """Every model: >= 90% of the FVO inputs are modes (CE < 5e-4) and the FVO pairs are connected as in A4."""
+    parts = []
+    for run, ev in _runs(values).items():
+        parts.append(judge_interval(f"the {run} share of FVO inputs with CE below {MODE_CE:g}", ev["mode_fraction"],
+                                    CONNECTED_MIN, spec=".0%"))
+        parts += _connected_like_real(run, ev)
+    return combine(parts)
+
+
+def judge_a6(values: Mapping[str, Any]) -> Verdict:
+    """Every untrained architecture: >= 90% of the FVO pairs are barrier-free after at most the paper's rounds of bypass."""
+    return combine(judge_interval(f"the untrained {run} share of FVO pairs barrier-free after the bypass rounds",
+                                  ev["connected"], CONNECTED_MIN, spec=".0%") for run, ev in _runs(values).items())
+
+
+def judge_a7(values: Mapping[str, Any]) -> Verdict:
+    """The median barrier gap (above the endpoints, floored at the tolerance) changes by at least a factor of 2
+    between the probes of early training."""
+    ev = values["gap_change"]
+    if ev is None:
+        return inconclusive("no barrier gap was measured")
+    return judge_interval("the largest over the smallest per-probe median barrier gap (floored at "
+                          f"{values['tolerance']:g})", ev, A7_MIN_CHANGE, spec=".3g")
+
+
+def judge_a8(values: Mapping[str, Any]) -> Verdict:
+    """For every non-adaptive attack the median real-adversarial barrier max is at least twice the real-real median."""
+    parts = []
+    for attack, ev in values["attacks"].items():
+        if ev["ratio"] is None:
+            parts.append(inconclusive(f"{attack} produced no adversarial example to compare"))
+        else:
+            parts.append(judge_interval(f"the {attack} median barrier over the real-real one", ev["ratio"],
+                                        A8_MIN_RATIO, spec=".3g"))
+    return combine(parts)
+
+
+def judge_a9(values: Mapping[str, Any]) -> Verdict:
+    """For every non-adaptive attack the single threshold on barrier max reaches an AUROC of at least 0.9."""
+    return combine(judge_interval(f"the single-threshold AUROC against {attack}", iv, A9_MIN_AUROC, spec=".3f")
+                   for attack, iv in values["auroc"].items())
+
+
+def _tau_rises(d: Mapping[str, Any]) -> list[Verdict]:
+    """Each step in d of the two-point connection probability at p_ref, with a normal 95% interval from the SEs."""
+    tau, se, ds = d["tau_ref"], d["tau_ref_se"], d["tau_d"]
+    out = []
+    for i in range(len(tau) - 1):
+        diff, s = tau[i + 1] - tau[i], math.hypot(se[i], se[i + 1])
+        out.append(compare_interval(f"the rise of tau from {ds[i]}D to {ds[i + 1]}D", diff - Z95 * s, diff + Z95 * s,
+                                    0.0, above=True, estimate=diff, spec=".3g"))
+    return out
+
+
+def judge_a10(values: Mapping[str, Any]) -> Verdict:
+    """For the criterion dimensions the literature p_c lies within 2 sigma of the estimate (an estimate too wide to
+    discriminate is inconclusive), and the two-point connection probability at p_ref rises with d beyond its noise."""
+    parts = []
+    for d in values["criterion_dims"]:
+        pc, sigma, lit = (values[k][str(d)] for k in ("pc", "sigma", "literature"))
+        if pc is None or sigma is None or not math.isfinite(sigma):
+            parts.append(inconclusive(f"p_c({d}D) has no finite estimate"))
+        elif 2 * sigma > A10_MAX_REL_WIDTH * lit:
+            parts.append(inconclusive(f"p_c({d}D) = {fmt(pc, '.4f')} ± 2σ {fmt(2 * sigma, '.4f')} is too wide to test "
+                                      f"the literature {fmt(lit, '.4f')} (more than {A10_MAX_REL_WIDTH:.0%} of it)"))
+        elif abs(pc - lit) <= 2 * sigma:
+            parts.append(holds(f"p_c({d}D) = {fmt(pc, '.4f')} ± 2σ {fmt(2 * sigma, '.4f')} contains the literature "
+                               f"{fmt(lit, '.4f')}"))
+        else:
+            parts.append(fails(f"p_c({d}D) = {fmt(pc, '.4f')} lies {fmt(abs(pc - lit) / sigma, '.1f')}σ from the "
+                               f"literature {fmt(lit, '.4f')} (allowed 2σ)"))
+    return combine(parts + _tau_rises(values))
+
+
+_A = [
+    ("A1", "Real inputs of one class can show a loss barrier on the straight line between them",
+     "GoogLeNet/ImageNet examples (jackfruit, banana, golf ball)", "notebooks/a1_real_paths.ipynb",
+     "for every model (and training seed), the 95% interval of the share of same-class real pairs whose straight "
+     "line has a barrier gap above the tolerance lies at or above 5%.", judge_a1),
+    ("A2", "One bypass point removes the barrier, and B' is nearly indistinguishable from B",
+     "max pixel of B'-B is 1-5% of the image's max pixel", "notebooks/a1_real_paths.ipynb",
+     "for every model, the 95% interval of the share of barrier pairs that are barrier-free after one bend lies at or "
+     "above 90%, and the interval of the median max|B'-B| at or below 5% of the max pixel; no barrier pair means "
+     "inconclusive.", judge_a2),
+    ("A3", "Paths between connected inputs in trained models are simple, near-linear", "qualitative",
+     "notebooks/a1_real_paths.ipynb",
+     "for every model, the 95% interval of the share of barrier pairs connected within max_rounds lies at or above "
+     "90% and the interval of the median number of bends at or below 2; no barrier pair means inconclusive.",
+     judge_a3),
+    ("A4", "Interpolated inputs (mixtures of real inputs that are modes of a class) are connected like real ones",
+     "qualitative", "notebooks/a4_interpolated_synthetic.ipynb",
+     "for every model and both kinds of interpolated pair, the 95% interval of the share of pairs joined by a "
+     "barrier-free path (straight or bypassed) lies at or above 90%, and the median number of bends of the barrier "
+     "pairs at or below 2.", judge_a4),
+    ("A5", "Synthetic inputs (FVO from noise) are modes and are connected", "qualitative",
+     "notebooks/a4_interpolated_synthetic.ipynb",
+     "for every model, the 95% interval of the share of FVO inputs with CE < 5e-4 lies at or above 90%, and the FVO "
+     "pairs meet A4's connection criterion.", judge_a5),
+    ("A6", "Untrained networks show input-space connectivity too", "2 bypass rounds, losses about 5e-4..5e-3 after",
+     "notebooks/a6_untrained.ipynb",
+     "for every untrained architecture, the 95% interval of the share of FVO pairs whose path has a barrier gap at "
+     "most the tolerance after the bypass rounds lies at or above 90%.", judge_a6),
+    ("A7", "Barriers evolve during early training", "first 30 batches, 10 classes x 5 FVO pairs",
+     "notebooks/a7_barrier_evolution.ipynb",
+     "the median barrier gap above the endpoints (floored at the tolerance) changes by at least a factor of 2 "
+     "between the probes, on a 95% bootstrap interval over pairs.", judge_a7),
+    ("A8", "Real-real pairs have low barriers, real-adversarial pairs high ones",
+     "median barrier 0.93 (real-real) vs 5.96 (real-adversarial)", "notebooks/a8_detection.ipynb",
+     "for FGSM, PGD and both optimisation-attack strengths, the 95% bootstrap interval (over inputs) of the median "
+     "real-adversarial barrier max over the real-real median lies at or above 2.", judge_a8),
+    ("A9", "Barrier heights detect adversarial examples", "single threshold accuracy ~0.89, AUROC ~0.94",
+     "notebooks/a8_detection.ipynb",
+     "for FGSM, PGD and both optimisation-attack strengths, the 95% bootstrap interval of the cross-validated "
+     "single-threshold barrier-max AUROC lies at or above 0.9.", judge_a9),
+    ("A10", "Connectivity is a geometric effect of high dimension, explained by percolation",
+     "site p_c: 2D 0.5927, 3D 0.3116, 4D 0.1969, 5D 0.1408, 6D 0.1090, 7D 0.0889", "notebooks/a10_percolation.ipynb",
+     "for d = 2, 3, 4 the literature p_c lies within 2 sigma of the estimate (sigma combining bootstrap SE and the "
+     "spread of crossings; a 2-sigma half-width above 25% of p_c is inconclusive), and the two-point connection "
+     "probability at p_ref rises from each dimension to the next beyond its 95% interval.", judge_a10),
+]
+
+CLAIMS = [Claim(id=i, statement=s, paper_value=p, cite=CITE, criterion=c[0].upper() + c[1:], judge=j, chapter=ch)
+          for i, s, p, ch, c, j in _A]

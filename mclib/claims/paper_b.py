@@ -1,0 +1,120 @@
+"""Claims of Lee & Vijayan (arXiv 2205.10952), B1..B3: the criteria and the evidence helpers.
+
+An input's internal code at a layer is its best-matching unit (BMU) on that layer's SOM. Purity and
+normalised mutual information (NMI) of BMU and label are those of :func:`mclib.som.code_metrics`; their
+intervals here are percentile bootstraps over inputs with the fitted SOMs held fixed (the uncertainty of
+reading codes from a finite sample, not of fitting the SOM).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from mclib import stats
+from mclib.claims.core import Claim, Verdict, combine, judge_interval
+
+CITE = "lee2024generalization"
+CHAPTER = "notebooks/b_internal_codes.ipynb"
+B1_MAX_PURITY = 0.5      # shallow codes are homogeneous: under half of the inputs share their BMU's majority class
+B2_MIN_PURITY_GAIN = 0.2  # deep codes: purity rises by at least 0.2 from the shallowest layer to the logits
+B2_MIN_NMI_GAIN = 0.0     # ... and NMI(BMU; label) rises
+
+
+def _joint(bmus: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Contingency counts n(k, c) of BMU k and label c."""
+    _, k = np.unique(bmus, return_inverse=True)
+    _, c = np.unique(labels, return_inverse=True)
+    n = np.zeros((k.max() + 1, c.max() + 1))
+    np.add.at(n, (k, c), 1)
+    return n
+
+
+def purity(bmus, labels) -> float:
+    """``sum_k max_c n(k, c) / N``: the share of inputs whose BMU's majority class is their own."""
+    n = _joint(np.asarray(bmus), np.asarray(labels))
+    return float(n.max(1).sum() / n.sum())
+
+
+def nmi(bmus, labels) -> float:
+    """``I(K; Y) / H(Y)`` in bits (0 when the labels are constant)."""
+    n = _joint(np.asarray(bmus), np.asarray(labels))
+    p = n / n.sum()
+    pk, py = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
+    nz = p > 0
+    mi = float((p[nz] * np.log2(p[nz] / (pk @ py)[nz])).sum())
+    hy = float(-(py[py > 0] * np.log2(py[py > 0])).sum())
+    return mi / hy if hy > 0 else 0.0
+
+
+def majority_hits(bmus, labels) -> np.ndarray:
+    """Per input, 1 when its label is the majority class of its BMU (majorities from the whole sample), else 0.
+
+    Their mean is :func:`purity`; as a mean of per-input indicators it can be bootstrapped without the upward
+    bias that recomputing the majorities inside every resample would add.
+    """
+    b, y = np.asarray(bmus), np.asarray(labels)
+    units, k = np.unique(b, return_inverse=True)
+    classes, c = np.unique(y, return_inverse=True)
+    n = np.zeros((len(units), len(classes)))
+    np.add.at(n, (k, c), 1)
+    return (c == n.argmax(1)[k]).astype(float)
+
+
+def code_evidence(bmus_first, bmus_last, labels, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """B1/B2 evidence of one model, with bootstrap intervals over inputs (rows resampled together).
+
+    ``purity_first`` and ``purity_gain`` are means of per-input :func:`majority_hits` (percentile intervals);
+    ``nmi_gain`` = NMI(last) - NMI(first) recomputed in each resample, with the basic (reverse-percentile)
+    interval because plug-in mutual information is biased upward under resampling.
+    """
+    first, last = majority_hits(bmus_first, labels), majority_hits(bmus_last, labels)
+    rows = np.stack([np.asarray(bmus_first), np.asarray(bmus_last), np.asarray(labels)], axis=1)
+    return {
+        "inputs": int(len(rows)),
+        "purity_first": dict(stats.bootstrap_ci(first, np.mean, n_boot, seed)._asdict()),
+        "purity_gain": dict(stats.bootstrap_ci(last - first, np.mean, n_boot, seed)._asdict()),
+        "nmi_gain": dict(stats.bootstrap_ci(rows, lambda r: nmi(r[:, 1], r[:, 2]) - nmi(r[:, 0], r[:, 2]), n_boot,
+                                            seed, method="basic")._asdict()),
+        "nmi_first": nmi(rows[:, 0], rows[:, 2]), "nmi_last": nmi(rows[:, 1], rows[:, 2]),
+        "purity_last": float(last.mean()),
+    }
+
+
+def judge_b1(values: Mapping[str, Any]) -> Verdict:
+    """Every model: the 95% interval of the purity at the shallowest layer lies at or below 0.5."""
+    return combine(judge_interval(f"the {m} purity at the shallowest layer", ev["purity_first"], B1_MAX_PURITY,
+                                  above=False, spec=".2f") for m, ev in values["models"].items())
+
+
+def judge_b2(values: Mapping[str, Any]) -> Verdict:
+    """Every model: purity rises by at least 0.2 and NMI rises, from the shallowest layer to the logits (intervals)."""
+    parts = []
+    for m, ev in values["models"].items():
+        parts.append(judge_interval(f"the {m} purity gain from the shallowest layer to the logits", ev["purity_gain"],
+                                    B2_MIN_PURITY_GAIN, spec=".2f"))
+        parts.append(judge_interval(f"the {m} NMI gain", ev["nmi_gain"], B2_MIN_NMI_GAIN, spec=".2f"))
+    return combine(parts)
+
+
+def judge_b3(values: Mapping[str, Any]) -> Verdict:
+    """Every model: the 95% interval of Spearman's rho (shallow-code label entropy vs smallest flipping radius) lies
+    below 0; an interval containing 0 is inconclusive, one above 0 fails."""
+    return combine(judge_interval(f"the {m} Spearman rho of shallow-code label entropy and smallest flipping radius",
+                                  ev["spearman"], 0.0, above=False, spec=".2f") for m, ev in values["models"].items())
+
+
+_B = [
+    ("B1", "Shallow layers map inputs onto homogeneous codes", "ResNet-18/50, per composite layer",
+     "for every model, the 95% bootstrap interval (over inputs) of the class purity of the shallowest layer's codes "
+     "lies at or below 0.5.", judge_b1),
+    ("B2", "Deep layers turn homogeneous codes into diverse codes", "ResNet-18/50, per composite layer",
+     "for every model, the 95% bootstrap intervals of the rise from the shallowest layer to the logits lie at or "
+     "above 0.2 for purity and at or above 0 for NMI(BMU; label).", judge_b2),
+    ("B3", "Homogeneous codes underlie vulnerability to adversarial perturbations", "qualitative",
+     "for every model, the 95% bootstrap interval of Spearman's rho between the label entropy at an input's "
+     "shallow BMU and its smallest flipping L-inf radius lies below 0.", judge_b3),
+]
+
+CLAIMS = [Claim(id=i, statement=s, paper_value=p, cite=CITE, criterion=c[0].upper() + c[1:], judge=j, chapter=CHAPTER)
+          for i, s, p, c, j in _B]
