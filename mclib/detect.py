@@ -62,8 +62,8 @@ def _logits(model: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> torch.
     was = model.training
     model.eval()
     dev = _device(model)
-    out = torch.cat([model(X[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(X), batch_size)]) \
-        if len(X) else torch.zeros(0, 0)
+    # an empty X still goes through the model once, so the result has the right number of classes
+    out = torch.cat([model(X[i:i + batch_size].to(dev)).float().cpu() for i in range(0, max(1, len(X)), batch_size)])
     model.train(was)
     return out
 
@@ -255,6 +255,12 @@ def extract(model: nn.Module, x: torch.Tensor, references: References, num_point
     x = x.detach().cpu()
     logits = _logits(model, x, batch_size)
     pred = logits.argmax(1)
+    if len(x) == 0:             # e.g. an attack that succeeded nowhere: an empty table with every column
+        K = references.of(pred, k).shape[1]
+        cols = [*PATH_FEATURES, *LOGIT_FEATURES] + (["mahalanobis"] if mahalanobis is not None else [])
+        empty = torch.zeros(0, K)
+        return Features(pred=pred, logits=logits, curves=torch.zeros(0, K, num_points), pair_max=empty,
+                        pair_gap=empty, table=pd.DataFrame({c: np.zeros(0) for c in cols}))
     curves = loss_curves(model, x, references, pred, num_points, k, chunk_size)
     pf, mx, gap = _path_features(curves)
     cols = {**pf, **_logit_features(logits)}
@@ -611,8 +617,8 @@ def transfer_table(table: pd.DataFrame, attack: str, source: str) -> pd.DataFram
     missing = [a for a in (attack, transfer) if a not in set(table["attack"])]
     if missing:
         raise ValueError(f"table has no rows for {missing}; call detection_table(..., fitted_on={{{attack!r}: {source!r}}})")
-    wide = table.pivot_table(index="detector", columns="attack", values="auroc", sort=False)
-    out = pd.DataFrame({f"AUROC refitted on {attack}": wide[attack], f"AUROC fitted on {source}": wide[transfer]})
-    out["inverted"] = out[f"AUROC fitted on {source}"] < 0.5
+    auroc = {a: table[table["attack"] == a].set_index("detector")["auroc"] for a in (attack, transfer)}
+    out = pd.DataFrame({f"AUROC refitted on {attack}": auroc[attack], f"AUROC fitted on {source}": auroc[transfer]})
+    out["inverted"] = out[f"AUROC fitted on {source}"] < 0.5      # NaN (too few examples) is not inverted
     return out
 

@@ -226,3 +226,12 @@ def test_strength_table_against_hand_computed():
     assert t.loc["a", "median L-inf"] == pytest.approx(float(torch.tensor([0.1, 0.3, 0.2, 0.05]).median()))
     assert t.loc["a", "ratio to real-real"] == pytest.approx(float(adv.pair_max.flatten().median() /
                                                                     clean.pair_max.flatten().median()))
+
+
+def test_extract_of_no_inputs_is_an_empty_table():
+    model = _model()
+    refs = detect.select_references(model, torch.rand(30, 1, 4, 4), torch.arange(30) % 3, k=2)
+    f = detect.extract(model, torch.zeros(0, 1, 4, 4), refs, num_points=5)
+    assert len(f) == 0 and f.logits.shape == (0, 3) and f.curves.shape == (0, 2, 5)
+    assert list(f.table.columns) == [*detect.PATH_FEATURES, *detect.LOGIT_FEATURES] and len(f.table) == 0
+    assert np.isnan(detect.median_barrier(f))
