@@ -38,10 +38,10 @@ from torch import nn
 from mclib import paths
 
 __all__ = [
-    "References", "class_loss_quantile", "select_references", "loss_curves", "Features", "extract", "PATH_FEATURES", "LOGIT_FEATURES",
+    "References", "class_loss_quantile", "reference_loss", "select_references", "loss_curves", "Features", "extract", "PATH_FEATURES", "LOGIT_FEATURES",
     "penultimate", "Mahalanobis", "ThresholdDetector", "LogisticDetector", "cross_val_scores", "roc", "metrics",
     "tpr_at_fpr", "collect_adversarial", "pair_barriers", "median_barrier",
-    "standard_detectors", "detection_table", "plot_roc",
+    "standard_detectors", "detection_table", "plot_roc", "strength_table", "transfer_table",
 ]
 
 #: Per-input features from the K loss curves (medians over references unless stated).
@@ -62,8 +62,8 @@ def _logits(model: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> torch.
     was = model.training
     model.eval()
     dev = _device(model)
-    out = torch.cat([model(X[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(X), batch_size)]) \
-        if len(X) else torch.zeros(0, 0)
+    # an empty X still goes through the model once, so the result has the right number of classes
+    out = torch.cat([model(X[i:i + batch_size].to(dev)).float().cpu() for i in range(0, max(1, len(X)), batch_size)])
     model.train(was)
     return out
 
@@ -84,7 +84,13 @@ class References:
 
     def of(self, classes: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """The references of each entry of ``classes`` (N,): (N, k, C, H, W) (the first ``k``, default all)."""
-        imgs = self.images[torch.as_tensor(classes).long().cpu()]
+        if k is not None and not 1 <= k <= self.k:
+            raise ValueError(f"k = {k} references per input requested, but the references hold {self.k} per class; "
+                             f"allowed: 1..{self.k} (select more with select_references)")
+        classes = torch.as_tensor(classes).long().cpu()
+        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= len(self.images)):
+            raise ValueError(f"classes in [{int(classes.min())}, {int(classes.max())}]; allowed: 0..{len(self.images) - 1}")
+        imgs = self.images[classes]
         return imgs if k is None else imgs[:, :k]
 
 
@@ -102,15 +108,41 @@ def class_loss_quantile(model: nn.Module, X: torch.Tensor, y: torch.Tensor, q: f
 
 
 def _order(ok: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-    """Indices sorting correct entries (by loss) before incorrect ones (by loss)."""
-    idx_ok, idx_bad = ok.nonzero()[:, 0], (~ok).nonzero()[:, 0]
-    return torch.cat([idx_ok[loss[idx_ok].argsort()], idx_bad[loss[idx_bad].argsort()]])
+    """Indices sorting correct entries (by loss) before incorrect ones (by loss); equal losses keep their
+    pool order (a stable sort), so ties go to the lower pool index."""
+    key = torch.where(ok, 0.0, 1.0).double()
+    by_loss = loss.argsort(stable=True)
+    return by_loss[key[by_loss].argsort(stable=True)]
+
+
+def reference_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The ranking key of :func:`select_references`: the cross-entropy ``-log p(y | x)``, (N,), computed
+    so that it does not saturate on confidently classified inputs.
+
+    A confident model's float32 cross-entropy ``logsumexp(z) - z_y`` is exactly 0 once the logit margin
+    exceeds about 17 (``1 + e^{-17}`` rounds to 1), and in float64 once it exceeds about 37, so on a
+    well-trained CIFAR ResNet hundreds of images per class tie at 0 and "the lowest-loss images" is
+    decided by sort order. The same quantity written as
+
+        -log p(y | x) = log(1 + sum_{k != y} exp(z_k - z_y)) = softplus(logsumexp_{k != y}(z_k - z_y))
+
+    and evaluated in float64 keeps resolving margins up to about 700 (where ``exp`` underflows).
+    """
+    z = logits.double()
+    y = y.long().view(-1, 1)
+    rel = (z - z.gather(1, y)).scatter(1, y, float("-inf"))          # z_k - z_y, the true class masked out
+    return F.softplus(torch.logsumexp(rel, 1))
 
 
 def select_references(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int, num_classes: int | None = None,
                       batch_size: int = 1024) -> References:
     """For each class ``c``, the ``k`` correctly classified images of class ``c`` in the pool ``(X, y)``
     with the lowest cross-entropy toward ``c`` (the paper's "real reference images of the predicted class").
+
+    The cross-entropy is computed from the logits in float64 (:func:`reference_loss`): in float32 it
+    saturates at exactly 0 on confidently classified images, which would turn the choice into a tie.
+    Remaining ties (equal float64 losses, e.g. duplicate images) go to the lower index in the pool.
+    ``References.losses`` holds these float64 losses.
 
     The pool must be disjoint from the inputs to be tested (the notebook uses the training split). Only if a
     class has fewer than ``k`` correctly classified images (a barely trained model) are its misclassified
@@ -122,7 +154,8 @@ def select_references(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int
         raise ValueError(f"k must be >= 1, got {k}")
     out = _logits(model, X, batch_size)
     nc = int(num_classes or out.shape[1])
-    loss = F.cross_entropy(out, y, reduction="none")
+    y = y.cpu()
+    loss = reference_loss(out, y)
     ok = out.argmax(1) == y
     imgs, losses, idx = [], [], []
     for c in range(nc):
@@ -132,7 +165,7 @@ def select_references(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int
                              f"(use a larger pool or a smaller k)")
         # correctly classified first (by loss), then -- only if too few are correct -- the rest by loss
         order = members[_order(ok[members], loss[members])[:k]]
-        imgs.append(X[order])
+        imgs.append(X[order.to(X.device)])
         losses.append(loss[order])
         idx.append(order)
     return References(images=torch.stack(imgs), losses=torch.stack(losses), indices=torch.stack(idx))
@@ -222,6 +255,12 @@ def extract(model: nn.Module, x: torch.Tensor, references: References, num_point
     x = x.detach().cpu()
     logits = _logits(model, x, batch_size)
     pred = logits.argmax(1)
+    if len(x) == 0:             # e.g. an attack that succeeded nowhere: an empty table with every column
+        K = references.of(pred, k).shape[1]
+        cols = [*PATH_FEATURES, *LOGIT_FEATURES] + (["mahalanobis"] if mahalanobis is not None else [])
+        empty = torch.zeros(0, K)
+        return Features(pred=pred, logits=logits, curves=torch.zeros(0, K, num_points), pair_max=empty,
+                        pair_gap=empty, table=pd.DataFrame({c: np.zeros(0) for c in cols}))
     curves = loss_curves(model, x, references, pred, num_points, k, chunk_size)
     pf, mx, gap = _path_features(curves)
     cols = {**pf, **_logit_features(logits)}
@@ -431,15 +470,27 @@ def metrics(labels, scores, preds=None) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------ adversarial inputs
 def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-                        X: torch.Tensor, y: torch.Tensor, n: int, batch_size: int = 256
-                        ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """Up to ``n`` *successful* adversarial examples (the model's prediction differs from ``y``).
+                        X: torch.Tensor, y: torch.Tensor, n: int, batch_size: int = 256,
+                        targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Up to ``n`` *successful* adversarial examples.
+
+    Untargeted (``targets=None``) an example succeeds when the model's prediction differs from ``y``.
+    For a targeted attack pass its ``targets`` (one per row of ``X``): an example then succeeds only when
+    it is classified as its target -- a targeted attack that merely leaves the true class (a "targeted
+    miss") is not a success of that attack, and its example would not be the one the detector's
+    references were chosen for.
 
     ``attack(x, y, idx) -> x_adv`` is called on successive batches of ``(X, y)`` (``idx`` their indices
     into ``X``) until ``n`` successes or the sources run out. Returns ``(X_adv, source_index, attempted,
     succeeded)``: the first ``n`` successes, their indices into ``X``, and the number of sources attacked
     and of successes among them (``succeeded / attempted`` is the attack's success rate).
     """
+    if len(X) != len(y):
+        raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
+    if targets is not None:
+        targets = torch.as_tensor(targets).long().cpu()
+        if targets.shape != (len(X),):
+            raise ValueError(f"targets must have shape ({len(X)},), one per source image, got {tuple(targets.shape)}")
     got, src, tried = [], [], 0
     count = 0
     for s in range(0, len(X), batch_size):
@@ -447,7 +498,8 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
             break
         idx = torch.arange(s, min(len(X), s + batch_size))
         xa = attack(X[idx], y[idx], idx)
-        ok = _logits(model, xa).argmax(1) != y[idx]
+        pred = _logits(model, xa).argmax(1)
+        ok = pred != y[idx].cpu() if targets is None else pred == targets[idx]
         tried += len(idx)
         got.append(xa[ok].cpu())
         src.append(idx[ok])
@@ -523,3 +575,50 @@ def detection_table(clean: pd.DataFrame, groups_clean, attacks: Mapping[str, tup
             rows.append({"attack": label, "detector": dname, "n_clean": len(clean), "n_adv": len(adv), **m})
             rocs[(label, dname)] = roc(lab, s)
     return pd.DataFrame(rows), rocs
+
+
+# ------------------------------------------------------------------------------------ attack strength, worst case
+def strength_table(clean: Features, adv: Mapping[str, tuple[Features, torch.Tensor]]) -> pd.DataFrame:
+    """How far each attack moved its inputs and how high their barriers are, one row per attack.
+
+    ``adv``: ``{name: (features of the adversarial examples, perturbations x_adv - x_source (N, ...))}``.
+    Columns: ``kept`` (examples), ``median L-inf`` and ``median L2`` of the perturbations, ``median barrier
+    max`` / ``gap`` over (input, reference) pairs (:func:`median_barrier`) and ``ratio to real-real`` (the
+    median barrier max over the clean inputs' one, claim A8's statistic). Used to set an attack stopped at
+    its first success next to the full-strength one: the weaker the attack, the closer its examples sit to
+    the decision boundary and the lower their loss barriers.
+    """
+    rr = median_barrier(clean)
+    rows = []
+    for name, (f, delta) in adv.items():
+        d = torch.as_tensor(delta).flatten(1)
+        if len(f) != len(d):
+            raise ValueError(f"{name}: {len(f)} feature rows but {len(d)} perturbations")
+        mx = median_barrier(f)
+        rows.append({"attack": name, "kept": len(f),
+                     "median L-inf": float(d.abs().amax(1).median()) if len(d) else float("nan"),
+                     "median L2": float(d.norm(dim=1).median()) if len(d) else float("nan"),
+                     "median barrier max": mx, "median barrier gap": median_barrier(f, "gap"),
+                     "ratio to real-real": mx / rr if rr > 0 else float("nan")})
+    return pd.DataFrame(rows).set_index("attack")
+
+
+def transfer_table(table: pd.DataFrame, attack: str, source: str) -> pd.DataFrame:
+    """The worst case of a non-adaptive defender, per detector, from a :func:`detection_table` result.
+
+    ``table`` must hold the rows of ``attack`` (detector refitted on its own examples) and of
+    ``f"{attack} (detector fitted on {source})"`` (``detection_table(..., fitted_on={attack: source})``).
+    Returns per detector the AUROC refitted and fitted on ``source`` only, and ``inverted``: the
+    detector fitted on ``source`` has AUROC < 0.5, i.e. it ranks the attack's examples as *more* clean
+    than clean inputs -- an attacker who can make that happen has turned the detector against its user
+    (flipping its sign would help, but only a defender who has seen the attack knows to).
+    """
+    transfer = f"{attack} (detector fitted on {source})"
+    missing = [a for a in (attack, transfer) if a not in set(table["attack"])]
+    if missing:
+        raise ValueError(f"table has no rows for {missing}; call detection_table(..., fitted_on={{{attack!r}: {source!r}}})")
+    auroc = {a: table[table["attack"] == a].set_index("detector")["auroc"] for a in (attack, transfer)}
+    out = pd.DataFrame({f"AUROC refitted on {attack}": auroc[attack], f"AUROC fitted on {source}": auroc[transfer]})
+    out["inverted"] = out[f"AUROC fitted on {source}"] < 0.5      # NaN (too few examples) is not inverted
+    return out
+

@@ -87,6 +87,20 @@ def _check_mask(open_mask, batch: bool, name: str = "open_mask") -> np.ndarray:
     return m
 
 
+def _check_p(p, name: str = "p") -> None:
+    """One clear error unless every probability in ``p`` lies in [0, 1]."""
+    a = np.asarray(p, dtype=float)
+    if a.size and not ((a >= 0) & (a <= 1)).all():
+        raise ValueError(f"{name} must lie in [0, 1] (a probability), got {p}")
+
+
+def _check_d(d, name: str = "d") -> None:
+    """One clear error unless every dimension in ``d`` is an integer >= 1."""
+    a = np.asarray(d)
+    if a.size and (not np.issubdtype(a.dtype, np.integer) or (a < 1).any()):
+        raise ValueError(f"{name} must be integer dimensions >= 1, got {d}")
+
+
 def _rng(rng) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
@@ -110,6 +124,7 @@ def bethe_estimate(d: int | np.ndarray) -> float | np.ndarray:
     It is the leading term of the large-``d`` expansion of the hypercubic threshold (see :func:`pc_series`),
     the "roughly 1/(2d-1)" of the paper's percolation argument (Vrabel et al., Section 5).
     """
+    _check_d(d)
     return 1.0 / (2 * np.asarray(d, dtype=float) - 1)
 
 
@@ -120,6 +135,7 @@ def pc_series(d: int | np.ndarray, kind: str = "site") -> float | np.ndarray:
     bond: ``1/sigma + 5/2 sigma^-3 + 15/2 sigma^-4``. Within about 2% of the literature for d >= 5 (site),
     used to read off ``p_c`` at dimensions no simulation reaches (e.g. d = 784 for MNIST).
     """
+    _check_d(d)
     s = 2 * np.asarray(d, dtype=float) - 1
     if kind == "site":
         return 1 / s + 1.5 / s**2 + 3.75 / s**3 + 20.75 / s**4
@@ -136,8 +152,7 @@ def threshold_dimension(p: float, kind: str = "site", d_max: int = 100_000) -> i
     ``p`` does not exceed the threshold for any ``d <= d_max`` (e.g. ``p = 0``).
     """
     lit = LITERATURE_SITE_PC if kind == "site" else LITERATURE_BOND_PC
-    if not 0 <= p <= 1:
-        raise ValueError(f"p must lie in [0, 1], got {p}")
+    _check_p(p)
     for d in range(2, 8):
         if lit[d] < p:
             return d
@@ -355,11 +370,13 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 def random_sites(shape: Sequence[int], p: float, rng=None) -> np.ndarray:
     """A site-percolation configuration: each site open independently with probability ``p``."""
+    _check_p(p)
     return _rng(rng).random(tuple(shape)) < p
 
 
 def random_bonds(shape: Sequence[int], p: float, rng=None) -> np.ndarray:
     """A bond-percolation configuration ``(d, *shape)``: each bond open independently with probability ``p``."""
+    _check_p(p)
     shape = tuple(shape)
     return _rng(rng).random((len(shape),) + shape) < p
 
@@ -518,6 +535,7 @@ def cluster_stats(labels: np.ndarray, batch: bool = False) -> dict[str, np.ndarr
 
 def side_for(d: int, n_sites: int) -> int:
     """Side length ``L = round(n_sites ** (1/d))`` (at least 3) of a ``d``-dimensional lattice of about ``n_sites``."""
+    _check_d(d)
     return max(3, int(round(n_sites ** (1.0 / d))))
 
 
@@ -530,6 +548,8 @@ def connection_surface(ps: Sequence[float], ds: Sequence[int], n_sites: int, n_s
     ``tau`` and ``tau_se`` (mean and standard error over samples, shape ``(len(ds), len(ps))``),
     ``largest`` (largest cluster's share of sites), ``L`` (sides) and the inputs.
     """
+    _check_p(ps, "ps")
+    _check_d(ds, "ds")
     gen = _rng(rng)
     ps, ds = np.asarray(ps, dtype=float), [int(d) for d in ds]
     tau = np.full((len(ds), len(ps)), np.nan)
@@ -571,6 +591,7 @@ def random_labelling(probs: Sequence[float], ds: Sequence[int], n_sites: int, n_
     probs = np.asarray(probs, dtype=float)
     if probs.ndim != 1 or (probs < 0).any() or abs(probs.sum() - 1) > 1e-6:
         raise ValueError(f"probs must be a probability vector summing to 1, got {probs}")
+    _check_d(ds, "ds")
     gen = _rng(rng)
     edges = np.cumsum(probs)[:-1]
     K = probs.size

@@ -75,26 +75,59 @@ def _body(model: nn.Module) -> tuple[str, nn.Module]:
     return "", model
 
 
+def _call_order(body: nn.Module) -> list[str]:
+    """Names of the leaf modules ``body``'s forward calls, in execution order, from a ``torch.fx`` trace
+    (symbolic: no input needed). Raises ``ValueError`` naming the candidates when the forward cannot be
+    traced (data-dependent control flow)."""
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(body).graph
+    except Exception as e:       # fx raises many types (TraceError, TypeError, ...) for untraceable code
+        leaves = [n for n, m in body.named_modules() if n and not list(m.children())]
+        raise ValueError(f"cannot find the layers of this model from its graph ({type(e).__name__}: {e}); pass "
+                         f"layers=[...] explicitly, chosen from its leaf modules: {', '.join(leaves)}") from None
+    return list(dict.fromkeys(str(n.target) for n in graph.nodes if n.op == "call_module"))
+
+
 def default_layers(model: nn.Module) -> list[str]:
     """Module names whose outputs make a sensible input-to-output sequence of codes.
 
-    * ResNets (a body with ``layer1``, ``layer2``, ...: mclib's CIFAR ResNet and torchvision's
-      ResNet-18): the stem (``stem``, or torchvision's ``relu`` after ``conv1``), every residual block
-      of every stage (the paper's "composite layers"), and the read-out ``fc``;
+    * ResNets (a body with ``layer1``, ``layer2``, ...): the stem, every residual block of every stage
+      (the paper's "composite layers"), and the read-out. The stem is ``stem`` (mclib's CIFAR ResNet),
+      ``relu`` (torchvision's ResNet-18), or else -- third-party code that applies its ReLU as a function
+      -- the last module the forward pass calls before ``layer1`` (e.g. ``bn1``: the stem's code is then
+      taken before its ReLU). The read-out is ``fc``, or else the last module called (e.g. ``linear``).
+      Call order comes from a ``torch.fx`` trace of the forward pass;
     * a ``Sequential`` body (mclib's MLP, CNN, VGG): every ``ReLU`` and the last module (the logits);
     * anything else: every ``ReLU`` module, or else the direct children.
 
-    Names are those of ``model.named_modules()``, usable as ``layers=`` in :func:`activations`.
+    Names are those of ``model.named_modules()``, usable as ``layers=`` in :func:`activations`. Where the
+    stem or read-out cannot be found this raises ``ValueError`` listing the candidate modules rather than
+    silently leaving them out.
     """
     prefix, body = _body(model)
     names: list[str]
     if all(hasattr(body, s) for s in ("layer1", "layer2", "layer3")):
-        names = ["stem"] if hasattr(body, "stem") else (["relu"] if hasattr(body, "relu") else [])
+        blocks = []
         for stage in ("layer1", "layer2", "layer3", "layer4"):
             if hasattr(body, stage):
-                names += [f"{stage}.{i}" for i in range(len(getattr(body, stage)))]
-        if hasattr(body, "fc"):
-            names.append("fc")
+                blocks += [f"{stage}.{i}" for i in range(len(getattr(body, stage)))]
+        stem = "stem" if hasattr(body, "stem") else ("relu" if hasattr(body, "relu") else None)
+        head = "fc" if hasattr(body, "fc") else None
+        if stem is None or head is None:
+            order = _call_order(body)
+            first = next((i for i, n in enumerate(order) if n.startswith("layer1.")), None)
+            if stem is None and first:
+                stem = order[first - 1]
+            if head is None and order and not order[-1].startswith(tuple(s + "." for s in ("layer1", "layer2",
+                                                                                          "layer3", "layer4"))):
+                head = order[-1]
+            if stem is None or head is None:
+                what = " and ".join(w for w, v in (("stem", stem), ("read-out", head)) if v is None)
+                raise ValueError(f"cannot tell the {what} of this ResNet; pass layers=[...] explicitly. Modules "
+                                 f"in call order: {', '.join(prefix + n for n in order)}")
+        names = [stem] + blocks + [head]
     elif isinstance(body, nn.Sequential):
         names = [str(i) for i, m in enumerate(body) if isinstance(m, nn.ReLU)] + [str(len(body) - 1)]
     else:
@@ -276,6 +309,20 @@ def _fit_minisom(X: np.ndarray, rows: int, cols: int, sigma: float, learning_rat
     return som.get_weights()
 
 
+def check_codes(X: torch.Tensor, name: str = "codes") -> torch.Tensor:
+    """``X`` as a float32 (N >= 2, D) tensor of finite codes, or one clear error (a NaN code would make
+    every distance NaN and the whole map NaN)."""
+    X = torch.as_tensor(X, dtype=torch.float32)
+    if X.dim() != 2 or len(X) < 2:
+        raise ValueError(f"{name} must be (N >= 2, D), got {tuple(X.shape)}")
+    bad = ~torch.isfinite(X)
+    if bad.any():
+        rows = bad.any(1).nonzero()[:, 0]
+        raise ValueError(f"{name} hold {int(bad.sum())} NaN/Inf values in {len(rows)} of {len(X)} rows "
+                         f"(first rows {rows[:5].tolist()}); allowed: finite values (check the model's outputs)")
+    return X
+
+
 def fit_som(
     X: torch.Tensor,
     rows: int = 10,
@@ -306,11 +353,9 @@ def fit_som(
     ``som.info["mean"], som.info["std"]`` hold the transform; map new codes with :func:`standardise`
     before :meth:`SOM.bmu` (:func:`fit_layers` and :func:`bmu_change` do this for you).
     """
+    X = check_codes(X)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    X = torch.as_tensor(X, dtype=torch.float32)
-    if X.dim() != 2 or len(X) < 2:
-        raise ValueError(f"codes must be (N >= 2, D), got {tuple(X.shape)}")
     if rows < 1 or cols < 1 or rows * cols < 2:
         raise ValueError(f"a SOM needs at least 2 units, got {rows}x{cols}")
     sigma = max(rows, cols) / 2 if sigma is None else float(sigma)

@@ -137,3 +137,101 @@ def test_bad_input():
         detect.select_references(model, X, torch.zeros(10, dtype=torch.long), k=2, num_classes=3)
     with pytest.raises(ValueError, match="not in the table"):
         detect.ThresholdDetector("nope").fit(pd.DataFrame({"a": [1.0, 2.0]}), np.array([0, 1]))
+
+
+@pytest.fixture(scope="module")
+def confident():
+    """The third-party CIFAR-style ResNet, over-confident: float32 cross-entropy exactly 0 on its pool."""
+    import thirdparty
+    return thirdparty.trained(confident=12.0)
+
+
+def test_references_do_not_saturate(confident):
+    model, X, y = confident
+    with torch.no_grad():
+        logits = model(X)
+    ce32 = F.cross_entropy(logits, y, reduction="none")
+    ok = logits.argmax(1) == y
+    k = 3
+    for c in range(4):       # the premise: float32 CE cannot rank these references (ties at exactly 0)
+        assert int(((y == c) & ok & (ce32 == 0)).sum()) > k
+    refs = detect.select_references(model, X, y, k=k)
+    z = logits.double().numpy()
+    rel = np.exp(z - z[np.arange(len(y)), y.numpy()][:, None])         # independent float64 reference:
+    rel[np.arange(len(y)), y.numpy()] = 0.0                            # -log p_y = log1p(sum_{k!=y} e^(z_k-z_y))
+    nll = np.log1p(rel.sum(1))
+    assert (nll > 0).all() and len(np.unique(nll)) == len(nll)         # no ties left in float64
+    for c in range(4):
+        cand = ((y == c) & ok).nonzero()[:, 0].numpy()
+        want = cand[np.argsort(nll[cand], kind="stable")[:k]]
+        assert refs.indices[c].tolist() == want.tolist()
+        assert np.allclose(refs.losses[c].numpy(), nll[want], rtol=1e-9, atol=0)
+        assert (refs.losses[c] > 0).all() and refs.losses.dtype == torch.float64
+
+
+def test_reference_ties_go_to_lower_pool_index():
+    model = _model()
+    x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    X = x.repeat(18, 1, 1, 1)                # identical images: equal losses in any precision
+    y = torch.arange(18) // 6                # six per class, in blocks
+    refs = detect.select_references(model, X, y, k=4)
+    for c in range(3):
+        assert refs.indices[c].tolist() == [6 * c, 6 * c + 1, 6 * c + 2, 6 * c + 3]
+
+
+def test_collect_adversarial_targeted_keeps_only_hits():
+    model = _model()
+    X = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model(X).argmax(1)
+    shuffle = lambda x, yy, idx: X[(idx + 7) % 40]                       # noqa: E731
+    with torch.no_grad():
+        pred = model(X[(torch.arange(40) + 7) % 40]).argmax(1)
+    targets = (y + 1) % 3
+    Xa, src, tried, succ = detect.collect_adversarial(model, shuffle, X, y, 100, batch_size=16, targets=targets)
+    hits = pred == targets
+    assert 0 < hits.sum() < (pred != y).sum()                          # some changed without reaching the target
+    assert tried == 40 and succ == int(hits.sum()) and src.tolist() == hits.nonzero()[:, 0].tolist()
+    Xu, srcu, _, succu = detect.collect_adversarial(model, shuffle, X, y, 100, batch_size=16)
+    assert succu == int((pred != y).sum())
+
+
+def test_transfer_table_flags_an_inverted_detector():
+    rng = np.random.default_rng(0)
+    n = 200
+    clean = pd.DataFrame({"barrier_max": rng.normal(0, 1, n)})
+    pgd = pd.DataFrame({"barrier_max": rng.normal(6, 1, n)})            # plain attack: high barriers
+    adaptive = pd.DataFrame({"barrier_max": rng.normal(-3, 1, n)})      # flattened below the clean ones
+    g = np.arange(n)
+    dets = {"threshold: barrier max": lambda: detect.ThresholdDetector("barrier_max")}
+    table, _ = detect.detection_table(clean, g, {"PGD": (pgd, g), "adaptive PGD": (adaptive, g)}, dets, folds=4,
+                                      fitted_on={"adaptive PGD": "PGD"})
+    t = detect.transfer_table(table, "adaptive PGD", "PGD")
+    row = t.loc["threshold: barrier max"]
+    assert row["AUROC fitted on PGD"] < 0.05 and row["AUROC refitted on adaptive PGD"] > 0.95 and row["inverted"]
+    with pytest.raises(ValueError, match="fitted_on"):
+        detect.transfer_table(table, "adaptive PGD", "FGSM")
+
+
+def test_strength_table_against_hand_computed():
+    model = _model()
+    g = torch.Generator().manual_seed(5)
+    refs = detect.select_references(model, torch.rand(60, 1, 4, 4, generator=g), torch.arange(60) % 3, k=2)
+    clean = detect.extract(model, torch.rand(5, 1, 4, 4, generator=g), refs, num_points=5)
+    adv = detect.extract(model, torch.rand(4, 1, 4, 4, generator=g), refs, num_points=5)
+    delta = torch.zeros(4, 1, 4, 4)
+    delta[:, 0, 0, 0] = torch.tensor([0.1, -0.3, 0.2, 0.05])
+    t = detect.strength_table(clean, {"a": (adv, delta)})
+    assert t.loc["a", "kept"] == 4
+    assert t.loc["a", "median L-inf"] == pytest.approx(float(torch.tensor([0.1, 0.3, 0.2, 0.05]).median()))
+    assert t.loc["a", "ratio to real-real"] == pytest.approx(float(adv.pair_max.flatten().median() /
+                                                                    clean.pair_max.flatten().median()))
+
+
+def test_extract_of_no_inputs_is_an_empty_table():
+    model = _model()
+    refs = detect.select_references(model, torch.rand(30, 1, 4, 4), torch.arange(30) % 3, k=2)
+    f = detect.extract(model, torch.zeros(0, 1, 4, 4), refs, num_points=5)
+    assert len(f) == 0 and f.logits.shape == (0, 3) and f.curves.shape == (0, 2, 5)
+    assert list(f.table.columns) == [*detect.PATH_FEATURES, *detect.LOGIT_FEATURES] and len(f.table) == 0
+    assert np.isnan(detect.median_barrier(f))

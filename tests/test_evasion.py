@@ -169,4 +169,41 @@ def test_bad_input():
     with pytest.raises(ValueError, match="batch size"):
         evasion.optimisation_attack(model, torch.rand(2, 1, 8, 8), torch.tensor([0]))
     with pytest.raises(ValueError, match="references must have shape"):
-        evasion.adaptive_pgd(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), torch.rand(2, 1, 8, 8))
+        evasion.adaptive_pgd(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), torch.rand(2, 1, 8, 8), eps=0.1)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_pgd_stops_at_first_success(setup, targeted):
+    """Each input keeps the first PGD iterate that succeeds; the reference is plain PGD run for j = 0, 1, ...
+    steps (the same trajectory, truncated), taking for each input the first successful j."""
+    model, x, y = setup
+    lab = (y + 1) % 3 if targeted else y
+    kw = dict(eps=0.15, step_size=0.03, random_start=False, targeted=targeted)
+    S = 8
+    stopped = evasion.pgd(model, x, lab, steps=S, stop_on_success=True, **kw)
+    iterates = [x] + [evasion.pgd(model, x, lab, steps=j, **kw) for j in range(1, S + 1)]
+
+    def success(a):
+        with torch.no_grad():
+            hit = model(a).argmax(1) == lab
+        return hit if targeted else ~hit
+
+    ok = torch.stack([success(a) for a in iterates])            # (S + 1, N)
+    first = torch.where(ok.any(0), ok.float().argmax(0), torch.full_like(y, S))
+    assert 0 < ok.any(0).sum() < len(x) or ok[-1].all()         # the test discriminates: not all stop at once
+    assert (first < S).sum() >= len(x) // 4
+    expected = torch.stack([iterates[int(j)][i] for i, j in enumerate(first)])
+    # identical up to float rounding (a pixel whose gradient is ~0 may take the other sign)
+    assert ((stopped - expected).abs() < 1e-5).float().mean() > 0.99
+    assert torch.equal(success(stopped), ok.any(0))
+    # the full-strength attack moves further than the stopped one
+    full = iterates[-1]
+    assert (stopped - x).abs().sum() < (full - x).abs().sum()
+
+
+def test_eps_is_required(setup):
+    model, x, y = setup
+    with pytest.raises(TypeError, match="eps"):
+        evasion.pgd(model, x, y)
+    with pytest.raises(TypeError, match="eps"):
+        evasion.adaptive_pgd(model, x, y, x[:, None])

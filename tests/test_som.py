@@ -209,3 +209,38 @@ def test_minimal_eps_linear_model():
     assert torch.all(eps[:3] >= exact - 1e-6)  # never below the true radius: PGD cannot flip there
     assert math.isinf(eps[3])  # needs 0.35 > eps_max
     assert eps[4] == 0.0  # already misclassified
+
+
+def test_default_layers_third_party_resnet():
+    """A third-party CIFAR ResNet (functional ReLU stem, option-A lambda shortcuts, head named `linear`):
+    the stem and the read-out are found from the call graph, not dropped."""
+    import thirdparty
+    model = models.with_normalization(thirdparty.resnet(num_classes=4), thirdparty.MEAN, thirdparty.STD).eval()
+    layers = S.default_layers(model)
+    assert layers == ["1.bn1", "1.layer1.0", "1.layer2.0", "1.layer3.0", "1.linear"]
+    X = torch.rand(3, 3, 32, 32)
+    acts = S.activations(model, X)
+    assert [tuple(acts[n].shape) for n in layers] == [(3, 8), (3, 8), (3, 16), (3, 32), (3, 4)]
+    body = model[1]
+    with torch.no_grad():       # independent reference: the stem's BatchNorm output, channel means; the logits
+        stem = body.bn1(body.conv1(model[0](X)))
+        assert torch.allclose(acts["1.bn1"], stem.mean((2, 3)), atol=1e-5)
+        assert torch.allclose(acts["1.linear"], model(X), atol=1e-5)
+
+
+def test_default_layers_untraceable_names_candidates():
+    class Branchy(nn.Module):        # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.layer1, self.layer2, self.layer3 = nn.Sequential(nn.Identity()), nn.Sequential(), nn.Sequential()
+            self.out = nn.Linear(2, 2)
+
+        def forward(self, x):
+            h = self.layer1(self.conv(x))
+            if h.sum() > 0:
+                h = -h
+            return self.out(h.mean((2, 3)))
+
+    with pytest.raises(ValueError, match="layers=.*conv.*out"):
+        S.default_layers(Branchy())

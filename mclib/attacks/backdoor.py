@@ -207,6 +207,17 @@ def triggered_set(X: torch.Tensor, y: torch.Tensor, trigger: Trigger | Mapping |
 
 
 @torch.no_grad()
+def _predict_logits_width(model: nn.Module, x: torch.Tensor) -> int:
+    """The number of classes ``model`` outputs (one forward pass on ``x``, eval mode)."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    n = int(model(x.to(dev)).shape[1])
+    model.train(was)
+    return n
+
+
+@torch.no_grad()
 def _predict(model: nn.Module, X: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     from mclib.train import logits
 
@@ -220,10 +231,17 @@ def asr(model: nn.Module, X: torch.Tensor, y: torch.Tensor, trigger: Trigger | M
     Single-target: over images whose true class is not ``target`` (success = predicts ``target``).
     All-to-all: over all images (success = predicts ``(y + 1) mod K``). Zhao et al. sec. 3.1.
     """
+    if mode == "single" and not 0 <= int(target) < num_classes:
+        raise ValueError(f"target = {target} is not a class; allowed: 0..{num_classes - 1} (num_classes = {num_classes})")
     Xt, yt = triggered_set(X, y, trigger, mode, target, num_classes)
     if len(Xt) == 0:
         raise ValueError("no image is eligible for the ASR (every image belongs to the target class)")
-    return (_predict(model, Xt, batch_size) == yt).float().mean().item()
+    from mclib.train import logits
+    out = logits(model, Xt, batch_size)
+    if mode == "single" and int(target) >= out.shape[1]:
+        raise ValueError(f"target = {target} is not a class; allowed: 0..{out.shape[1] - 1} "
+                         f"(the model has {out.shape[1]} outputs)")
+    return (out.argmax(1) == yt).float().mean().item()
 
 
 # -- path-aware attacker (claim C5) ----------------------------------------------------------------
@@ -318,6 +336,11 @@ def inject_errors(model: nn.Module, X_chosen: torch.Tensor, wrong_labels: torch.
     """
     if len(X_chosen) != len(wrong_labels) or len(X_keep) != len(y_keep):
         raise ValueError("X_chosen/wrong_labels and X_keep/y_keep must have matching lengths")
+    with torch.no_grad():       # labels are checked against the model's outputs before any training
+        n_out = _predict_logits_width(model, X_chosen[:1])
+    from mclib.attacks.evasion import check_labels
+    check_labels(wrong_labels, n_out, "wrong_labels")
+    check_labels(y_keep, n_out, "y_keep")
     layer = layer or default_layer(model)
     out_model = copy.deepcopy(model).eval()
     try:

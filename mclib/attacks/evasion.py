@@ -8,20 +8,58 @@ from torch import nn
 NORMS = ("linf", "l2")
 
 
+def check_images(x: torch.Tensor, name: str = "x") -> None:
+    """Raise one clear error unless ``x`` is a floating-point batch of finite pixels in [0, 1].
+
+    mclib's attacks work in pixel space [0, 1] and clip to it: a 0-255 image would be silently clamped
+    into an all-white image, and an integer image would make every random start and step round away.
+    """
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor of images in [0, 1], got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} has integer dtype {x.dtype}; attacks need float images in [0, 1] "
+                        f"(convert explicitly, e.g. {name}.float() / 255 for 8-bit images)")
+    if x.numel() == 0:
+        return
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} holds {int((~torch.isfinite(x)).sum())} NaN/Inf values; pixels must be finite, in [0, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{name} has values in [{lo:g}, {hi:g}]; allowed: pixels in [0, 1] "
+                         f"(scale 0-255 images by 1/255; put normalisation inside the model, models.with_normalization)")
+
+
+def check_labels(y: torch.Tensor, num_classes: int, name: str = "y") -> None:
+    """Raise one clear error unless every label in ``y`` is an integer class in ``[0, num_classes)``."""
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.is_complex():
+        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{name} has labels in [{int(y.min())}, {int(y.max())}]; allowed: 0..{num_classes - 1} "
+                         f"(the model has {num_classes} outputs)")
+
+
 def _check(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> None:
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y differ in batch size: {x.shape[0]} vs {y.shape[0]}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    check_images(x)
+    if x.shape[0] != torch.as_tensor(y).shape[0]:
+        raise ValueError(f"x and y differ in batch size: {x.shape[0]} vs {torch.as_tensor(y).shape[0]}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0 (a radius in pixel units of [0, 1]), got {eps}")
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
 
 
-def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targeted: bool, check: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_x L, logits)`` with ``L`` the summed CE toward ``y`` (negated when ``targeted``); ``check``
+    validates the labels against the model's number of outputs (once per attack is enough)."""
     x = x.clone().requires_grad_(True)
-    loss = F.cross_entropy(model(x), y, reduction="sum")
+    logits = model(x)
+    if check:
+        check_labels(y, logits.shape[1], "y (the target)" if targeted else "y")
+    loss = F.cross_entropy(logits, y, reduction="sum")
     (grad,) = torch.autograd.grad(-loss if targeted else loss, x)
-    return grad
+    return grad, logits.detach()
 
 
 def _l2_normalise(g: torch.Tensor) -> torch.Tensor:
@@ -60,19 +98,29 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, targete
     _check(x, y, eps, "linf")
     was = model.training
     model.eval()
-    g = _loss_grad(model, x, y, targeted)
+    g, _ = _loss_grad(model, x, y, targeted)
     model.train(was)
     return (x + eps * g.sign()).clamp(0, 1).detach()
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.3, steps: int = 10,
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
         step_size: float | None = None, norm: str = "linf", random_start: bool = True,
-        targeted: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        targeted: bool = False, generator: torch.Generator | None = None,
+        stop_on_success: bool = False) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018) in the ``norm`` ball of radius ``eps`` around ``x``.
 
     Each step moves by ``step_size`` along sign(grad) (L-inf) or grad/||grad|| (L2), projects back onto
     the ball and clips to [0, 1]. ``step_size`` defaults to ``2.5 * eps / steps``. Random start draws
     uniformly from the L-inf ball (L-inf) or a Gaussian direction scaled into the ball (L2).
+
+    ``eps`` has no default: it is in pixel units of [0, 1] and depends on the data (0.3 is the usual
+    MNIST L-inf radius, 8/255 ~ 0.031 the usual CIFAR one); the chapters take it from their preset.
+    ``y`` is the true label (untargeted: the loss of ``y`` is raised) or the target (``targeted``).
+
+    ``stop_on_success``: each input stops at the first iterate (the random start included) where the
+    attack has succeeded -- the prediction differs from ``y`` (untargeted) or equals it (targeted) --
+    and keeps that point: the "stopped at the first misclassification" strength, the weakest
+    successful example PGD finds, against the full-strength attack that uses every step.
     """
     _check(x, y, eps, norm)
     if steps < 1:
@@ -81,14 +129,22 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.3, st
     was = model.training
     model.eval()
     x = x.detach()
+    y = torch.as_tensor(y, device=x.device)
     adv = _start(x, eps, norm, random_start, generator)
-    for _ in range(steps):
-        g = _loss_grad(model, adv, y, targeted)
+    active = torch.arange(x.shape[0], device=x.device)       # inputs still being attacked
+    for i in range(steps):
+        g, logits = _loss_grad(model, adv[active], y[active], targeted, check=i == 0)
+        if stop_on_success:
+            hit = logits.argmax(1) == y[active]
+            keep = ~hit if targeted else hit        # untargeted: still right means not yet successful
+            active, g = active[keep], g[keep]
+            if active.numel() == 0:
+                break
         step = g.sign() if norm == "linf" else _l2_normalise(g)
-        adv = x + _project(adv + step_size * step - x, eps, norm)
-        adv = adv.clamp(0, 1).detach()
+        xa = x[active]
+        adv[active] = (xa + _project(adv[active] + step_size * step - xa, eps, norm)).clamp(0, 1)
     model.train(was)
-    return adv
+    return adv.detach()
 
 
 # ------------------------------------------------------------------------------- optimisation attack
@@ -146,6 +202,7 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     ``(x_adv, info)`` where ``info`` holds ``steps`` (N,) Adam steps taken, ``loss`` (N,) final CE
     toward ``target`` and ``success`` (N,) bool.
     """
+    check_images(x)
     if x.shape[0] != torch.as_tensor(target).shape[0]:
         raise ValueError(f"x and target differ in batch size: {x.shape[0]} vs {torch.as_tensor(target).shape[0]}")
     if steps < 0 or lr <= 0:
@@ -179,6 +236,8 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     for _ in it:
         xa = adv[active].requires_grad_(True)
         logits = model(xa)
+        if not taken.any():
+            check_labels(tgt, logits.shape[1], "target")
         ce = F.cross_entropy(logits, tgt[active], reduction="none")
         with torch.no_grad():
             keep = ~finished(logits, ce, active)
@@ -244,7 +303,7 @@ def barrier_surrogate(model: nn.Module, x: torch.Tensor, references: torch.Tenso
 
 
 def adaptive_pgd(model: nn.Module, x: torch.Tensor, target: torch.Tensor, references: torch.Tensor,
-                 eps: float = 0.3, steps: int = 20, step_size: float | None = None, barrier_weight: float = 1.0,
+                 eps: float, steps: int = 20, step_size: float | None = None, barrier_weight: float = 1.0,
                  num_points: int = 8, barrier: str = "mean", temperature: float = 1.0, norm: str = "linf",
                  random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
     """An attacker who knows the barrier detector: targeted PGD that also flattens the barrier.
@@ -257,9 +316,11 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, target: torch.Tensor, refere
     the linear paths from the detector's references of class ``target`` (``references``, (N, K, C, H, W))
     to ``x'``. If the attack succeeds, the detector will predict ``target`` and draw exactly these paths,
     so a low ``B`` means a low measured barrier. Steps as :func:`pgd` (signed gradient for L-inf,
-    normalised gradient for L2; ``step_size`` defaults to ``2.5 * eps / steps``).
+    normalised gradient for L2; ``step_size`` defaults to ``2.5 * eps / steps``; ``eps`` has no
+    default, as in :func:`pgd`).
     """
     _check(x, target, eps, norm)
+    check_images(references, "references")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     step_size = 2.5 * eps / steps if step_size is None else step_size
@@ -269,9 +330,12 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, target: torch.Tensor, refere
     refs = references.detach().to(x)
     tgt = torch.as_tensor(target, device=x.device).long()
     adv = _start(x, eps, norm, random_start, generator)
-    for _ in range(steps):
+    for i in range(steps):
         xa = adv.clone().requires_grad_(True)
-        obj = F.cross_entropy(model(xa), tgt, reduction="sum")
+        logits = model(xa)
+        if i == 0:
+            check_labels(tgt, logits.shape[1], "target")
+        obj = F.cross_entropy(logits, tgt, reduction="sum")
         if barrier_weight:
             obj = obj + barrier_weight * barrier_surrogate(model, xa, refs, tgt, num_points, barrier,
                                                                   temperature).sum()
