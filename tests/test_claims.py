@@ -328,3 +328,22 @@ def test_purity_from_majority_hits_and_its_interval_covers_the_estimate():
     # plug-in NMI of small samples is biased upward, and more so in resamples (duplicates): the basic interval
     # moves the other way from the percentile one
     assert ev["nmi_gain"]["hi"] > ev["nmi_gain"]["estimate"]
+
+
+def test_map_sentence_groups_settings_by_the_claims_own_rule():
+    from mclib.claims.core import map_sentence
+
+    conds = [
+        {"setting": {"arch": "cnn", "epochs": 8}, "measured": {"f": {"estimate": 0.1, "lo": 0.06, "hi": 0.15, "n": 200}}},
+        {"setting": {"arch": "mlp", "epochs": 8}, "measured": {"f": {"estimate": 0.02, "lo": 0.01, "hi": 0.04, "n": 200}}},
+        {"setting": {"arch": "mlp", "epochs": 2}, "measured": {"f": {"estimate": 0.05, "lo": 0.03, "hi": 0.08, "n": 200}}},
+        {"setting": {"arch": "cnn", "epochs": 2}, "measured": {"f": {"estimate": 0.2, "lo": 0.1, "hi": 0.3, "n": 3}}},
+    ]
+    s = map_sentence(conds, "f", 0.05, name="barrier fraction", spec=".0%")
+    assert s.startswith("across 4 settings, barrier fraction (at least 5%)")
+    appears, rest = s.split("vanishes")
+    assert "arch=cnn, epochs=8" in appears and "arch=mlp" not in appears
+    vanishes, undecided = rest.split("is undecided")
+    assert "arch=mlp, epochs=8" in vanishes
+    assert "arch=mlp, epochs=2" in undecided and "arch=cnn, epochs=2" in undecided  # spans / too few units
+    assert map_sentence([], "f", 0.05) == "no condition map was recorded"

@@ -442,3 +442,37 @@ def result_markdown(ids: Sequence[str], records: Mapping[str, dict] | None = Non
     statuses = [records[c]["status"] for c in ids if c in records]
     head = ", ".join(f"{statuses.count(s)} {s}" for s in VERDICTS if s in statuses) or "nothing recorded"
     return "\n\n".join([f"Of {len(ids)} claim(s) on this page: {head}."] + parts)
+
+
+# --------------------------------------------------------------------------- condition maps
+def condition_label(setting: Mapping[str, Any]) -> str:
+    """``"arch=cnn, epochs=8"`` for a setting dict (keys in their recorded order)."""
+    return ", ".join(f"{k}={v}" for k, v in setting.items()) or "the default setting"
+
+
+def map_sentence(conditions: Sequence[Mapping[str, Any]] | None, key: str, threshold: float, above: bool = True,
+                 name: str | None = None, spec: str = ".3g") -> str:
+    """One sentence saying under which recorded conditions an effect appears, vanishes or stays undecided.
+
+    ``conditions`` is the list a claim records under ``values["conditions"]`` (one entry per setting:
+    ``{"setting": {...parameters...}, "measured": {key: interval dict, ...}}``). Each setting's interval
+    ``measured[key]`` is judged against ``threshold`` with :func:`judge_interval` (the claim's own rule), and
+    the settings are grouped by outcome: "appears" (holds over the whole interval), "vanishes" (fails over
+    the whole interval) and "undecided" (spans the threshold, or too few units). The claim's verdict is
+    not changed by this: the verdict judges the chapter's main setting, the map says where the effect lives.
+    """
+    if not conditions:
+        return "no condition map was recorded"
+    name = name or key
+    groups: dict[str, list[str]] = {"holds": [], "fails": [], "inconclusive": []}
+    for entry in conditions:
+        iv = (entry.get("measured") or {}).get(key)
+        status = judge_interval(name, iv, threshold, above, spec).status
+        shown = fmt_interval(iv, spec) if iv is not None else "n/a"
+        groups[status].append(f"{condition_label(entry.get('setting') or {})} ({shown})")
+    want = f"{'at least' if above else 'at most'} {fmt(threshold, spec)}"
+    parts = []
+    for status, word in (("holds", "appears"), ("fails", "vanishes"), ("inconclusive", "is undecided")):
+        if groups[status]:
+            parts.append(f"{word} at {'; '.join(groups[status])}")
+    return f"across {len(conditions)} settings, {name} ({want}) " + ", and ".join(parts)
