@@ -182,10 +182,17 @@ class Curve(nn.Module):
         e0, e1 = self.ends[0].split(self.numels), self.ends[1].split(self.numels)
         out: dict[str, torch.Tensor] = {}
         for j, (name, shape) in enumerate(zip(self.names, self.shapes)):
-            with torch.no_grad():  # the endpoints are constants
+            if self.num_bends:
+                # unbind, not indexing: its backward stacks the bends' gradients in one pass instead of
+                # scattering each into a zero-filled copy; the endpoints (constants) are added in place,
+                # so each tensor of w(t) is allocated once
+                bends = self.bend_tensors[j].unbind(0)
+                w = torch.mul(bends[0], c[1])
+                for k in range(1, self.num_bends):
+                    w = w.add(bends[k], alpha=c[k + 1])
+                w = w.add_(e0[j].view(shape), alpha=c[0]).add_(e1[j].view(shape), alpha=c[-1])
+            else:
                 w = torch.mul(e0[j], c[0]).add_(e1[j], alpha=c[-1]).view(shape)
-            for k in range(self.num_bends):
-                w = torch.add(w, self.bend_tensors[j][k], alpha=c[k + 1])
             out[name] = w
         return out
 
