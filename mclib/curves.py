@@ -15,9 +15,13 @@ connectivity in loss landscapes and adversarial robustness", sec. 2). Writing th
 * ``num_bends=0`` is the straight line :math:`(1-t) w_0 + t w_1` for either kind (:func:`line`).
 
 One generic implementation serves every architecture: the curve keeps a deep copy of endpoint 0 as
-the *template*, all parameters of each control point flattened into one vector, and evaluates the
-network at :math:`w(t)` with :func:`torch.func.functional_call` -- no mirror class per layer type.
-The combination is one small matrix product per forward pass.
+the *template* and evaluates the network at :math:`w(t)` with :func:`torch.func.functional_call` -- no
+mirror class per layer type. The control points are combined *per parameter tensor*,
+:math:`w_j(t) = \\sum_k c_k(t)\\, p_{k,j}` for every tensor :math:`j`, as Garipov et al.'s curve layers
+do: the endpoints' part :math:`c_0 w_{0,j} + c_n w_{1,j}` needs no gradient, each bend enters with one
+scaled add, and the backward pass writes each bend's gradient straight into its own tensor -- no
+concatenation of, and no matrix product over, one flattened vector of all P parameters (that cost
+about 10% of a VGG-16 step; ``benchmarks/bench_curves.py``).
 
 Training (:func:`train_curve`) follows Garipov et al. sec. 3.2: every minibatch draws
 :math:`t \\sim U(0, 1)` and takes a step on :math:`\\mathrm{CE}(f_{w(t)}(x), y) +
@@ -105,7 +109,9 @@ class Curve(nn.Module):
     template: a deep copy of endpoint 0 (the architecture; its own parameters are frozen and unused).
     names, shapes: the template's parameter names and shapes, in order.
     ends: ``(2, P)`` buffer, the flattened endpoint parameters.
-    bends: ``(num_bends, P)`` parameter, the flattened bends -- the only trainable tensor.
+    bend_tensors: one trainable parameter of shape ``(num_bends, *shape)`` per parameter tensor of the
+    network, in the order of ``names`` -- the only trainable tensors.
+    bends: ``(num_bends, P)``, all bends flattened (a read-only copy, for inspection).
     """
 
     def __init__(self, endpoints: Sequence[nn.Module], kind: str = "bezier", num_bends: int = 1):
@@ -136,9 +142,11 @@ class Curve(nn.Module):
                 for m in endpoints]
         device = named[0][1].device
         self.register_buffer("ends", torch.stack(flat).to(device))
-        # bends on the straight line: theta_k = w0 + k/(K+1) (w1 - w0)
+        # bends on the straight line: theta_k = w0 + k/(K+1) (w1 - w0), one (K, *shape) tensor per parameter
         frac = torch.arange(1, num_bends + 1, dtype=dtype).view(-1, 1) / (num_bends + 1)
-        self.bends = nn.Parameter((self.ends[0] + frac.to(device) * (self.ends[1] - self.ends[0])).clone())
+        line_pts = (self.ends[0] + frac.to(device) * (self.ends[1] - self.ends[0])).split(self.numels, dim=1)
+        self.bend_tensors = nn.ParameterList(
+            [nn.Parameter(piece.reshape(num_bends, *shape).clone()) for piece, shape in zip(line_pts, self.shapes)])
         # buffers: floating ones are interpolated linearly between the endpoints, the others come from endpoint 0
         bufs = [(n, b) for n, b in self.template.named_buffers()]
         self.float_buffers = [n for n, b in bufs if b.is_floating_point()]
@@ -163,20 +171,37 @@ class Curve(nn.Module):
         n = self.num_bends + 1
         return bernstein(t_, n) if self.kind == "bezier" else hat(t_, n)
 
+    @property
+    def bends(self) -> torch.Tensor:
+        """All bends flattened, ``(num_bends, P)`` (a detached copy: train :attr:`bend_tensors`)."""
+        return torch.cat([b.detach().reshape(self.num_bends, -1) for b in self.bend_tensors], 1)
+
+    def weights(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        """:math:`w(t)` as a dict parameter name -> tensor, combined per tensor (differentiable in the bends)."""
+        c = self.coefficients(t).tolist()  # Python floats: scalar arguments, cast to the weights' dtype
+        e0, e1 = self.ends[0].split(self.numels), self.ends[1].split(self.numels)
+        out: dict[str, torch.Tensor] = {}
+        for j, (name, shape) in enumerate(zip(self.names, self.shapes)):
+            if self.num_bends:
+                # unbind, not indexing: its backward stacks the bends' gradients in one pass instead of
+                # scattering each into a zero-filled copy; the endpoints (constants) are added in place,
+                # so each tensor of w(t) is allocated once
+                bends = self.bend_tensors[j].unbind(0)
+                w = torch.mul(bends[0], c[1])
+                for k in range(1, self.num_bends):
+                    w = w.add(bends[k], alpha=c[k + 1])
+                w = w.add_(e0[j].view(shape), alpha=c[0]).add_(e1[j].view(shape), alpha=c[-1])
+            else:
+                w = torch.mul(e0[j], c[0]).add_(e1[j], alpha=c[-1]).view(shape)
+            out[name] = w
+        return out
+
     def flat_weights(self, t: float | torch.Tensor) -> torch.Tensor:
         """:math:`w(t)` as one flat vector of length P (differentiable with respect to the bends)."""
-        c = self.coefficients(t).to(device=self.ends.device, dtype=self.ends.dtype)
-        w = c[0] * self.ends[0] + c[-1] * self.ends[1]
-        if self.num_bends:
-            w = w + c[1:-1] @ self.bends
-        return w
+        return torch.cat([w.reshape(-1) for w in self.weights(t).values()])
 
     def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {n: piece.view(s) for n, piece, s in zip(self.names, flat.split(self.numels), self.shapes)}
-
-    def weights(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
-        """:math:`w(t)` as a dict parameter name -> tensor (views of :meth:`flat_weights`)."""
-        return self._unflatten(self.flat_weights(t))
 
     def buffers_at(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """Buffers at ``t``: floating ones ``(1-t) b_0 + t b_1`` (exact at the ends), integer ones from endpoint 0.
@@ -205,13 +230,14 @@ class Curve(nn.Module):
         return functional_call(self.template, state, (x,))
 
     def bend_parameters(self) -> list[nn.Parameter]:
-        """The trainable tensors (for an optimiser): ``[self.bends]``, or ``[]`` for a straight line."""
-        return [self.bends] if self.num_bends else []
+        """The trainable tensors (for an optimiser): :attr:`bend_tensors`, or ``[]`` for a straight line."""
+        return list(self.bend_tensors) if self.num_bends else []
 
     def control_points(self) -> list[dict[str, torch.Tensor]]:
         """Every control point ``[w_0, theta_1, .., theta_K, w_1]`` as name -> tensor dicts (detached)."""
-        rows = [self.ends[0]] + [b for b in self.bends.detach()] + [self.ends[1]]
-        return [{k: v.clone() for k, v in self._unflatten(r.detach()).items()} for r in rows]
+        ends = [{k: v.clone() for k, v in self._unflatten(r.detach()).items()} for r in self.ends]
+        bends = [{n: b[k].detach().clone() for n, b in zip(self.names, self.bend_tensors)} for k in range(self.num_bends)]
+        return [ends[0]] + bends + [ends[1]]
 
     def at(self, t: float | torch.Tensor, bn_data: torch.Tensor | None = None, batch_size: int = 256) -> nn.Module:
         """A standalone copy of the network with weights :math:`w(t)`, in eval mode, on the curve's device.
@@ -296,12 +322,12 @@ def objective(curve: Curve, x: torch.Tensor, y: torch.Tensor, t: float | torch.T
     Runs in the curve's current mode (training mode: BatchNorm on batch statistics); differentiable in
     the bends. ``weight_decay`` is :math:`\\lambda` (Garipov et al. 2018 sec. 3.2).
     """
-    w = curve.flat_weights(t)
-    state = curve._unflatten(w)
+    state = curve.weights(t)
+    params = list(state.values())
     state.update(curve.buffers_at(t))
     loss = F.cross_entropy(functional_call(curve.template, state, (x,)), y)
     if weight_decay:
-        loss = loss + 0.5 * weight_decay * w.pow(2).sum()
+        loss = loss + 0.5 * weight_decay * sum(w.square().sum() for w in params)
     return loss
 
 

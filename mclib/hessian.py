@@ -30,6 +30,28 @@ lambda_max(H(x_i)). Two iterative solvers share one batched Hessian-vector produ
 Both stop per example when the error estimate falls below ``tol`` (relative, see below) or after
 ``iters`` HVPs, and finished examples are frozen while the others go on.
 
+* ``method="exact"``: for a *piecewise-linear* network (ReLU, max-pool, linear and convolution layers,
+  BatchNorm in eval mode, padding, average pooling) the logits z(x) have zero second derivative almost
+  everywhere, so the input Hessian of CE(z(x), y) is exactly the Gauss-Newton matrix
+
+      H(x) = J^T A J,   J = dz/dx (C x D),   A = diag(p) - p p^T,   p = softmax(z),
+
+  of rank <= C - 1. Writing A = L L^T with L = diag(sqrt p) - p sqrt(p)^T (check: L L^T =
+  diag(p) - 2 p p^T + p (sqrt(p)^T sqrt(p)) p^T = A, as sum p = 1), the nonzero eigenvalues of H are
+  those of the C x C matrix M = L^T (J J^T) L (:func:`gauss_newton_spectrum`). J takes one forward and
+  C backward passes per chunk; p, L and M are formed in float64, with 1 - p_c computed as
+  exp(logsumexp_{d != c} z_d - logsumexp z) so that confident inputs (p_max -> 1) keep their tiny
+  eigenvalues to full relative precision. ``method="auto"`` (the default) uses this path when the model
+  is piecewise linear -- detected by checking that a random second derivative of the logits,
+  d/dx (u^T J(x) v), is exactly zero on the first inputs (autograd propagates the exact zeros of ReLU and
+  max-pool), or asserted by the caller with ``piecewise_linear=True`` -- and Lanczos otherwise.
+
+Float32 Lanczos and power iteration on confident inputs (max softmax near 1) return eigenvalues with
+large relative errors while still reporting convergence: the HVP itself (through the softmax) loses the
+small eigenvalues to rounding. With ``precision="auto"`` (the default) the iterative solvers therefore
+run a float64 copy of the model on every chunk holding an input whose max softmax exceeds
+:data:`SATURATION`.
+
 The HVP, and why it is batched this way
 ---------------------------------------
 ``backend="autograd"`` (default): one forward pass and one backward pass with ``create_graph=True``
@@ -66,11 +88,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-METHODS = ("lanczos", "power")
+METHODS = ("auto", "exact", "lanczos", "power")
 BACKENDS = ("autograd", "func")
+PRECISIONS = ("auto", "native", "float64")
+#: max softmax above which the iterative solvers switch to float64 (``precision="auto"``)
+SATURATION = 0.999
 
 __all__ = [
     "input_hvp", "lanczos", "power_iteration", "top_eigenvalue", "batch_top_eigenvalue", "exact_hessian",
+    "gauss_newton_spectrum", "is_piecewise_linear",
     "exact_top_eigenvalue", "robustness_along", "barrier_height", "has_barrier", "correlation", "plot_along",
 ]
 
@@ -83,8 +109,29 @@ def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
         raise TypeError("x and y must be tensors")
     if x.dim() < 2:
         raise ValueError(f"x must be a batch (B, ...) of inputs, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch (shape {tuple(x.shape)}); need at least one input")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"y must be (B,) labels matching x's batch size {x.shape[0]}, got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+
+
+def _check_logits(out: torch.Tensor, y: torch.Tensor) -> None:
+    """Labels within [0, C) of the model's C outputs, and an output that depends on the input."""
+    if out.dim() != 2:
+        raise ValueError(f"the model must return logits (B, C), got shape {tuple(out.shape)}")
+    C = out.shape[1]
+    bad = (y < 0) | (y >= C)
+    if bool(bad.any()):
+        raise ValueError(f"y holds label {int(y[bad][0])} outside the model's {C} classes; allowed: 0..{C - 1}")
+
+
+def _no_input_gradient() -> ValueError:
+    return ValueError("the model's output has no gradient with respect to its input x (is the forward detached, "
+                      "under torch.no_grad, or non-differentiable?); the input Hessian is undefined")
 
 
 def input_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backend: str = "autograd",
@@ -108,8 +155,14 @@ def input_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backend: str =
     if backend == "autograd":
         xg = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            loss = F.cross_entropy(model(xg), y, reduction=reduction)
-            (g,) = torch.autograd.grad(loss, xg, create_graph=True)
+            out = model(xg)
+            _check_logits(out, y)
+            if not out.requires_grad:
+                raise _no_input_gradient()
+            loss = F.cross_entropy(out, y, reduction=reduction)
+            (g,) = torch.autograd.grad(loss, xg, create_graph=True, allow_unused=True)
+        if g is None:
+            raise _no_input_gradient()
 
         def hvp(v: torch.Tensor) -> torch.Tensor:
             (hv,) = torch.autograd.grad(g, xg, grad_outputs=v.reshape(shape).to(g), retain_graph=True,
@@ -123,6 +176,8 @@ def input_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backend: str =
 
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
+    with torch.no_grad():
+        _check_logits(model(x[:1]), y)
 
     def loss_one(xi, yi):
         out = functional_call(model, (params, buffers), (xi.unsqueeze(0),))
@@ -290,38 +345,211 @@ def _solve(hvp, v0, method, iters, tol, progress):
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
 
+def _device(model: nn.Module, x: torch.Tensor) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return x.device
+
+
+# -- the exact Gauss-Newton form for piecewise-linear networks ---------------------------------------
+def is_piecewise_linear(model: nn.Module, x: torch.Tensor, seed: int = 0) -> bool:
+    """Whether the logits of ``model`` have an exactly zero second derivative in the input at ``x``.
+
+    Computes d/dx (u^T J(x)) v for random ``u`` (per logit) and ``v`` (per input) with double
+    backward. ReLU, max-pool, linear/convolution layers, BatchNorm in eval mode and padding contribute
+    exact zeros, so the result is exactly 0 for a piecewise-linear network, while a smooth activation
+    (tanh, softplus, GELU, ...) makes it nonzero with probability 1. Call in the mode the Hessian is
+    wanted in (:func:`top_eigenvalue` uses eval mode). Raises if the output does not depend on ``x``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(xg)
+        if not out.requires_grad:
+            raise _no_input_gradient()
+        u = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+        (gx,) = torch.autograd.grad((out * u).sum(), xg, create_graph=True, allow_unused=True)
+        if gx is None:
+            raise _no_input_gradient()
+        if not gx.requires_grad:  # the gradient does not depend on x (nor on parameters): linear
+            return True
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64).to(xg)
+        (hv,) = torch.autograd.grad(gx, xg, grad_outputs=v, allow_unused=True)
+    return hv is None or bool((hv == 0).all())
+
+
+def _logits_and_jacobian(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, C)`` and their input Jacobians ``(B, C, D)``: one forward, C backward passes.
+
+    Exact per example because the model (eval mode) has no cross-example coupling: the gradient of
+    sum_i z_c(x_i) with respect to the batch has row i equal to dz_c(x_i)/dx_i.
+    """
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(xg)
+        if out.dim() != 2:
+            raise ValueError(f"the model must return logits (B, C), got shape {tuple(out.shape)}")
+        if not out.requires_grad:
+            raise _no_input_gradient()
+        C = out.shape[1]
+        rows = []
+        for c in range(C):
+            (gc,) = torch.autograd.grad(out[:, c].sum(), xg, retain_graph=c < C - 1, allow_unused=True)
+            if gc is None:
+                raise _no_input_gradient()
+            rows.append(gc.reshape(x.shape[0], -1))
+    return out.detach(), torch.stack(rows, 1)
+
+
+def _gauss_newton_factor(z: torch.Tensor) -> torch.Tensor:
+    """L (B, C, C) in float64 with L L^T = diag(p) - p p^T, p = softmax(z), accurate for confident z.
+
+    L = diag(sqrt p) - p sqrt(p)^T; its diagonal sqrt(p_c) (1 - p_c) uses 1 - p_c =
+    exp(logsumexp_{d != c} z_d - logsumexp z), which keeps full relative precision when p_c -> 1.
+    """
+    z = z.double()
+    lse = torch.logsumexp(z, 1, keepdim=True)
+    logp = z - lse
+    p, s = logp.exp(), (0.5 * logp).exp()
+    C = z.shape[1]
+    eye = torch.eye(C, dtype=torch.bool, device=z.device)
+    others = z.unsqueeze(1).expand(-1, C, C).masked_fill(eye, float("-inf"))  # row c: z without z_c
+    one_minus_p = (torch.logsumexp(others, 2) - lse).exp() if C > 1 else torch.zeros_like(p)
+    L = -p.unsqueeze(2) * s.unsqueeze(1)
+    return L.diagonal_scatter(s * one_minus_p, dim1=1, dim2=2)
+
+
+def _gn_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    z, J = _logits_and_jacobian(model, x)
+    _check_logits(z, y)
+    Jd = J.double()
+    G = Jd @ Jd.transpose(1, 2)  # (B, C, C)
+    L = _gauss_newton_factor(z)
+    M = L.transpose(1, 2) @ G @ L
+    return torch.linalg.eigvalsh(0.5 * (M + M.transpose(1, 2)))
+
+
+def _require_piecewise_linear(model: nn.Module, x: torch.Tensor, piecewise_linear: bool | None) -> bool:
+    if piecewise_linear is not None:
+        return bool(piecewise_linear)
+    return is_piecewise_linear(model, x[: min(len(x), 16)])
+
+
+def gauss_newton_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+                          piecewise_linear: bool | None = None) -> torch.Tensor:
+    """The C eigenvalues (ascending, float64, shape (B, C)) of M = L^T J J^T L per example.
+
+    For a piecewise-linear network these are the nonzero eigenvalues of the input Hessian
+    H(x_i) = J^T (diag p - p p^T) J of the cross-entropy (see the module docstring) -- plus at least
+    one zero, as diag p - p p^T has rank C - 1; the remaining D - C eigenvalues of H are zero.
+    ``piecewise_linear=None`` checks the model with :func:`is_piecewise_linear` and raises if it is not;
+    ``True`` skips the check (the caller asserts it). Runs in eval mode (restored afterwards).
+    """
+    _check_xy(x, y)
+    dev = _device(model, x)
+    with _EvalMode(model):
+        if not _require_piecewise_linear(model, x.to(dev), piecewise_linear):
+            raise ValueError("the model is not piecewise linear (its logits have a nonzero second derivative in "
+                             "the input), so J^T (diag p - p p^T) J is only the Gauss-Newton approximation of "
+                             "the input Hessian; use method='lanczos' or 'power'")
+        parts = [_gn_chunk(model, x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev))
+                 for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(parts).to(x.device)
+
+
+def _check_solver_args(method: str, backend: str, precision: str, batch_size: int) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+
+
+class _Float64Copy:
+    """A float64 copy of the model, made on first use (for saturated chunks of a float32 model)."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.copy = model, None
+
+    def get(self) -> nn.Module:
+        if self.copy is None:
+            import copy
+
+            self.copy = copy.deepcopy(self.model).double().eval()
+        return self.copy
+
+
+def _needs_float64(model: nn.Module, x: torch.Tensor, precision: str) -> bool:
+    """Whether an iterative solve on ``x`` should run in float64 (see the module docstring)."""
+    if precision == "float64":
+        return x.dtype != torch.float64
+    if precision == "native" or x.dtype == torch.float64:
+        return False
+    with torch.no_grad():
+        pmax = torch.softmax(model(x).double(), 1).amax(1)
+    return bool((pmax > SATURATION).any())
+
+
 def top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int | None = None,
-                   tol: float = 1e-5, method: str = "lanczos", generator: torch.Generator | None = None,
+                   tol: float = 1e-5, method: str = "auto", generator: torch.Generator | None = None,
                    backend: str = "autograd", batch_size: int = 256, return_info: bool = False,
-                   progress: bool = False):
+                   progress: bool = False, piecewise_linear: bool | None = None, precision: str = "auto"):
     """Largest algebraic eigenvalue of the input Hessian of the per-example cross-entropy, shape (B,).
 
     For every example, lambda_max( d^2 CE(f(x_i), y_i) / dx_i^2 ) -- the quantity Zhao et al. (2020,
-    Section 5) track along the path between a regular and an adversarially trained model. ``method``
-    ``"lanczos"`` (default, ``iters`` defaults to 64) or ``"power"`` (shift-corrected, default 500);
-    ``tol`` is the relative stopping tolerance; ``generator`` seeds the random start vectors.
-    Examples are processed ``batch_size`` at a time, all of a chunk in one batched HVP per step
-    (see the module docstring for why the double-backward HVP is exact per example in eval mode).
-    With ``return_info`` also returns ``{"iters", "converged", "residual"/"shifted"}`` per example.
+    Section 5) track along the path between a regular and an adversarially trained model.
+
+    ``method``: ``"auto"`` (default) is ``"exact"`` for a piecewise-linear model and ``"lanczos"``
+    otherwise; ``"exact"`` is the largest eigenvalue of the Gauss-Newton form (exact for ReLU/max-pool/
+    BatchNorm-eval networks, see the module docstring; raises for other models unless
+    ``piecewise_linear=True``); ``"lanczos"`` (``iters`` defaults to 64) or ``"power"``
+    (shift-corrected, default 500) are iterative, with ``tol`` the relative stopping tolerance and
+    ``generator`` seeding the random start vectors. ``piecewise_linear``: ``None`` detects it
+    (:func:`is_piecewise_linear` on the first inputs), ``True``/``False`` asserts it.
+    ``precision`` (iterative methods): ``"auto"`` runs chunks holding an input with max softmax above
+    :data:`SATURATION` in float64 (float32 loses their small eigenvalues), ``"float64"`` always,
+    ``"native"`` never. Examples are processed ``batch_size`` at a time, all of a chunk in one batched
+    HVP per step. With ``return_info`` also returns per-example ``{"iters", "converged", "residual" or
+    "shifted", "exact", "float64"}`` (``iters`` 0 and ``converged`` True on the exact path).
     """
     _check_xy(x, y)
-    if iters is None:
-        iters = 64 if method == "lanczos" else 500
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    dev = x.device
-    try:
-        dev = next(model.parameters()).device
-    except StopIteration:
-        pass
-    vals, infos = [], []
+    _check_solver_args(method, backend, precision, batch_size)
+    dev = _device(model, x)
     with _EvalMode(model):
+        exact = method == "exact" or (method == "auto" and _require_piecewise_linear(model, x.to(dev), piecewise_linear))
+        if exact:
+            checked = True if method == "auto" else piecewise_linear  # "exact" checks unless asserted
+            lam64 = gauss_newton_spectrum(model, x, y, batch_size=batch_size, piecewise_linear=checked)[:, -1]
+            out = lam64.clamp_min(0).to(x.dtype)  # H is positive semi-definite
+            if not return_info:
+                return out
+            B = x.shape[0]
+            on = torch.ones(B, dtype=torch.bool, device=x.device)
+            return out, {"iters": torch.zeros(B, dtype=torch.long, device=x.device), "converged": on,
+                         "residual": torch.zeros(B, dtype=x.dtype, device=x.device), "exact": on,
+                         "float64": on.clone()}
+        method = "lanczos" if method == "auto" else method
+        if iters is None:
+            iters = 64 if method == "lanczos" else 500
+        wide = _Float64Copy(model)
+        vals, infos = [], []
         for i in range(0, x.shape[0], batch_size):
             xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-            hvp = input_hvp(model, xb, yb, backend=backend)
+            m = model
+            up = _needs_float64(model, xb, precision)
+            if up:
+                m, xb = wide.get(), xb.double()
+            hvp = input_hvp(m, xb, yb, backend=backend)
             v0 = _start((xb.shape[0], xb[0].numel()), generator, xb.dtype, dev)
             lam, info = _solve(hvp, v0, method, iters, tol, progress)
-            vals.append(lam.detach())
+            vals.append(lam.detach().to(x.dtype))
+            info = {k: (v.to(x.dtype) if v.is_floating_point() else v) for k, v in info.items()}
+            info["exact"] = torch.zeros(len(xb), dtype=torch.bool, device=dev)
+            info["float64"] = torch.full((len(xb),), up or xb.dtype == torch.float64, dtype=torch.bool, device=dev)
             infos.append(info)
     out = torch.cat(vals).to(x.device)
     if not return_info:
@@ -331,26 +559,40 @@ def top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: in
 
 def batch_top_eigenvalue(model: nn.Module, X: torch.Tensor, y: torch.Tensor, iters: int | None = None,
                          tol: float = 1e-5, method: str = "power", generator: torch.Generator | None = None,
-                         return_info: bool = False, progress: bool = False):
+                         return_info: bool = False, progress: bool = False, piecewise_linear: bool | None = None,
+                         precision: str = "auto"):
     """The paper's variant: largest eigenvalue of the Hessian of the *batch-mean* loss w.r.t. all of ``X``.
 
     Zhao et al. (2020, Section 5) follow Yao et al. (2018): power iteration on Hessian-vector products
     of the mean cross-entropy over a batch, the input batch flattened into one vector of B*D entries.
-    ``method="power"`` (default, as in the paper, with the sign shift) or ``"lanczos"``. Returns a
-    0-dim tensor. In eval mode (no cross-example coupling) this equals
-    ``top_eigenvalue(model, X, y).max() / len(X)``.
+    ``method="power"`` (default, as in the paper, with the sign shift) or ``"lanczos"``; ``"exact"``/
+    ``"auto"`` use the identity below with :func:`top_eigenvalue`'s exact path. ``precision`` as in
+    :func:`top_eigenvalue` (float64 when an input is near saturation). Returns a 0-dim tensor. In eval
+    mode (no cross-example coupling) this equals ``top_eigenvalue(model, X, y).max() / len(X)``.
     """
     _check_xy(X, y)
-    if iters is None:
-        iters = 64 if method == "lanczos" else 500
-    dev = next(model.parameters()).device
+    _check_solver_args(method, "autograd", precision, 1)
+    dev = _device(model, X)
     Xd, yd = X.to(dev), y.to(dev)
     B = Xd.shape[0]
+    if method in ("exact", "auto"):
+        lam, info = top_eigenvalue(model, Xd, yd, method=method, iters=iters, tol=tol, generator=generator,
+                                   return_info=True, progress=progress, piecewise_linear=piecewise_linear,
+                                   precision=precision)
+        i = int(lam.argmax())
+        out = (lam[i] / B).to(X.device)
+        return (out, {k: v[i:i + 1] for k, v in info.items()}) if return_info else out
+    if iters is None:
+        iters = 64 if method == "lanczos" else 500
     with _EvalMode(model):
-        inner = input_hvp(model, Xd, yd, backend="autograd", reduction="mean")
+        m = model
+        if _needs_float64(model, Xd, precision):
+            m, Xd = _Float64Copy(model).get(), Xd.double()
+        inner = input_hvp(m, Xd, yd, backend="autograd", reduction="mean")
         hvp = lambda v: inner(v.reshape(B, -1)).reshape(1, -1)  # noqa: E731
         v0 = _start((1, Xd[0].numel() * B), generator, Xd.dtype, dev)
         lam, info = _solve(hvp, v0, method, iters, tol, progress)
+    lam = lam.to(X.dtype)
     return (lam[0], info) if return_info else lam[0]
 
 

@@ -21,7 +21,8 @@ def _pair(arch: str = "cnn", **kw):
 def _perturb_bends(curve: curves.Curve, seed: int = 3) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        curve.bends.add_(0.05 * torch.randn(curve.bends.shape, generator=g))
+        for b in curve.bend_parameters():
+            b.add_(0.05 * torch.randn(b.shape, generator=g))
 
 
 @pytest.mark.parametrize("kind", curves.KINDS)
@@ -110,9 +111,9 @@ def test_gradients_reach_only_the_bends():
     loss = nn.functional.cross_entropy(c(x, 0.4), y)
     loss.backward()
     trainable = [n for n, p in c.named_parameters() if p.requires_grad]
-    assert trainable == ["bends"]
-    assert c.bends.grad is not None and c.bends.grad.abs().sum() > 0
-    assert all(p.grad is None for n, p in c.named_parameters() if n != "bends")
+    assert trainable == [f"bend_tensors.{j}" for j in range(len(c.names))]
+    assert all(b.grad is not None for b in c.bend_parameters()) and sum(b.grad.abs().sum() for b in c.bend_parameters()) > 0
+    assert all(p.grad is None for n, p in c.named_parameters() if not n.startswith("bend_tensors."))
     assert all(p.grad is None for p in list(m0.parameters()) + list(m1.parameters()))
 
 
@@ -124,12 +125,12 @@ def test_training_moves_only_bends_and_lowers_loss():
     g = torch.Generator().manual_seed(0)
     X = torch.rand(64, 1, 8, 8, generator=g)
     y = (X.flatten(1).mean(1) > X.flatten(1).mean()).long()
-    bends0 = c.bends.detach().clone()
+    bends0 = c.bends.clone()
     losses = curves.train_curve(c, X, y, epochs=8, batch_size=32, lr=0.05, weight_decay=1e-4,
                                 generator=g, progress=False)
     assert len(losses) == 16
     assert torch.equal(c.ends, ends)
-    assert not torch.equal(c.bends.detach(), bends0)
+    assert not torch.equal(c.bends, bends0)
     assert all(torch.equal(p, ends_before[n]) for n, p in m0.named_parameters())
     assert sum(losses[-5:]) < sum(losses[:5])
 
@@ -249,3 +250,44 @@ def test_summary_barrier_numbers():
     s = curves.summary(df)
     assert s["end_acc"] == 0.95 and s["worst_acc"] == 0.6 and s["t_worst"] == 0.5
     assert math.isclose(s["acc_drop"], 0.35) and math.isclose(s["loss_barrier"], 1.2) and math.isclose(s["max_error"], 0.4)
+
+
+def test_training_equals_a_flat_vector_reference():
+    """Per-tensor combination (the implementation) against the flattened-vector form w(t) = C(t) [w0; theta; w1]
+    written out here: the same SGD steps give the same bends up to float32 rounding."""
+    from torch.func import functional_call
+
+    m0, m1 = _pair("vgg_bn", widths=(4, "M", 8))
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.rand(48, 1, 8, 8, generator=g), torch.randint(0, 4, (48,), generator=g)
+    c = curves.Curve([m0, m1], num_bends=1)
+    curves.train_curve(c, X, y, epochs=2, batch_size=16, lr=0.05, weight_decay=1e-3,
+                       generator=torch.Generator().manual_seed(1), progress=False)
+
+    names = [n for n, _ in m0.named_parameters()]
+    flat = [torch.cat([dict(m.named_parameters())[n].detach().reshape(-1) for n in names]) for m in (m0, m1)]
+    theta = torch.nn.Parameter(0.5 * (flat[0] + flat[1]))
+    template = __import__("copy").deepcopy(m0).train()
+    opt = torch.optim.SGD([theta], lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 2 * 3)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        order = torch.randperm(48, generator=gen)
+        ts = torch.rand(3, generator=gen, dtype=torch.float64)
+        for j in range(3):
+            t = float(ts[j])
+            w = (1 - t) ** 2 * flat[0] + 2 * t * (1 - t) * theta + t ** 2 * flat[1]
+            state = {n: p.view_as(dict(m0.named_parameters())[n])
+                     for n, p in zip(names, w.split([p.numel() for p in m0.parameters()]))}
+            state.update({n: b.clone() for n, b in m0.named_buffers()} if t == 0 else
+                         {n: ((1 - t) * b.float() + t * dict(m1.named_buffers())[n].float()).to(b.dtype)
+                          if b.is_floating_point() else b.clone() for n, b in m0.named_buffers()})
+            idx = order[16 * j:16 * (j + 1)]
+            loss = nn.functional.cross_entropy(functional_call(template, state, (X[idx],)), y[idx])
+            loss = loss + 0.5e-3 * w.pow(2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    torch.testing.assert_close(c.bends[0], theta.detach(), rtol=0, atol=1e-6)
+    assert not torch.allclose(c.bends[0], 0.5 * (flat[0] + flat[1]), atol=1e-4)  # the bends did move

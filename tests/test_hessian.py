@@ -256,3 +256,123 @@ def test_robustness_along_a_curve(adv_pair):
         assert df["loss"][row] == pytest.approx(train.evaluate(m, X, y)["loss"], rel=1e-5)
         assert df["eig_mean"][row] == pytest.approx(H.top_eigenvalue(m, X[:16], y[:16]).mean().item(), rel=1e-3)
     assert (df["pgd_loss"] >= df["loss"] - 1e-6).all()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The exact Gauss-Newton path for piecewise-linear networks, saturation, bad input
+# ----------------------------------------------------------------------------------------------------
+def _as64(model):
+    import copy
+
+    return copy.deepcopy(model).double().eval()
+
+
+@pytest.fixture(scope="module")
+def saturated():
+    """The third-party CIFAR ResNet (option-A shortcuts, functional ReLU, BN) made over-confident, on 3x8x8 inputs
+    (the architecture pools globally, so small inputs keep the float64 reference Hessian 192 x 192)."""
+    import thirdparty as tp
+
+    model, x, y = tp.trained(confident=6.0)
+    xs = F.interpolate(x[:6], size=8, mode="bilinear", align_corners=False)
+    return model, xs, y[:6]
+
+
+@pytest.mark.parametrize("act,expected", [(nn.ReLU, True), (nn.Tanh, False), (nn.Softplus, False), (nn.GELU, False)])
+def test_piecewise_linear_detection_on_mlps(act, expected):
+    x = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    assert H.is_piecewise_linear(_mlp(act).eval(), x) is expected
+
+
+def test_piecewise_linear_detection_on_cnns_and_third_party(saturated):
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for arch in ("cnn", "vgg_bn"):  # max-pool, BatchNorm (eval), Normalize
+        assert H.is_piecewise_linear(models.build(arch, in_shape=(1, 8, 8), num_classes=10).eval(), x)
+    model, xs, _ = saturated  # functional ReLU, F.pad shortcuts, avg-pool: found from the graph, not module types
+    assert H.is_piecewise_linear(model, xs)
+
+
+def test_exact_path_matches_float64_hessian_on_saturated_third_party_model(saturated):
+    model, x, y = saturated
+    with torch.no_grad():
+        pmax = torch.softmax(model(x).double(), 1).amax(1)
+    assert int((pmax > H.SATURATION).sum()) >= 3  # the regime where float32 iterative solvers go wrong
+    ref = torch.linalg.eigvalsh(H.exact_hessian(_as64(model), x.double(), y))  # (B, D), ascending
+    lam, info = H.top_eigenvalue(model, x, y, return_info=True)
+    assert bool(info["exact"].all()) and bool(info["converged"].all())
+    assert lam.dtype == torch.float32
+    # float32 Jacobian (relative error ~1e-6) into a float64 C x C problem: relative 1e-4 even at 1e-9 eigenvalues
+    assert rel_err(lam.double(), ref[:, -1]) < 1e-4
+    # the full nonzero spectrum, in float64, wherever the reference resolves it (above its rounding noise,
+    # which shows as negative eigenvalues of the PSD matrix)
+    gn = H.gauss_newton_spectrum(_as64(model), x.double(), y)
+    C = gn.shape[1]
+    top_ref, top_gn = ref[:, -(C - 1):], gn[:, 1:]
+    noise = ref[:, :1].abs()  # the reference's absolute rounding level (eigvalsh of a D x D float64 matrix)
+    assert bool((top_ref[:, -1:] > 1e3 * noise).all()) and int((top_ref > 1e3 * noise).sum()) > len(x)
+    assert ((top_gn - top_ref).abs() <= 10 * noise + 1e-8 * top_ref).all()
+    assert (gn[:, 0].abs() <= 1e-12 * gn[:, -1]).all()  # diag p - p p^T has rank C - 1: one zero
+
+
+def test_iterative_solvers_switch_to_float64_on_saturated_inputs(saturated):
+    model, x, y = saturated
+    ref = torch.linalg.eigvalsh(H.exact_hessian(_as64(model), x.double(), y))[:, -1]
+    for method in ("lanczos", "power"):
+        lam, info = H.top_eigenvalue(model, x, y, method=method, tol=1e-8, return_info=True,
+                                     generator=torch.Generator().manual_seed(0))
+        assert bool(info["float64"].all()) and not bool(info["exact"].any())
+        assert rel_err(lam.double(), ref) < 1e-4, method
+    lam_b = H.batch_top_eigenvalue(model, x, y, method="lanczos", tol=1e-10, generator=torch.Generator().manual_seed(0))
+    assert rel_err(lam_b.double(), ref.max() / len(x)) < 1e-4
+    assert rel_err(H.batch_top_eigenvalue(model, x, y, method="exact").double(), ref.max() / len(x)) < 1e-4
+
+
+def test_auto_method_keeps_lanczos_for_smooth_networks_and_exact_refuses_them():
+    model = _mlp(nn.Tanh)
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 4, 9])
+    lam, info = H.top_eigenvalue(model, x, y, return_info=True, tol=1e-6)
+    assert not bool(info["exact"].any())
+    assert rel_err(lam, exact_reference(model, x, y)) < 1e-3
+    with pytest.raises(ValueError, match="not piecewise linear"):
+        H.top_eigenvalue(model, x, y, method="exact")
+
+
+def test_exact_equals_lanczos_in_float64_on_relu_networks():
+    model = _mlp(nn.ReLU, dtype=torch.float64)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(9, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (9,), generator=g)
+    exact = H.top_eigenvalue(model, x, y, batch_size=4)
+    lan = H.top_eigenvalue(model, x, y, method="lanczos", tol=1e-12)
+    assert exact.dtype == torch.float64
+    assert rel_err(exact, lan) < 1e-9
+    assert torch.equal(exact, H.top_eigenvalue(model, x, y))  # deterministic, chunking-independent up to rounding
+
+
+class _Detached(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x.detach())
+
+
+@pytest.mark.parametrize("method", ["auto", "exact", "lanczos", "power"])
+def test_bad_input_gives_one_clear_error(method):
+    model = _mlp(nn.ReLU)
+    x = torch.rand(3, 1, 6, 6)
+    for bad in (torch.tensor([0, 10, 2]), torch.tensor([-1, 0, 0])):
+        with pytest.raises(ValueError, match=r"label -?\d+ outside the model's 10 classes; allowed: 0..9"):
+            H.top_eigenvalue(model, x, bad, method=method)
+    with pytest.raises(ValueError, match="empty batch"):
+        H.top_eigenvalue(model, x[:0], torch.zeros(0, dtype=torch.long), method=method)
+    with pytest.raises(ValueError, match="no gradient with respect to its input"):
+        H.top_eigenvalue(_Detached(), torch.rand(2, 4), torch.tensor([0, 1]), method=method, piecewise_linear=None)
+    with pytest.raises(ValueError, match="batch_size"):
+        H.top_eigenvalue(model, x, torch.tensor([0, 1, 2]), method=method, batch_size=0)
+    with pytest.raises(ValueError, match="precision"):
+        H.top_eigenvalue(model, x, torch.tensor([0, 1, 2]), method=method, precision="half")
+    with pytest.raises(ValueError, match="integer class labels"):
+        H.top_eigenvalue(model, x, torch.tensor([0.0, 1.0, 2.0]), method=method)
