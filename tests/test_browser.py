@@ -381,4 +381,5 @@ def test_api_page_lists_every_module_with_its_one_line_description(pages):
     assert not missing, f"book/api.md does not list {missing}"
     for m in modules:
         first = (__import__(m, fromlist=["_"]).__doc__ or "").strip().splitlines()[0]
-        assert " ".join(plain(first).split()[:4]) in text, f"{m}'s description {first!r} is not on the API page"
+        # autosummary shows the first sentence
+        assert " ".join(plain(first.split(". ")[0]).split()[:4]) in text, f"{m}'s description {first!r} is not on the API page"
