@@ -123,7 +123,7 @@ def _shots(html_dir: Path) -> Path:
 # What a reader sees on one page, measured in the page itself. "main" is the article (no navigation, no
 # sidebars); code *inputs* are left out of the text searched for pipe tables, reprs stay in outputs.
 _MEASURE = r"""
-const main = document.querySelector('main article, article.bd-article, main') || document.body;
+const main = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
 const outputs = Array.from(main.querySelectorAll('.cell_output'));
 const prose = main.cloneNode(true);
 prose.querySelectorAll('.cell_input, script, style, mjx-container').forEach(e => e.remove());
@@ -203,7 +203,13 @@ def _problems(pages: dict, check) -> list[str]:
 
 
 def test_index_loads_and_every_chapter_opens(browser, server, html_dir):
+    from selenium.webdriver.support.ui import WebDriverWait
+
     _open(browser, server)
+    # index.html is a redirect to the root page: read the navigation once it has been followed
+    root = _toc(html_dir)[0] + ".html"
+    WebDriverWait(browser, 30).until(lambda d: d.current_url.endswith(root) and d.execute_script(
+        "return document.readyState") == "complete")
     nav = browser.execute_script(
         "return Array.from(document.querySelectorAll('nav.bd-docs-nav a, .bd-sidebar-primary a.reference'))"
         ".map(a => a.href)")
