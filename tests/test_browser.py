@@ -153,7 +153,7 @@ return {
       const a = r.cells.length ? r.cells[0].querySelector('a[href]') : null; return a ? a.href : '';
     }),
   })),
-  cut_off: Array.from(main.querySelectorAll('table, pre, img, figure, .mclib-card'))
+  cut_off: Array.from(main.querySelectorAll('table, pre, img, figure, .mclib-card, code'))
     .filter(e => e.getBoundingClientRect().right > right + 1 && !scrollable(e))
     .map(e => e.tagName.toLowerCase() + '.' + (e.className || '').toString().split(' ')[0]),
   page_scrolls_sideways: document.documentElement.scrollWidth > window.innerWidth + 1,
