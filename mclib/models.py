@@ -29,7 +29,13 @@ ARCHS = ("mlp", "cnn", "resnet<depth>", "vgg", "vgg_bn", "resnet18", "googlenet"
 
 
 class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel: the first layer of every mclib model."""
+    r"""Per-channel standardisation, the first layer of every mclib model.
+
+    .. math:: \hat x_{c,i,j} = \frac{x_{c,i,j} - \mu_c}{\sigma_c},
+
+    with :math:`\mu_c` and :math:`\sigma_c` the dataset's channel mean and standard deviation (``mean``,
+    ``std``), so callers always pass pixels in :math:`[0, 1]`.
+    """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -92,7 +98,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet (He et al. 2016): a stem, three stages of ``(depth-2)/6`` blocks, global pooling.
+    r"""CIFAR-style ResNet (He et al. 2016): a stem, three stages of :math:`n = (\mathrm{depth} - 2)/6` blocks,
+    global pooling.
 
     The stages are exposed as ``stem``, ``layer1``..``layer3`` so hooks can name them.
     """

@@ -2,14 +2,21 @@
 
 By default it reads the smoke build made by the test session; with ``MCLIB_BROWSER_HTML=_build/html``
 it reads an existing build instead (``.ci/run`` does this after ``make book``). Nothing is skipped: if
-Chromium or its driver cannot start, the test fails and says why. Screenshots of the index and of one
-chapter are saved under ``<build>/screenshots/`` for inspection.
+Chromium or its driver cannot start, the test fails and says why.
+
+Every page of ``_toc.yml`` is opened once at desktop width (1400 px) and once at phone width (400 px);
+what a reader sees is measured then (tables, figures, outputs, reprs, overflow) and the tests below judge
+it. Full-page screenshots of the index, the report, A8 and C6 at both widths are kept under
+``<build>/screenshots/`` (``report-1400.png``, ``report-400.png``, ...).
 """
 from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
+import pkgutil
+import re
 import shutil
 import threading
 import urllib.error
@@ -18,12 +25,24 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
-from mclib import book
+import mclib
+from mclib import book, claims
 
 CHROMIUM = os.environ.get("MCLIB_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("MCLIB_CHROMEDRIVER", "/usr/bin/chromedriver")
 pytestmark = pytest.mark.slow
+
+WIDTHS = (1400, 400)
+#: Pages kept as screenshots at both widths, by name: (file stem for the png, toc entry).
+SHOTS = {"index": "book/intro", "report": "notebooks/report", "a8": "notebooks/a8_detection",
+         "c6": "notebooks/c6_robustness_hessian"}
+MAX_OUTPUT_LINES = 40
+REPRS = ("<matplotlib.", "Text(", "Legend at 0x")
+#: A markdown table's delimiter row shown as text; docutils' smart quotes turn "---" into an em dash.
+PIPE_TABLE = re.compile(r"\|\s*:?(?:-{3,}|[\u2014\u2013]-*)\s*:?\s*\|")
+VERDICTS = {"holds": "hold", "fails": "fail", "inconclusive": "inconclusive"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +83,7 @@ def browser(tmp_path_factory):
     opts.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,900",
+                 "--disable-dev-shm-usage", "--window-size=1400,900", "--hide-scrollbars",
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
         opts.add_argument(flag)
     try:
@@ -72,6 +91,7 @@ def browser(tmp_path_factory):
     except Exception as err:  # say why, never skip
         pytest.fail(f"headless Chromium could not start: {type(err).__name__}: {err}")
     driver.set_page_load_timeout(60)
+    driver.set_script_timeout(30)
     yield driver
     driver.quit()
 
@@ -94,9 +114,102 @@ def _open(browser, url):
     assert "404" not in browser.title and "Error response" not in browser.page_source[:2000], url
 
 
+def _shots(html_dir: Path) -> Path:
+    out = html_dir.parent / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# What a reader sees on one page, measured in the page itself. "main" is the article (no navigation, no
+# sidebars); code *inputs* are left out of the text searched for pipe tables, reprs stay in outputs.
+_MEASURE = r"""
+const main = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+const outputs = Array.from(main.querySelectorAll('.cell_output'));
+const prose = main.cloneNode(true);
+prose.querySelectorAll('.cell_input, script, style, mjx-container').forEach(e => e.remove());
+const lines = t => t.replace(/\n+$/, '').split('\n').length;
+const scrollable = (el) => {
+  for (let e = el; e && e !== main.parentElement; e = e.parentElement) {
+    const o = getComputedStyle(e).overflowX;
+    if ((o === 'auto' || o === 'scroll') && e.scrollWidth > e.clientWidth - 1) return true;
+  }
+  return false;
+};
+const right = main.getBoundingClientRect().right;
+return {
+  prose: prose.innerText,
+  output_text: outputs.map(o => o.innerText).join('\n'),
+  long_outputs: outputs.flatMap(o => Array.from(o.querySelectorAll('pre')).map(p => lines(p.innerText))
+                                .concat(Array.from(o.querySelectorAll('table')).map(t => t.querySelectorAll('tbody tr').length)))
+                       .filter(n => n > %(max)d),
+  images: Array.from(main.querySelectorAll('img')).map(i => {
+    const fig = i.closest('figure');
+    const cap = fig && fig.querySelector('figcaption');
+    return {src: i.src.slice(0, 80), alt: i.getAttribute('alt') || '', caption: cap ? cap.innerText.trim() : ''};
+  }),
+  tables: Array.from(main.querySelectorAll('table')).map(t => ({
+    ids: Array.from(t.querySelectorAll('tbody tr')).map(r => r.cells.length ? r.cells[0].innerText.trim() : ''),
+    links: Array.from(t.querySelectorAll('tbody tr')).map(r => {
+      const a = r.cells.length ? r.cells[0].querySelector('a[href]') : null; return a ? a.href : '';
+    }),
+  })),
+  cut_off: Array.from(main.querySelectorAll('table, pre, img, figure, .mclib-card, code'))
+    .filter(e => e.getBoundingClientRect().right > right + 1 && !scrollable(e))
+    .map(e => e.tagName.toLowerCase() + '.' + (e.className || '').toString().split(' ')[0]),
+  page_scrolls_sideways: document.documentElement.scrollWidth > window.innerWidth + 1,
+  parameter_cells: Array.from(main.querySelectorAll('.cell_input')).filter(c => /^preset = [\s\S]*^cache_dir = /m.test(c.innerText)).length,
+  rerun: Array.from(main.querySelectorAll('.mclib-rerun pre')).map(p => ({
+    text: p.innerText, wraps: getComputedStyle(p).whiteSpace.startsWith('pre-wrap'),
+    fits: p.scrollWidth <= p.clientWidth + 1})),
+  links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
+};
+""" % {"max": MAX_OUTPUT_LINES}
+
+
+def _full_page_screenshot(browser, path: Path, width: int) -> None:
+    height = browser.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
+    browser.set_window_size(width, min(int(height), 12000))
+    browser.save_screenshot(str(path))
+
+
+@pytest.fixture(scope="module")
+def pages(browser, server, html_dir):
+    """Every page of the toc at both widths: {(entry, width): measurements}; screenshots on the way."""
+    shots, found = _shots(html_dir), {}
+    names = {entry: name for name, entry in SHOTS.items()}
+    for width in WIDTHS:
+        for entry in _toc(html_dir):
+            browser.set_window_size(width, 900)
+            _open(browser, server + entry + ".html")
+            found[entry, width] = browser.execute_script(_MEASURE)
+            if entry in names:
+                # let MathJax typeset before the picture is taken
+                browser.execute_async_script(
+                    "const done = arguments[arguments.length - 1];"
+                    "(window.MathJax && MathJax.startup ? MathJax.startup.promise : Promise.resolve()).then(() => done(1));")
+                _full_page_screenshot(browser, shots / f"{names[entry]}-{width}.png", width)
+    browser.set_window_size(1400, 900)
+    return found
+
+
+def _problems(pages: dict, check) -> list[str]:
+    out = []
+    for (entry, width), page in pages.items():
+        out += [f"{entry} at {width} px: {p}" for p in check(page, width)]
+    return out
+
+
+# ---- navigation, links, math --------------------------------------------------------------------------
+
+
 def test_index_loads_and_every_chapter_opens(browser, server, html_dir):
+    from selenium.webdriver.support.ui import WebDriverWait
+
     _open(browser, server)
-    browser.save_screenshot(str(_shots(html_dir) / "index.png"))
+    # index.html is a redirect to the root page: read the navigation once it has been followed
+    root = _toc(html_dir)[0] + ".html"
+    WebDriverWait(browser, 30).until(lambda d: d.current_url.endswith(root) and d.execute_script(
+        "return document.readyState") == "complete")
     nav = browser.execute_script(
         "return Array.from(document.querySelectorAll('nav.bd-docs-nav a, .bd-sidebar-primary a.reference'))"
         ".map(a => a.href)")
@@ -123,22 +236,156 @@ def test_no_broken_internal_link_or_missing_image(browser, server, html_dir):
     assert len(checked) > len(pages)
 
 
-def test_math_renders_offline(browser, server, html_dir):
+def _typeset(browser, url) -> int:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    _open(browser, server + "book/intro.html")
+    _open(browser, url)
+    return WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script("return document.querySelectorAll('mjx-container').length") or None)
+
+
+def test_math_renders_offline_in_pages_and_in_docstrings(browser, server):
+    assert _typeset(browser, server + "book/intro.html") >= 2
     scripts = browser.execute_script("return Array.from(document.scripts).map(s => s.src).filter(s => /mathjax/i.test(s))")
     assert scripts and all(s.startswith(server) for s in scripts), f"MathJax must be served locally, got {scripts}"
-    count = WebDriverWait(browser, 30).until(
-        lambda d: d.execute_script("return document.querySelectorAll('mjx-container').length") or None)
-    assert count >= 2
-    chapter = next((f for f in _toc(html_dir) if f.startswith("notebooks/") and f != "notebooks/report"),
-                   "notebooks/report")
-    _open(browser, server + chapter + ".html")
-    browser.save_screenshot(str(_shots(html_dir) / "chapter.png"))
+    # a docstring's .. math:: and :math: (mclib.models.Normalize) render as mathematics, not code
+    assert _typeset(browser, server + "book/generated/mclib.models.html") >= 2
 
 
-def _shots(html_dir: Path) -> Path:
-    out = html_dir.parent / "screenshots"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+# ---- the reproduction report ----------------------------------------------------------------------------
+
+
+def _report(pages) -> dict:
+    return pages["notebooks/report", 1400]
+
+
+def test_report_is_an_html_table_with_one_row_per_catalogued_claim(pages):
+    ids = [i for t in _report(pages)["tables"] for i in t["ids"]]
+    assert ids, "the report page holds no HTML table (is the markdown output rendered as text?)"
+    assert sorted(ids) == sorted(claims.CATALOGUE), f"report rows {ids}, catalogue {list(claims.CATALOGUE)}"
+
+
+def test_report_links_every_claim_to_its_chapter(pages):
+    rows = {i: link for t in _report(pages)["tables"] for i, link in zip(t["ids"], t["links"])}
+    unlinked = [i for i, link in rows.items() if not re.search(r"/notebooks/[a-z0-9_]+\.html(#.*)?$", link)]
+    assert rows and not unlinked, f"report rows whose id does not link to a chapter: {unlinked}"
+
+
+def _counts(html_dir: Path) -> dict[str, int]:
+    counts = dict.fromkeys(VERDICTS, 0)
+    for path in (html_dir.parent / "claims").glob("*.json"):
+        if not path.name.startswith("_"):
+            rec = json.loads(path.read_text())
+            status = rec.get("status") or ({True: "holds", False: "fails"}.get(rec.get("holds")))
+            if status in counts:
+                counts[status] += 1
+    return counts
+
+
+def test_report_states_the_holds_fails_inconclusive_counts(pages, html_dir):
+    text = re.sub(r"\s+", " ", _report(pages)["prose"])
+    missing = []
+    for status, n in _counts(html_dir).items():
+        stem = VERDICTS[status]
+        if not re.search(rf"\b{n}\b\W+(?:\w+\W+){{0,2}}?{stem}|{stem}\w*\W+{n}\b", text, re.I):
+            missing.append(f"{n} {status}")
+    assert not missing, f"the report page does not state the counts {missing}"
+
+
+# ---- every page: prose, not dumps --------------------------------------------------------------------------
+
+
+def test_no_page_shows_pipe_text_tables(pages):
+    found = _problems(pages, lambda p, w: ["a markdown table shown as text"]
+                      if w == 1400 and PIPE_TABLE.search(p["prose"]) else [])
+    assert not found, "\n".join(found)
+
+
+def test_no_page_shows_python_reprs(pages):
+    found = _problems(pages, lambda p, w: [f"output shows {r!r}" for r in REPRS if r in p["output_text"]]
+                      if w == 1400 else [])
+    assert not found, "\n".join(found)
+
+
+def test_no_code_output_is_longer_than_40_lines(pages):
+    found = _problems(pages, lambda p, w: [f"outputs of {p['long_outputs']} lines/rows"]
+                      if w == 1400 and p["long_outputs"] else [])
+    assert not found, "\n".join(found)
+
+
+def test_every_figure_has_a_caption_and_alt_text(pages):
+    def check(page, width):
+        if width != 1400:
+            return []
+        out = []
+        for img in page["images"]:
+            if not img["caption"]:
+                out.append(f"image without a caption ({img['src']}...)")
+            if not img["alt"].strip() or re.search(r"\.(png|svg|jpe?g)$", img["alt"]):
+                out.append(f"image whose alt text is {img['alt']!r}")
+        return out
+
+    found = _problems(pages, check)
+    assert not found, "\n".join(found)
+
+
+def test_nothing_is_cut_off_at_desktop_or_phone_width(pages):
+    found = _problems(pages, lambda p, w: [f"wider than the text column and not scrollable: {p['cut_off']}"]
+                      * bool(p["cut_off"]) + ["the whole page scrolls sideways"] * p["page_scrolls_sideways"])
+    assert not found, "\n".join(found)
+
+
+def test_each_chapter_shows_its_parameters_once_and_a_rerun_command_that_wraps(pages, html_dir):
+    def check(page, width):
+        out = [f"{page['parameter_cells']} parameter cells"] if page["parameter_cells"] > 1 else []
+        for box in page["rerun"]:
+            if ".venv/bin/python -m mclib.book run notebooks/" not in box["text"]:
+                out.append(f"rerun box without the fresh-clone command: {box['text'][:80]!r}")
+            if not (box["wraps"] and box["fits"]):
+                out.append("rerun command scrolls instead of wrapping")
+        return out
+
+    chapters = {k: v for k, v in pages.items() if k[0].startswith("notebooks/")}
+    assert all(p["rerun"] for p in chapters.values()), "a chapter page lacks its rerun box"
+    found = _problems(chapters, check)
+    assert not found, "\n".join(found)
+
+
+# ---- reach: launch buttons, repository, bibliography, API -------------------------------------------------------
+
+
+def test_chapters_have_binder_colab_and_repository_buttons_from_one_url(pages, html_dir):
+    cfg = yaml.safe_load((html_dir.parent / "src" / "_config.yml").read_text())
+    repo = cfg["repository"]["url"].rstrip("/")
+    path = urllib.parse.urlparse(repo).path  # /OWNER/REPO
+    branch = cfg["repository"].get("branch", "main")
+    links = pages["notebooks/c6_robustness_hessian", 1400]["links"]
+    want = {"binder": f"mybinder.org/v2/gh{path}/{branch}?urlpath=",
+            "colab": f"colab.research.google.com/github{path}/blob/{branch}/notebooks/c6_robustness_hessian.ipynb",
+            "repository": repo}
+    missing = [k for k, frag in want.items() if not any(frag in u for u in links)]
+    assert not missing, f"the C6 page lacks the {missing} button(s) built from {repo}"
+
+
+def test_bibliography_links_every_arxiv_paper(pages, html_dir):
+    bib = (html_dir.parent / "src" / "book" / "references.bib").read_text()
+    eprints = re.findall(r"eprint\s*=\s*\{([0-9.]+)\}", bib)
+    links = set(pages["book/bibliography", 1400]["links"])
+    assert len(eprints) >= 3
+    unlinked = [e for e in eprints if f"https://arxiv.org/abs/{e}" not in links]
+    assert not unlinked, f"bibliography entries without their arXiv link: {unlinked}"
+
+
+def test_api_page_lists_every_module_with_its_one_line_description(pages):
+    rows = {}
+    for table in pages["book/api", 1400]["tables"]:
+        rows.update(dict.fromkeys(table["ids"]))
+    plain = lambda t: " ".join(re.sub(r"[`*:]", "", t).split())  # noqa: E731
+    text = plain(pages["book/api", 1400]["prose"])
+    modules = [f"mclib.{m.name}" for m in pkgutil.iter_modules(mclib.__path__) if not m.name.startswith("_")]
+    missing = [m for m in modules if m not in rows]
+    assert not missing, f"book/api.md does not list {missing}"
+    for m in modules:
+        first = (__import__(m, fromlist=["_"]).__doc__ or "").strip().splitlines()[0]
+        # autosummary shows the first sentence
+        assert " ".join(plain(first.split(". ")[0]).split()[:4]) in text, f"{m}'s description {first!r} is not on the API page"

@@ -1,0 +1,211 @@
+"""Claim cards, captioned figures and the rerun box: what a chapter page shows a reader."""
+from __future__ import annotations
+
+import base64
+import html.parser
+import io
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nbformat  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from mclib import book, cards  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BIB = {"zhao2020bridging": ("Zhao et al. 2020", "https://arxiv.org/abs/2005.00060")}
+RECORD = {
+    "id": "C6", "statement": "A barrier in robustness loss lies between a regular and an adversarially trained model",
+    "paper_value": "robustness loss peaks mid-path", "cite": "zhao2020bridging",
+    "criterion": "the bump's 95% interval lies above 0.05 nats", "measured": "bump 0.31 [0.22, 0.40] nats",
+    "status": "holds", "reason": "holds: the interval [0.22, 0.40] lies above 0.05",
+    "values": {"secret_raw_numbers": [1.2345678, 9.87654321]}, "chapter": "notebooks/c6_robustness_hessian.ipynb",
+}
+
+
+class _Parsed(html.parser.HTMLParser):
+    """Tags (with attributes) and visible text of an HTML fragment; fails on unbalanced tags."""
+
+    VOID = {"img", "br", "hr", "meta", "link", "input"}
+
+    def __init__(self, text):
+        super().__init__()
+        self.tags, self.text, self.stack = [], [], []
+        self.feed(text)
+        assert not self.stack, f"unclosed tags {self.stack}"
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def visible(self):
+        return re.sub(r"\s+", " ", "".join(self.text))
+
+
+def test_card_shows_every_field_a_reader_needs_and_no_raw_values():
+    page = _Parsed(cards.card_html(RECORD, bib=BIB))
+    text = page.visible()
+    for key in ("id", "statement", "paper_value", "criterion", "measured", "reason"):
+        assert RECORD[key] in text, key
+    assert "Zhao et al. 2020" in text
+    assert ("a", {"class": "mclib-cite", "href": "https://arxiv.org/abs/2005.00060"}) in page.tags
+    assert "holds" in text and "secret_raw_numbers" not in text and "1.2345678" not in text
+    assert "claims/C6.json" in text  # where the raw values are
+
+
+@pytest.mark.parametrize("status", ["holds", "fails", "inconclusive"])
+def test_badge_class_follows_the_verdict(status):
+    page = _Parsed(cards.card_html({**RECORD, "status": status}, bib=BIB))
+    classes = [a.get("class", "") for _, a in page.tags]
+    assert f"mclib-badge mclib-badge-{status}" in classes
+    assert f"mclib-card mclib-card-{status}" in classes
+    assert f"{cards.BADGES[status]} {status}" in page.visible()
+
+
+def test_each_verdict_has_its_own_colour_in_the_css():
+    css = (ROOT / "book" / "_static" / "mclib.css").read_text()
+    colours = {}
+    for status in ("holds", "fails", "inconclusive", "not-run"):
+        rule = re.search(r"\.mclib-badge-" + status + r"\s*\{([^}]*)\}", css)
+        assert rule, f"no CSS rule for .mclib-badge-{status}"
+        colours[status] = re.search(r"background:\s*([^;]+);", rule.group(1)).group(1)
+    assert len(set(colours.values())) == 4, colours
+
+
+def test_card_tolerates_missing_keys_and_reads_the_older_record_format():
+    bare = _Parsed(cards.card_html({"id": "B2"}, bib={})).visible()
+    assert "B2" in bare and "not run" in bare and "None" not in bare and "Paper" not in bare
+    old = {"id": "A8", "statement": "s", "paper": "median 0.93 vs 5.96", "holds": False, "measured": "m"}
+    text = _Parsed(cards.card_html(old, bib={})).visible()
+    assert "median 0.93 vs 5.96" in text and "fails" in text
+    assert cards.status_of({"holds": True}) == "holds"
+
+
+def test_card_escapes_text_and_shows_an_unknown_citation_key_as_it_is():
+    rec = {**RECORD, "statement": "x < y & <script>alert(1)</script>", "cite": "nobody1999"}
+    out = cards.card_html(rec, bib=BIB)
+    assert "<script>" not in out and "x &lt; y &amp; &lt;script&gt;" in out
+    assert '<span class="mclib-cite">nobody1999</span>' in out
+
+
+def test_card_reads_the_books_bibliography_by_default():
+    out = cards.card_html(RECORD)
+    assert 'href="https://arxiv.org/abs/2005.00060"' in out and "Zhao et al. 2020" in out
+
+
+def test_bad_status_or_record_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"status 'maybe'.*holds, fails, inconclusive"):
+        cards.card_html({**RECORD, "status": "maybe"})
+    with pytest.raises(ValueError, match="status must be one of"):
+        cards.badge_html("yes")
+    with pytest.raises(TypeError, match="record must be a mapping"):
+        cards.card_html(["C6"])
+    with pytest.raises(ValueError, match="maybe"):
+        cards.Card({"id": "C6", "status": "maybe"})
+
+
+def test_card_display_object_renders_the_same_html():
+    card = cards.Card(RECORD)
+    assert card._repr_html_() == cards.card_html(RECORD)
+    assert repr(card).startswith("C6: holds")
+
+
+def _fig(width=6.0, height=2.0):
+    fig, ax = plt.subplots(figsize=(width, height))
+    ax.plot([0, 1], [0, 1])
+    return fig
+
+
+def test_figure_html_is_a_captioned_numbered_figure_with_alt_text_and_a_high_dpi_png():
+    fig = _fig()
+    out = cards.figure_html(fig, "Loss along the path <a=0..1>.", alt="Two rising lines", number=3, dpi=200)
+    plt.close(fig)
+    page = _Parsed(out)
+    names = [t for t, _ in page.tags]
+    assert names[:2] == ["figure", "img"] and "figcaption" in names
+    img = dict(page.tags)["img"]
+    assert img["alt"] == "Two rising lines"
+    assert page.visible() == "Figure 3. Loss along the path <a=0..1>."
+    png = base64.b64decode(img["src"].split(",", 1)[1])
+    pixels = Image.open(io.BytesIO(png)).size[0]
+    # drawn at 200 dpi, shown at 100 CSS px per inch: two image pixels per CSS pixel (sharp on HiDPI)
+    assert int(img["width"]) == round(pixels * cards.CSS_PX_PER_INCH / 200)
+    assert 500 < int(img["width"]) <= 600  # a 6-inch figure, trimmed to its content
+
+
+def test_figure_html_svg_and_bad_arguments():
+    fig = _fig()
+    out = cards.figure_html(fig, "A caption.", alt="A line", fmt="svg")
+    assert "data:image/svg+xml;base64," in out and "caption-number" not in out
+    for kwargs, match in [({"caption": " "}, "caption must be a non-empty"), ({"alt": ""}, "alt must be"),
+                          ({"alt": "../_build/fig.png"}, "not name a file"), ({"fmt": "jpg"}, "fmt must be")]:
+        args = {"caption": "A caption.", "alt": "A line", **kwargs}
+        with pytest.raises(ValueError, match=match):
+            cards.figure_html(fig, **args)
+    plt.close(fig)
+
+
+def test_figure_displays_numbered_figures_and_closes_them(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj.data))
+    monkeypatch.setattr(cards, "_figure_numbers", iter(range(1, 100)))
+    figs = [_fig(), _fig()]
+    assert cards.figure(figs[0], "First.", alt="a line") is None  # nothing left to print as a repr
+    cards.figure(figs[1], "Second.", alt="a line")
+    assert [re.search(r"Figure (\d+)\.", s).group(1) for s in shown] == ["1", "2"]
+    assert not any(plt.fignum_exists(f.number) for f in figs)
+
+
+def _rerun_command(box: str) -> str:
+    return re.search(r"```bash\n(?:.*\n)*?(\.venv/bin/python -m mclib\.book run .*)\n", box).group(1)
+
+
+def test_rerun_box_gives_a_command_that_works_from_a_fresh_clone():
+    params = book.parameters("quick", "auto", 0, None, None)
+    box = book.rerun_box(Path("notebooks/c6_robustness_hessian.ipynb"), params)
+    assert "make setup" in box and "mclib-rerun" in box
+    assert _rerun_command(box) == ".venv/bin/python -m mclib.book run notebooks/c6_robustness_hessian.ipynb --preset quick"
+    assert "papermill" not in box
+    other = book.rerun_box(Path("notebooks/a1.ipynb"), book.parameters("smoke", "cpu", 3, "/data", None))
+    assert _rerun_command(other).endswith("--preset smoke --device cpu --seed 3 --data-root /data")
+
+
+def _executed(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), nbformat.v4.new_code_cell('preset = "quick"'),
+                nbformat.v4.new_code_cell('# Parameters\npreset = "smoke"'), nbformat.v4.new_code_cell("1 + 1")]
+    nb.cells[1].metadata["tags"] = ["parameters"]
+    nb.cells[2].metadata["tags"] = ["injected-parameters"]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_executed_copy_gets_the_rerun_box_and_shows_the_parameters_once(tmp_path):
+    path = _executed(tmp_path)
+    book._add_rerun_box(path, Path("notebooks/x.ipynb"), book.parameters("smoke", "auto", 0, None, None))
+    cells = nbformat.read(path, as_version=4).cells
+    tags = [c.metadata.get("tags", []) for c in cells]
+    assert tags == [[], ["mclib-rerun-box"], ["parameters", "remove-cell"], ["injected-parameters"], []]
+    assert "--preset smoke" in cells[1].source
+
+
+def test_a_notebook_without_injected_parameters_keeps_its_own():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('preset = "quick"')]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    book.quiet_parameters(nb)
+    assert nb.cells[0].metadata["tags"] == ["parameters"]
