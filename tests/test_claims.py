@@ -117,7 +117,7 @@ def test_report_summary_and_markdown():
     assert (status["A2"], status["C7"], status["B1"], status["A1"]) == ("fails", "inconclusive", "holds", "not run")
     assert claims.summary(records) == {"holds": 1, "fails": 1, "inconclusive": 1, "not run": 18}
     md = claims.report_markdown(records)
-    assert "[A2](a1_real_paths.html)" in md and md.count("### ") == 3
+    assert "[A2](a1_real_paths.ipynb)" in md and md.count("### ") == 3
     assert "reason of C7" in md and "**1** hold, **1** fail, **1** inconclusive, **18** not run" in md
     assert "one run" in md and "Mixed" not in md
 

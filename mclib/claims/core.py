@@ -417,8 +417,9 @@ def report_markdown(records: Mapping[str, dict] | None = None) -> str:
         for _, row in table[table["id"].str.startswith(group)].iterrows():
             cid = row["id"]
             if row["chapter"]:
-                # a link in a notebook's *output* is not resolved by Sphinx: point at the built page
-                cid = f"[{cid}]({Path(row['chapter']).stem}.html)"
+                # outputs are parsed as MyST (nb_render_markdown_format: myst), so Sphinx resolves and checks
+                # this link; it is relative to notebooks/, where the report notebook lives
+                cid = f"[{cid}]({Path(row['chapter']).stem}.ipynb)"
             verdict = f"{_MARKS[row['status']]}: {row['reason']}" if row["status"] != NOT_RUN else _MARKS[NOT_RUN]
             paper = row["paper's value"]
             out.append(f"| {cid} | {_cell(row['claim'])} | {_cell(paper)} | {_cell(row['measured'])} | {_cell(verdict)} |")
