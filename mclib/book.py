@@ -500,8 +500,9 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def print_summary(result: dict, preset: str, out=sys.stdout) -> None:
+def print_summary(result: dict, preset: str, out=None) -> None:
     """The closing lines: chapters executed and their times (where the time goes), claims, the book."""
+    out = out or sys.stdout
     print(f"\nExecuted {len(result['notebooks'])} notebooks in {_fmt(result['seconds'])} (preset {preset})"
           + (f"; reused {len(result['skipped'])} (--resume)." if result.get("skipped") else "."), file=out)
     rows = [(Path(k).stem, _fmt(v), "") for k, v in result["notebooks"].items()]
