@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PRESET ?= quick
 DEVICE ?= auto
+EXECUTOR ?= sequential
+JOBS   ?= 1
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mclib-installed
 
-.PHONY: setup book test bench clean
+.PHONY: setup browser book test bench clean
 
 setup: $(STAMP)
 
@@ -20,9 +22,28 @@ $(STAMP): pyproject.toml
 	touch $@
 
 book: setup
-	$(PY) -m mclib.book build --preset $(PRESET) --device $(DEVICE)
+	$(PY) -m mclib.book build --preset $(PRESET) --device $(DEVICE) --executor $(EXECUTOR) --jobs $(JOBS)
 
-test: setup
+# The browser test reads the built book in headless Chromium. Installed here so that `make test` needs
+# nothing by hand: Debian/Ubuntu's chromium and chromium-driver through apt (sudo when not root).
+# Where that is impossible the target stops with one message naming what to install.
+# The same paths the test opens (tests/test_browser.py): $MCLIB_CHROMIUM / $MCLIB_CHROMEDRIVER or /usr/bin.
+CHROMIUM_MISSING = ! test -x "$${MCLIB_CHROMIUM:-/usr/bin/chromium}" || ! test -x "$${MCLIB_CHROMEDRIVER:-/usr/bin/chromedriver}"
+browser:
+	@if $(CHROMIUM_MISSING); then \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if ! command -v apt-get >/dev/null || [ "$$SUDO" = none ]; then \
+	    echo "make browser: the browser test needs Chromium and its driver, and they cannot be installed here" \
+	         "(no apt-get, or not root and no password-less sudo). Install them, e.g. 'sudo apt-get install chromium chromium-driver'" \
+	         "on Debian/Ubuntu, or point MCLIB_CHROMIUM and MCLIB_CHROMEDRIVER at a chromium and a matching chromedriver." >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "make browser: installing Debian's chromium and chromium-driver for the browser test"; \
+	  $$SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest
 
 bench: setup

@@ -6,16 +6,25 @@ Usage (``make book`` runs the first line)::
     python -m mclib.book build --preset smoke --no-html  # execute only (what the tests do)
     python -m mclib.book build --only a1_real_paths      # re-execute one notebook, rebuild the HTML
     python -m mclib.book run notebooks/a1_real_paths.ipynb --preset quick   # one notebook, no HTML
+    python -m mclib.book build --executor local --jobs 4  # chapters as parallel jobs (see mclib.jobs)
+    python -m mclib.book build --resume                   # skip chapters already run with these settings
 
 Notebooks are stored without outputs. Executed copies go to ``_build/src/notebooks/``; the book is
 built from ``_build/src`` (a staged copy of ``_config.yml``, ``_toc.yml``, ``book/`` and the executed
 notebooks) into ``_build/html`` with ``execute_notebooks: off`` and ``-W -n --keep-going``, so
 every warning fails the build and the git tree stays as clean as before. The first failing notebook
 stops the run, naming the notebook and the cell; its executed copy is kept for reading.
+
+Every execution leaves a *run record* ``_build/runs/<stem>.json`` (preset, seed, device, threads, the
+source hash of the notebook and of mclib, seconds, status). A copy is published or reused (``--only``,
+``--resume``) only if its record says it succeeded with the same preset, seed and source hash, so a stale
+or failed copy never reaches the HTML.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +43,15 @@ KERNEL = "mclib"
 
 
 class NotebookFailed(RuntimeError):
-    """A notebook raised during execution; the message names the notebook and the cell."""
+    """A notebook raised during execution (or its kernel died); the message names the notebook and the cell."""
+
+
+class StaleChapters(ValueError):
+    """``--only`` would publish executed copies that are missing, failed, or made by another run."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a notebook ran; the message names it (the CLI prints one line and exits 130)."""
 
 
 def _root(root: str | os.PathLike | None) -> Path:
@@ -91,8 +108,158 @@ def parameters(preset: str, device: str, seed: int, data_root: str | None, cache
     """The papermill parameters every notebook takes (validated here, so a typo fails before any work)."""
     config.check_preset(preset)
     config.get_device(device)
-    return {"preset": preset, "device": device, "seed": int(seed), "data_root": data_root,
+    return {"preset": preset, "device": device, "seed": config.check_seed(seed), "data_root": data_root,
             "cache_dir": str(cache_dir) if cache_dir else None}
+
+
+def kernel_environment() -> None:
+    """Thread settings the kernels inherit, unless the user chose them.
+
+    ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads sleep instead of spinning when idle. On a shared machine
+    (CI runners, laptops, several jobs per host) spinning threads fight each other: ``linear_losses`` with
+    2 threads took 10x the wall time of 1 thread under load, 1.06x with PASSIVE.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# --- run records: what produced each executed copy ------------------------------------------------
+
+def _mclib_digest() -> str:
+    """sha256 over mclib's sources (``*.py`` and the preset ``*.toml``), in a fixed order."""
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in pkg.rglob("*") if p.suffix in (".py", ".toml") and "__pycache__" not in p.parts):
+        h.update(path.relative_to(pkg).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def source_hash(root: Path, nb: Path) -> str:
+    """The source hash of one chapter: the stored notebook plus every mclib source (16 hex digits)."""
+    h = hashlib.sha256((root / nb).read_bytes())
+    h.update(_mclib_digest().encode())
+    return h.hexdigest()[:16]
+
+
+def run_record_path(build_dir: Path, nb: Path) -> Path:
+    return build_dir / "runs" / f"{Path(nb).stem}.json"
+
+
+def read_run_record(build_dir: Path, nb: Path) -> dict | None:
+    path = run_record_path(build_dir, nb)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _kernel_threads() -> int:
+    """The torch thread count a kernel started now gets (it inherits ``OMP_NUM_THREADS``)."""
+    try:
+        return int(os.environ["OMP_NUM_THREADS"])
+    except (KeyError, ValueError):
+        return torch.get_num_threads()
+
+
+def _claim_ids(nb: Path) -> list[str]:
+    """Ids of the recorded claims whose ``chapter`` is this notebook."""
+    ids = []
+    for path in sorted(claims.claims_dir().glob("*.json")):
+        if path.name.startswith("_"):
+            continue
+        try:
+            rec = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        if str(rec.get("chapter") or "").endswith(Path(nb).name):
+            ids.append(rec.get("id", path.stem))
+    return ids
+
+
+def _write_run_record(build_dir: Path, nb: Path, params: dict, root: Path, seconds: float, status: str,
+                      error: str | None = None) -> dict:
+    rec = {"notebook": Path(nb).as_posix(), "preset": params["preset"], "seed": params["seed"],
+           "device": str(config.get_device(params["device"])), "torch_threads": _kernel_threads(),
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "source_hash": source_hash(root, nb),
+           "seconds": round(seconds, 1), "status": status, "claims": _claim_ids(nb) if status == "ok" else [],
+           "date": date.today().isoformat()}
+    if error:
+        rec["error"] = error
+    path = run_record_path(build_dir, nb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=2) + "\n")
+    return rec
+
+
+def _has_error(executed: Path) -> bool:
+    """Whether papermill marked an error in an executed copy (its red banner cell or a failed cell)."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    return bool(nb.metadata.get("papermill", {}).get("exception")) or any(
+        "papermill-error-cell-tag" in c.metadata.get("tags", []) or c.metadata.get("papermill", {}).get("exception")
+        for c in nb.cells)
+
+
+def stale_reason(root: Path, build_dir: Path, nb: Path, params: dict, claims_needed: bool = False) -> str | None:
+    """Why the executed copy of ``nb`` cannot be published or reused with ``params``; None if it can."""
+    out = build_dir / "src" / nb
+    rec = read_run_record(build_dir, nb)
+    if not out.exists():
+        return "never executed"
+    if rec is None:
+        return "no run record"
+    if rec.get("status") != "ok":
+        return f"its last run {rec.get('status', 'did not finish')}"
+    if _has_error(out):
+        return "its executed copy holds an error"
+    for key in ("preset", "seed"):
+        if rec.get(key) != params[key]:
+            return f"run with {key} {rec.get(key)!r}, not {params[key]!r}"
+    if rec.get("source_hash") != source_hash(root, nb):
+        return "the notebook or mclib changed since it ran"
+    if claims_needed:
+        lost = sorted(set(rec.get("claims", [])) - set(_claim_ids(nb)))
+        if not rec.get("claims") or lost:
+            return f"its claims {lost} are missing" if lost else "it recorded no claims"
+    return None
+
+
+def run_chapter(nb: Path, root: Path, build_dir: Path, params: dict, progress: bool = True) -> float:
+    """Execute one chapter into ``<build>/src`` and write its run record (also when it fails)."""
+    run_record_path(build_dir, nb).unlink(missing_ok=True)  # no record while running: a killed run leaves none
+    start = time.perf_counter()
+    try:
+        seconds = execute(nb, build_dir / "src" / nb, params, root, progress=progress)
+    except (NotebookFailed, KeyboardInterrupt) as err:
+        _write_run_record(build_dir, nb, params, root, time.perf_counter() - start,
+                          "interrupted" if isinstance(err, KeyboardInterrupt) else "failed", error=str(err))
+        raise
+    _write_run_record(build_dir, nb, params, root, seconds, "ok")
+    return seconds
+
+
+def write_meta(build_dir: Path, chapters: list[Path]) -> dict:
+    """``_meta.json``: every chapter's run, and a build-wide preset/seed/device/threads only where all agree.
+
+    A book assembled from several runs (``--only`` with another seed, say) must not claim one seed for
+    all of them: a field on which the runs differ reads ``"mixed: ..."``, and ``mixed`` names the fields.
+    """
+    runs = {nb.stem: read_run_record(build_dir, nb) for nb in chapters}
+    runs = {k: v for k, v in runs.items() if v}
+    meta = {"torch": torch.__version__, "date": date.today().isoformat(), "runs": runs, "mixed": []}
+    for key, name in (("preset", "preset"), ("seed", "seed"), ("device", "device"), ("torch_threads", "cpu_threads"),
+                      ("source_hash", "source_hash")):
+        values = sorted({str(r.get(key)) for r in runs.values()})
+        if len(values) == 1:
+            meta[name] = next(iter(runs.values())).get(key)
+        elif values:
+            meta[name] = "mixed: " + ", ".join(values)
+            if key != "source_hash":  # each notebook has its own hash
+                meta["mixed"].append(name)
+    meta.pop("source_hash", None)
+    path = claims.claims_dir() / "_meta.json"
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
 
 
 def _source_cell(executed: Path, index: int) -> str:
@@ -107,19 +274,71 @@ def _source_cell(executed: Path, index: int) -> str:
     return f"cell {index - injected + 1} (counting from 1, `{first[:60]}`)"
 
 
+def _running_cell(executed: Path) -> int | None:
+    """Index of the cell papermill was executing when the kernel died (from the copy it saved)."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(executed, as_version=4).cells
+    except Exception:  # noqa: BLE001 - no readable copy: the caller names the notebook only
+        return None
+    # papermill marks the cell "completed" even when its kernel died: it is the last one not pending
+    started = [i for i, c in enumerate(cells) if c.metadata.get("papermill", {}).get("status", "pending") != "pending"]
+    return started[-1] if started else None
+
+
+@contextlib.contextmanager
+def _kernel_stderr(log: Path):
+    """Send what kernels write to their own stderr (IPKernelApp's warnings, its tracebacks while being
+    shut down, C-level crash messages) to ``log``; this process keeps its stderr (``sys.stderr``).
+
+    A kernel inherits file descriptor 2 when it starts, and papermill offers no way to redirect it, so
+    fd 2 points at the log while the notebook runs and ``sys.stderr`` at a duplicate of the terminal.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    old = sys.stderr
+    with open(log, "ab") as fh:
+        os.dup2(fh.fileno(), 2)
+    sys.stderr = open(saved, "w", closefd=False, buffering=1, encoding=getattr(old, "encoding", None) or "utf-8")
+    try:
+        yield log
+    finally:
+        sys.stderr.flush()
+        sys.stderr = old
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def execute(nb: Path, out: Path, params: dict, root: Path, progress: bool = True) -> float:
-    """Execute one notebook with papermill; return seconds taken; raise :class:`NotebookFailed` on error."""
+    """Execute one notebook with papermill; return seconds taken; raise :class:`NotebookFailed` on error.
+
+    A kernel that dies (killed, out of memory, a segfault) is reported like an exception, with the
+    notebook and the cell it was running; Ctrl-C raises :class:`Interrupted` naming the notebook.
+    """
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    kernel_environment()
+    log = config.build_dir() / "logs" / f"{Path(nb).stem}.kernel.log"
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(root / nb), str(out), parameters=params, kernel_name=KERNEL,
-                            cwd=str((root / nb).parent), progress_bar=progress, log_output=False)
+        with _kernel_stderr(log):
+            pm.execute_notebook(str(root / nb), str(out), parameters=params, kernel_name=KERNEL,
+                                cwd=str((root / nb).parent), progress_bar=progress, log_output=False)
         _add_rerun_box(out, nb, params)
     except pm.PapermillExecutionError as err:
         raise NotebookFailed(f"{nb} failed at {_source_cell(out, err.cell_index)}: {err.ename}: {err.evalue}\n"
                              f"  the executed copy, with the traceback, is kept at {out}") from None
+    except DeadKernelError as err:
+        index = _running_cell(out)
+        where = f" at {_source_cell(out, index)}" if index is not None else ""
+        raise NotebookFailed(f"{nb}: the kernel died{where} ({err}); out of memory or killed?\n"
+                             f"  the executed copy, up to that cell, is kept at {out}; the kernel's log at {log}") from None
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted while executing {nb}; its partial copy is at {out}") from None
     return time.perf_counter() - start
 
 
@@ -218,47 +437,117 @@ def _fmt(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
+def _run_sequential(todo: list[Path], root: Path, build_dir: Path, params: dict, progress: bool,
+                    total: int) -> dict[str, float]:
+    """Today's path: one chapter after another in this process's kernels; the first failure stops."""
+    start, times = time.perf_counter(), {}
+    for i, nb in enumerate(todo, 1):
+        print(f"[{i}/{total}] {nb}  (preset {params['preset']}, elapsed {_fmt(time.perf_counter() - start)})", flush=True)
+        times[str(nb)] = run_chapter(nb, root, build_dir, params, progress=progress)
+        print(f"      done in {times[str(nb)]:.1f} s", flush=True)
+    return times
+
+
 def build(preset: str = "quick", device: str = "auto", seed: int = 0, data_root: str | None = None,
           cache_dir: str | None = None, only: list[str] | None = None, html: bool = True,
-          root: str | os.PathLike | None = None, progress: bool = True) -> dict:
+          root: str | os.PathLike | None = None, progress: bool = True, resume: bool = False,
+          executor=None) -> dict:
     """Execute the notebooks of ``_toc.yml`` (all, or those named in ``only``) and build the HTML book.
 
-    Returns a dict with the executed notebooks, their run times, the claims summary and the html path.
+    ``executor`` is a :class:`mclib.jobs.Options` (None: sequential, in this process). The chapters run
+    first, the report notebook after all of them, the HTML once at the end. ``resume`` skips chapters
+    whose executed copy and claims exist for the same preset, seed and source hash. With ``only`` and
+    ``html``, every other chapter's copy must be publishable (see :func:`stale_reason`), else
+    :class:`StaleChapters` names the chapters to rerun.
+
+    Returns a dict with the executed notebooks and their run times, the chapters reused, the claims
+    summary and the html path.
     """
     root = _root(root)
     build_dir = Path(os.environ.get("MCLIB_BUILD_DIR") or root / "_build")
     os.environ["MCLIB_BUILD_DIR"] = str(build_dir)  # the kernels inherit it: claims land here
     params = parameters(preset, device, seed, data_root, cache_dir)
+    kernel_environment()
     ensure_kernel()
-    todo = notebooks(root)
+    every = notebooks(root)
+    chapters = [nb for nb in every if nb.stem != "report"]
+    report = [nb for nb in every if nb.stem == "report"]  # summarises every claim: runs last, always
     if only:
         wanted = {Path(o).stem for o in only}
-        unknown = wanted - {nb.stem for nb in todo}
+        unknown = wanted - {nb.stem for nb in every}
         if unknown:
-            raise ValueError(f"--only names notebooks not in _toc.yml: {sorted(unknown)}; known: {[nb.stem for nb in todo]}")
-        # the report page summarises every claim, so it is rerun whenever anything is
-        todo = [nb for nb in todo if nb.stem in wanted or nb.stem == "report"]
+            raise ValueError(f"--only names notebooks not in _toc.yml: {sorted(unknown)}; known: {[nb.stem for nb in every]}")
+        todo = [nb for nb in chapters if nb.stem in wanted]
+        if html:
+            stale = {nb.stem: why for nb in chapters if nb not in todo
+                     and (why := stale_reason(root, build_dir, nb, params))}
+            if stale:
+                listing = "; ".join(f"{k} ({v})" for k, v in stale.items())
+                raise StaleChapters(
+                    f"--only would publish chapters not run with preset {preset}, seed {seed} and this source: "
+                    f"{listing}.\n  Rerun them too: python -m mclib.book build --only {' '.join(nb.stem for nb in every if nb.stem in wanted | set(stale))} "
+                    f"--preset {preset} --seed {seed}   (or a full build, or --resume)")
     else:
-        for old in (build_dir / "claims").glob("*.json"):
-            old.unlink()  # a full build reports only what this run measured
-    claims_dir = claims.claims_dir()
-    (claims_dir / "_meta.json").write_text(json.dumps({
-        "preset": preset, "device": str(config.get_device(device)), "seed": seed,
-        "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-        "date": date.today().isoformat()}, indent=2) + "\n")
-    start, times = time.perf_counter(), {}
-    for i, nb in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {nb}  (preset {preset}, elapsed {_fmt(time.perf_counter() - start)})", flush=True)
-        times[str(nb)] = execute(nb, build_dir / "src" / nb, params, root, progress=progress)
-        print(f"      done in {times[str(nb)]:.1f} s", flush=True)
-    result = {"notebooks": times, "summary": claims.summary(), "seconds": time.perf_counter() - start}
+        todo = list(chapters)
+        if not resume:  # a full build reports only what this run measured
+            for old in [*(build_dir / "claims").glob("*.json"), *(build_dir / "runs").glob("*.json")]:
+                old.unlink()
+    skipped = [nb for nb in todo if resume and stale_reason(root, build_dir, nb, params, claims_needed=True) is None]
+    todo = [nb for nb in todo if nb not in skipped]
+    for nb in skipped:
+        print(f"       {nb}: reused (--resume: run with the same preset, seed and source)", flush=True)
+    start = time.perf_counter()
+    if executor is None or executor.executor == "sequential":
+        times = _run_sequential(todo, root, build_dir, params, progress, len(todo) + len(report))
+    else:
+        from mclib import jobs
+
+        times = jobs.run_chapters(todo, root, build_dir, params, executor)
+    write_meta(build_dir, chapters)
+    for nb in report:
+        print(f"[report] {nb}", flush=True)
+        times[str(nb)] = run_chapter(nb, root, build_dir, params, progress=progress)
+    result = {"notebooks": times, "skipped": {str(nb): (read_run_record(build_dir, nb) or {}).get("seconds")
+                                              for nb in skipped},
+              "summary": claims.summary(), "seconds": time.perf_counter() - start}
     if html:
         result["html"] = str(build_html(root, build_dir) / "index.html")
     return result
 
 
+def _seed_arg(text: str) -> int:
+    try:
+        return config.check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be an integer in [0, 2**63), got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def print_summary(result: dict, preset: str, out=None) -> None:
+    """The closing lines: chapters executed and their times (where the time goes), claims, the book."""
+    out = out or sys.stdout
+    print(f"\nExecuted {len(result['notebooks'])} notebooks in {_fmt(result['seconds'])} (preset {preset})"
+          + (f"; reused {len(result['skipped'])} (--resume)." if result.get("skipped") else "."), file=out)
+    rows = [(Path(k).stem, _fmt(v), "") for k, v in result["notebooks"].items()]
+    rows += [(Path(k).stem, _fmt(v) if v is not None else "?", "  (reused)") for k, v in result.get("skipped", {}).items()]
+    width = max((len(r[0]) for r in rows), default=0)
+    for name, t, note in rows:
+        print(f"  {name:<{width}}  {t:>6}{note}", file=out)
+    counts = ", ".join(f"{n} {k}" for k, n in result["summary"].items())
+    print(f"Claims: {counts}.", file=out)
+    if "html" in result:
+        print(f"The book is at {result['html']}", file=out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line (``python -m mclib.book build|run ...``); returns the exit code (1 on any failure)."""
+    from mclib import jobs
+
     parser = argparse.ArgumentParser(prog="python -m mclib.book", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("build", "run"):
@@ -269,9 +558,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("--only", nargs="+", help="execute only these notebooks (stems), then build")
             p.add_argument("--no-html", action="store_true", help="execute the notebooks but skip jupyter-book")
+            p.add_argument("--resume", action="store_true",
+                           help="skip chapters whose executed copy and claims exist for this preset, seed and source")
+            jobs.add_arguments(p)
         p.add_argument("--preset", default="quick", help=f"one of {', '.join(config.PRESET_NAMES)} (default quick)")
         p.add_argument("--device", default="auto", help=f"one of {', '.join(config.DEVICE_NAMES)} (default auto)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=_seed_arg, default=0, help="an integer >= 0 (default 0)")
         p.add_argument("--data-root", default=None, help="folder holding torchvision datasets (paper preset)")
         p.add_argument("--cache-dir", default=None, help="model cache (default $MCLIB_CACHE or .cache/)")
         p.add_argument("--root", default=None, help="repository root (default: the checkout mclib runs from)")
@@ -287,20 +579,27 @@ def main(argv: list[str] | None = None) -> int:
             ensure_kernel()
             build_dir = Path(os.environ.get("MCLIB_BUILD_DIR") or root / "_build")
             os.environ["MCLIB_BUILD_DIR"] = str(build_dir)
-            out = Path(args.out) if args.out else build_dir / "src" / nb
-            seconds = execute(nb, out, params, root)
+            if args.out:
+                out = Path(args.out)
+                seconds = execute(nb, out, params, root)
+            else:  # into the build: leaves a run record, so a failed copy is never published
+                out = build_dir / "src" / nb
+                seconds = run_chapter(nb, root, build_dir, params)
             print(f"{nb} executed in {seconds:.1f} s -> {out}")
             return 0
+        options = jobs.options_from_args(args)
+        if options.dry_run:
+            print(jobs.dry_run(options, args.root, args.preset))
+            return 0
         result = build(args.preset, args.device, args.seed, args.data_root, args.cache_dir, args.only,
-                       html=not args.no_html, root=args.root)
+                       html=not args.no_html, root=args.root, resume=args.resume, executor=options)
     except (NotebookFailed, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"\nmclib.book: {err}", file=sys.stderr)
         return 1
-    s = result["summary"]
-    print(f"\nExecuted {len(result['notebooks'])} notebooks in {_fmt(result['seconds'])} (preset {args.preset}).")
-    print(f"Claims: {s['holding']} holding, {s['failing']} failing, {s['not run']} not run.")
-    if "html" in result:
-        print(f"The book is at {result['html']}")
+    except KeyboardInterrupt as err:
+        print(f"\nmclib.book: {err or 'interrupted'} (Ctrl-C)", file=sys.stderr)
+        return 130
+    print_summary(result, args.preset)
     return 0
 
 

@@ -11,6 +11,7 @@ Notebooks start with :func:`setup`, which turns the papermill parameters
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import tomllib
@@ -34,12 +35,90 @@ REPO_ROOT: Path | None = (
 
 
 def _read_table(path: Path, preset: str) -> dict[str, Any]:
-    with open(path, "rb") as fh:
-        tables = tomllib.load(fh)
+    """The table ``preset`` of the preset file ``path``, after :func:`check_preset_file` of the whole file."""
+    return dict(check_preset_file(path)[preset])
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+
+
+def _kind(value: Any) -> str:
+    """The type a preset value must keep across the three tables (an int is accepted where a float is)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "table"}.get(type(value), type(value).__name__)
+
+
+def _check_value(where: str, key: str, value: Any) -> None:
+    """Every number in a preset (at any depth) is a finite size, count or rate: not negative, not NaN/inf."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_value(where, f"{key}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_value(where, f"{key}[{i}]", v)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{where} {key} = {value!r}: preset numbers are sizes, counts and rates; "
+                             "allowed: a finite number >= 0")
+        if key.split(".")[-1].startswith("n_") and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{where} {key} = {value!r}: a count (n_...); allowed: an integer >= 1")
+
+
+def check_preset_file(path: Path) -> dict[str, dict[str, Any]]:
+    """Read a preset file and check it, naming the file, table, key and value of the first problem.
+
+    Checked: TOML syntax; exactly the tables ``smoke``, ``quick``, ``paper``; the same keys in each (a key
+    missing from some table is unknown, most likely a typo); each key of one kind in every table (number, string,
+    list, ...); numbers finite and >= 0, ``n_...`` counts integers >= 1; in ``base.toml`` exactly the fields
+    of :class:`Preset` with their types.
+    """
+    tables = _load_toml(path)
+    unknown = [t for t in tables if t not in PRESET_NAMES]
     missing = [p for p in PRESET_NAMES if p not in tables]
-    if missing:
-        raise ValueError(f"{path} lacks the preset table(s) {missing}; every preset file needs {PRESET_NAMES}")
-    return dict(tables[preset])
+    if unknown or missing or not all(isinstance(tables[p], dict) for p in PRESET_NAMES):
+        raise ValueError(f"{path}: needs exactly the tables {list(PRESET_NAMES)}"
+                         + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
+    if path.name == "base.toml":
+        expected = {f: t for f, t in Preset.__annotations__.items() if f != "name"}
+    else:
+        # the keys every table has, with their kind; a key only some tables have is unknown (a typo?)
+        common = set.intersection(*(set(tables[p]) for p in PRESET_NAMES))
+        expected = {k: _kind(v) for k, v in tables[PRESET_NAMES[0]].items() if k in common}
+    for name in PRESET_NAMES:
+        where = f"{path}: [{name}]"
+        have = tables[name]
+        extra, lacking = sorted(set(have) - set(expected)), sorted(set(expected) - set(have))
+        if extra:
+            raise ValueError(f"{where} unknown key(s) {extra}; the keys of every table here are {sorted(expected)}")
+        if lacking:
+            raise ValueError(f"{where} lacks the key(s) {lacking} that the other tables have")
+        for key, value in have.items():
+            want = expected[key]
+            ok = ({"int": isinstance(value, int) and not isinstance(value, bool),
+                   "float": _kind(value) == "number", "str": isinstance(value, str)}[want]
+                  if path.name == "base.toml" else _kind(value) == want)
+            if not ok:
+                allowed = {"int": "an integer", "float": "a number", "str": "a string"}.get(want, f"a {want}")
+                raise ValueError(f"{where} {key} = {value!r}: allowed: {allowed}, as in the other tables")
+            _check_value(where, key, value)
+            if path.name == "base.toml" and want == "int" and value < 1:
+                raise ValueError(f"{where} {key} = {value!r}: allowed: an integer >= 1")
+    return tables
+
+
+def check_seed(seed: Any) -> int:
+    """Return ``seed`` if it is a non-negative integer, else raise (3.7 must never silently become 3)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    return int(seed)
 
 
 def check_preset(name: str) -> str:
@@ -102,8 +181,7 @@ def get_device(name: str | None = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (every device) so a preset and a seed give the same results on CPU."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = check_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -167,6 +245,7 @@ def setup(
     style: bool = True,
 ) -> Context:
     """Validate the run parameters, seed everything, apply the plot style and return a :class:`Context`."""
+    check_seed(seed)
     ctx = Context(
         preset=get_preset(preset),
         device=get_device(device),

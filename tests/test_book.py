@@ -70,3 +70,168 @@ def test_failing_notebook_stops_the_run_naming_notebook_and_cell(tiny_book, caps
 def test_only_unknown_notebook_is_an_error(tiny_book):
     with pytest.raises(ValueError, match="not in _toc.yml"):
         book.build("smoke", only=["nope"], html=False, root=tiny_book)
+
+
+# --- a stale or failed executed copy never reaches the HTML (issue 13, item 2) ---
+
+def _all_good(book_root):
+    _notebook(book_root / "notebooks" / "bad.ipynb", "pass")
+    return book_root
+
+
+@pytest.fixture
+def no_html(monkeypatch):
+    """Stub the jupyter-book step (tested by the smoke build): these tests are about what gets staged."""
+    calls = []
+    monkeypatch.setattr(book, "build_html", lambda root, build: calls.append(build) or build / "html")
+    return calls
+
+
+def test_only_refuses_to_publish_a_failed_copy(tiny_book, no_html):
+    _all_good(tiny_book)
+    book.build("smoke", html=False, root=tiny_book, progress=False)
+    good = tiny_book / "notebooks" / "good.ipynb"
+    stored = good.read_bytes()
+    _notebook(good, "raise RuntimeError('fails at the paper preset')")
+    assert book.main(["run", str(good), "--preset", "smoke", "--root", str(tiny_book)]) == 1
+    good.write_bytes(stored)  # the source is as before; only its executed copy is a failure
+    with pytest.raises(book.StaleChapters, match=r"(?s)good \(its last run failed\).*--only good after --preset smoke --seed 0"):
+        book.build("smoke", only=["after"], html=True, root=tiny_book, progress=False)
+    assert not no_html  # nothing was published
+
+
+def test_only_refuses_copies_of_another_seed_or_source(tiny_book, no_html):
+    _all_good(tiny_book)
+    book.build("smoke", html=False, root=tiny_book, progress=False)
+    book.build("smoke", only=["after"], html=True, root=tiny_book, progress=False)  # all current: publishes
+    assert len(no_html) == 1
+    with pytest.raises(book.StaleChapters, match=r"good \(run with seed 0, not 1\); bad \(run with seed 0, not 1\)"):
+        book.build("smoke", seed=1, only=["after"], html=True, root=tiny_book, progress=False)
+    _notebook(tiny_book / "notebooks" / "good.ipynb", "y = 2")
+    with pytest.raises(book.StaleChapters, match=r"good \(the notebook or mclib changed since it ran\)"):
+        book.build("smoke", only=["after"], html=True, root=tiny_book, progress=False)
+    (Path(book.os.environ["MCLIB_BUILD_DIR"]) / "src" / "notebooks" / "bad.ipynb").unlink()
+    with pytest.raises(book.StaleChapters, match=r"bad \(never executed\)"):
+        book.build("smoke", only=["good", "after"], html=True, root=tiny_book, progress=False)
+    assert len(no_html) == 1
+
+
+def test_run_records_and_meta_do_not_claim_one_seed_for_mixed_runs(tiny_book):
+    _all_good(tiny_book)
+    book.build("smoke", html=False, root=tiny_book, progress=False)
+    book.build("smoke", seed=1, only=["after"], html=False, root=tiny_book, progress=False)
+    build = Path(book.os.environ["MCLIB_BUILD_DIR"])
+    rec = book.read_run_record(build, Path("notebooks/after.ipynb"))
+    assert rec["seed"] == 1 and rec["preset"] == "smoke" and rec["status"] == "ok" and rec["device"] == "cpu"
+    assert rec["source_hash"] == book.source_hash(tiny_book, Path("notebooks/after.ipynb"))
+    assert {"torch_threads", "seconds"} <= set(rec)
+    meta = book.json.loads((build / "claims" / "_meta.json").read_text())
+    assert meta["seed"] == "mixed: 0, 1" and meta["mixed"] == ["seed"] and meta["preset"] == "smoke"
+    assert {k: v["seed"] for k, v in meta["runs"].items()} == {"good": 0, "bad": 0, "after": 1}
+
+
+# --- runner messages (issue 13, item 7) ---
+
+def test_dying_kernel_is_reported_with_notebook_and_cell(tiny_book):
+    _notebook(tiny_book / "notebooks" / "bad.ipynb", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    with pytest.raises(book.NotebookFailed, match=r"notebooks/bad.ipynb: the kernel died at cell 4 \(counting from 1, `import os, signal`\)"):
+        book.build("smoke", html=False, root=tiny_book, progress=False)
+    rec = book.read_run_record(Path(book.os.environ["MCLIB_BUILD_DIR"]), Path("notebooks/bad.ipynb"))
+    assert rec["status"] == "failed" and "kernel died" in rec["error"]
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tiny_book, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    started = tmp_path / "started"
+    _notebook(tiny_book / "notebooks" / "good.ipynb",
+              f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(120)")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "mclib.book", "build", "--preset", "smoke", "--no-html",
+                             "--root", str(tiny_book)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert started.exists(), proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    # the progress bar aside (tqdm's "Executing: ..."), one line: no traceback, not even the kernel's
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("Executing:")]
+    assert lines == [f"mclib.book: interrupted while executing notebooks/good.ipynb; its partial copy is at "
+                     f"{Path(os.environ['MCLIB_BUILD_DIR']) / 'src' / 'notebooks' / 'good.ipynb'} (Ctrl-C)"], err
+
+
+@pytest.mark.parametrize("seed", ["3.7", "-1", "x"])
+def test_bad_seed_on_the_command_line_fails_at_once(seed, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        book.main(["build", "--preset", "smoke", "--seed", seed])
+    assert exit_.value.code == 2
+    assert f"seed must be an integer in [0, 2**63), got '{seed}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", [3.7, -1, "0"])
+def test_bad_seed_in_python_fails_before_any_work(seed):
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        book.parameters("smoke", "cpu", seed, None, None)
+
+
+def test_kernels_sleep_instead_of_spinning_unless_the_user_chose(tiny_book, monkeypatch, tmp_path):
+    seen = tmp_path / "policy"
+    _notebook(tiny_book / "notebooks" / "good.ipynb",
+              f"import os, pathlib\npathlib.Path({str(seen)!r}).write_text(os.environ.get('OMP_WAIT_POLICY', 'unset'))")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert book.main(["run", "notebooks/good.ipynb", "--preset", "smoke", "--root", str(tiny_book)]) == 0
+    assert seen.read_text() == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert book.main(["run", "notebooks/good.ipynb", "--preset", "smoke", "--root", str(tiny_book)]) == 0
+    assert seen.read_text() == "ACTIVE"
+
+
+def test_summary_prints_per_chapter_times_and_whatever_claim_counts_it_gets(capsys):
+    result = {"notebooks": {"notebooks/a1.ipynb": 75.0, "notebooks/report.ipynb": 2.0},
+              "skipped": {"notebooks/c1.ipynb": 600.0}, "seconds": 77.0,
+              "summary": {"holds": 12, "fails": 3, "inconclusive": 2, "not run": 4}}
+    book.print_summary(result, "quick")
+    out = capsys.readouterr().out
+    assert "Executed 2 notebooks in 1:17 (preset quick); reused 1 (--resume)." in out
+    assert "\n  a1        1:15\n  report    0:02\n  c1       10:00  (reused)\n" in out
+    assert "Claims: 12 holds, 3 fails, 2 inconclusive, 4 not run." in out
+
+
+# --- packaging and set-up (issue 13, items 1 and 9) ---
+
+def test_build_folder_ignored_and_license_is_an_spdx_string():
+    import tomllib
+
+    assert "build/" in (ROOT / ".gitignore").read_text().splitlines()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "MIT"  # PEP 639 SPDX expression; the table form is deprecated
+    assert "setuptools>=77" in project["build-system"]["requires"]  # the first setuptools to accept it
+
+
+def test_make_test_installs_the_browser_or_says_exactly_what_to_install(tmp_path):
+    import os
+    import subprocess
+
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\ntest: setup browser\n" in makefile
+    # no apt-get on PATH and no chromium where the test looks: one message, a failing exit
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for tool in ("id", "env", "sh"):
+        (bin_ / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(bin_), "MCLIB_CHROMIUM": str(tmp_path / "none"), "MCLIB_CHROMEDRIVER": str(tmp_path / "none")}
+    proc = subprocess.run([shutil.which("make"), "-s", "-C", str(ROOT), "browser"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    message = [line for line in proc.stderr.splitlines() if not line.startswith(("make: ", "make["))]
+    assert len(message) == 1 and "apt-get install chromium chromium-driver" in message[0], proc.stderr
+    if os.access("/usr/bin/chromium", os.X_OK) and os.access("/usr/bin/chromedriver", os.X_OK):
+        ok = subprocess.run([shutil.which("make"), "-s", "-C", str(ROOT), "browser"], capture_output=True, text=True)
+        assert ok.returncode == 0 and ok.stdout == "", ok.stdout + ok.stderr  # present: nothing to do

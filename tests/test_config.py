@@ -52,3 +52,71 @@ def test_setup_returns_context_and_sections():
         ctx.section("no_such_chapter")
     g1, g2 = ctx.generator(), ctx.generator()
     assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+
+
+# --- bad input: seeds and preset files (issue 13, item 7) ---
+
+@pytest.mark.parametrize("seed", [-1, 3.7, 3.0, "3", True, 2**63])
+def test_bad_seed_fails_at_once_naming_the_value(seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\), got"):
+        config.setup("smoke", "cpu", seed, style=False)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        config.seed_everything(seed)
+
+
+def _preset_file(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+BASE = ('dataset = "digits"\narch = "cnn"\nn_train = 256\nn_test = 128\nepochs = 3\n'
+        'batch_size = 64\nlr = 1e-3\n')
+CHAPTER = 'n_pairs = 20\ntolerance = 0.01\nsecond_arch = "mlp"\nsizes = [8, 16]\n'
+
+
+def _three(table):
+    return "".join(f"[{p}]\n{table}\n" for p in config.PRESET_NAMES)
+
+
+def test_valid_preset_files_pass(tmp_path):
+    assert config.check_preset_file(_preset_file(tmp_path, "base.toml", _three(BASE)))["paper"]["n_train"] == 256
+    assert config.check_preset_file(_preset_file(tmp_path, "paths.toml", _three(CHAPTER)))["smoke"]["sizes"] == [8, 16]
+    for path in sorted(config._PRESET_DIR.glob("*.toml")):  # the shipped presets
+        config.check_preset_file(path)
+
+
+@pytest.mark.parametrize("name, body, message", [
+    ("paths.toml", _three(CHAPTER) + "[quick\n", r"paths.toml: not valid TOML"),
+    ("paths.toml", _three(CHAPTER).replace("[paper]\n", "[paper]\nn_pair = 3\n"),
+     r"paths.toml: \[paper\] unknown key\(s\) \['n_pair'\]"),
+    ("paths.toml", _three(CHAPTER) + "[quik]\nn_pairs = 1\n", r"paths.toml: needs exactly the tables .*unknown \['quik'\]"),
+    ("paths.toml", _three(CHAPTER).replace("[quick]\nn_pairs = 20", "[quick]\nn_pairs = -20"),
+     r"paths.toml: \[quick\] n_pairs = -20: .*allowed: a finite number >= 0"),
+    ("paths.toml", _three(CHAPTER).replace("[quick]\nn_pairs = 20", "[quick]\nn_pairs = 2.5"),
+     r"paths.toml: \[quick\] n_pairs = 2.5: a count .*allowed: an integer >= 1"),
+    ("paths.toml", _three(CHAPTER).replace("[paper]\nn_pairs = 20", '[paper]\nn_pairs = "lots"'),
+     r"paths.toml: \[paper\] n_pairs = 'lots': allowed: a number, as in the other tables"),
+    ("paths.toml", _three(CHAPTER).replace("[smoke]\nn_pairs = 20\ntolerance = 0.01", "[smoke]\nn_pairs = 20\ntolerance = nan"),
+     r"\[smoke\] tolerance = nan: .*finite"),
+    ("paths.toml", _three(CHAPTER).replace("[smoke]\nn_pairs = 20\ntolerance = 0.01\nsecond_arch = \"mlp\"\nsizes = [8, 16]",
+                                           "[smoke]\nn_pairs = 20\ntolerance = 0.01\nsecond_arch = \"mlp\"\nsizes = [8, -16]"),
+     r"\[smoke\] sizes\[1\] = -16"),
+    ("base.toml", _three(BASE).replace("[quick]\ndataset = \"digits\"\narch = \"cnn\"\nn_train = 256",
+                                       "[quick]\ndataset = \"digits\"\narch = \"cnn\"\nn_train = \"lots\""),
+     r"base.toml: \[quick\] n_train = 'lots': allowed: an integer"),
+    ("base.toml", _three(BASE).replace("epochs = 3", "epochs = 0"), r"base.toml: \[smoke\] epochs = 0: allowed: an integer >= 1"),
+    ("base.toml", _three(BASE).replace("[smoke]\n", "[smoke]\nwidth = 3\n"), r"base.toml: \[smoke\] unknown key\(s\) \['width'\]"),
+])
+def test_bad_preset_file_names_file_key_value_and_what_is_allowed(tmp_path, name, body, message):
+    path = _preset_file(tmp_path, name, body)
+    with pytest.raises(ValueError, match=message):
+        config.check_preset_file(path)
+
+
+def test_preset_section_reads_through_the_checks(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "_PRESET_DIR", tmp_path)
+    _preset_file(tmp_path, "base.toml", _three(BASE))
+    _preset_file(tmp_path, "paths.toml", _three(CHAPTER).replace("[quick]\nn_pairs = 20", "[quick]\nn_pairs = -20"))
+    with pytest.raises(ValueError, match=r"paths.toml: \[quick\] n_pairs = -20"):
+        config.get_preset("quick").section("paths")

@@ -1,0 +1,328 @@
+"""Chapters as jobs: every notebook of ``_toc.yml`` runs in its own job, through submitit.
+
+``python -m mclib.book build --executor local --jobs 4`` runs four chapters at a time on this host
+(submitit's ``LocalExecutor``: one process per job, each starting its own kernel with papermill);
+``--executor slurm`` submits them to a Slurm cluster (submitit's ``SlurmExecutor``, ``sbatch``). The
+runner here only keeps at most ``--jobs`` chapters in flight, shows their state and collects the
+results; the report notebook and the HTML build run afterwards on the submitting machine
+(:func:`mclib.book.build`).
+
+Resources per job: on one host, a GPU each (``CUDA_VISIBLE_DEVICES``, round-robin over the visible
+GPUs) when there are GPUs, otherwise the CPU cores divided between the jobs (``OMP_NUM_THREADS =
+cores // jobs``); on Slurm, ``--gpus-per-job`` GPUs and ``--cpus-per-job`` cores (``OMP_NUM_THREADS``
+follows ``SLURM_CPUS_PER_TASK``). Every job writes its run record (:func:`mclib.book.run_chapter`),
+so a failed chapter is never published, and ``--resume`` can skip finished ones.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXECUTORS = ("sequential", "local", "slurm")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the chapters run (the ``--executor ...`` flags of ``python -m mclib.book build``)."""
+
+    executor: str = "sequential"
+    jobs: int = 1
+    partition: str | None = None
+    gpus_per_job: int | None = None   # None: 1 on Slurm; on one host 1 if it has GPUs, else 0
+    cpus_per_job: int | None = None   # Slurm only (cpus-per-task)
+    time_min: int = 24 * 60           # per job
+    slurm_args: tuple[str, ...] = ()  # extra sbatch flags, e.g. ("--account=abc", "--qos=high")
+    fail_fast: bool = False
+    dry_run: bool = False
+    poll_s: float = 2.0
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; valid executors: {', '.join(EXECUTORS)}")
+        if not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"jobs must be an integer >= 1, got {self.jobs!r}")
+        if self.gpus_per_job is not None and (not isinstance(self.gpus_per_job, int) or self.gpus_per_job < 0):
+            raise ValueError(f"gpus_per_job must be an integer >= 0, got {self.gpus_per_job!r}")
+        if not isinstance(self.time_min, int) or self.time_min < 1:
+            raise ValueError(f"time must be at least 1 minute, got {self.time_min!r}")
+        if self.dry_run and self.executor != "slurm":
+            raise ValueError("--dry-run prints the Slurm job script: use it with --executor slurm")
+        slurm_args(self.slurm_args)  # parsed once here so a malformed flag fails before any work
+
+
+def parse_time(text: str) -> int:
+    """Minutes from ``MM``, ``H:MM`` / ``H:MM:SS`` or ``D-HH:MM[:SS]`` (Slurm's forms), rounded up."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not m:
+        raise ValueError(f"time must be minutes or [D-]H:MM[:SS], got {text!r}")
+    d, a, b, c = (int(x) if x else None for x in m.groups())
+    if b is None and d is None:  # plain minutes
+        return a
+    h, mins, secs = a, b or 0, c or 0
+    return (d or 0) * 1440 + h * 60 + mins + (1 if secs else 0)
+
+
+def slurm_args(args: tuple[str, ...] | list[str]) -> dict[str, str | bool]:
+    """``("--account=abc", "--exclusive")`` -> ``{"account": "abc", "exclusive": True}`` for submitit."""
+    out: dict[str, str | bool] = {}
+    for arg in args:
+        m = re.fullmatch(r"--([A-Za-z][\w-]*)(?:=(.*))?", arg)
+        if not m:
+            raise ValueError(f"--slurm-args takes sbatch long options like --account=abc, got {arg!r}")
+        out[m.group(1)] = True if m.group(2) is None else m.group(2)
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The executor flags of ``build``."""
+    p.add_argument("--executor", default="sequential", choices=EXECUTORS,
+                   help="sequential (default, in this process), local (parallel jobs on this host) or slurm")
+    p.add_argument("--jobs", default="1", help="chapters in flight at once (default 1)")
+    p.add_argument("--partition", default=None, help="Slurm partition")
+    p.add_argument("--gpus-per-job", default=None, help="GPUs per chapter (Slurm default 1)")
+    p.add_argument("--cpus-per-job", default=None, help="CPU cores per chapter on Slurm (cpus-per-task)")
+    p.add_argument("--time", default="1-00:00", help="time limit per chapter, minutes or [D-]H:MM[:SS] (default 1 day)")
+    p.add_argument("--slurm-args", default="", help='extra sbatch flags, quoted: "--account=abc --qos=high"')
+    p.add_argument("--fail-fast", action="store_true", help="cancel the other chapters at the first failure")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script a Slurm job would get, submit nothing")
+
+
+def _int_or_none(name: str, text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not str(text).isdigit():
+        raise ValueError(f"{name} must be an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    jobs = _int_or_none("--jobs", args.jobs)
+    return Options(executor=args.executor, jobs=jobs if jobs is not None else 1, partition=args.partition,
+                   gpus_per_job=_int_or_none("--gpus-per-job", args.gpus_per_job),
+                   cpus_per_job=_int_or_none("--cpus-per-job", args.cpus_per_job),
+                   time_min=parse_time(args.time), slurm_args=tuple(shlex.split(args.slurm_args)),
+                   fail_fast=args.fail_fast, dry_run=args.dry_run)
+
+
+# --- the executors -------------------------------------------------------------------------------
+
+def _visible_gpus() -> list[int]:
+    import torch
+
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def make_executor(options: Options, folder: Path, script_only: bool = False):
+    """The submitit executor for ``options``; nothing is submitted.
+
+    ``script_only``: a Slurm executor that can render its sbatch script where no Slurm is installed
+    (submitit refuses to build one without ``srun``; rendering needs none).
+    """
+    import submitit
+
+    if options.executor == "local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=options.time_min)
+        return ex
+    if options.executor != "slurm":
+        raise ValueError(f"no submitit executor for {options.executor!r}")
+    if script_only:
+        class _ScriptOnly(submitit.SlurmExecutor):
+            @classmethod
+            def affinity(cls) -> int:
+                return 2  # what SlurmExecutor reports where srun exists
+
+        ex = _ScriptOnly(folder=folder)
+    else:
+        ex = submitit.SlurmExecutor(folder=folder)
+    params = {"time": options.time_min, "gpus_per_node": 1 if options.gpus_per_job is None else options.gpus_per_job,
+              "job_name": "mclib", "ntasks_per_node": 1}
+    if options.partition:
+        params["partition"] = options.partition
+    if options.cpus_per_job:
+        params["cpus_per_task"] = options.cpus_per_job
+    extra = slurm_args(options.slurm_args)
+    if extra:
+        params["additional_parameters"] = extra
+    ex.update_parameters(**params)
+    return ex
+
+
+def sbatch_script(options: Options, folder: Path) -> str:
+    """The sbatch script submitit writes for each chapter's job under ``options`` (its own renderer)."""
+    ex = make_executor(options, folder, script_only=True)
+    return ex._make_submission_file_text(ex._submitit_command_str, "<job>")  # submitit's renderer, no sbatch call
+
+
+def dry_run(options: Options, root=None, preset: str = "quick") -> str:
+    """What ``--executor slurm`` would submit: the chapters, then the job script (one per chapter)."""
+    from mclib import book
+
+    root = book._root(root)
+    build_dir = Path(os.environ.get("MCLIB_BUILD_DIR") or root / "_build")
+    chapters = [nb.stem for nb in book.notebooks(root) if nb.stem != "report"]
+    head = (f"# dry run: {len(chapters)} chapter jobs (preset {preset}), at most {options.jobs} in flight: "
+            f"{', '.join(chapters)}\n# then the report notebook and the HTML build on this machine.\n"
+            "# Each job runs this script (the pickled call is mclib.jobs.chapter_job(<chapter>)):\n")
+    return head + sbatch_script(options, build_dir / "jobs" / "%j")
+
+
+# --- what each job runs ---------------------------------------------------------------------------
+
+def job_environment(options: Options, slot: int, gpus: list[int], cores: int) -> dict[str, str]:
+    """Environment for the job in ``slot``: its GPU, its share of the cores, a passive OpenMP wait."""
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    if options.executor == "local":
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
+        threads = os.environ.get("OMP_NUM_THREADS") if options.jobs == 1 else None
+        env["OMP_NUM_THREADS"] = threads or str(max(1, cores // options.jobs))
+        env["MKL_NUM_THREADS"] = env["OMP_NUM_THREADS"]
+    return env
+
+
+def chapter_job(nb: str, root: str, build_dir: str, params: dict, env: dict[str, str]) -> dict:
+    """Run inside a job: execute one chapter (its own kernel, via papermill) and write its run record.
+
+    Returns ``{"status": "ok", "seconds": s}`` or ``{"status": "failed", "message": ...}`` where the
+    message names the chapter and cell exactly as the sequential runner does.
+    """
+    os.environ.update(env)
+    if "SLURM_CPUS_PER_TASK" in os.environ and "OMP_NUM_THREADS" not in env:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = os.environ["SLURM_CPUS_PER_TASK"]
+    os.environ["MCLIB_BUILD_DIR"] = build_dir
+    from mclib import book
+
+    try:
+        seconds = book.run_chapter(Path(nb), Path(root), Path(build_dir), params, progress=False)
+    except book.NotebookFailed as err:
+        return {"status": "failed", "message": str(err)}
+    return {"status": "ok", "seconds": seconds}
+
+
+# --- progress and collection ----------------------------------------------------------------------
+
+class Progress:
+    """One line per chapter (queued / running / done / failed, elapsed); redrawn in place on a terminal,
+    else one line per change (logs stay readable)."""
+
+    def __init__(self, names: list[str], out=None):
+        self.out = out or sys.stdout
+        self.names, self.width = names, max((len(n) for n in names), default=0)
+        self.state = {n: "queued" for n in names}
+        self.since: dict[str, float] = {}
+        self.took: dict[str, float] = {}
+        self.tty = hasattr(self.out, "isatty") and self.out.isatty()
+        self.drawn = 0
+
+    def set(self, name: str, state: str, seconds: float | None = None) -> None:
+        if self.state[name] == state:
+            return
+        self.state[name] = state
+        if state == "running":
+            self.since[name] = time.perf_counter()
+        if seconds is not None or state in ("done", "failed", "cancelled"):
+            self.took[name] = seconds if seconds is not None else time.perf_counter() - self.since.get(name, time.perf_counter())
+        if not self.tty:
+            print(self._line(name), file=self.out, flush=True)
+
+    def _line(self, name: str) -> str:
+        from mclib.book import _fmt
+
+        state = self.state[name]
+        t = self.took.get(name) if state != "running" else time.perf_counter() - self.since[name]
+        return f"  {name:<{self.width}}  {state:<9} {_fmt(t) if t is not None else ''}".rstrip()
+
+    def draw(self) -> None:
+        if not self.tty:
+            return
+        if self.drawn:
+            self.out.write(f"\x1b[{self.drawn}F")
+        for name in self.names:
+            self.out.write("\x1b[2K" + self._line(name) + "\n")
+        self.out.flush()
+        self.drawn = len(self.names)
+
+
+def _slot_free(slots: dict[int, str | None]) -> int:
+    return next(i for i, v in slots.items() if v is None)
+
+
+def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, options: Options,
+                 out=None) -> dict[str, float]:
+    """Run each chapter of ``todo`` as one job, at most ``options.jobs`` at a time; return their seconds.
+
+    Every chapter runs even when one fails (unless ``fail_fast``: the others are then cancelled and
+    the rest not started); afterwards a :class:`mclib.book.NotebookFailed` names every failed chapter
+    and its cell, exactly as the sequential runner does, and the failed executed copies are kept.
+    """
+    from mclib import book
+
+    folder = build_dir / "jobs" / "%j"
+    ex = make_executor(options, folder)
+    gpus = _visible_gpus() if options.executor == "local" else []
+    if options.executor == "local" and options.gpus_per_job:
+        gpus = gpus[: max(options.jobs, 1)]
+    cores = os.cpu_count() or 1
+    progress = Progress([nb.stem for nb in todo], out)
+    pending, running, failures, times = list(todo), {}, {}, {}
+    slots: dict[int, str | None] = {i: None for i in range(options.jobs)}
+    print(f"{len(todo)} chapters as {options.executor} jobs, {options.jobs} at a time "
+          f"({'GPUs ' + ','.join(map(str, gpus)) if gpus else 'CPU'}):", file=progress.out, flush=True)
+    try:
+        while pending or running:
+            while pending and len(running) < options.jobs and not (failures and options.fail_fast):
+                nb, slot = pending.pop(0), _slot_free(slots)
+                env = job_environment(options, slot, gpus, cores)
+                if options.executor == "slurm":
+                    ex.update_parameters(job_name=f"mclib-{nb.stem}")
+                job = ex.submit(chapter_job, str(nb), str(root), str(build_dir), params, env)
+                running[nb], slots[slot] = (job, slot), nb.stem
+                progress.set(nb.stem, "running" if options.executor == "local" else "queued")
+            for nb, (job, slot) in list(running.items()):
+                if not job.done():
+                    if job.state in ("RUNNING", "COMPLETING"):
+                        progress.set(nb.stem, "running")
+                    continue
+                del running[nb]
+                slots[slot] = None
+                result = _result(job, nb)
+                if result["status"] == "ok":
+                    times[str(nb)] = result["seconds"]
+                    progress.set(nb.stem, "done", result["seconds"])
+                else:
+                    failures[nb.stem] = result["message"]
+                    progress.set(nb.stem, "failed")
+            if failures and options.fail_fast:
+                for nb, (job, _) in running.items():
+                    job.cancel(check=False)
+                    progress.set(nb.stem, "cancelled")
+                running.clear()
+                pending.clear()
+            progress.draw()
+            if pending or running:
+                time.sleep(options.poll_s)
+    except KeyboardInterrupt:
+        for job, _ in running.values():
+            job.cancel(check=False)
+        raise book.Interrupted(f"interrupted; cancelled the running chapters {sorted(nb.stem for nb in running)}") from None
+    if failures:
+        raise book.NotebookFailed("\n".join(failures.values())
+                                  + (f"\n  (--fail-fast: the other chapters were cancelled)" if options.fail_fast else ""))
+    return times
+
+
+def _result(job, nb: Path) -> dict:
+    """A finished job's result; a job that died outside the notebook is reported with its log."""
+    try:
+        return job.result()
+    except Exception as err:  # noqa: BLE001 - submitit wraps whatever killed the job
+        lines = str(err).strip().splitlines()
+        return {"status": "failed", "message": f"{nb}: its job failed outside the notebook: {lines[-1] if lines else err}\n"
+                                               f"  the job's log is at {job.paths.stderr}"}

@@ -1,0 +1,105 @@
+"""Chapters as submitit jobs: Slurm parameters rendered without a cluster, local parallel runs, resume."""
+import json
+from pathlib import Path
+
+import pytest
+
+from mclib import book, jobs
+from test_book import ROOT, _notebook, tiny_book  # noqa: F401 - the fixture is used by name
+
+
+def test_slurm_script_carries_partition_gpus_time_and_extra_flags(tmp_path):
+    opts = jobs.Options(executor="slurm", jobs=4, partition="gpu-a100", gpus_per_job=2, cpus_per_job=8,
+                        time_min=jobs.parse_time("1-02:30"), slurm_args=("--account=abc", "--exclusive"))
+    script = jobs.sbatch_script(opts, tmp_path / "%j")
+    lines = set(script.splitlines())
+    assert {"#SBATCH --partition=gpu-a100", "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=8",
+            "#SBATCH --time=1590", "#SBATCH --account=abc", "#SBATCH --exclusive"} <= lines, script
+    assert "-m submitit.core._submit" in script and script.startswith("#!/bin/bash")
+
+
+def test_dry_run_prints_the_script_and_submits_nothing(capsys, tmp_path):
+    code = book.main(["build", "--executor", "slurm", "--dry-run", "--preset", "paper", "--partition", "p",
+                      "--time", "90", "--root", str(ROOT)])
+    out = capsys.readouterr().out
+    assert code == 0 and "#SBATCH --partition=p" in out and "#SBATCH --time=90" in out
+    assert "#SBATCH --gpus-per-node=1" in out and "a1_real_paths" in out  # default: one GPU a chapter
+    assert not (Path(book.os.environ["MCLIB_BUILD_DIR"]) / "runs").exists()
+
+
+@pytest.mark.parametrize("text, minutes", [("90", 90), ("2:00", 120), ("1:00:30", 61), ("2-00:00", 2880)])
+def test_parse_time(text, minutes):
+    assert jobs.parse_time(text) == minutes
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"executor": "mpi"}, "unknown executor 'mpi'; valid executors: sequential, local, slurm"),
+    ({"executor": "local", "jobs": 0}, "jobs must be an integer >= 1, got 0"),
+    ({"executor": "slurm", "gpus_per_job": -1}, "gpus_per_job must be an integer >= 0, got -1"),
+    ({"executor": "slurm", "slurm_args": ("account=abc",)}, "sbatch long options like --account=abc, got 'account=abc'"),
+    ({"executor": "local", "dry_run": True}, "use it with --executor slurm"),
+])
+def test_bad_options_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        jobs.Options(**kwargs)
+    with pytest.raises(ValueError, match="time must be minutes or"):
+        jobs.parse_time("soon")
+
+
+def test_local_jobs_share_the_cores_or_get_one_gpu_each(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    local2 = jobs.Options(executor="local", jobs=2)
+    assert jobs.job_environment(local2, 0, [], 8) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "4",
+                                                      "MKL_NUM_THREADS": "4"}
+    assert jobs.job_environment(jobs.Options(executor="local", jobs=3), 1, [], 2)["OMP_NUM_THREADS"] == "1"
+    assert jobs.job_environment(local2, 3, [0, 1], 8)["CUDA_VISIBLE_DEVICES"] == "1"
+    assert "OMP_NUM_THREADS" not in jobs.job_environment(jobs.Options(executor="slurm"), 0, [], 8)
+
+
+def test_failing_chapter_under_two_local_jobs_names_chapter_and_cell(tiny_book):  # noqa: F811
+    opts = jobs.Options(executor="local", jobs=2, poll_s=0.5)
+    with pytest.raises(book.NotebookFailed) as failed:
+        book.build("smoke", html=False, root=tiny_book, progress=False, executor=opts)
+    message = str(failed.value)
+    assert "notebooks/bad.ipynb failed at cell 4 (counting from 1, `raise ZeroDivisionError" in message
+    assert "ZeroDivisionError: planted failure" in message
+    build = Path(book.os.environ["MCLIB_BUILD_DIR"])
+    assert "planted failure" in (build / "src" / "notebooks" / "bad.ipynb").read_text()  # kept for reading
+    for name, status in (("good", "ok"), ("bad", "failed"), ("after", "ok")):  # the others finished
+        assert book.read_run_record(build, Path(f"notebooks/{name}.ipynb"))["status"] == status
+    assert book.read_run_record(build, Path("notebooks/good.ipynb"))["torch_threads"] >= 1
+
+
+def test_resume_skips_chapters_run_with_the_same_settings(tiny_book):  # noqa: F811
+    _notebook(tiny_book / "notebooks" / "bad.ipynb", "pass")
+    recorder = ("from mclib import claims\nclaims.record('A1', 's', 'p', 'm', 'c', True, preset=preset, "
+                "chapter='notebooks/good.ipynb')")
+    _notebook(tiny_book / "notebooks" / "good.ipynb", recorder)
+    book.build("smoke", html=False, root=tiny_book, progress=False)
+    build = Path(book.os.environ["MCLIB_BUILD_DIR"])
+    assert book.read_run_record(build, Path("notebooks/good.ipynb"))["claims"] == ["A1"]
+    again = book.build("smoke", html=False, root=tiny_book, progress=False, resume=True)
+    assert set(again["skipped"]) == {"notebooks/good.ipynb"}  # bad and after record no claim: rerun
+    assert set(again["notebooks"]) == {"notebooks/bad.ipynb", "notebooks/after.ipynb"}
+    (build / "claims" / "A1.json").unlink()  # a lost claim: rerun
+    assert "notebooks/good.ipynb" in book.build("smoke", html=False, root=tiny_book, progress=False, resume=True)["notebooks"]
+    other_seed = book.build("smoke", seed=2, html=False, root=tiny_book, progress=False, resume=True)
+    assert other_seed["skipped"] == {} and json.loads((build / "claims" / "A1.json").read_text())["id"] == "A1"
+
+
+@pytest.mark.slow
+def test_smoke_book_with_two_local_jobs_gives_the_sequential_claims(tmp_path, monkeypatch):
+    """The smoke book, sequential and as two local jobs (fresh build folders, one shared model cache)."""
+    import time
+
+    from mclib import claims
+
+    runs = {}
+    for name, executor in (("sequential", None), ("local", jobs.Options(executor="local", jobs=2))):
+        monkeypatch.setenv("MCLIB_BUILD_DIR", str(tmp_path / name / "_build"))
+        monkeypatch.setenv("MCLIB_CACHE", str(tmp_path / name / "cache"))
+        start = time.perf_counter()
+        book.build("smoke", device="cpu", html=False, root=ROOT, progress=False, executor=executor)
+        runs[name] = (claims.load_all(), time.perf_counter() - start)
+        print(f"{name}: {runs[name][1]:.0f} s")
+    assert runs["sequential"][0] and runs["local"][0] == runs["sequential"][0]
