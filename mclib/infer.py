@@ -350,14 +350,18 @@ def configure_threads(threads: int | None = None, wait_policy: str = "PASSIVE") 
     """Thread settings for a (possibly shared) machine; returns what was set.
 
     ``threads``: torch intra-op threads (None: ``OMP_NUM_THREADS`` if set, else 1). ``wait_policy`` is
-    written to ``OMP_WAIT_POLICY`` unless the environment already sets it. Measured on a shared 2-core
-    machine (``benchmarks/bench_paths.py``, the quick CNN's ``linear_losses`` while another process loads a
-    core): with the default *active* wait policy OpenMP threads spin waiting for each other, and 2 threads
-    cost many times the wall time of 1; with ``PASSIVE`` they sleep instead and 2 threads cost about what 1
-    does. So the library defaults to one thread and a passive wait policy: on a dedicated many-core machine
-    pass ``threads`` explicitly. ``OMP_WAIT_POLICY`` only takes effect if set before the OpenMP runtime
-    starts (before torch's first parallel region), so the runner exports it for kernels; here it is set for
-    child processes and for a runtime not yet started.
+    written to ``OMP_WAIT_POLICY`` unless the environment already sets it.
+
+    Measured on this project's shared 2-core machine (load average 9-13 from other jobs, plus one process
+    spinning on a core; the quick CNN's ``linear_losses``, 32 pairs x 200 points, engine prepared; median
+    of 5 calls, two rounds): 1 thread 4.2-7.4 s wall / 0.43-0.47 s CPU under either policy; 2 threads with
+    the default (active) policy 17-20 s wall / 2.8-3.0 s CPU (OpenMP threads spin waiting for each other:
+    6.5x the CPU for the same work); 2 threads with ``PASSIVE`` 1.7-3.2 s wall / 0.41-0.47 s CPU. So the
+    active policy is what costs 4-10x, and ``PASSIVE`` removes it. The library defaults to ``PASSIVE`` and
+    to one thread (a fair share on a shared machine, and reproducible timings); on a dedicated many-core
+    machine pass ``threads`` explicitly. ``OMP_WAIT_POLICY`` takes effect only if set before the OpenMP
+    runtime starts (before torch's first parallel region), so the runner exports it for kernels; here it
+    is set for child processes and for a runtime not yet started.
     """
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "")
