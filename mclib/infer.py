@@ -40,6 +40,12 @@ convolutions) and ``torch.backends.cudnn.benchmark`` is switched on while the en
 autotunes each convolution shape once per chunk size; no graph freezing (TorchScript on CUDA gains little
 over cuDNN). ``precision="bf16"`` uses CUDA autocast.
 
+**Gradient passes** (bypass, FVO, attacks) stay eager on the user's model. A channels-last copy made
+forward+backward to the input 1.5x faster on the quick CNN (batch 64, paired median of 5 rounds), but it
+changes float rounding, which Adam amplifies over hundreds of steps into different optimised inputs
+(``mclib.synth``'s docstring), so recorded claims would move beyond the fp32 tolerance: left for a
+deliberate, separately checked change.
+
 **Threads**: :func:`configure_threads` fixes torch/OpenMP threads and the OpenMP wait policy for a shared
 machine (see its docstring for the measurement behind the choice).
 """
