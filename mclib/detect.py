@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mclib import paths
+from mclib import infer, paths
 
 __all__ = [
     "References", "class_loss_quantile", "reference_loss", "select_references", "loss_curves", "Features", "extract", "PATH_FEATURES", "LOGIT_FEATURES",
@@ -52,20 +52,24 @@ LOGIT_FEATURES = ("max_softmax", "max_logit", "logit_margin", "entropy")
 
 
 def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+    return infer.model_device(model)
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    dev = _device(model)
-    # an empty X still goes through the model once, so the result has the right number of classes
-    out = torch.cat([model(X[i:i + batch_size].to(dev)).float().cpu() for i in range(0, max(1, len(X)), batch_size)])
-    model.train(was)
-    return out
+def _logits(model: nn.Module, X: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Logits (N, classes) on the CPU through the inference engine (:func:`mclib.infer.logits`).
+
+    An empty ``X`` still goes through the model once (eagerly, in eval mode), so the result has the right
+    number of classes: (0, classes). ``batch_size``: inputs per forward pass (None: the engine's choice).
+    """
+    if isinstance(X, torch.Tensor) and X.dim() >= 2 and len(X) == 0:
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return model(X.to(_device(model))).float().cpu()
+        finally:
+            model.train(was)
+    return infer.logits(model, X, chunk=batch_size)
 
 
 # ------------------------------------------------------------------------------------ references

@@ -38,18 +38,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mclib import infer
+
 __all__ = [
     "alphas", "linear_losses", "Barrier", "barrier", "path_losses", "segment_losses",
     "BypassResult", "bypass", "bypass_free", "InterpolatedModes", "interpolated_modes", "total_variation",
     "Adam", "project_box_hyperplane", "plot_loss_curves", "plot_barrier_hist", "plot_path_images",
     "same_class_pairs", "PairStudy", "study_pairs", "interpolated_pairs",
 ]
-
-#: Input scalars (float32) per forward chunk in :func:`linear_losses`, by device type. On a CPU a
-#: convolutional net's cost per input is lowest at moderate batches (activations stay in cache: about 64
-#: MNIST images), on a GPU large batches fill the device.
-CHUNK_BUDGET = {"cpu": 2 ** 16, "cuda": 2 ** 23, "mps": 2 ** 21}
-
 
 # ----------------------------------------------------------------------------------------- checks
 def _model_device(model: nn.Module, device=None) -> torch.device:
@@ -69,8 +65,12 @@ def _check_images(name: str, X: torch.Tensor) -> None:
         raise ValueError(f"{name} must have a leading pair dimension, shape (P, C, H, W); got shape {tuple(X.shape)}")
     if not X.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor in [0, 1], got dtype {X.dtype}")
-    if torch.isnan(X).any():
-        raise ValueError(f"{name} contains NaN values ({int(torch.isnan(X).sum())} of {X.numel()})")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(X.shape)}): give at least one pair")
+    bad = ~torch.isfinite(X)
+    if bad.any():
+        raise ValueError(f"{name} holds {int(bad.sum())} non-finite values (NaN or Inf) of {X.numel()}: "
+                         f"inputs must be finite pixel values")
 
 
 def _check_pair(A: torch.Tensor, C: torch.Tensor) -> None:
@@ -111,6 +111,19 @@ def _check_range(target: torch.Tensor, num_classes: int) -> None:
             f"(valid targets 0..{num_classes - 1})")
 
 
+_NO_INPUT_GRAD = ("model: its output has no gradient with respect to its input (it runs under no_grad, "
+                  "detaches the input or is a traced/frozen graph without autograd); {name} optimises the "
+                  "input and needs d loss / d input -- pass an ordinary nn.Module")
+
+
+def _check_input_grad(loss: torch.Tensor, x: torch.Tensor, name: str) -> None:
+    """Raise the clear error if ``loss`` does not depend on ``x`` through autograd (one extra backward)."""
+    g = (torch.autograd.grad(loss.sum(), x, retain_graph=True, allow_unused=True)[0]
+         if loss.requires_grad else None)
+    if g is None:
+        raise ValueError(_NO_INPUT_GRAD.format(name=name))
+
+
 class _Eval:
     """Context manager: the model in eval mode (restored afterwards)."""
 
@@ -126,11 +139,6 @@ class _Eval:
         return False
 
 
-def _default_chunk(per_input: int, device: torch.device) -> int:
-    budget = CHUNK_BUDGET.get(torch.device(device).type, CHUNK_BUDGET["cpu"])
-    return int(min(8192, max(16, budget // max(1, per_input))))
-
-
 # ------------------------------------------------------------------------------------ linear paths
 def alphas(num_points: int) -> torch.Tensor:
     """The ``num_points`` path positions ``a = linspace(0, 1, num_points)`` (float32)."""
@@ -139,51 +147,56 @@ def alphas(num_points: int) -> torch.Tensor:
     return torch.linspace(0.0, 1.0, int(num_points))
 
 
-@torch.no_grad()
-def _ce_points(model, A, D, a, target, chunk_size, device, progress, desc="path"):
+def _ce_points(model, A, D, a, target, chunk_size, device, progress, desc="path", precision="fp32"):
     """Cross-entropy at A[p] + a[p, t] * D[p] for all p, t; A, D on device, a (P, T) on device.
 
-    Returns (P, T) on the CPU. Chunks are taken over the flattened (pair, point) grid.
+    Returns (P, T) on the CPU. Chunks are taken over the flattened (pair, point) grid and go through the
+    inference engine (:func:`mclib.infer.forward_chunks`: a prepared copy of the model, chunk size chosen
+    from the input size). Non-finite losses (a model whose weights or outputs hold NaN/Inf) raise.
     """
     P, T = a.shape
     shape = A.shape[1:]
-    per = int(torch.tensor(shape).prod())
-    chunk = int(chunk_size) if chunk_size else _default_chunk(per, device)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     flat_a = a.reshape(-1)
     pair_idx = torch.arange(P, device=device).repeat_interleave(T)
     tgt = target.to(device)
     out = torch.empty(P * T, dtype=torch.float32)
-    starts = range(0, P * T, chunk)
-    if progress:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc=desc, leave=False)
-    checked = False
-    with _Eval(model):
-        for s in starts:
-            idx = pair_idx[s:s + chunk]
-            w = flat_a[s:s + chunk].view(-1, *([1] * len(shape)))
-            x = torch.addcmul(A[idx], w, D[idx])
-            logits = model(x)
-            if not checked:
-                if logits.dim() != 2:
-                    raise ValueError(f"the model must output (N, num_classes) logits; got shape {tuple(logits.shape)}")
-                _check_range(target, logits.shape[1])
-                checked = True
-            out[s:s + chunk] = F.cross_entropy(logits.float(), tgt[idx], reduction="none").cpu()
+    view = (-1,) + (1,) * len(shape)
+
+    def make(s, e):
+        idx = pair_idx[s:e]
+        return torch.addcmul(A[idx], flat_a[s:e].view(view), D[idx])
+
+    def consume(s, e, logits):
+        if s == 0:
+            if logits.dim() != 2:
+                raise ValueError(f"the model must output (N, num_classes) logits; got shape {tuple(logits.shape)}")
+            _check_range(target, logits.shape[1])
+        out[s:e] = F.cross_entropy(logits, tgt[pair_idx[s:e]], reduction="none").cpu()
+
+    with torch.no_grad():
+        infer.forward_chunks(model, P * T, make, consume, per_input=math.prod(shape), chunk=chunk_size,
+                             precision=precision, device=device, progress=progress, desc=desc)
+    bad = ~torch.isfinite(out)
+    if bad.any():
+        first = int(bad.nonzero()[0, 0])
+        raise ValueError(f"the model's cross-entropy is not finite (NaN/Inf) at {int(bad.sum())} of {P * T} path "
+                         f"points (first: pair {first // T}, point {first % T}); the inputs are finite, so the "
+                         f"model's weights or outputs hold NaN/Inf -- a barrier cannot be measured on it")
     return out.view(P, T)
 
 
 def linear_losses(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, num_points: int = 64,
-                  chunk_size: int | None = None, device=None, progress: bool = False) -> torch.Tensor:
+                  chunk_size: int | None = None, device=None, progress: bool = False,
+                  precision: str = "fp32") -> torch.Tensor:
     """Cross-entropy along the linear paths ``x(a) = (1-a) A + a C`` of P pairs at once (paper section 3.1).
 
     ``A``, ``C``: (P, C, H, W) inputs in [0, 1]; ``target``: (P,) int64 class per pair (a scalar int is
     broadcast). Returns ``L`` of shape (P, num_points) on the CPU with ``L[p, t]`` the cross-entropy toward
     ``target[p]`` at ``a = alphas(num_points)[t]``. All P * T inputs go through the model in chunks of
-    ``chunk_size`` inputs (default: ``CHUNK_BUDGET`` input scalars per forward pass for the device) on the
-    model's device (or ``device``); the model runs in eval mode without gradients.
+    ``chunk_size`` inputs (default: :func:`mclib.infer.chunk_size`, from the input size and the device) on
+    the model's device (or ``device``) through the inference engine (:mod:`mclib.infer`: a prepared eval-mode
+    copy of the model; results equal eager fp32 within ``infer.ATOL + infer.RTOL * |L|``). ``precision="bf16"``
+    is the engine's opt-in bfloat16 mode (losses off by up to ~1e-3). The user's model is not modified.
     """
     _check_pair(A, C)
     P = A.shape[0]
@@ -192,7 +205,7 @@ def linear_losses(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, nu
     A_ = A.to(dev, torch.float32)
     D = C.to(dev, torch.float32) - A_
     a = alphas(num_points).to(dev).expand(P, -1)
-    return _ce_points(model, A_, D, a, tgt, chunk_size, dev, progress, desc="linear paths")
+    return _ce_points(model, A_, D, a, tgt, chunk_size, dev, progress, desc="linear paths", precision=precision)
 
 
 # ------------------------------------------------------------------------------------ barrier
@@ -446,6 +459,8 @@ def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, direct
                 obj = obj + mse_weight * diff.pow(2).flatten(1).mean(1).sum()
             if tv_weight:
                 obj = obj + tv_weight * total_variation(diff).sum()
+            if steps.sum() == 0:
+                _check_input_grad(ce, xa, "bypass")
             (g,) = torch.autograd.grad(obj, xa)
             ce = ce.detach()
             with torch.no_grad():
@@ -476,9 +491,8 @@ def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, direct
                 elif clamp:
                     new = new.clamp(0.0, 1.0)
                 x[active] = new
-        with torch.no_grad():
-            final_ce = torch.cat([F.cross_entropy(model(x[i:i + 512]).float(), tgt[i:i + 512], reduction="none")
-                                  for i in range(0, N, 512)]) if N else torch.zeros(0)
+    final_ce = (F.cross_entropy(infer.logits(model, x, device=B.device).to(B.device), tgt, reduction="none")
+                if N else torch.zeros(0, device=B.device))
     if stop_loss is not None:
         better = final_ce < best_ce
         best_x[better], best_ce[better] = x[better], final_ce[better]
@@ -671,10 +685,9 @@ def interpolated_modes(model: nn.Module, X1: torch.Tensor, X2: torch.Tensor, tar
     tgt = _targets(target, N)
     dev = _model_device(model, device)
     m = ((1 - mix) * X1.to(dev, torch.float32) + mix * X2.to(dev, torch.float32))
-    with torch.no_grad(), _Eval(model):
-        out = model(m)
-        _check_range(tgt, out.shape[1])
-        before = F.cross_entropy(out.float(), tgt.to(dev), reduction="none").cpu()
+    out = infer.logits(model, m, device=dev, name="the mixes of X1 and X2")
+    _check_range(tgt, out.shape[1])
+    before = F.cross_entropy(out, tgt, reduction="none")
     x = m.clone()
     nsteps = torch.zeros(N, dtype=torch.long)
     need = (before > threshold).nonzero()[:, 0]

@@ -198,6 +198,9 @@ def fvo(
                 keep = ~(ce_d < threshold)
             if it == steps or not keep.any():
                 break
+            if it == 0:
+                from mclib.paths import _check_input_grad
+                _check_input_grad(ce, xa, "fvo")
             (grad,) = torch.autograd.grad(objective.sum(), xa)
             with torch.no_grad():
                 active, grad, xa = active[keep], grad[keep], xa.detach()[keep]

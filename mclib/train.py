@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from mclib import config, data, models
+from mclib import config, data, infer, models
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -152,19 +152,19 @@ def resolve(name: str) -> Callable:
         raise ValueError(f"cannot import hook {name!r}: {err}") from None
 
 
-@torch.no_grad()
-def logits(model: nn.Module, X: torch.Tensor, batch_size: int = 512, device: torch.device | str | None = None) -> torch.Tensor:
-    """Model outputs for ``X`` in batches (eval mode, no gradients), returned on the CPU."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(X[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(X), batch_size)])
-    model.train(was_training)
-    return out
+def logits(model: nn.Module, X: torch.Tensor, batch_size: int | None = None,
+           device: torch.device | str | None = None) -> torch.Tensor:
+    """Model outputs for ``X`` (float32, on the CPU), through the inference engine (:func:`mclib.infer.logits`):
+    a prepared eval-mode copy of the model, no gradients, ``batch_size`` inputs per forward pass (None: the
+    engine's choice from the input size). Equal to eager fp32 within ``infer.ATOL + infer.RTOL * |logit|``."""
+    return infer.logits(model, X, chunk=batch_size, device=device)
 
 
-def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
+def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> dict[str, float]:
     """Mean cross-entropy ``loss`` and accuracy ``acc`` of ``model`` on ``(X, y)``."""
+    y = torch.as_tensor(y)
+    if y.shape != (len(X),):
+        raise ValueError(f"y must hold one label per row of X, shape ({len(X)},); got shape {tuple(y.shape)}")
     out = logits(model, X, batch_size)
     return {"loss": F.cross_entropy(out, y).item(), "acc": (out.argmax(1) == y).float().mean().item()}
 

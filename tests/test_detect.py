@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mclib import detect, paths
+from mclib import infer, detect, paths
 
 
 def _tables(shift, n=300, seed=0):
@@ -165,7 +165,10 @@ def test_references_do_not_saturate(confident):
         cand = ((y == c) & ok).nonzero()[:, 0].numpy()
         want = cand[np.argsort(nll[cand], kind="stable")[:k]]
         assert refs.indices[c].tolist() == want.tolist()
-        assert np.allclose(refs.losses[c].numpy(), nll[want], rtol=1e-9, atol=0)
+        # the library's logits come from the inference engine, which promises |z - z_eager| <= ATOL + RTOL |z|;
+        # -log p_y ~ sum_k exp(z_k - z_y) here, so its relative error is at most twice that logit error
+        rtol = 2 * (infer.ATOL + infer.RTOL * float(np.abs(z).max()))
+        assert np.allclose(refs.losses[c].numpy(), nll[want], rtol=rtol, atol=0)
         assert (refs.losses[c] > 0).all() and refs.losses.dtype == torch.float64
 
 

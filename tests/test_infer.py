@@ -1,0 +1,225 @@
+"""The inference engine (mclib.infer): equal to eager fp32 within its stated tolerance, cached, safe to fall back.
+
+The reference is always the user's model run eagerly in eval mode under no_grad (an independent path: no
+copy, no channels-last, no graph). The tolerance ``infer.ATOL + infer.RTOL * |eager|`` (1e-4 each) is the
+module's promise: a reordered float32 summation of a few thousand terms differs by ~1e-6 relative.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import thirdparty
+from mclib import infer, models, paths, synth
+
+
+def eager(model, X):
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(X).float()
+    model.train(was)
+    return out
+
+
+def close(a, b):
+    return torch.allclose(a, b, rtol=infer.RTOL, atol=infer.ATOL)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    infer.clear_cache()
+    yield
+    infer.clear_cache()
+
+
+def _cnn(seed=0):
+    torch.manual_seed(seed)
+    return models.build("cnn", in_shape=(1, 12, 12), num_classes=5)
+
+
+def test_fp32_matches_eager_cnn_and_graph_on_second_call():
+    model = _cnn()
+    X = torch.rand(70, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    ref = eager(model, X)
+    first = infer.logits(model, X, chunk=16)
+    second = infer.logits(model, X, chunk=16)
+    kinds = {p.kind for k, p in infer._CACHE[model].items() if k != "signature"}
+    assert kinds == {"graph"}                      # frozen from the second call on
+    assert close(first, ref) and close(second, ref)
+
+
+def test_fp32_matches_eager_thirdparty_resnet():
+    model, x, _ = thirdparty.trained(steps=3)
+    ref = eager(model, x)
+    for _ in range(2):
+        assert close(infer.logits(model, x, chunk=7), ref)
+
+
+def test_user_model_untouched_and_cache_follows_weight_changes():
+    model = _cnn().train()
+    fmt = model[1][0].weight.is_contiguous()
+    X = torch.rand(9, 1, 12, 12)
+    infer.logits(model, X)
+    infer.logits(model, X)
+    assert model.training and model[1][0].weight.is_contiguous() == fmt
+    assert all(p.requires_grad for p in model.parameters())
+    prep = infer.prepare(model, X)
+    assert infer.prepare(model, X) is prep          # cached: same object while the weights are unchanged
+    with torch.no_grad():
+        model[1][0].weight.mul_(-2.0)               # in place, as an optimiser step does
+    out = infer.logits(model, X)
+    assert close(out, eager(model, X))
+    assert infer.prepare(model, X) is not prep
+
+
+def test_bf16_is_close_but_opt_in():
+    model = _cnn()
+    X = torch.rand(20, 1, 12, 12)
+    ref = eager(model, X)
+    out = infer.logits(model, X, precision="bf16")
+    # bfloat16 keeps 8 significant bits: relative error per op ~4e-3; a few layers stay within 5e-2
+    assert torch.allclose(out, ref, rtol=5e-2, atol=5e-2)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        infer.logits(model, X, precision="fp16")
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(12, 3)
+
+    def forward(self, x):
+        if torch.jit.is_tracing():
+            raise RuntimeError("this model refuses to be traced")
+        return self.lin(x.flatten(1)[:, :12])
+
+
+class _DataDependent(nn.Module):
+    """Two branches chosen by the data: a trace records only one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        h = self.conv(x).flatten(1)
+        return h[:, :4] if float(x.mean()) > 0.5 else -h[:, :4]
+
+
+def test_untraceable_model_falls_back_with_one_warning():
+    model = _Untraceable()
+    X = torch.rand(10, 1, 4, 4)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        outs = [infer.logits(model, X) for _ in range(3)]
+    assert len([x for x in w if "mclib.infer" in str(x.message)]) == 1
+    assert all(close(o, eager(model, X)) for o in outs)
+
+
+def test_data_dependent_model_falls_back_on_new_inputs():
+    model = _DataDependent()
+    lo, hi = 0.2 * torch.rand(6, 1, 5, 5), 0.8 + 0.2 * torch.rand(6, 1, 5, 5)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        infer.logits(model, lo)
+        infer.logits(model, lo)                     # frozen here, on the low branch
+        out = infer.logits(model, hi)               # the graph would take the wrong branch
+    assert close(out, eager(model, hi))
+    assert len([x for x in w if "mclib.infer" in str(x.message)]) == 1
+
+
+def test_hooks_fire_on_the_users_model():
+    model = _cnn()
+    seen = []
+    h = model[1][7].register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    try:
+        infer.logits(model, torch.rand(10, 1, 12, 12), chunk=4)
+    finally:
+        h.remove()
+    assert seen == [4, 4, 2]
+
+
+def test_chunk_size_choice():
+    assert infer.chunk_size(3 * 32 * 32, "cpu") == infer.CPU_CHUNK_SCALARS // 3072
+    assert infer.chunk_size(784, "cpu") == infer.CPU_CHUNK_SCALARS // 784
+    assert infer.chunk_size(1, "cpu") == 1024 and infer.chunk_size(10 ** 7, "cpu") == 16
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+def test_bad_chunk_size(bad):
+    with pytest.raises((ValueError, TypeError), match="chunk_size must be a positive integer"):
+        infer.logits(_cnn(), torch.rand(3, 1, 12, 12), chunk=bad)
+
+
+def test_bad_inputs_named():
+    model = _cnn()
+    X = torch.rand(4, 1, 12, 12)
+    X[1, 0, 2, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"X holds 1 non-finite values \(NaN or Inf\)"):
+        infer.logits(model, X)
+    with pytest.raises(ValueError, match="X is empty"):
+        infer.logits(model, torch.zeros(0, 1, 12, 12))
+    with pytest.raises(TypeError, match="floating-point"):
+        infer.logits(model, torch.zeros(2, 1, 12, 12, dtype=torch.uint8))
+
+
+def test_paths_reject_inf_images_and_nan_models():
+    model = _cnn()
+    A, C = torch.rand(3, 1, 12, 12), torch.rand(3, 1, 12, 12)
+    bad = A.clone()
+    bad[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="A holds 1 non-finite values"):
+        paths.linear_losses(model, bad, C, 0, 8)
+    with pytest.raises(ValueError, match="A is empty"):
+        paths.linear_losses(model, A[:0], C[:0], 0, 8)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        paths.linear_losses(model, A, C, 0, 8, chunk_size=0)
+    with torch.no_grad():
+        model[1][0].weight[0, 0, 0, 0] = float("nan")
+    # before: NaN losses, and a NaN model reported "0 pairs with a barrier"
+    with pytest.raises(ValueError, match="cross-entropy is not finite"):
+        paths.study_pairs(model, A, C, 0, num_points=8, progress=False)
+
+
+class _NoInputGrad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.lin(x.detach().flatten(1))
+
+
+def test_no_input_gradient_is_a_clear_error():
+    model = _NoInputGrad()
+    A, C = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="no gradient with respect to its input.*bypass"):
+        paths.bypass(model, A, C, 0, iterations=2, tolerance=-1.0, max_rounds=1, num_points=4, progress=False)
+    with pytest.raises(ValueError, match="no gradient with respect to its input.*fvo"):
+        synth.fvo(model, [0, 1], (1, 4, 4), steps=2, progress=False)
+
+
+def test_linear_losses_equal_an_independent_eager_reference():
+    model, x, y = thirdparty.trained(steps=3)
+    A, C, t = x[:3], x[3:6], y[:3]
+    a = torch.linspace(0, 1, 9)
+    ref = torch.stack([F.cross_entropy(eager(model, (1 - a.view(-1, 1, 1, 1)) * A[p] + a.view(-1, 1, 1, 1) * C[p]),
+                                       t[p].expand(9), reduction="none") for p in range(3)])
+    for _ in range(2):                              # eager copy, then the frozen graph
+        assert close(paths.linear_losses(model, A, C, t, 9), ref)
+
+
+def test_configure_threads():
+    old = torch.get_num_threads()
+    try:
+        got = infer.configure_threads(1)
+        assert got["threads"] == 1 and got["OMP_WAIT_POLICY"] in ("PASSIVE", "ACTIVE")
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            infer.configure_threads(0)
+    finally:
+        torch.set_num_threads(old)
