@@ -72,7 +72,8 @@ def test_failing_chapter_under_two_local_jobs_names_chapter_and_cell(tiny_book):
 
 def test_resume_skips_chapters_run_with_the_same_settings(tiny_book):  # noqa: F811
     _notebook(tiny_book / "notebooks" / "bad.ipynb", "pass")
-    recorder = ("from mclib import claims\nclaims.record('A1', 's', 'p', 'm', 'c', True, preset=preset, "
+    recorder = ("from mclib import claims\nclaims.record('A1', values={'runs': {'cnn': {'tolerance': 0.01, "
+                "'barrier_fraction': {'estimate': 0.1, 'lo': 0.06, 'hi': 0.15, 'n': 200}}}}, measured='m', "
                 "chapter='notebooks/good.ipynb')")
     _notebook(tiny_book / "notebooks" / "good.ipynb", recorder)
     book.build("smoke", html=False, root=tiny_book, progress=False)
