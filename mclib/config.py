@@ -181,4 +181,17 @@ def setup(
         from mclib import plots
 
         plots.use_style()
+    global _CURRENT
+    _CURRENT = ctx
     return ctx
+
+
+_CURRENT: Context | None = None
+
+
+def current() -> Context | None:
+    """The :class:`Context` that :func:`setup` last returned in this process (None before any setup).
+
+    Claim records read the run's preset, seed and device from it (:func:`mclib.claims.record`).
+    """
+    return _CURRENT

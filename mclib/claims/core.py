@@ -1,0 +1,424 @@
+"""Claims as objects: statement, the paper's value, a criterion that turns recorded values into a verdict.
+
+A notebook measures, then calls :func:`record` with the raw values; the claim's judge (tested code in
+``paper_a.py``, ``paper_b.py``, ``paper_c.py``) computes the verdict -- ``holds``, ``fails`` or
+``inconclusive`` (the measurement could not discriminate) -- with a one-sentence reason made from the
+numbers. Verdicts are judged on intervals (see :mod:`mclib.stats`): a criterion holds when the whole
+interval lies on the right side of its threshold, fails when the whole interval lies on the wrong side,
+and is inconclusive when the interval spans it.
+
+Each record is one JSON file ``<build>/claims/<id>.json`` that carries its own provenance (preset, seed,
+device, torch threads and version, and a hash of the chapter notebook and the mclib sources), so a book
+assembled from several runs says so (:func:`mixed_runs`). Records hold no timestamps: a preset and a seed
+give byte-identical records twice in a row on CPU.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mclib import config
+
+VERDICTS = ("holds", "fails", "inconclusive")
+NOT_RUN = "not run"
+#: The fields of a record that say how it was made; records that differ in any of them come from different runs.
+PROVENANCE = ("preset", "seed", "device", "threads", "torch", "source_hash")
+PAPERS = {
+    "A": "Input space mode connectivity (Vrabel et al., ICLR 2025)",
+    "B": "Internal codes and adversarial vulnerability (Lee & Vijayan)",
+    "C": "Mode connectivity and adversarial robustness (Zhao et al., ICLR 2020)",
+}
+
+
+# --------------------------------------------------------------------------- verdicts
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one criterion: ``status`` in :data:`VERDICTS` and one sentence ``reason`` with the numbers."""
+
+    status: str
+    reason: str
+
+    def __post_init__(self):
+        if self.status not in VERDICTS:
+            raise ValueError(f"status must be one of {VERDICTS}, got {self.status!r}")
+        if not isinstance(self.reason, str) or not self.reason.strip():
+            raise ValueError(f"a verdict needs a reason sentence, got {self.reason!r}")
+
+    @classmethod
+    def holds(cls, reason: str) -> "Verdict":
+        return cls("holds", reason)
+
+    @classmethod
+    def fails(cls, reason: str) -> "Verdict":
+        return cls("fails", reason)
+
+    @classmethod
+    def inconclusive(cls, reason: str) -> "Verdict":
+        return cls("inconclusive", reason)
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.reason}"
+
+
+def holds(reason: str) -> Verdict:
+    return Verdict.holds(reason)
+
+
+def fails(reason: str) -> Verdict:
+    return Verdict.fails(reason)
+
+
+def inconclusive(reason: str) -> Verdict:
+    return Verdict.inconclusive(reason)
+
+
+def fmt(x: Any, spec: str = ".3g") -> str:
+    """A number for a reason sentence; ``%`` in ``spec`` formats a fraction as a percentage."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "nan"
+    return format(float(x), spec)
+
+
+def fmt_interval(iv: Mapping[str, Any], spec: str = ".3g") -> str:
+    """``"0.04 [0.02, 0.07]"`` from an interval dict (``estimate``, ``lo``, ``hi``)."""
+    return f"{fmt(iv.get('estimate'), spec)} [{fmt(iv.get('lo'), spec)}, {fmt(iv.get('hi'), spec)}]"
+
+
+def _finite(*xs) -> bool:
+    return all(x is not None and isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+
+
+def compare_interval(name: str, lo: float | None, hi: float | None, threshold: float, above: bool = True,
+                     estimate: float | None = None, spec: str = ".3g") -> Verdict:
+    """Judge ``[lo, hi]`` against ``threshold``.
+
+    ``above=True`` asks for at least ``threshold``: holds when ``lo >= threshold``, fails when
+    ``hi < threshold``; ``above=False`` asks for at most ``threshold``: holds when ``hi <= threshold``, fails
+    when ``lo > threshold``. Otherwise the interval spans the threshold: inconclusive. A missing or
+    non-finite bound is inconclusive too (nothing was measured to judge). ``spec`` formats the numbers
+    (``".0%"`` for fractions).
+    """
+    shown = (f"{fmt(estimate, spec)} " if estimate is not None else "") + f"[{fmt(lo, spec)}, {fmt(hi, spec)}]"
+    want = f"{'at least' if above else 'at most'} {fmt(threshold, spec)}"
+    if not _finite(lo, hi):
+        return inconclusive(f"{name} has no finite interval ({shown}), so it cannot be compared with {want}")
+    if lo > hi:
+        raise ValueError(f"interval of {name} has lo {lo} > hi {hi}")
+    ok, bad = (lo >= threshold, hi < threshold) if above else (hi <= threshold, lo > threshold)
+    if ok:
+        return holds(f"{name} is {shown}, {want} over the whole interval")
+    if bad:
+        return fails(f"{name} is {shown}, short of {want} over the whole interval" if above
+                     else f"{name} is {shown}, above the allowed {want.replace('at most ', '')} over the whole interval")
+    return inconclusive(f"{name} is {shown}, an interval that spans the threshold {fmt(threshold, spec)}")
+
+
+def judge_interval(name: str, iv: Mapping[str, Any] | None, threshold: float, above: bool = True,
+                   spec: str = ".3g") -> Verdict:
+    """:func:`compare_interval` on an interval dict (``estimate``, ``lo``, ``hi``) as the records store it."""
+    if iv is None:
+        return inconclusive(f"{name} was not measured")
+    return compare_interval(name, iv.get("lo"), iv.get("hi"), threshold, above, iv.get("estimate"), spec)
+
+
+def combine(verdicts: Iterable[Verdict]) -> Verdict:
+    """All parts of a criterion together: any ``fails`` -> fails, else any ``inconclusive`` -> inconclusive, else holds.
+
+    The reason joins the reasons of the parts that decided the outcome (the failing ones, else the
+    inconclusive ones, else all), separated by semicolons, so it stays one sentence.
+    """
+    verdicts = list(verdicts)
+    if not verdicts:
+        return inconclusive("no part of the criterion could be evaluated")
+    for status in ("fails", "inconclusive", "holds"):
+        deciding = [v for v in verdicts if v.status == status]
+        if deciding:
+            return Verdict(status, "; ".join(v.reason for v in deciding))
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- claims
+@dataclass(frozen=True)
+class Claim:
+    """One claim of a paper: what it says, the paper's number, and the criterion that judges a measurement.
+
+    ``judge`` receives the JSON-plain ``values`` a notebook records (the same dict that lands in the JSON
+    file), so any verdict can be recomputed from a stored record; ``criterion`` says in one sentence what
+    "holds" means; ``cite`` is a key of ``book/references.bib``; ``chapter`` the notebook that measures it.
+    """
+
+    id: str
+    statement: str
+    paper_value: str
+    cite: str
+    criterion: str
+    judge: Callable[[Mapping[str, Any]], Verdict]
+    chapter: str
+
+    def verdict(self, values: Mapping[str, Any]) -> Verdict:
+        """The verdict for ``values`` (made JSON-plain first); a missing value raises naming the claim and key."""
+        try:
+            out = self.judge(_plain(dict(values)))
+        except KeyError as err:
+            raise ValueError(f"claim {self.id}: the recorded values lack {err.args[0]!r}, which its criterion "
+                             f"needs; got keys {sorted(values)}") from None
+        if not isinstance(out, Verdict):
+            raise TypeError(f"claim {self.id}: the judge returned {type(out).__name__}, not a Verdict")
+        return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy: numpy scalars/arrays and tensors become Python numbers/lists, floats rounded to 6 digits.
+
+    NaN becomes None; named tuples (e.g. :class:`mclib.stats.Interval`) become dicts.
+    """
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return value if math.isinf(value) else float(f"{value:.6g}")
+    if hasattr(value, "_asdict"):
+        return _plain(value._asdict())
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def catalogue() -> dict[str, Claim]:
+    from mclib.claims import CATALOGUE
+
+    return CATALOGUE
+
+
+def get(id: str) -> Claim:
+    """The catalogued :class:`Claim` called ``id``; an unknown id raises listing the valid ones."""
+    cat = catalogue()
+    if id not in cat:
+        raise ValueError(f"unknown claim id {id!r}; valid ids: {', '.join(cat)}")
+    return cat[id]
+
+
+# --------------------------------------------------------------------------- records and provenance
+def claims_dir() -> Path:
+    """``<build>/claims``, created if missing (see :func:`mclib.config.build_dir`)."""
+    path = config.build_dir() / "claims"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def source_hash(chapter: str | None = None) -> str:
+    """sha256 over the chapter notebook (when found in the checkout) and every mclib source and preset file.
+
+    Two records with the same hash were made by the same code; files are hashed by relative path and bytes.
+    """
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parent.parent
+    files = sorted(p for p in pkg.rglob("*") if p.suffix in (".py", ".toml") and "__pycache__" not in p.parts)
+    if chapter and config.REPO_ROOT is not None and (config.REPO_ROOT / chapter).exists():
+        files.append(config.REPO_ROOT / chapter)
+    for p in files:
+        rel = p.relative_to(config.REPO_ROOT) if config.REPO_ROOT and p.is_relative_to(config.REPO_ROOT) else p.relative_to(pkg.parent)
+        h.update(str(rel).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def provenance(chapter: str | None = None) -> dict[str, Any]:
+    """How the current run is made: preset, seed and device from :func:`mclib.config.current` (None outside a
+    notebook), torch threads and version, and :func:`source_hash`."""
+    import torch
+
+    ctx = config.current()
+    return {
+        "preset": ctx.preset.name if ctx else None,
+        "seed": ctx.seed if ctx else None,
+        "device": str(ctx.device) if ctx else None,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "source_hash": source_hash(chapter),
+    }
+
+
+def record(id: str, values: Mapping[str, Any], measured: str, chapter: str | None = None) -> dict:
+    """Judge claim ``id`` on ``values``, write ``<build>/claims/<id>.json`` and return the record.
+
+    ``measured`` is the sentence a reader sees (numbers included); ``values`` the raw numbers the criterion
+    reads. The verdict is computed here by the claim's judge, never passed in. ``chapter`` overrides the
+    claim's own notebook (a chapter that re-measures another's claim).
+    """
+    claim = get(id)
+    if not isinstance(measured, str) or not measured.strip():
+        raise ValueError(f"measured must be a non-empty sentence, got {measured!r}")
+    if not isinstance(values, Mapping):
+        raise TypeError(f"values must be a mapping of the measured numbers, got {type(values).__name__}")
+    plain = _plain(dict(values))
+    verdict = claim.verdict(plain)
+    chapter = chapter or claim.chapter
+    rec = {
+        "id": id,
+        "paper_group": id[0],
+        "statement": claim.statement,
+        "paper_value": claim.paper_value,
+        "cite": claim.cite,
+        "criterion": claim.criterion,
+        "measured": measured,
+        "status": verdict.status,
+        "reason": verdict.reason,
+        "values": plain,
+        "chapter": chapter,
+        **provenance(chapter),
+    }
+    (claims_dir() / f"{id}.json").write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+    return rec
+
+
+def load_all() -> dict[str, dict]:
+    """Every recorded claim, by id."""
+    out = {}
+    for p in sorted(claims_dir().glob("*.json")):
+        if not p.name.startswith("_"):
+            rec = json.loads(p.read_text())
+            out[rec["id"]] = rec
+    return out
+
+
+def meta() -> dict:
+    """The build's preset, device, seed and date (written by the runner), or {} outside a build."""
+    path = claims_dir() / "_meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _order(cid: str) -> tuple[str, int]:
+    m = re.fullmatch(r"([A-Z])(\d+)", cid)
+    return (m.group(1), int(m.group(2))) if m else (cid, 0)
+
+
+# --------------------------------------------------------------------------- the report
+def report(records: Mapping[str, dict] | None = None):
+    """One pandas table of every catalogued claim: paper, id, claim, paper's value, measured, status, reason,
+    chapter and provenance. Claims no notebook recorded appear with status ``"not run"``."""
+    import pandas as pd
+
+    records = load_all() if records is None else records
+    rows = []
+    for cid in sorted(catalogue(), key=_order):
+        claim, rec = catalogue()[cid], records.get(cid)
+        rows.append({
+            "paper": PAPERS[cid[0]],
+            "id": cid,
+            "claim": claim.statement,
+            "paper's value": claim.paper_value,
+            "measured": rec["measured"] if rec else "",
+            "status": rec["status"] if rec else NOT_RUN,
+            "reason": rec["reason"] if rec else "no notebook recorded this claim",
+            "chapter": (rec.get("chapter") or "") if rec else "",
+            **{k: (rec.get(k) if rec else None) for k in PROVENANCE},
+        })
+    return pd.DataFrame(rows)
+
+
+def summary(records: Mapping[str, dict] | None = None) -> dict[str, int]:
+    """Counts of claims that hold, fail, are inconclusive, and were not run."""
+    status = list(report(records)["status"])
+    return {k: status.count(k) for k in (*VERDICTS, NOT_RUN)}
+
+
+def provenance_table(records: Mapping[str, dict] | None = None):
+    """One row per distinct run (preset, seed, device, threads, torch, source hash) with the claims it made."""
+    import pandas as pd
+
+    records = load_all() if records is None else records
+    groups: dict[tuple, list[str]] = {}
+    for cid in sorted(records, key=_order):
+        key = tuple(records[cid].get(k) for k in PROVENANCE)
+        groups.setdefault(key, []).append(cid)
+    rows = [{**dict(zip(PROVENANCE, key)), "claims": ", ".join(ids)} for key, ids in groups.items()]
+    table = pd.DataFrame(rows, columns=[*PROVENANCE, "claims"])
+    table["source_hash"] = table["source_hash"].map(lambda h: h[:12] if isinstance(h, str) else h)
+    return table
+
+
+def mixed_runs(records: Mapping[str, dict] | None = None) -> list[str]:
+    """The provenance fields in which the records differ (empty when one run made them all)."""
+    records = load_all() if records is None else records
+    return [k for k in PROVENANCE if len({json.dumps(r.get(k)) for r in records.values()}) > 1]
+
+
+_MARKS = {"holds": "✅ holds", "fails": "❌ fails", "inconclusive": "⚠️ inconclusive", NOT_RUN: "— not run"}
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def counts_markdown(records: Mapping[str, dict] | None = None) -> str:
+    """``"**8** hold, **5** fail, **2** inconclusive, **6** not run (of 21 claims)."``"""
+    s = summary(records)
+    return (f"**{s['holds']}** hold, **{s['fails']}** fail, **{s['inconclusive']}** inconclusive, "
+            f"**{s[NOT_RUN]}** not run (of {sum(s.values())} claims).")
+
+
+def provenance_markdown(records: Mapping[str, dict] | None = None) -> str:
+    """A warning when the records come from different runs (naming the fields that differ), else one line."""
+    records = load_all() if records is None else records
+    if not records:
+        return "No claim has been recorded yet."
+    mixed = mixed_runs(records)
+    if not mixed:
+        r = next(iter(records.values()))
+        return (f"Every claim comes from one run: preset {r.get('preset')}, seed {r.get('seed')}, device "
+                f"{r.get('device')}, {r.get('threads')} torch threads, torch {r.get('torch')}, source "
+                f"{str(r.get('source_hash'))[:12]}.")
+    return (f"**Mixed runs:** these claims were not all made by one run; they differ in {', '.join(mixed)}. "
+            "Compare the provenance table before reading the verdicts side by side.")
+
+
+def report_markdown(records: Mapping[str, dict] | None = None) -> str:
+    """The reproduction report as MyST markdown: counts on top, a provenance line, one table per paper with
+    each claim's verdict and reason, each claim linked to its chapter's built page."""
+    records = load_all() if records is None else records
+    table = report(records)
+    out = [counts_markdown(records), "", provenance_markdown(records), ""]
+    for group, name in PAPERS.items():
+        out += [f"### {name}", "", "| id | claim | paper | measured | verdict |", "| --- | --- | --- | --- | --- |"]
+        for _, row in table[table["id"].str.startswith(group)].iterrows():
+            cid = row["id"]
+            if row["chapter"]:
+                # a link in a notebook's *output* is not resolved by Sphinx: point at the built page
+                cid = f"[{cid}]({Path(row['chapter']).stem}.html)"
+            verdict = f"{_MARKS[row['status']]}: {row['reason']}" if row["status"] != NOT_RUN else _MARKS[NOT_RUN]
+            paper = row["paper's value"]
+            out.append(f"| {cid} | {_cell(row['claim'])} | {_cell(paper)} | {_cell(row['measured'])} | {_cell(verdict)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def result_markdown(ids: Sequence[str], records: Mapping[str, dict] | None = None) -> str:
+    """A chapter's "Result" text, generated from its verdicts: what held, what failed and why, what was
+    inconclusive and why, with each claim's measured sentence."""
+    records = load_all() if records is None else records
+    parts = []
+    for cid in ids:
+        claim, rec = get(cid), records.get(cid)
+        if rec is None:
+            parts.append(f"**{cid}** ({claim.statement}) was not recorded in this build.")
+            continue
+        word = {"holds": "holds", "fails": "fails", "inconclusive": "is inconclusive"}[rec["status"]]
+        parts.append(f"**{cid} {word}.** {claim.statement}. Criterion: {claim.criterion} "
+                     f"Verdict: {rec['reason']}. Measured: {rec['measured']}")
+    statuses = [records[c]["status"] for c in ids if c in records]
+    head = ", ".join(f"{statuses.count(s)} {s}" for s in VERDICTS if s in statuses) or "nothing recorded"
+    return "\n\n".join([f"Of {len(ids)} claim(s) on this page: {head}."] + parts)

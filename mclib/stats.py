@@ -1,0 +1,212 @@
+"""Uncertainty for the book's verdicts: bootstrap intervals, fractions, correlations, partial correlations.
+
+Every claim is judged on an interval, not on a point estimate (see :mod:`mclib.claims`). The intervals here
+are percentile bootstrap intervals (Efron & Tibshirani 1993, ch. 13) over the independent units of a
+measurement -- pairs of inputs, inputs, or (x_k, y_k) pairs of a profile -- except for a plain fraction,
+where the Wilson score interval is used because the bootstrap of a fraction of 0 or 1 collapses to a point.
+
+Intervals are returned as :class:`Interval` ``(estimate, lo, hi, n)``; ``Interval._asdict()`` is what the
+claim records store.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+
+
+class Interval(NamedTuple):
+    """A point estimate with a two-sided interval ``[lo, hi]`` at the level it was computed at, from ``n`` units."""
+
+    estimate: float
+    lo: float
+    hi: float
+    n: int
+
+
+def _check_level(level: float) -> float:
+    if not 0 < float(level) < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    return float(level)
+
+
+def _check_n_boot(n_boot: int) -> int:
+    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
+    return int(n_boot)
+
+
+def _percentiles(boot: np.ndarray, level: float) -> tuple[float, float]:
+    """The ``(1-level)/2`` and ``(1+level)/2`` percentiles of the finite bootstrap replicates (nan if none)."""
+    boot = np.asarray(boot, dtype=float)
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(samples, statistic: Callable[[np.ndarray], float] = np.mean, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> Interval:
+    """Percentile bootstrap interval of ``statistic(samples)``.
+
+    ``samples`` has one row per independent unit (a pair, an input); rows are drawn with replacement
+    ``n_boot`` times, ``statistic`` is applied to each resample, and the interval is the ``(1-level)/2`` and
+    ``(1+level)/2`` percentiles of the replicates. Non-finite replicates are dropped (nan interval if all
+    are). The estimate is ``statistic(samples)`` on the full sample. A resample is one
+    ``numpy.random.default_rng(seed)`` draw, so the same seed gives the same interval.
+    """
+    x = np.asarray(samples, dtype=float)
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"samples must hold at least one unit along axis 0, got shape {x.shape}")
+    n_boot, level = _check_n_boot(n_boot), _check_level(level)
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    boot = np.array([statistic(x[i]) for i in idx], dtype=float)
+    lo, hi = _percentiles(boot, level)
+    return Interval(float(statistic(x)), lo, hi, len(x))
+
+
+def fraction_ci(flags, level: float = 0.95) -> Interval:
+    """A fraction ``k/n`` of true ``flags`` with its Wilson score interval.
+
+    With ``z`` the normal quantile of ``(1+level)/2`` and ``p = k/n``:
+    ``centre = (p + z^2/(2n)) / (1 + z^2/n)``, ``half = z/(1 + z^2/n) * sqrt(p(1-p)/n + z^2/(4n^2))``.
+    Unlike a bootstrap of the flags, it does not collapse to a point when ``k = 0`` or ``k = n``: 0 of 20
+    pairs gives ``[0, 0.16]``, not certainty. An empty ``flags`` gives a nan estimate and ``[0, 1]``.
+    """
+    from scipy.stats import norm
+
+    f = np.asarray(flags)
+    if f.ndim != 1:
+        raise ValueError(f"flags must be 1-D (one flag per unit), got shape {f.shape}")
+    if f.size and not (np.isin(f, (0, 1)) | (f.dtype == bool)).all():
+        raise ValueError(f"flags must be booleans or 0/1, got values {np.unique(f)[:5].tolist()}")
+    level = _check_level(level)
+    n, k = int(f.size), int(np.count_nonzero(f))
+    if n == 0:
+        return Interval(math.nan, 0.0, 1.0, 0)
+    z = float(norm.ppf((1 + level) / 2))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row of ``a`` with the same row of ``b`` (nan for a constant row)."""
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(a, axis=-1)  # average ranks for ties
+
+
+def _t_pvalue(r: float, dof: int) -> float:
+    """Two-sided p-value of a correlation ``r`` under H0: rho = 0, t = r sqrt(dof / (1 - r^2)) with ``dof`` df."""
+    from scipy.stats import t as student
+
+    if not np.isfinite(r) or dof < 1:
+        return math.nan
+    if abs(r) >= 1:
+        return 0.0
+    return float(2 * student.sf(abs(r) * math.sqrt(dof / (1 - r * r)), dof))
+
+
+def _paired(x, y, name_x="x", name_y="y") -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape or len(x) < 3:
+        raise ValueError(f"{name_x} and {name_y} must be 1-D of equal length >= 3, got shapes {x.shape} and {y.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError(f"{name_x} and {name_y} must be finite; drop or censor non-finite entries first")
+    return x, y
+
+
+def correlation(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, seed: int = 0,
+                level: float = 0.95) -> dict:
+    """Pearson and Spearman correlation of paired samples with pairs-bootstrap intervals and p-values.
+
+    Pearson ``r = sum (x-xbar)(y-ybar) / sqrt(sum (x-xbar)^2 sum (y-ybar)^2)``; Spearman is Pearson on
+    average ranks. The p-values test ``rho = 0`` with ``t = r sqrt((n-2)/(1-r^2))`` on ``n-2`` degrees of
+    freedom (what :func:`scipy.stats.pearsonr` does; for Spearman the same t approximation as
+    :func:`scipy.stats.spearmanr`). The intervals resample the ``(x_k, y_k)`` pairs with replacement
+    ``n_boot`` times (resamples with a constant column are dropped) and take percentiles.
+
+    Returns a dict: ``n``, ``n_boot``, ``level``, and for ``pearson`` and ``spearman`` the estimate
+    (``pearson``), ``pearson_p``, ``pearson_lo``, ``pearson_hi`` (nan estimate if a column is constant).
+    """
+    x, y = _paired(x, y)
+    n_boot, level = _check_n_boot(n_boot), _check_level(level)
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    out = {"n": len(x), "n_boot": n_boot, "level": level}
+    for name, fx, fy, bx, by in (("pearson", x, y, x[idx], y[idx]),
+                                 ("spearman", _ranks(x), _ranks(y), _ranks(x[idx]), _ranks(y[idx]))):
+        r = float(_pearson_rows(fx, fy))
+        lo, hi = _percentiles(_pearson_rows(bx, by), level)
+        out.update({name: r, f"{name}_p": _t_pvalue(r, len(x) - 2), f"{name}_lo": lo, f"{name}_hi": hi})
+    return out
+
+
+def _residuals(v: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """Residuals of least squares of ``v`` (..., n) on ``design`` (..., n, k): ``v - Z pinv(Z) v``."""
+    coef = np.linalg.pinv(design) @ v[..., None]
+    return v - (design @ coef)[..., 0]
+
+
+def partial_correlation(x: Sequence[float], y: Sequence[float], given, n_boot: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> dict:
+    """Correlation of ``x`` and ``y`` after regressing out ``given`` (one or more covariates), with intervals.
+
+    With ``Z = [1, given]`` the residuals are ``e_x = x - Z b_x`` and ``e_y = y - Z b_y`` (least squares), and
+    the partial Pearson correlation is Pearson's r of ``e_x`` and ``e_y``; for one covariate ``z`` this equals
+    ``(r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2))``. The partial Spearman correlation does the same on
+    the ranks of ``x``, ``y`` and each covariate. p-values use ``n - 2 - k`` degrees of freedom (``k``
+    covariates). Intervals: pairs bootstrap over rows ``(x_k, y_k, given_k)``, re-fitting the regression in
+    every resample. Same keys as :func:`correlation`, plus ``k``.
+
+    Use it to ask whether two profiles along ``t`` co-vary beyond a shared trend (``given = t``): two
+    monotone profiles correlate near 1 whatever their relation, their partial correlation given ``t`` does not.
+    """
+    x, y = _paired(x, y)
+    z = np.asarray(given, dtype=float)
+    z = z[:, None] if z.ndim == 1 else z
+    if z.ndim != 2 or len(z) != len(x):
+        raise ValueError(f"given must be 1-D or 2-D with {len(x)} rows (one per pair), got shape {np.shape(given)}")
+    if not np.isfinite(z).all():
+        raise ValueError("given must be finite")
+    k = z.shape[1]
+    if len(x) < k + 3:
+        raise ValueError(f"need at least {k + 3} pairs for a partial correlation on {k} covariate(s), got {len(x)}")
+    n_boot, level = _check_n_boot(n_boot), _check_level(level)
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    out = {"n": len(x), "k": k, "n_boot": n_boot, "level": level}
+    zr = np.stack([_ranks(c) for c in z.T], axis=1)
+    for name, fx, fy, fz, rank in (("pearson", x, y, z, False), ("spearman", _ranks(x), _ranks(y), zr, True)):
+        design = np.concatenate([np.ones((len(x), 1)), fz], axis=1)
+        r = float(_pearson_rows(_residuals(fx, design), _residuals(fy, design)))
+        bx, by, bz = x[idx], y[idx], z[idx]
+        if rank:  # rank within each resample, as the statistic does on the full sample
+            bx, by = _ranks(bx), _ranks(by)
+            bz = np.stack([_ranks(bz[..., j]) for j in range(k)], axis=-1)
+        bdesign = np.concatenate([np.ones((n_boot, len(x), 1)), bz], axis=-1)
+        boot = _pearson_rows(_residuals(bx, bdesign), _residuals(by, bdesign))
+        lo, hi = _percentiles(boot, level)
+        out.update({name: r, f"{name}_p": _t_pvalue(r, len(x) - 2 - k), f"{name}_lo": lo, f"{name}_hi": hi})
+    return out
+
+
+def is_monotone(profile: Sequence[float], tol: float = 0.0) -> bool:
+    """True when ``profile`` never rises by more than ``tol`` or never falls by more than ``tol`` (a trend only).
+
+    Two monotone profiles have a rank correlation of +-1 whatever links them, so a correlation between them
+    cannot discriminate (claim C7).
+    """
+    d = np.diff(np.asarray(profile, dtype=float))
+    return bool((d <= tol).all() or (d >= -tol).all())
