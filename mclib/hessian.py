@@ -52,8 +52,11 @@ Robustness along a path
 -----------------------
 :func:`robustness_along` evaluates, at every t of a weight-space curve (:mod:`mclib.curves`), the
 standard loss/accuracy, the PGD loss/accuracy (Madry et al. 2018; :func:`mclib.attacks.evasion.pgd`) and
-the mean largest input-Hessian eigenvalue on clean inputs. :func:`barrier_height` and
-:func:`correlation` (Pearson and Spearman with bootstrap intervals) turn those into claims C6, C7;
+the mean largest input-Hessian eigenvalue on clean inputs, with the per-input values behind each mean.
+:func:`barrier_height` (with :func:`barrier_interval`, a bootstrap over inputs) turns the losses into claim C6.
+For C7, :func:`correlation` compares the two profiles along t -- which cannot discriminate when both are
+monotone -- while :func:`detrended_correlation` removes the shared trend in t and
+:func:`across_inputs_correlation` correlates per-input PGD loss and eigenvalue at one fixed t.
 :func:`plot_along` draws a loss and the eigenvalue on one t axis (twin axes).
 """
 from __future__ import annotations
