@@ -444,15 +444,18 @@ def summary(df) -> dict[str, float]:
     * ``end_acc``: the worse endpoint's accuracy; ``worst_acc`` and ``t_worst``: the lowest accuracy
       along the curve and where; ``acc_drop = end_acc - worst_acc`` (Garipov et al. 2018 fig. 1 and
       Zhao et al. 2020 fig. 2 report the error along t; the line's maximum error is the barrier).
-    * ``max_loss`` and ``loss_barrier = max_t L(w(t)) - max(L(w_0), L(w_1))``.
+    * ``max_loss`` and ``loss_barrier = max_t L(w(t)) - max(L(w_0), L(w_1))``
+      (:func:`mclib.hessian.barrier_height`, the book's one profile-barrier function).
     """
+    from mclib.hessian import barrier_height
+
     df = df.sort_values("t")
     ends = df.iloc[[0, -1]]
     i = int(df["acc"].to_numpy().argmin())
     end_acc = float(ends["acc"].min())
     return {"end_acc": end_acc, "worst_acc": float(df["acc"].iloc[i]), "t_worst": float(df["t"].iloc[i]),
             "acc_drop": end_acc - float(df["acc"].iloc[i]), "max_error": 1.0 - float(df["acc"].iloc[i]),
-            "max_loss": float(df["loss"].max()), "loss_barrier": float(df["loss"].max() - ends["loss"].max())}
+            "max_loss": float(df["loss"].max()), "loss_barrier": barrier_height(df["loss"])}
 
 
 def grid(n: int) -> list[float]:

@@ -74,8 +74,11 @@ Robustness along a path
 -----------------------
 :func:`robustness_along` evaluates, at every t of a weight-space curve (:mod:`mclib.curves`), the
 standard loss/accuracy, the PGD loss/accuracy (Madry et al. 2018; :func:`mclib.attacks.evasion.pgd`) and
-the mean largest input-Hessian eigenvalue on clean inputs. :func:`barrier_height` and
-:func:`correlation` (Pearson and Spearman with bootstrap intervals) turn those into claims C6, C7;
+the mean largest input-Hessian eigenvalue on clean inputs, with the per-input values behind each mean.
+:func:`barrier_height` (with :func:`barrier_interval`, a bootstrap over inputs) turns the losses into claim C6.
+For C7, :func:`correlation` compares the two profiles along t -- which cannot discriminate when both are
+monotone -- while :func:`detrended_correlation` removes the shared trend in t and
+:func:`across_inputs_correlation` correlates per-input PGD loss and eigenvalue at one fixed t.
 :func:`plot_along` draws a loss and the eigenvalue on one t axis (twin axes).
 """
 from __future__ import annotations
@@ -97,7 +100,8 @@ SATURATION = 0.999
 __all__ = [
     "input_hvp", "lanczos", "power_iteration", "top_eigenvalue", "batch_top_eigenvalue", "exact_hessian",
     "gauss_newton_spectrum", "is_piecewise_linear",
-    "exact_top_eigenvalue", "robustness_along", "barrier_height", "has_barrier", "correlation", "plot_along",
+    "exact_top_eigenvalue", "robustness_along", "barrier_height", "barrier_threshold", "has_barrier",
+    "barrier_interval", "correlation", "detrended_correlation", "across_inputs_correlation", "plot_along",
 ]
 
 
@@ -634,7 +638,8 @@ def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tenso
     examples (radius ``eps``, ``steps``, ``step_size``; Madry et al. 2018) crafted against the model
     at t; ``eig_mean``/``eig_median`` of lambda_max of the input Hessian (:func:`top_eigenvalue`) on the
     first ``n_hessian`` clean examples. Returns ``(DataFrame, per_example)`` where ``per_example``
-    holds (T, N) arrays ``pgd_loss`` and ``eig`` for example-level bootstraps.
+    holds the per-input values for input-level bootstraps and across-input correlations: (T, N) arrays
+    ``loss`` and ``pgd_loss`` and the (T, n_hessian) array ``eig`` (input k of ``eig`` is input k of the others).
     """
     import pandas as pd
 
@@ -643,7 +648,7 @@ def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tenso
     _check_xy(X, y)
     n_hessian = len(X) if n_hessian is None else min(int(n_hessian), len(X))
     hk = dict(hessian_kwargs or {})
-    rows, pgd_rows, eig_rows = [], [], []
+    rows, loss_rows, pgd_rows, eig_rows = [], [], [], []
     for t in tqdm(list(ts), desc="along t", disable=not progress, leave=False):
         model = curve.at(float(t), bn_data=bn_data).eval()
         dev = next(model.parameters()).device
@@ -660,21 +665,23 @@ def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tenso
             plosses.append(F.cross_entropy(pout, yb, reduction="none").cpu())
             pcorrect.append((pout.argmax(1) == yb).cpu())
         eig = top_eigenvalue(model, X[:n_hessian].to(dev), y[:n_hessian].to(dev), generator=generator, **hk).cpu()
-        pl = torch.cat(plosses)
-        rows.append({"t": float(t), "loss": torch.cat(losses).mean().item(),
+        pl, cl = torch.cat(plosses), torch.cat(losses)
+        rows.append({"t": float(t), "loss": cl.mean().item(),
                      "acc": torch.cat(correct).float().mean().item(), "pgd_loss": pl.mean().item(),
                      "pgd_acc": torch.cat(pcorrect).float().mean().item(), "eig_mean": eig.mean().item(),
                      "eig_median": eig.median().item()})
+        loss_rows.append(cl.numpy())
         pgd_rows.append(pl.numpy())
         eig_rows.append(eig.numpy())
-    return pd.DataFrame(rows), {"pgd_loss": np.stack(pgd_rows), "eig": np.stack(eig_rows)}
+    return pd.DataFrame(rows), {"loss": np.stack(loss_rows), "pgd_loss": np.stack(pgd_rows), "eig": np.stack(eig_rows)}
 
 
 def barrier_height(values: Iterable[float]) -> float:
     """Barrier height of a profile along t: ``max_t v(t) - max(v(0), v(1))`` (>= 0; Zhao et al. Sec. 5).
 
     The same definition as the input-space barrier gap of Vrabel et al. (max along the path minus the
-    larger endpoint), applied to a loss along a weight-space path.
+    larger endpoint), applied to a loss along a weight-space path. The book's one profile-barrier
+    function: :func:`mclib.curves.summary` and the criteria of claims C1 and C6 use it.
     """
     v = np.asarray(list(values), dtype=float)
     if v.ndim != 1 or len(v) < 2:
@@ -682,47 +689,76 @@ def barrier_height(values: Iterable[float]) -> float:
     return float(v.max() - max(v[0], v[-1]))
 
 
-def has_barrier(values: Iterable[float], abs_tol: float = 0.05, rel_tol: float = 0.05) -> bool:
-    """Whether a profile has a barrier: height > ``abs_tol`` + ``rel_tol`` * (larger endpoint value)."""
+def barrier_threshold(values: Iterable[float], abs_tol: float = 0.05, rel_tol: float = 0.05) -> float:
+    """The height a barrier must exceed: ``abs_tol`` + ``rel_tol`` * (larger endpoint value)."""
     v = np.asarray(list(values), dtype=float)
-    return barrier_height(v) > abs_tol + rel_tol * max(v[0], v[-1])
+    return float(abs_tol + rel_tol * max(v[0], v[-1]))
 
 
-def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), np.nan)
+def has_barrier(values: Iterable[float], abs_tol: float = 0.05, rel_tol: float = 0.05) -> bool:
+    """Whether a profile has a barrier: :func:`barrier_height` > :func:`barrier_threshold`."""
+    v = np.asarray(list(values), dtype=float)
+    return barrier_height(v) > barrier_threshold(v, abs_tol, rel_tol)
+
+
+def barrier_interval(per_input, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """:func:`barrier_height` of the mean profile with a bootstrap interval over inputs.
+
+    ``per_input`` is a (T, N) array of one loss per t and input (as :func:`robustness_along` returns).
+    The inputs (columns) are resampled with replacement ``n_boot`` times; each resample's mean profile
+    gives one barrier height (:func:`mclib.stats.bootstrap_ci`). Returns the interval as a dict
+    (``estimate``, ``lo``, ``hi``, ``n``) plus the ``threshold`` of :func:`barrier_threshold` on the
+    mean profile, so a criterion can be judged on the interval.
+    """
+    from mclib import stats
+
+    a = np.asarray(per_input, dtype=float)
+    if a.ndim != 2 or a.shape[0] < 2:
+        raise ValueError(f"per_input must be (T, N) with T >= 2, got shape {a.shape}")
+    iv = stats.bootstrap_ci(a.T, lambda s: barrier_height(s.mean(0)), n_boot=n_boot, seed=seed, level=level)
+    return {**iv._asdict(), "threshold": barrier_threshold(a.mean(1))}
 
 
 def correlation(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, level: float = 0.95,
                 seed: int = 0) -> dict:
-    """Pearson and Spearman correlation of two profiles along t, with percentile bootstrap intervals.
+    """Pearson and Spearman correlation of two profiles along t with pairs-bootstrap intervals.
 
-    The point estimates and p-values are :func:`scipy.stats.pearsonr` / :func:`scipy.stats.spearmanr`.
-    The intervals resample the (a_k, b_k) pairs with replacement ``n_boot`` times (pairs bootstrap;
-    resamples with a constant column are dropped) and take the ``(1 - level)/2`` and
-    ``(1 + level)/2`` percentiles. Returns a dict with ``pearson``, ``pearson_p``, ``pearson_lo``,
-    ``pearson_hi`` and the same for ``spearman``, plus ``n`` and ``n_boot``.
+    :func:`mclib.stats.correlation` (same keys: ``pearson``, ``pearson_p``, ``pearson_lo``,
+    ``pearson_hi``, the same for ``spearman``, ``n``, ``n_boot``). Two monotone profiles correlate near
+    +-1 whatever links them: see :func:`detrended_correlation` and :func:`across_inputs_correlation`.
     """
-    from scipy import stats
+    from mclib import stats
 
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or len(a) < 3:
-        raise ValueError(f"need two 1-D profiles of equal length >= 3, got {a.shape} and {b.shape}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(int(n_boot), len(a)))
-    ab, bb = a[idx], b[idx]
-    boot_p = _pearson_rows(ab, bb)
-    boot_s = _pearson_rows(stats.rankdata(ab, axis=1), stats.rankdata(bb, axis=1))
-    q = [50 * (1 - level), 50 * (1 + level)]
-    pr, sr = stats.pearsonr(a, b), stats.spearmanr(a, b)
-    out = {"n": len(a), "n_boot": int(n_boot), "level": level}
-    for name, res, boot in (("pearson", pr, boot_p), ("spearman", sr, boot_s)):
-        lo, hi = np.nanpercentile(boot, q) if np.isfinite(boot).any() else (np.nan, np.nan)
-        out.update({name: float(res[0]), f"{name}_p": float(res[1]), f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
-    return out
+    return stats.correlation(a, b, n_boot=n_boot, seed=seed, level=level)
+
+
+def detrended_correlation(df, x: str = "pgd_loss", y: str = "eig_mean", n_boot: int = 2000, seed: int = 0,
+                          level: float = 0.95) -> dict:
+    """Partial correlation of ``df[x]`` and ``df[y]`` along the path given ``t`` (:func:`mclib.stats.partial_correlation`).
+
+    Regressing both profiles on ``[1, t]`` removes a shared linear trend; what correlates after that is
+    co-variation beyond "both fall from the regular to the robust model".
+    """
+    from mclib import stats
+
+    return stats.partial_correlation(df[x], df[y], df["t"], n_boot=n_boot, seed=seed, level=level)
+
+
+def across_inputs_correlation(per_example: Mapping[str, np.ndarray], t_index: int, n_boot: int = 2000,
+                              seed: int = 0, level: float = 0.95) -> dict:
+    """Correlation across inputs at one point of the path: per-input PGD loss vs per-input top eigenvalue.
+
+    ``per_example`` as returned by :func:`robustness_along`; row ``t_index`` of ``pgd_loss`` (its first
+    ``n_hessian`` inputs) against the same row of ``eig``. The weights are fixed, so no shared trend in t
+    can produce the correlation; the interval is a pairs bootstrap over inputs (:func:`mclib.stats.correlation`).
+    """
+    from mclib import stats
+
+    eig = np.asarray(per_example["eig"], dtype=float)
+    loss = np.asarray(per_example["pgd_loss"], dtype=float)
+    if not -eig.shape[0] <= t_index < eig.shape[0]:
+        raise ValueError(f"t_index must index one of the {eig.shape[0]} points of t, got {t_index}")
+    return stats.correlation(loss[t_index, :eig.shape[1]], eig[t_index], n_boot=n_boot, seed=seed, level=level)
 
 
 def plot_along(ax, df, left: str = "pgd_loss", right: str = "eig_mean", left_label: str | None = None,

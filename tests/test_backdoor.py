@@ -175,9 +175,72 @@ def test_optimise_trigger_against_models_keeps_place_and_range():
     trig = bd.optimise_trigger([m], X, y, bd.Trigger(size=3, position="center"), target=5, steps=15,
                                generator=torch.Generator().manual_seed(0))
     assert trig.pattern.shape == (1, 3, 3) and trig.pattern.min() >= 0 and trig.pattern.max() <= 1
+    assert trig.start.shape == (1, 3, 3)
     out = trig.apply(X[:2])
     assert torch.equal(out[:, :, 2:5, 2:5], trig.pattern.expand(2, 1, 3, 3))
     assert torch.equal(out[:, :, :2], X[:2, :, :2])
+    again = bd.optimise_trigger([m], X, y, bd.Trigger(size=3, position="center"), target=5, steps=15,
+                                generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.pattern, trig.pattern)  # deterministic given the generator
+
+
+_CHECKER = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]])
+
+
+def _backdoored(pattern=None, seed=0):
+    """A small CNN on 8x8 images with a bottom-right backdoor (white square, or ``pattern``) to class 0.
+
+    With a ``pattern``, a fifth of the training images also carries the white square with its TRUE
+    label, so that the white square is a decoy that fools nothing while the pattern fools the model.
+    """
+    torch.manual_seed(seed)
+    X, y = _images(n=400, seed=seed)
+    X[:, :, 5:, 5:] = 0.0
+    trig = bd.Trigger(pattern=pattern) if pattern is not None else bd.Trigger()
+    Xp, yp = bd.poison(X, y, generator=torch.Generator().manual_seed(seed), rate=0.2, target=0, trigger=trig)
+    if pattern is not None:
+        decoy = torch.arange(len(X)) % 5 == 1
+        Xp = torch.cat([Xp, bd.Trigger().apply(X[decoy])])
+        yp = torch.cat([yp, y[decoy]])
+    m = models.build("cnn", in_shape=(1, 8, 8), num_classes=10)
+    train.fit(m, Xp, yp, epochs=10, batch_size=64, lr=3e-3, progress=False)
+    return m, X, y, trig
+
+
+def test_optimise_trigger_finds_a_backdoor_from_a_random_start():
+    # the control of claim C5: against a backdoored model the optimiser must reach a high ASR from noise
+    m, X, y, real = _backdoored()
+    assert bd.asr(m, X, y, real) > 0.9
+    dark = torch.zeros(1, 3, 3)  # a start that fools nothing: the clean images' own (empty) corner
+    trig = bd.optimise_trigger([m], X, y, bd.Trigger(), init=dark, steps=60, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(trig.start, dark)
+    assert bd.asr(m, X, y, bd.Trigger(pattern=dark)) < 0.5
+    assert bd.asr(m, X, y, trig) > 0.9
+    assert (trig.pattern - trig.start).abs().mean() > 0.1  # the trigger moved
+
+
+def test_optimise_trigger_leaves_a_wrong_start_at_the_box_edge():
+    # the model's backdoor is a checkerboard; starting from the white square (every pixel at the upper
+    # edge of [0, 1]) the attacker must move the off-pixels down -- a saturated sigmoid could not
+    m, X, y, real = _backdoored(pattern=_CHECKER)
+    white = bd.Trigger()
+    assert bd.asr(m, X, y, real) > 0.9 and bd.asr(m, X, y, white) < 0.5
+    trig = bd.optimise_trigger([m], X, y, white, init="trigger", steps=60, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(trig.start, torch.ones(1, 3, 3))
+    assert bd.asr(m, X, y, trig) > 0.9
+    assert trig.pattern[0][_CHECKER[0] == 0].mean() < 0.5
+
+
+def test_optimise_trigger_rejects_bad_arguments():
+    m, X, y = _small_trained()
+    with pytest.raises(ValueError, match="init must be"):
+        bd.optimise_trigger([m], X, y, init="white")
+    with pytest.raises(ValueError, match="init must be"):
+        bd.optimise_trigger([m], X, y, init=torch.ones(1, 2, 2))
+    with pytest.raises(ValueError, match="non-empty list"):
+        bd.optimise_trigger([], X, y)
+    with pytest.raises(ValueError, match="steps and n_t"):
+        bd.optimise_trigger([m], X, y, steps=0)
 
 
 def test_rgb_32x32_paths():

@@ -245,22 +245,66 @@ def asr(model: nn.Module, X: torch.Tensor, y: torch.Tensor, trigger: Trigger | M
 
 
 # -- path-aware attacker (claim C5) ----------------------------------------------------------------
+INITS = ("random", "trigger")
+
+
+def trigger_margin_loss(out: torch.Tensor, labels: torch.Tensor, kappa: float = 5.0) -> torch.Tensor:
+    """Carlini-Wagner margin loss per image: :math:`\\max(\\max_{j \\ne c} z_j - z_c, -\\kappa)`.
+
+    ``c`` is the label the attacker wants. Unlike cross-entropy, whose gradient vanishes on images the
+    trigger already fools, the loss keeps pushing until the wanted logit leads by ``kappa`` and then
+    stops exactly (zero gradient), so the images the trigger does *not* yet fool dominate the step.
+    """
+    return (-_margin(out, labels)).clamp_min(-float(kappa))
+
+
+def _start_pattern(init, trig: Trigger, channels: int, generator: torch.Generator | None) -> torch.Tensor:
+    if isinstance(init, str):
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS} or a ({channels}, {trig.size}, {trig.size}) tensor, got {init!r}")
+        if init == "trigger":
+            return trig.patch(channels).clone()
+        return torch.rand(channels, trig.size, trig.size, generator=generator)
+    p = torch.as_tensor(init, dtype=torch.float32)
+    if p.shape != (channels, trig.size, trig.size) or p.min() < 0 or p.max() > 1:
+        raise ValueError(f"init must be one of {INITS} or a ({channels}, {trig.size}, {trig.size}) tensor in [0, 1], "
+                         f"got shape {tuple(p.shape)}")
+    return p.clone()
+
+
 def optimise_trigger(curve_or_models, X: torch.Tensor, y: torch.Tensor, trigger: Trigger | Mapping | None = None,
                      mode: str = "single", target: int = 0, num_classes: int = 10, steps: int = 200,
-                     lr: float = 0.1, batch_size: int = 128, generator: torch.Generator | None = None,
+                     lr: float = 0.05, batch_size: int = 128, n_t: int = 4, kappa: float = 5.0,
+                     init: str | torch.Tensor = "random", generator: torch.Generator | None = None,
                      progress: bool = False) -> Trigger:
     """A trigger pattern optimised against a whole curve: maximise the attack averaged over ``t``.
 
     The attacker knows the path (claim C5, Zhao et al. sec. 3.3): it keeps the trigger's size and
-    position and learns its pixel values :math:`p = \\sigma(a) \\in [0, 1]^{C \\times s \\times s}` by Adam
-    on :math:`\\mathbb{E}_{t \\sim U(0,1)} \\mathrm{CE}(f_{w(t)}(\\mathrm{apply}(x, p)), y_{\\rm attack})` --
-    one fresh ``t`` and one minibatch of attackable images per step. ``curve_or_models`` is a
-    :class:`mclib.curves.Curve` (t drawn uniformly) or a list of models (one drawn per step, e.g. a
-    single untampered model as a control). Starts from the given trigger's pattern (white square).
-    Returns a :class:`Trigger` carrying the optimised ``pattern``.
+    position and learns its pixel values :math:`p \\in [0, 1]^{C \\times s \\times s}` by projected Adam
+    (a step on :math:`p` itself, then clipping to [0, 1]) on
+
+    .. math:: \\frac{1}{n_t} \\sum_{k=1}^{n_t} \\frac{1}{|B|} \\sum_{x \\in B}
+              \\max\\big(\\max_{j \\ne c} z_j - z_c, -\\kappa\\big)\\big(f_{w(t_k)}(\\mathrm{apply}(x, p))\\big),
+
+    a margin loss (:func:`trigger_margin_loss`) on one minibatch ``B`` of attackable images at ``n_t``
+    stratified points :math:`t_k = (k - 1 + u_k) / n_t` of the path per step (the learning rate decays
+    by a cosine from ``lr`` to 0). Why not the obvious sigmoid + cross-entropy: a sigmoid pixel pushed
+    to the box edge saturates and cannot come back within the budget, and cross-entropy sends no
+    gradient from images already fooled -- together they left the white square unchanged.
+
+    ``curve_or_models`` is a :class:`mclib.curves.Curve` or a list of models (each step averages over
+    all of them, e.g. one backdoored endpoint as the control that the optimiser must beat). ``init``:
+    ``"random"`` (a uniform pattern from ``generator``, default), ``"trigger"`` (the given trigger's
+    pattern, the white square) or a tensor. Returns a :class:`Trigger` carrying the optimised
+    ``pattern``, with the starting pattern as ``.start``.
     """
+    from tqdm.auto import tqdm
+
     from mclib.curves import Curve
 
+    _check_mode(mode)
+    if steps < 1 or n_t < 1:
+        raise ValueError(f"steps and n_t must be >= 1, got steps={steps}, n_t={n_t}")
     trig = Trigger.make(trigger)
     Xa, ya = X, attack_labels(y, mode, target, num_classes)
     if mode == "single":
@@ -269,33 +313,36 @@ def optimise_trigger(curve_or_models, X: torch.Tensor, y: torch.Tensor, trigger:
         raise ValueError("no attackable images (all belong to the target class)")
     is_curve = isinstance(curve_or_models, Curve)
     models = None if is_curve else list(curve_or_models)
+    if not is_curve and not models:
+        raise ValueError("curve_or_models must be a Curve or a non-empty list of models")
     ref = curve_or_models if is_curve else models[0]
     device = next(iter(ref.buffers() if is_curve else ref.parameters())).device
-    init = trig.patch(X.shape[1]).clamp(0.02, 0.98)
-    a = torch.logit(init).clone().to(device).requires_grad_(True)
-    opt = torch.optim.Adam([a], lr=lr)
-    from tqdm.auto import tqdm
-
-    if is_curve:
-        curve_or_models.eval()
-    else:
-        for m in models:
-            m.eval()
+    start = _start_pattern(init, trig, X.shape[1], generator)
+    p = start.clone().to(device).requires_grad_(True)
+    opt = torch.optim.Adam([p], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    for m in ([curve_or_models] if is_curve else models):
+        m.eval()
+    n_views = n_t if is_curve else len(models)
     for _ in tqdm(range(steps), desc="optimise trigger", disable=not progress, leave=False):
         idx = torch.randint(len(Xa), (min(batch_size, len(Xa)),), generator=generator)
         xb, yb = Xa[idx].to(device), ya[idx].to(device)
-        t = torch.rand((), generator=generator, dtype=torch.float64)
-        cur = Trigger(trig.size, trig.position, pattern=torch.sigmoid(a))
-        xt = cur.apply(xb)
+        xt = Trigger(trig.size, trig.position, pattern=p).apply(xb)
         if is_curve:
-            out = curve_or_models(xt, t)
+            ts = (torch.arange(n_t, dtype=torch.float64) + torch.rand(n_t, generator=generator, dtype=torch.float64)) / n_t
+            outs = [curve_or_models(xt, t) for t in ts]
         else:
-            out = models[int(t * len(models)) % len(models)](xt)
-        loss = F.cross_entropy(out, yb)
+            outs = [m(xt) for m in models]
+        loss = sum(trigger_margin_loss(o, yb, kappa).mean() for o in outs) / n_views
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return Trigger(trig.size, trig.position, pattern=torch.sigmoid(a.detach()).cpu())
+        sched.step()
+        with torch.no_grad():
+            p.clamp_(0.0, 1.0)  # projection onto the pixel box: a pixel at an edge can leave it at the next step
+    out = Trigger(trig.size, trig.position, pattern=p.detach().cpu())
+    out.start = start
+    return out
 
 
 # -- error injection (claim C4) --------------------------------------------------------------------

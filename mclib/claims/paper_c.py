@@ -1,31 +1,346 @@
-"""Claims of Zhao et al. (ICLR 2020), C1..C8 -- placeholder until helper verdicts-c writes the criteria."""
+"""Claims of Zhao et al. (ICLR 2020, "Bridging mode connectivity in loss landscapes and adversarial robustness"), C1..C8.
+
+One judge per claim. Each reads the JSON-plain values its chapter records and returns a
+:class:`~mclib.claims.core.Verdict` judged on intervals (:func:`~mclib.claims.core.compare_interval`):
+
+* accuracies and attack success rates are fractions of test images: a single fraction gets its Wilson
+  interval (:func:`mclib.stats.fraction_ci`); a *difference* of two accuracies measured on the same
+  ``n`` images gets the normal interval ``d +- 1.96 sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n)``, which ignores
+  the (positive) pairing and so is wider than the paired interval -- conservative for "holds" and "fails";
+* barrier heights carry a bootstrap interval over test inputs (:func:`mclib.hessian.barrier_interval`);
+* correlations carry pairs-bootstrap intervals (:func:`mclib.stats.correlation`).
+
+Values with an ``"archs"`` mapping (C1, C6, C7) are judged per architecture; :func:`per_architecture`
+re-applies the same judge to one architecture at a time, which is how C8 reads them.
+"""
 from __future__ import annotations
 
-from mclib.claims.core import Claim, inconclusive
+import math
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from mclib.claims.core import Claim, Verdict, combine, compare_interval, fmt, inconclusive
+
+Z95 = 1.959963984540054  # the normal quantile of 0.975
+
+# -- criterion constants (fixed before measuring) -----------------------------------------------------
+C1_CURVE_MARGIN = 0.03   # the Bezier curve's worst accuracy lies at most 3 points below the worse endpoint's
+C1_LINE_GAP = 0.10       # ... while the straight line's worst lies more than 10 points below it
+C2_CLEAN_DROP = 0.05     # the repaired point keeps clean accuracy within 5 points of the endpoints' mean
+C2_ASR = 0.10            # ... with ASR at most 10%
+C4_CLEAN_DROP = 0.10     # the repaired point keeps clean accuracy within 10 points of the injected endpoints'
+C5_ASR = 0.10            # the path-aware trigger's ASR at most 10% for t in [0.25, 0.75]
+C5_MIN_CHANGE = 0.05     # guard: the optimised trigger moved by at least this (mean |p - start|, pixel units)
+C5_CONTROL_ASR = 0.80    # guard: the same optimiser reaches at least this ASR against a backdoored endpoint
+C7_R = 0.5               # the correlation must be at least this
 
 
-def _not_written(values) -> "object":
-    return inconclusive("criterion not yet written")
+def _fraction_interval(p: float, n: int) -> tuple[float, float]:
+    """Wilson interval of a fraction ``p`` of ``n`` units (:func:`mclib.stats.fraction_ci`)."""
+    from mclib.stats import fraction_ci
+
+    n = int(n)
+    k = int(round(float(p) * n))
+    iv = fraction_ci(np.r_[np.ones(k, dtype=bool), np.zeros(n - k, dtype=bool)])
+    return iv.lo, iv.hi
 
 
-_C = [
-    ("C1", "Untampered models are joined by high-accuracy curves where the straight line has a barrier",
-     "VGG16 CIFAR-10: line max error 90% vs Bezier 7.01%", "notebooks/c1_curves.ipynb"),
-    ("C2", "A path between two backdoored models trained on limited bonafide data removes the backdoor",
-     "t=0.1: 2500 samples 88% clean / 1.1% ASR; 50 samples 63% / 2.5%", "notebooks/c2_backdoor_repair.ipynb"),
-    ("C3", "Path repair beats fine-tuning, training from scratch, pruning and weight noise",
-     "fine-tune 84/1.5 and 46/2.8; pruning 88/43 and 81/82", "notebooks/c2_backdoor_repair.ipynb"),
-    ("C4", "Paths also repair error-injected models", "88-92% clean accuracy, 0% injection success",
-     "notebooks/c4_error_injection.ipynb"),
-    ("C5", "The repair holds against an attacker who knows the path", "repaired region narrows to t in [0.25, 0.75]",
-     "notebooks/c2_backdoor_repair.ipynb"),
-    ("C6", "A barrier in robustness loss lies between a regular and an adversarially trained model; standard loss has none",
-     "PGD linf eps 8/255, 10 steps, step 2/255", "notebooks/c6_robustness_hessian.ipynb"),
-    ("C7", "Robustness loss correlates with the largest input-Hessian eigenvalue along the path",
-     "Pearson 0.71, 0.88, 0.86 for three model pairs", "notebooks/c6_robustness_hessian.ipynb"),
-    ("C8", "These hold across architectures and datasets", "VGG/ResNet, CIFAR-10/SVHN",
-     "notebooks/c8_across_architectures.ipynb"),
+def _difference_interval(p1: float, p2: float, n: int) -> tuple[float, float]:
+    """Normal interval of ``p1 - p2`` for two fractions of ``n`` units each (unpaired, hence conservative)."""
+    d = float(p1) - float(p2)
+    se = math.sqrt(max(p1 * (1 - p1), 0) / n + max(p2 * (1 - p2), 0) / n) if n > 0 else math.inf
+    return d - Z95 * se, d + Z95 * se
+
+
+def _tag(prefix: str, v: Verdict) -> Verdict:
+    return Verdict(v.status, f"{prefix}: {v.reason}")
+
+
+def _rate(name: str, p: float, n: int, threshold: float, above: bool) -> Verdict:
+    lo, hi = _fraction_interval(p, n)
+    return compare_interval(name, lo, hi, threshold, above=above, estimate=p, spec=".1%")
+
+
+def _drop(name: str, ref: float, value: float, n: int, threshold: float, above: bool) -> Verdict:
+    lo, hi = _difference_interval(ref, value, n)
+    return compare_interval(name, lo, hi, threshold, above=above, estimate=ref - value, spec=".1%")
+
+
+def _archs(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    archs = values["archs"]
+    if not archs:
+        raise KeyError("archs")
+    return archs
+
+
+# -- C1 -----------------------------------------------------------------------------------------------
+def judge_c1(values: Mapping[str, Any]) -> Verdict:
+    """Per architecture: the Bezier curve's accuracy drop (worse endpoint - worst along t) at most
+    :data:`C1_CURVE_MARGIN` and the straight line's more than :data:`C1_LINE_GAP`, on ``n_test`` images.
+
+    ``values = {"n_test": n, "archs": {arch: {"line": {"end_acc", "worst_acc"}, "bezier": {...}}}}``.
+    """
+    n = int(values["n_test"])
+    parts = []
+    for arch, paths in _archs(values).items():
+        b, ln = paths["bezier"], paths["line"]
+        parts.append(_tag(arch, combine([
+            _drop("the Bezier curve's accuracy drop", b["end_acc"], b["worst_acc"], n, C1_CURVE_MARGIN, above=False),
+            _drop("the straight line's accuracy drop", ln["end_acc"], ln["worst_acc"], n, C1_LINE_GAP, above=True),
+        ])))
+    return combine(parts)
+
+
+# -- C2 -----------------------------------------------------------------------------------------------
+def judge_c2(values: Mapping[str, Any]) -> Verdict:
+    """In every setting (trigger x mode), at the path point ``t``: with the largest N the clean accuracy drop
+    from the endpoints' mean at most :data:`C2_CLEAN_DROP` and ASR at most :data:`C2_ASR`; with the smallest N
+    ASR at most :data:`C2_ASR`.
+
+    ``values = {"n_eval", "settings": [{"trigger", "mode", "end_acc", "n_asr", "n_max": {"N", "acc", "asr"},
+    "n_min": {...}}]}``.
+    """
+    n_eval = int(values["n_eval"])
+    parts = []
+    for s in values["settings"]:
+        hi, lo = s["n_max"], s["n_min"]
+        parts.append(_tag(f"{s['trigger']}/{s['mode']}", combine([
+            _drop(f"the clean accuracy drop at N={hi['N']}", s["end_acc"], hi["acc"], n_eval, C2_CLEAN_DROP,
+                  above=False),
+            _rate(f"the ASR at N={hi['N']}", hi["asr"], s["n_asr"], C2_ASR, above=False),
+            _rate(f"the ASR at N={lo['N']}", lo["asr"], s["n_asr"], C2_ASR, above=False),
+        ])))
+    if not parts:
+        return inconclusive("no repair setting was measured")
+    return combine(parts)
+
+
+# -- C3 -----------------------------------------------------------------------------------------------
+def _score_variance(m: Mapping[str, float], n_eval: int, n_asr: int) -> float:
+    a, r = float(m["clean_acc"]), float(m["asr"])
+    return a * (1 - a) / n_eval + r * (1 - r) / n_asr
+
+
+def judge_c3(values: Mapping[str, Any]) -> Verdict:
+    """In every (trigger, N) column the path point's score (clean accuracy - ASR) exceeds the best rival's,
+    judged on the normal interval of the score difference (each score's variance from its two fractions).
+
+    ``values = {"n_eval", "n_asr", "path": method name, "columns": [{"trigger", "N", "methods": {name:
+    {"clean_acc", "asr"}}}]}``; every method except those starting with ``"path"`` is a rival.
+    """
+    n_eval, n_asr, path = int(values["n_eval"]), int(values["n_asr"]), values["path"]
+    parts = []
+    for col in values["columns"]:
+        methods = col["methods"]
+        rivals = {k: m for k, m in methods.items() if not k.startswith("path")}
+        if path not in methods or not rivals:
+            parts.append(inconclusive(f"{col['trigger']}, N={col['N']}: the path or its rivals were not measured"))
+            continue
+        score = {k: float(m["clean_acc"]) - float(m["asr"]) for k, m in methods.items()}
+        best = max(rivals, key=score.get)
+        d = score[path] - score[best]
+        se = math.sqrt(_score_variance(methods[path], n_eval, n_asr) + _score_variance(rivals[best], n_eval, n_asr))
+        parts.append(_tag(f"{col['trigger']}, N={col['N']}", compare_interval(
+            f"the path's score minus that of the best rival ({best})", d - Z95 * se, d + Z95 * se, 0.0,
+            above=True, estimate=d, spec=".1%")))
+    if not parts:
+        return inconclusive("no comparison column was measured")
+    return combine(parts)
+
+
+# -- C4 -----------------------------------------------------------------------------------------------
+def judge_c4(values: Mapping[str, Any]) -> Verdict:
+    """For every N, at the path point: none of the ``n_chosen`` injected errors survives (the chosen images are
+    the whole population the attacker targets, so this count has no sampling error) and the clean accuracy
+    drop from the injected endpoints' mean is at most :data:`C4_CLEAN_DROP` on ``n_eval`` images.
+
+    ``values = {"n_eval", "n_chosen", "ref_acc", "points": [{"N", "acc", "injection"}]}``.
+    """
+    n_eval, k = int(values["n_eval"]), int(values["n_chosen"])
+    parts = []
+    for pt in values["points"]:
+        hits = int(round(float(pt["injection"]) * k))
+        inj = (Verdict.holds(f"no injected error survives (0 of {k})") if hits == 0
+               else Verdict.fails(f"{hits} of {k} injected errors survive, the criterion needs 0"))
+        parts.append(_tag(f"N={pt['N']}", combine([
+            inj, _drop("the clean accuracy drop", values["ref_acc"], pt["acc"], n_eval, C4_CLEAN_DROP, above=False)])))
+    if not parts:
+        return inconclusive("no bonafide size was measured")
+    return combine(parts)
+
+
+# -- C5 -----------------------------------------------------------------------------------------------
+def judge_c5(values: Mapping[str, Any]) -> Verdict:
+    """Guards first: the path-aware trigger moved at least :data:`C5_MIN_CHANGE` from its start, and the same
+    optimiser from a fresh random start reached an ASR of at least :data:`C5_CONTROL_ASR` (Wilson interval)
+    against a backdoored endpoint -- otherwise the attacker never attacked and the verdict is inconclusive.
+    Then the path-aware trigger's ASR at every grid t in [0.25, 0.75] must be at most :data:`C5_ASR`.
+
+    ``values = {"n_asr", "change", "control_asr", "aware": [{"t", "asr"}]}``.
+    """
+    n = int(values["n_asr"])
+    change = float(values["change"])
+    if not change >= C5_MIN_CHANGE:
+        return inconclusive(f"the optimised trigger moved by only {fmt(change)} (mean absolute pixel change) from its "
+                            f"start, below {fmt(C5_MIN_CHANGE)}, so the attacker did not demonstrably optimise")
+    control = _rate("the optimiser's ASR against the backdoored endpoint from a random start",
+                    values["control_asr"], n, C5_CONTROL_ASR, above=True)
+    if control.status != "holds":
+        return inconclusive(f"the attacker is not shown to work ({control.reason}), so a low ASR on the path says nothing")
+    mid = [r for r in values["aware"] if 0.25 - 1e-9 <= float(r["t"]) <= 0.75 + 1e-9]
+    if not mid:
+        return inconclusive("no grid point of t lies in [0.25, 0.75]")
+    return combine(_rate(f"the path-aware ASR at t={float(r['t']):.2g}", r["asr"], n, C5_ASR, above=False) for r in mid)
+
+
+# -- C6 -----------------------------------------------------------------------------------------------
+def judge_c6(values: Mapping[str, Any]) -> Verdict:
+    """Per architecture: the robustness (PGD) loss has a barrier -- the bootstrap interval of its barrier height
+    lies above the threshold (0.05 nats + 5% of the larger endpoint) -- and the standard loss has none (its
+    interval lies at or below its threshold).
+
+    ``values = {"archs": {arch: {"robust": {"estimate", "lo", "hi", "threshold"}, "standard": {...}}}}``.
+    """
+    parts = []
+    for arch, v in _archs(values).items():
+        r, s = v["robust"], v["standard"]
+        parts.append(_tag(arch, combine([
+            compare_interval("the robustness-loss barrier", r["lo"], r["hi"], r["threshold"], above=True,
+                             estimate=r["estimate"]),
+            compare_interval("the standard-loss barrier", s["lo"], s["hi"], s["threshold"], above=False,
+                             estimate=s["estimate"]),
+        ])))
+    return combine(parts)
+
+
+# -- C7 -----------------------------------------------------------------------------------------------
+def _corr(name: str, c: Mapping[str, Any]) -> Verdict:
+    return compare_interval(name, c.get("pearson_lo"), c.get("pearson_hi"), C7_R, above=True,
+                            estimate=c.get("pearson"), spec=".2f")
+
+
+def judge_c7(values: Mapping[str, Any]) -> Verdict:
+    """Per architecture, where the measurement can discriminate: the Pearson correlation ACROSS INPUTS at the fixed
+    point ``t_fixed`` (per-input PGD loss vs per-input top eigenvalue) has its bootstrap interval at or above
+    :data:`C7_R`; the along-path correlation of the two profiles counts too, but only when they are not both
+    monotone (two monotone profiles correlate near 1 whatever links them). Monotone-only evidence is inconclusive.
+
+    ``values = {"t_fixed", "archs": {arch: {"monotone": bool, "profile": correlation dict, "across": correlation
+    dict or absent}}}`` (correlation dicts as :func:`mclib.stats.correlation` returns).
+    """
+    parts = []
+    for arch, v in _archs(values).items():
+        evidence = []
+        if v.get("across") is not None:
+            evidence.append(_corr(f"the across-input Pearson r at t={fmt(values.get('t_fixed'), '.2g')}", v["across"]))
+        if not v["monotone"]:
+            evidence.append(_corr("the along-path Pearson r", v["profile"]))
+        if not evidence:
+            parts.append(inconclusive(f"{arch}: both profiles are monotone along t (Pearson "
+                                      f"{fmt(v['profile'].get('pearson'), '.2f')}), which any two trends give, and "
+                                      "no across-input measurement was made"))
+            continue
+        parts.append(_tag(arch, combine(evidence)))
+    return combine(parts)
+
+
+# -- C8 -----------------------------------------------------------------------------------------------
+def per_architecture(cid: str, values: Mapping[str, Any], arch: str | None = None) -> dict[str, Verdict]:
+    """Architecture -> verdict of claim ``cid`` on ``values``, with the claim's own judge.
+
+    Values with an ``"archs"`` mapping are judged one architecture at a time; others belong to the single
+    architecture ``values["arch"]`` (or ``arch``).
+    """
+    judge = JUDGES[cid]
+    if isinstance(values.get("archs"), Mapping):
+        return {a: judge({**values, "archs": {a: v}}) for a, v in values["archs"].items()}
+    return {str(values.get("arch", arch)): judge(values)}
+
+
+def judge_c8(values: Mapping[str, Any]) -> Verdict:
+    """Every C claim C1..C7 measured on at least two architectures and holding on each (the same judges,
+    per architecture). A claim failing on any architecture fails C8; one measured on one architecture only, or
+    inconclusive on one, leaves C8 inconclusive.
+
+    ``values = {"records": {cid: values of its record}}``.
+    """
+    recs = values["records"]
+    parts = []
+    for cid in ("C1", "C2", "C3", "C4", "C5", "C6", "C7"):
+        if cid not in recs:
+            parts.append(inconclusive(f"{cid} was not recorded"))
+            continue
+        verdicts = per_architecture(cid, recs[cid])
+        shown = ", ".join(f"{a} {v.status}" for a, v in verdicts.items())
+        statuses = {v.status for v in verdicts.values()}
+        if "fails" in statuses:
+            parts.append(Verdict.fails(f"{cid}: {shown}"))
+        elif len(verdicts) < 2:
+            parts.append(inconclusive(f"{cid} was measured on one architecture only ({shown})"))
+        elif statuses == {"holds"}:
+            parts.append(Verdict.holds(f"{cid}: {shown}"))
+        else:
+            parts.append(inconclusive(f"{cid}: {shown}"))
+    return combine(parts)
+
+
+JUDGES: dict[str, Callable[[Mapping[str, Any]], Verdict]] = {
+    "C1": judge_c1, "C2": judge_c2, "C3": judge_c3, "C4": judge_c4, "C5": judge_c5, "C6": judge_c6,
+    "C7": judge_c7, "C8": judge_c8,
+}
+
+_CH = {"c1": "notebooks/c1_curves.ipynb", "c2": "notebooks/c2_backdoor_repair.ipynb",
+       "c4": "notebooks/c4_error_injection.ipynb", "c6": "notebooks/c6_robustness_hessian.ipynb",
+       "c8": "notebooks/c8_across_architectures.ipynb"}
+
+CLAIMS = [
+    Claim("C1", "Untampered models are joined by high-accuracy curves where the straight line has a barrier",
+          "Garipov et al. via Zhao et al.: VGG16 CIFAR-10, straight-line max test error 90% vs Bezier 7.01%",
+          "zhao2020bridging",
+          f"For every architecture, the Bezier curve's accuracy drop (worse endpoint minus worst along t) is at most "
+          f"{C1_CURVE_MARGIN:.0%} and the straight line's more than {C1_LINE_GAP:.0%}, over the whole 95% interval.",
+          judge_c1, _CH["c1"]),
+    Claim("C2", "A path between two backdoored models trained on limited bonafide data removes the backdoor",
+          "CIFAR-10 VGG, t=0.1: 2500 samples 88% clean / 1.1% ASR; 50 samples 63% / 2.5%", "zhao2020bridging",
+          f"In every setting (trigger x mode) at the path point t=0.5: with the largest N the clean accuracy is at most "
+          f"{C2_CLEAN_DROP:.0%} below the endpoints' mean and the ASR at most {C2_ASR:.0%}, and with the smallest N "
+          f"the ASR is at most {C2_ASR:.0%}, over the whole 95% interval.",
+          judge_c2, _CH["c2"]),
+    Claim("C3", "Path repair beats fine-tuning, training from scratch, pruning and weight noise",
+          "CIFAR-10 VGG t=0.1: path 88/1.1 and 63/2.5; fine-tune 84/1.5 and 46/2.8; pruning 88/43 and 81/82",
+          "zhao2020bridging",
+          "In every (trigger, N) column the path point at t=0.5 has a higher clean accuracy minus ASR than the best "
+          "rival (endpoint, fine-tune, from scratch, prune + fine-tune, weight noise), over the whole 95% interval of "
+          "the difference.",
+          judge_c3, _CH["c2"]),
+    Claim("C4", "Paths also repair error-injected models",
+          "88-92% clean accuracy, 0% injection success at every data size (CIFAR-10)", "zhao2020bridging",
+          f"For every N at t=0.5: none of the injected errors survives, and the clean accuracy is at most "
+          f"{C4_CLEAN_DROP:.0%} below the injected endpoints' mean over the whole 95% interval.",
+          judge_c4, _CH["c4"]),
+    Claim("C5", "The repair holds against an attacker who knows the path",
+          "repaired region narrows to t in [0.25, 0.75]", "zhao2020bridging",
+          f"Provided the attacker demonstrably optimises (its trigger moves at least {C5_MIN_CHANGE} from a random "
+          f"start, and the same optimiser reaches at least {C5_CONTROL_ASR:.0%} ASR against a backdoored endpoint), "
+          f"the path-aware trigger's ASR is at most {C5_ASR:.0%} at every grid t in [0.25, 0.75] (in-support trigger, "
+          "single-target, largest N), over the whole 95% interval; otherwise inconclusive.",
+          judge_c5, _CH["c2"]),
+    Claim("C6", "A barrier in robustness loss lies between a regular and an adversarially trained model; "
+                "standard loss has none",
+          "PGD linf eps 8/255, 10 steps, step 2/255 (CIFAR-10)", "zhao2020bridging",
+          "For every model pair, the 95% bootstrap interval (over test inputs) of the robustness-loss barrier "
+          "height max_t L(t) - max(L(0), L(1)) lies above 0.05 nats + 5% of the larger endpoint, and that of the "
+          "standard loss lies at or below its threshold.",
+          judge_c6, _CH["c6"]),
+    Claim("C7", "Robustness loss correlates with the largest input-Hessian eigenvalue along the path",
+          "Pearson 0.71, 0.88, 0.86 for three model pairs", "zhao2020bridging",
+          f"For every model pair, the Pearson correlation between per-input PGD loss and per-input top eigenvalue "
+          f"across test inputs at t=0.5 has its 95% bootstrap interval at or above {C7_R}, and so does the along-path "
+          "correlation when the two profiles are not both monotone; monotone-only evidence is inconclusive.",
+          judge_c7, _CH["c6"]),
+    Claim("C8", "These hold across architectures and datasets", "VGG/ResNet, CIFAR-10/SVHN", "zhao2020bridging",
+          "Every claim C1-C7 is measured on at least two architectures and holds on each (the same criteria, per "
+          "architecture); a failure on any architecture fails, a single architecture is inconclusive.",
+          judge_c8, _CH["c8"]),
 ]
-
-CLAIMS = [Claim(id=i, statement=s, paper_value=p, cite="zhao2020bridging", criterion="not yet written.",
-                judge=_not_written, chapter=ch) for i, s, p, ch in _C]

@@ -1,0 +1,188 @@
+"""Criteria of paper C (mclib.claims.paper_c) at their boundaries, and the study statistics they read (mclib.hessian)."""
+import numpy as np
+import pytest
+
+from mclib import claims, hessian
+from mclib.claims import paper_c as C
+
+
+def status(cid, values):
+    return claims.CATALOGUE[cid].verdict(values).status
+
+
+# -- C1 -----------------------------------------------------------------------------------------------
+def _c1(bezier_worst, line_worst, end=0.98, n=100000):
+    return {"n_test": n, "archs": {"cnn": {"line": {"end_acc": end, "worst_acc": line_worst},
+                                           "bezier": {"end_acc": end, "worst_acc": bezier_worst}}}}
+
+
+def test_c1_boundaries():
+    assert status("C1", _c1(0.97, 0.80)) == "holds"          # drops 1 and 18 points
+    assert status("C1", _c1(0.90, 0.80)) == "fails"          # the curve drops 8 points
+    assert status("C1", _c1(0.97, 0.95)) == "fails"          # the line has no barrier
+    assert status("C1", _c1(0.95, 0.80, n=100000)) == "inconclusive"  # a drop of exactly 3 points spans the threshold
+    assert status("C1", _c1(0.97, 0.80, n=50)) == "inconclusive"     # too few test images to tell
+    v = claims.CATALOGUE["C1"].verdict(_c1(0.90, 0.80))
+    assert v.reason.startswith("cnn:") and "8.0%" in v.reason
+
+
+# -- C2 / C3 / C4 -----------------------------------------------------------------------------------
+def _c2(asr_hi=0.01, asr_lo=0.02, acc=0.97, end=0.98, n=100000):
+    s = {"trigger": "in-support", "mode": "single", "end_acc": end, "n_asr": n,
+         "n_max": {"N": 500, "acc": acc, "asr": asr_hi}, "n_min": {"N": 50, "acc": 0.8, "asr": asr_lo}}
+    return {"arch": "cnn", "n_eval": n, "settings": [s]}
+
+
+def test_c2_boundaries():
+    assert status("C2", _c2()) == "holds"
+    assert status("C2", _c2(asr_lo=0.5)) == "fails"
+    assert status("C2", _c2(acc=0.80)) == "fails"
+    assert status("C2", _c2(asr_hi=0.10)) == "inconclusive"
+    assert status("C2", _c2(asr_hi=0.05, n=40)) == "inconclusive"  # Wilson interval of 2/40 reaches above 10%
+    assert status("C2", {"arch": "cnn", "n_eval": 100, "settings": []}) == "inconclusive"
+
+
+def _c3(path_score, rival_score, n=100000):
+    return {"arch": "cnn", "n_eval": n, "n_asr": n, "path": "path (t=0.5)", "columns": [{
+        "trigger": "corner", "N": 50, "methods": {"path (t=0.5)": {"clean_acc": path_score, "asr": 0.0},
+                                                  "path (t=0.1)": {"clean_acc": 1.0, "asr": 0.0},
+                                                  "fine-tune": {"clean_acc": rival_score, "asr": 0.0}}}]}
+
+
+def test_c3_boundaries_ignore_other_path_points():
+    assert status("C3", _c3(0.95, 0.90)) == "holds"
+    assert status("C3", _c3(0.85, 0.90)) == "fails"
+    assert status("C3", _c3(0.90, 0.90)) == "inconclusive"
+    assert status("C3", _c3(0.95, 0.90, n=30)) == "inconclusive"
+
+
+def _c4(injection=0.0, acc=0.95, ref=0.97, n=100000):
+    return {"arch": "cnn", "n_eval": n, "n_chosen": 5, "ref_acc": ref, "points": [{"N": 50, "acc": acc, "injection": injection}]}
+
+
+def test_c4_boundaries():
+    assert status("C4", _c4()) == "holds"
+    assert status("C4", _c4(injection=0.2)) == "fails"       # 1 of 5 errors survives
+    assert status("C4", _c4(acc=0.80)) == "fails"
+    assert status("C4", _c4(acc=0.87)) == "inconclusive"     # exactly 10 points below
+    assert "1 of 5" in claims.CATALOGUE["C4"].verdict(_c4(injection=0.2)).reason
+
+
+# -- C5 -----------------------------------------------------------------------------------------------
+def _c5(change=0.3, control=1.0, mid_asr=0.0, n=1000):
+    aware = [{"t": t, "asr": (1.0 if t in (0.0, 1.0) else mid_asr)} for t in np.linspace(0, 1, 11).round(2).tolist()]
+    return {"arch": "cnn", "n_asr": n, "change": change, "control_asr": control, "aware": aware}
+
+
+def test_c5_unchanged_trigger_is_inconclusive():
+    v = claims.CATALOGUE["C5"].verdict(_c5(change=0.0))
+    assert v.status == "inconclusive" and "moved by only 0" in v.reason
+
+
+def test_c5_attacker_that_cannot_beat_its_control_is_inconclusive():
+    assert status("C5", _c5(control=0.3)) == "inconclusive"
+    assert status("C5", _c5(control=0.8)) == "inconclusive"   # the interval of 80% spans the 80% guard
+
+
+def test_c5_boundaries_with_a_working_attacker():
+    assert status("C5", _c5(mid_asr=0.0)) == "holds"
+    assert status("C5", _c5(mid_asr=0.5)) == "fails"
+    assert status("C5", _c5(mid_asr=0.10)) == "inconclusive"
+    assert status("C5", {**_c5(), "aware": [{"t": 0.0, "asr": 1.0}, {"t": 1.0, "asr": 1.0}]}) == "inconclusive"
+
+
+# -- C6 -----------------------------------------------------------------------------------------------
+def _iv(est, lo, hi, thr=0.1):
+    return {"estimate": est, "lo": lo, "hi": hi, "threshold": thr}
+
+
+def test_c6_boundaries():
+    ok = {"archs": {"cnn": {"robust": _iv(0.5, 0.3, 0.7), "standard": _iv(0.0, 0.0, 0.02)}}}
+    assert status("C6", ok) == "holds"
+    assert status("C6", {"archs": {"cnn": {"robust": _iv(0.0, 0.0, 0.05), "standard": _iv(0, 0, 0.02)}}}) == "fails"
+    assert status("C6", {"archs": {"cnn": {"robust": _iv(0.5, 0.3, 0.7), "standard": _iv(0.3, 0.2, 0.4)}}}) == "fails"
+    assert status("C6", {"archs": {"cnn": {"robust": _iv(0.12, 0.05, 0.2), "standard": _iv(0, 0, 0.02)}}}) == "inconclusive"
+    with pytest.raises(ValueError, match="C6.*archs"):
+        claims.CATALOGUE["C6"].verdict({})
+
+
+def test_barrier_interval_from_per_input_losses():
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 11)
+    bump = 1.0 + 2.0 * np.sin(np.pi * t)                       # a barrier of height 2 above both ends
+    per = bump[:, None] + 0.1 * rng.standard_normal((11, 400))
+    iv = hessian.barrier_interval(per, n_boot=300, seed=0)
+    assert iv["lo"] <= iv["estimate"] <= iv["hi"] and iv["n"] == 400
+    assert iv["estimate"] == pytest.approx(hessian.barrier_height(per.mean(1)))
+    assert 1.9 < iv["lo"] and iv["hi"] < 2.1 and iv["threshold"] == pytest.approx(0.05 + 0.05 * per.mean(1)[[0, -1]].max())
+    falling = (2.0 - t)[:, None] + 0.1 * rng.standard_normal((11, 400))
+    assert hessian.barrier_interval(falling, n_boot=300)["hi"] < 0.1
+    assert hessian.barrier_interval(per, n_boot=300, seed=0) == iv  # deterministic
+    with pytest.raises(ValueError, match="per_input must be"):
+        hessian.barrier_interval(np.ones(5))
+
+
+# -- C7 -----------------------------------------------------------------------------------------------
+def _corr(r, lo, hi):
+    return {"pearson": r, "pearson_lo": lo, "pearson_hi": hi}
+
+
+def test_c7_two_monotone_profiles_are_inconclusive():
+    t = np.linspace(0, 1, 11)
+    a, b = np.exp(-3 * t), 1 - t ** 0.5                        # unrelated, both falling
+    prof = hessian.correlation(a, b, n_boot=200)
+    assert prof["pearson"] > 0.9                                # the degenerate "evidence"
+    values = {"t_fixed": 0.5, "archs": {"cnn": {"monotone": True, "profile": prof}}}
+    v = claims.CATALOGUE["C7"].verdict(values)
+    assert v.status == "inconclusive" and "monotone" in v.reason
+
+
+def test_c7_boundaries_across_inputs_and_non_monotone_profiles():
+    base = {"t_fixed": 0.5}
+    good, bad, spans = _corr(0.8, 0.7, 0.9), _corr(0.1, -0.1, 0.3), _corr(0.5, 0.4, 0.6)
+    assert status("C7", {**base, "archs": {"cnn": {"monotone": True, "profile": good, "across": good}}}) == "holds"
+    assert status("C7", {**base, "archs": {"cnn": {"monotone": True, "profile": good, "across": bad}}}) == "fails"
+    assert status("C7", {**base, "archs": {"cnn": {"monotone": True, "profile": good, "across": spans}}}) == "inconclusive"
+    # a non-monotone profile pair counts as evidence too
+    assert status("C7", {**base, "archs": {"cnn": {"monotone": False, "profile": bad, "across": good}}}) == "fails"
+    assert status("C7", {**base, "archs": {"cnn": {"monotone": False, "profile": good}}}) == "holds"
+
+
+def test_across_inputs_and_detrended_correlations():
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    eig = rng.gamma(2.0, 1.0, size=(3, 300))
+    per = {"pgd_loss": np.concatenate([2 * eig + 0.1 * rng.standard_normal(eig.shape), np.zeros((3, 50))], 1), "eig": eig}
+    c = hessian.across_inputs_correlation(per, 1, n_boot=300)
+    assert c["n"] == 300 and c["pearson_lo"] > 0.95
+    with pytest.raises(ValueError, match="t_index"):
+        hessian.across_inputs_correlation(per, 3)
+    t = np.linspace(0, 1, 11)
+    df = pd.DataFrame({"t": t, "pgd_loss": 2 - t + 0.05 * np.sin(7 * t), "eig_mean": 1 - t + 0.05 * np.cos(5 * t)})
+    d = hessian.detrended_correlation(df, n_boot=300)
+    assert hessian.correlation(df["pgd_loss"], df["eig_mean"], n_boot=300)["pearson"] > 0.95 > abs(d["pearson"])
+
+
+# -- C8 -----------------------------------------------------------------------------------------------
+def test_c8_uses_the_same_judges_per_architecture():
+    c6 = {"archs": {"cnn": {"robust": _iv(0.5, 0.3, 0.7), "standard": _iv(0, 0, 0.02)},
+                    "mlp": {"robust": _iv(0.0, 0.0, 0.05), "standard": _iv(0, 0, 0.02)}}}
+    per = C.per_architecture("C6", c6)
+    assert {a: v.status for a, v in per.items()} == {"cnn": "holds", "mlp": "fails"}
+    two = {"archs": {"cnn": c6["archs"]["cnn"], "mlp": c6["archs"]["cnn"]}}
+    c7 = {"t_fixed": 0.5, "archs": {a: {"monotone": True, "profile": _corr(0.8, 0.7, 0.9), "across": _corr(0.8, 0.7, 0.9)}
+                                    for a in ("cnn", "mlp")}}
+    c1 = {"n_test": 100000, "archs": {a: _c1(0.97, 0.8)["archs"]["cnn"] for a in ("cnn", "vgg")}}
+    recs = {"C1": c1, "C2": _c2(), "C3": _c3(0.95, 0.9), "C4": _c4(), "C5": _c5(), "C6": two, "C7": c7}
+    v = claims.CATALOGUE["C8"].verdict({"records": recs})
+    assert v.status == "inconclusive" and "C2 was measured on one architecture only (cnn holds)" in v.reason
+    assert status("C8", {"records": {**recs, "C6": c6}}) == "fails"
+    assert status("C8", {"records": {k: r for k, r in recs.items() if k != "C4"}}) == "inconclusive"
+
+
+def test_every_c_claim_is_catalogued_with_its_judge():
+    ids = [c.id for c in C.CLAIMS]
+    assert ids == [f"C{i}" for i in range(1, 9)]
+    for c in C.CLAIMS:
+        assert claims.CATALOGUE[c.id] is c and c.judge is C.JUDGES[c.id] and c.criterion.endswith(".")
