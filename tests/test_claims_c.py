@@ -69,9 +69,9 @@ def test_c4_boundaries():
 
 
 # -- C5 -----------------------------------------------------------------------------------------------
-def _c5(change=0.3, control=1.0, mid_asr=0.0, n=1000):
+def _c5(change=0.3, control=1.0, mid_asr=0.0, n=1000, planted=1.0):
     aware = [{"t": t, "asr": (1.0 if t in (0.0, 1.0) else mid_asr)} for t in np.linspace(0, 1, 11).round(2).tolist()]
-    return {"arch": "cnn", "n_asr": n, "change": change, "control_asr": control, "aware": aware}
+    return {"arch": "cnn", "n_asr": n, "change": change, "planted_asr": planted, "control_asr": control, "aware": aware}
 
 
 def test_c5_unchanged_trigger_is_inconclusive():
@@ -81,7 +81,11 @@ def test_c5_unchanged_trigger_is_inconclusive():
 
 def test_c5_attacker_that_cannot_beat_its_control_is_inconclusive():
     assert status("C5", _c5(control=0.3)) == "inconclusive"
-    assert status("C5", _c5(control=0.8)) == "inconclusive"   # the interval of 80% spans the 80% guard
+    assert status("C5", _c5(control=0.9)) == "inconclusive"   # the interval of 90% spans the 90%-of-planted bar
+    assert status("C5", _c5(control=0.2, planted=0.2)) == "inconclusive"   # no working backdoor to rediscover
+    # the quick run that showed the absolute 80% bar was mis-specified: planted 76.3%, control 76.3% on 400 inputs
+    assert status("C5", _c5(control=0.763, planted=0.763, n=400)) == "holds"
+    assert "planted trigger reaches 76.3%" in claims.CATALOGUE["C5"].verdict(_c5(control=0.5, planted=0.763, n=400)).reason
 
 
 def test_c5_boundaries_with_a_working_attacker():

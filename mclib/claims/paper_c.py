@@ -32,7 +32,12 @@ C2_ASR = 0.10            # ... with ASR at most 10%
 C4_CLEAN_DROP = 0.10     # the repaired point keeps clean accuracy within 10 points of the injected endpoints'
 C5_ASR = 0.10            # the path-aware trigger's ASR at most 10% for t in [0.25, 0.75]
 C5_MIN_CHANGE = 0.05     # guard: the optimised trigger moved by at least this (mean |p - start|, pixel units)
-C5_CONTROL_ASR = 0.80    # guard: the same optimiser reaches at least this ASR against a backdoored endpoint
+C5_PLANTED_MIN = 0.50    # guard: the planted trigger itself works on the backdoored endpoint (ASR at least 50%)
+C5_RECOVER = 0.90        # guard: from a random start the optimiser recovers at least 90% of the planted trigger's ASR
+# Why relative: the first version asked the control for an absolute 80% ASR, but at the quick preset the planted
+# white square itself reaches only 76.3% on that endpoint (and the optimiser 76.3% [72.1, 80.0]): no attacker could
+# pass a bar set above the backdoor it is asked to rediscover. The guard now asks the optimiser to recover the
+# planted trigger's strength on the same endpoint and the same images.
 C7_R = 0.5               # the correlation must be at least this
 
 
@@ -172,20 +177,30 @@ def judge_c4(values: Mapping[str, Any]) -> Verdict:
 
 # -- C5 -----------------------------------------------------------------------------------------------
 def judge_c5(values: Mapping[str, Any]) -> Verdict:
-    """Guards first: the path-aware trigger moved at least :data:`C5_MIN_CHANGE` from its start, and the same
-    optimiser from a fresh random start reached an ASR of at least :data:`C5_CONTROL_ASR` (Wilson interval)
-    against a backdoored endpoint -- otherwise the attacker never attacked and the verdict is inconclusive.
-    Then the path-aware trigger's ASR at every grid t in [0.25, 0.75] must be at most :data:`C5_ASR`.
+    """Guards first, so that a low ASR on the path means something:
 
-    ``values = {"n_asr", "change", "control_asr", "aware": [{"t", "asr"}]}``.
+    * the path-aware trigger moved at least :data:`C5_MIN_CHANGE` (mean |pattern - start|) from its random start;
+    * the planted trigger works on the backdoored endpoint (``planted_asr`` at least :data:`C5_PLANTED_MIN`);
+    * the same optimiser, from a fresh random start against that endpoint (the control), recovers at least
+      :data:`C5_RECOVER` of the planted trigger's ASR (Wilson interval of ``control_asr`` above that bar).
+
+    Any guard not met gives inconclusive (the attacker was not shown to attack). Then the path-aware trigger's
+    ASR at every grid t in [0.25, 0.75] must be at most :data:`C5_ASR`.
+
+    ``values = {"n_asr", "change", "planted_asr", "control_asr", "aware": [{"t", "asr"}]}``.
     """
     n = int(values["n_asr"])
     change = float(values["change"])
     if not change >= C5_MIN_CHANGE:
         return inconclusive(f"the optimised trigger moved by only {fmt(change)} (mean absolute pixel change) from its "
                             f"start, below {fmt(C5_MIN_CHANGE)}, so the attacker did not demonstrably optimise")
-    control = _rate("the optimiser's ASR against the backdoored endpoint from a random start",
-                    values["control_asr"], n, C5_CONTROL_ASR, above=True)
+    planted = float(values["planted_asr"])
+    if not planted >= C5_PLANTED_MIN:
+        return inconclusive(f"the planted trigger reaches only {planted:.1%} ASR on the backdoored endpoint, below "
+                            f"{C5_PLANTED_MIN:.0%}, so there is no working backdoor for the attacker to rediscover")
+    bar = C5_RECOVER * planted
+    control = _rate(f"the optimiser's ASR against the backdoored endpoint from a random start (the planted trigger "
+                    f"reaches {planted:.1%})", values["control_asr"], n, bar, above=True)
     if control.status != "holds":
         return inconclusive(f"the attacker is not shown to work ({control.reason}), so a low ASR on the path says nothing")
     mid = [r for r in values["aware"] if 0.25 - 1e-9 <= float(r["t"]) <= 0.75 + 1e-9]
@@ -322,7 +337,7 @@ CLAIMS = [
     Claim("C5", "The repair holds against an attacker who knows the path",
           "repaired region narrows to t in [0.25, 0.75]", "zhao2020bridging",
           f"Provided the attacker demonstrably optimises (its trigger moves at least {C5_MIN_CHANGE} from a random "
-          f"start, and the same optimiser reaches at least {C5_CONTROL_ASR:.0%} ASR against a backdoored endpoint), "
+          f"start, and the same optimiser recovers at least {C5_RECOVER:.0%} of the planted trigger's ASR against the backdoored endpoint), "
           f"the path-aware trigger's ASR is at most {C5_ASR:.0%} at every grid t in [0.25, 0.75] (in-support trigger, "
           "single-target, largest N), over the whole 95% interval; otherwise inconclusive.",
           judge_c5, _CH["c2"]),
