@@ -502,6 +502,7 @@ def minimal_eps(
     norm: str = "linf",
     generator: torch.Generator | None = None,
     progress: bool = False,
+    stop_on_success: bool = False,
 ) -> torch.Tensor:
     """Smallest PGD radius that flips each input's prediction, by binary search on ``eps``.
 
@@ -511,6 +512,9 @@ def minimal_eps(
     ``N * log2(resolution)`` attacks. Returns ``(N,)`` radii: 0 for inputs already misclassified,
     ``inf`` for inputs PGD cannot flip at ``eps_max``; otherwise the smallest grid radius found
     to flip (accurate to ``eps_max / resolution``, assuming success is monotone in eps).
+
+    ``stop_on_success``: each attack stops an input at its first misclassified iterate (``pgd``'s option), so an
+    input counts as flipped when any of the ``steps`` iterates flips it, and flipped inputs cost no further steps.
     """
     from mclib.attacks import pgd
 
@@ -524,7 +528,8 @@ def minimal_eps(
     model.eval()
 
     def flips(idx: torch.Tensor, j: int) -> torch.Tensor:
-        adv = pgd(model, x[idx], y[idx], eps=eps_max * j / resolution, steps=steps, norm=norm, generator=generator)
+        adv = pgd(model, x[idx], y[idx], eps=eps_max * j / resolution, steps=steps, norm=norm, generator=generator,
+                  stop_on_success=stop_on_success)
         return _predict(model, adv) != y[idx]
 
     out = torch.full((len(x),), float("inf"))
@@ -784,6 +789,24 @@ def _rank_finite(eps: torch.Tensor) -> np.ndarray:
     return e
 
 
+def homogeneity(A_fit: torch.Tensor, y_fit: torch.Tensor, A_eval: torch.Tensor, som_size: str, protocol: Mapping,
+                seed: int = 0, n_classes: int | None = None) -> tuple[torch.Tensor, SOM, torch.Tensor]:
+    """Per evaluated input, the label entropy (bits) at its BMU on a SOM fitted to the codes ``A_fit`` (labels
+    ``y_fit``) with ``protocol`` (:func:`fit_protocol`) and size ``som_size`` (``"ROWSxCOLS"``).
+
+    The unit statistics come from the fitting set only (:func:`bmu_homogeneity` with ``query`` the evaluated
+    inputs' BMUs), so when the SOM is fitted on other inputs an evaluated input's own label does not enter its
+    homogeneity. Returns ``(label_entropy (N_eval,), the SOM, the fitting codes in the SOM's space)``.
+    """
+    rows, cols = _size(som_size)
+    y_fit = torch.as_tensor(y_fit).long()
+    m = fit_protocol(A_fit, rows, cols, protocol, seed)
+    Z = standardise(m, A_fit)
+    query = m.bmu(standardise(m, check_codes(A_eval, "evaluated codes")))
+    h = bmu_homogeneity(m.bmu(Z), y_fit, m.n_units, n_classes=n_classes, query=query)["label_entropy"]
+    return h, m, Z
+
+
 def condition_map(model: nn.Module, X_eval: torch.Tensor, y_eval: torch.Tensor, eps: Mapping[str, torch.Tensor],
                   settings: Sequence[Mapping], layers: Mapping[str, str], protocols: Mapping[str, Mapping],
                   fit_sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]], n_boot: int = 2000, seed: int = 0,
@@ -828,20 +851,15 @@ def condition_map(model: nn.Module, X_eval: torch.Tensor, y_eval: torch.Tensor, 
     for s in tqdm(settings, desc="condition map", disable=not progress, leave=False):
         proto, module = protocols[s["protocol"]], layers[s["layer"]]
         fit_on = proto.get("fit_on", "evaluated")
-        A, labels = codes[fit_on][module], torch.as_tensor(sets[fit_on][1]).long()
-        rows, cols = _size(s["som"])
-        m = fit_protocol(A, rows, cols, proto, seed)
-        Z = standardise(m, A)
-        bmus = m.bmu(Z)
-        query = m.bmu(standardise(m, codes["evaluated"][module]))
-        h = bmu_homogeneity(bmus, labels, m.n_units, n_classes=int(max(labels.max(), y_eval.max())) + 1, query=query)
+        h, m, Z = homogeneity(codes[fit_on][module], sets[fit_on][1], codes["evaluated"][module], s["som"], proto,
+                              seed, n_classes=int(max(torch.as_tensor(sets[fit_on][1]).max(), y_eval.max())) + 1)
         e = eps[s["vulnerability"]]
-        c = stats.correlation(h["label_entropy"].double().numpy(), _rank_finite(e), n_boot=n_boot, seed=seed)
+        c = stats.correlation(h.double().numpy(), _rank_finite(e), n_boot=n_boot, seed=seed)
         out.append({"setting": {**(tag or {}), **s}, "measured": {
             "spearman": {"estimate": c["spearman"], "lo": c["spearman_lo"], "hi": c["spearman_hi"], "n": c["n"],
                          "p": c["spearman_p"]},
             "module": module, "censored": int(torch.isinf(torch.as_tensor(e)).sum()),
-            "units_used": int(bmus.unique().numel()), "quantization_error": m.quantization_error(Z),
+            "units_used": int(m.bmu(Z).unique().numel()), "quantization_error": m.quantization_error(Z),
             "topographic_error": m.topographic_error(Z)}})
     return out
 

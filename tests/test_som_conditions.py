@@ -191,3 +191,17 @@ def test_plot_conditions_draws_one_row_per_setting():
              {"setting": {"model": "b", "layer": "L2"}, "measured": {"spearman": {"estimate": None, "lo": None, "hi": None}}}]
     ax = S.plot_conditions(conds)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["L1", "L2"]
+
+
+def test_minimal_eps_stopping_at_first_success_finds_the_exact_radius():
+    # logit1 - logit0 = 2 x - 1 on one pixel: an image of value c (class 0, c < 0.5) flips at eps = 0.5 - c
+    lin = nn.Linear(1, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.0], [2.0]])), lin.bias.copy_(torch.tensor([0.0, -1.0]))
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    c = torch.tensor([0.455, 0.305, 0.1])
+    eps = S.minimal_eps(model, c.view(-1, 1, 1, 1), torch.zeros(3, dtype=torch.long), eps_max=0.32, resolution=32,
+                        steps=10, stop_on_success=True, generator=torch.Generator().manual_seed(0))
+    # grid step 0.01: the smallest grid radius at or above 0.5 - c = 0.045, 0.195
+    assert torch.allclose(eps[:2], torch.tensor([0.05, 0.20])), eps
+    assert math.isinf(eps[2])  # needs 0.4 > eps_max
