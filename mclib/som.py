@@ -864,11 +864,36 @@ def condition_map(model: nn.Module, X_eval: torch.Tensor, y_eval: torch.Tensor, 
     return out
 
 
+def summarise_conditions(conditions: Sequence[Mapping], key: str = "spearman", effect: float = 0.15) -> dict:
+    """Where a correlation lives across a condition map: counts of settings whose interval of ``measured[key]``
+    lies below 0 (``negative``), above 0 (``positive``), spans 0 but lies inside ``(-effect, effect)`` (``small``:
+    no effect of ``|rho| >= effect`` either way), or spans 0 and reaches beyond ``±effect`` (``undecided``), plus
+    ``settings``, the largest interval half-width and the range of the estimates. Settings without a finite
+    interval count as ``undecided``."""
+    out = {"settings": len(conditions), "negative": 0, "positive": 0, "small": 0, "undecided": 0}
+    halves, ests = [], []
+    for c in conditions:
+        iv = c["measured"][key]
+        lo, hi, est = iv.get("lo"), iv.get("hi"), iv.get("estimate")
+        if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+            out["undecided"] += 1
+            continue
+        halves.append((hi - lo) / 2)
+        if est is not None and math.isfinite(est):
+            ests.append(est)
+        kind = ("negative" if hi < 0 else "positive" if lo > 0 else "small" if -effect < lo and hi < effect
+                else "undecided")
+        out[kind] += 1
+    out["max_halfwidth"] = max(halves) if halves else math.nan
+    out["estimate_range"] = (min(ests), max(ests)) if ests else (math.nan, math.nan)
+    return out
+
+
 def plot_conditions(conditions: Sequence[Mapping], key: str = "spearman", effect: float = 0.15, ax=None,
-                    label_keys: Sequence[str] | None = None):
+                    label_keys: Sequence[str] | None = None, xlabel: str = "Spearman's rho"):
     """Dot-and-whisker plot of a condition map: one row per setting, the estimate of ``measured[key]`` with its
     interval, zero and ``±effect`` marked, one colour per ``setting["model"]`` (if recorded). Row labels show the
-    setting's ``label_keys`` (default: every key but ``model``)."""
+    setting's ``label_keys`` (default: the keys, other than ``model``, whose value differs between settings)."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -876,19 +901,21 @@ def plot_conditions(conditions: Sequence[Mapping], key: str = "spearman", effect
     models_ = list(dict.fromkeys(str(c["setting"].get("model", "")) for c in conditions))
     colours = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(models_)}
     ypos = np.arange(len(conditions))[::-1]
+    if label_keys is None:
+        keys_ = list(dict.fromkeys(k for c in conditions for k in c["setting"] if k != "model"))
+        label_keys = [k for k in keys_ if len({str(c["setting"].get(k)) for c in conditions}) > 1] or keys_
     labels = []
     for yp, c in zip(ypos, conditions):
         iv, st = c["measured"][key], c["setting"]
         est, lo, hi = (np.nan if iv.get(k) is None else iv[k] for k in ("estimate", "lo", "hi"))
         colour = colours[str(st.get("model", ""))]
         ax.errorbar([est], [yp], xerr=[[est - lo], [hi - est]], fmt="o", color=colour, ms=4, capsize=2)
-        keys = label_keys or [k for k in st if k != "model"]
-        labels.append(", ".join(str(st[k]) for k in keys if k in st))
+        labels.append(", ".join(str(st[k]) for k in label_keys if k in st))
     ax.axvline(0, color="black", lw=0.8)
     for x in (-effect, effect):
         ax.axvline(x, color="grey", lw=0.8, ls="--")
     ax.set_yticks(ypos, labels, fontsize=7)
-    ax.set_xlabel(f"{key} (95% bootstrap interval); dashed: ±{effect:g}")
+    ax.set_xlabel(f"{xlabel} (95% bootstrap interval); dashed: ±{effect:g}")
     if len(models_) > 1 or models_[0]:
         from matplotlib.lines import Line2D
         ax.legend([Line2D([], [], marker="o", color=colours[m], ls="") for m in models_], models_, fontsize=7,

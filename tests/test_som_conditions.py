@@ -191,6 +191,10 @@ def test_plot_conditions_draws_one_row_per_setting():
              {"setting": {"model": "b", "layer": "L2"}, "measured": {"spearman": {"estimate": None, "lo": None, "hi": None}}}]
     ax = S.plot_conditions(conds)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["L1", "L2"]
+    for c in conds:                       # a key constant over the map is left out of the labels
+        c["setting"]["som"] = "10x10"
+    assert [t.get_text() for t in S.plot_conditions(conds).get_yticklabels()] == ["L1", "L2"]
+    assert [t.get_text() for t in S.plot_conditions(conds, label_keys=["som"]).get_yticklabels()] == ["10x10"] * 2
 
 
 def test_minimal_eps_stopping_at_first_success_finds_the_exact_radius():
@@ -205,3 +209,13 @@ def test_minimal_eps_stopping_at_first_success_finds_the_exact_radius():
     # grid step 0.01: the smallest grid radius at or above 0.5 - c = 0.045, 0.195
     assert torch.allclose(eps[:2], torch.tensor([0.05, 0.20])), eps
     assert math.isinf(eps[2])  # needs 0.4 > eps_max
+
+
+def test_summarise_conditions_sorts_intervals_by_sign_and_size():
+    def c(lo, hi):
+        return {"setting": {}, "measured": {"spearman": {"estimate": (lo + hi) / 2 if lo is not None else None,
+                                                         "lo": lo, "hi": hi}}}
+    got = S.summarise_conditions([c(-0.3, -0.1), c(0.02, 0.2), c(-0.1, 0.1), c(-0.2, 0.05), c(None, None)])
+    assert {k: got[k] for k in ("settings", "negative", "positive", "small", "undecided")} == \
+        {"settings": 5, "negative": 1, "positive": 1, "small": 1, "undecided": 2}
+    assert got["max_halfwidth"] == pytest.approx(0.125) and got["estimate_range"] == pytest.approx((-0.2, 0.11))
