@@ -741,7 +741,7 @@ def shallow_layers(model: nn.Module) -> dict[str, str]:
 
 
 def fit_protocol(X: torch.Tensor, rows: int, cols: int, protocol: Mapping, seed: int = 0) -> SOM:
-    """:func:`fit_som` with a SOM protocol given as a mapping (keys :data:`PROTOCOL_KEYS`; ``fit_on`` is read by
+    """:func:`fit_som` with a SOM protocol given as a mapping (keys ``PROTOCOL_KEYS``; ``fit_on`` is read by
     the caller, not here). ``epochs`` counts passes over ``X``; missing keys take :func:`fit_som`'s defaults,
     except ``backend`` which defaults to ``"minisom"`` so a protocol means the same whatever fit_som's default."""
     unknown = sorted(set(protocol) - set(PROTOCOL_KEYS))

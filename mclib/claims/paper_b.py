@@ -116,7 +116,7 @@ def judge_b3(values: Mapping[str, Any]) -> Verdict:
     """Every model: the 95% interval of Spearman's rho (shallow-code label entropy vs smallest flipping radius) lies
     below 0; an interval containing 0 is inconclusive, one above 0 fails. The verdict judges the chapter's base
     setting (``models``); the reason adds where the effect appears, vanishes or stays undecided across the
-    condition map ``conditions`` (:func:`mclib.claims.map_sentence`, same threshold), when one was recorded."""
+    condition map ``conditions`` (:func:`mclib.claims.core.map_sentence`, same threshold), when one was recorded."""
     v = combine(judge_interval(f"the {m} Spearman rho of shallow-code label entropy and smallest flipping radius",
                                ev["spearman"], 0.0, above=False, spec=".2f") for m, ev in values["models"].items())
     if not values.get("conditions"):
