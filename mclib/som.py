@@ -710,8 +710,9 @@ def pre_activation(model: nn.Module, layer: str) -> str | None:
 
     ``layer`` an ``nn.ReLU`` inside an ``nn.Sequential``: its preceding sibling (mclib's CNN: ``"1.1"`` ->
     ``"1.0"``, the first convolution); ``layer`` an ``nn.Sequential`` ending in an ``nn.ReLU``: its second-last
-    child (a ResNet stem ``conv, bn, relu``: ``"1.stem"`` -> ``"1.stem.1"``, the BatchNorm). Anything else
-    (a functional ReLU, a residual block) has no separate pre-activation module: None.
+    child (a ResNet stem ``conv, bn, relu``: ``"1.stem"`` -> ``"1.stem.1"``, the BatchNorm); another ``nn.ReLU``
+    module: the module the forward pass calls just before it (torchvision's ResNet-18: ``"1.relu"`` ->
+    ``"1.bn1"``). Anything else (a functional ReLU, a residual block) has no separate pre-activation module: None.
     """
     modules = dict(model.named_modules())
     if layer not in modules:
@@ -723,6 +724,17 @@ def pre_activation(model: nn.Module, layer: str) -> str | None:
     parent, _, last = layer.rpartition(".")
     if isinstance(mod, nn.ReLU) and isinstance(modules.get(parent), nn.Sequential) and last.isdigit() and int(last) > 0:
         return f"{parent}.{int(last) - 1}" if parent else str(int(last) - 1)
+    if isinstance(mod, nn.ReLU):
+        # a ReLU module used outside a Sequential (torchvision's ResNet stem, relu after bn1): the module the
+        # forward pass calls just before it, from the torch.fx call order, unless that is the ReLU's second call
+        prefix, body = _body(model)
+        try:
+            order = _call_order(body)
+        except ValueError:
+            return None
+        name = layer[len(prefix):]
+        i = order.index(name) if name in order else 0
+        return prefix + order[i - 1] if i > 0 else None
     return None
 
 

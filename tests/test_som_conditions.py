@@ -59,6 +59,8 @@ def test_pre_activation_and_shallow_layers_of_mclib_models():
     assert S.pre_activation(res, "1.stem") == "1.stem.1"  # conv, bn, relu stem: the BatchNorm output
     assert S.shallow_layers(res) == {"L1": "1.stem", "L1 pre-ReLU": "1.stem.1", "L2": "1.layer1.0"}
     assert S.pre_activation(res, "1.layer1.0") is None     # a residual block applies its ReLU functionally
+    tv = models.build("resnet18", in_shape=(3, 32, 32), num_classes=10)   # torchvision: relu is called after bn1
+    assert S.shallow_layers(tv) == {"L1": "1.relu", "L1 pre-ReLU": "1.bn1", "L2": "1.layer1.0"}
     with pytest.raises(ValueError, match="not a module"):
         S.pre_activation(cnn, "nope")
     # the pre-activation codes are what the ReLU reads: relu(pre) == post, element-wise, before channel means
