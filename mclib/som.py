@@ -876,12 +876,19 @@ def condition_map(model: nn.Module, X_eval: torch.Tensor, y_eval: torch.Tensor, 
     return out
 
 
-def summarise_conditions(conditions: Sequence[Mapping], key: str = "spearman", effect: float = 0.15) -> dict:
+def summarise_conditions(conditions: Sequence[Mapping], key: str = "spearman", effect: float = 0.15,
+                         alpha: float = 0.05) -> dict:
     """Where a correlation lives across a condition map: counts of settings whose interval of ``measured[key]``
     lies below 0 (``negative``), above 0 (``positive``), spans 0 but lies inside ``(-effect, effect)`` (``small``:
     no effect of ``|rho| >= effect`` either way), or spans 0 and reaches beyond ``±effect`` (``undecided``), plus
     ``settings``, the largest interval half-width and the range of the estimates. Settings without a finite
-    interval count as ``undecided``."""
+    interval count as ``undecided``.
+
+    Many settings make some intervals miss 0 by chance (``alpha`` times the number of settings, expected, when
+    there is no effect anywhere), so ``holm`` counts the settings whose p-value (``measured[key]["p"]``) survives
+    Holm's step-down correction at family-wise level ``alpha``: with the ``m`` p-values sorted, the ``i``-th
+    smallest (from 0) is rejected while ``p_(i) <= alpha / (m - i)``.
+    """
     out = {"settings": len(conditions), "negative": 0, "positive": 0, "small": 0, "undecided": 0}
     halves, ests = [], []
     for c in conditions:
@@ -898,6 +905,9 @@ def summarise_conditions(conditions: Sequence[Mapping], key: str = "spearman", e
         out[kind] += 1
     out["max_halfwidth"] = max(halves) if halves else math.nan
     out["estimate_range"] = (min(ests), max(ests)) if ests else (math.nan, math.nan)
+    ps = sorted(p for c in conditions if (p := c["measured"][key].get("p")) is not None and math.isfinite(p))
+    out["holm"] = next((i for i, p in enumerate(ps) if p > alpha / (len(ps) - i)), len(ps))
+    out["expected_by_chance"] = alpha * len(conditions)
     return out
 
 

@@ -221,3 +221,15 @@ def test_summarise_conditions_sorts_intervals_by_sign_and_size():
     assert {k: got[k] for k in ("settings", "negative", "positive", "small", "undecided")} == \
         {"settings": 5, "negative": 1, "positive": 1, "small": 1, "undecided": 2}
     assert got["max_halfwidth"] == pytest.approx(0.125) and got["estimate_range"] == pytest.approx((-0.2, 0.11))
+
+
+@pytest.mark.parametrize("ps,rejected", [
+    ([0.001, 0.02, 0.5], 2),     # Holm: 0.001 <= 0.05/3, 0.02 <= 0.05/2 (Bonferroni's 0.05/3 would keep only one)
+    ([0.02, 0.03, 0.04], 0),     # the smallest already misses 0.05/3: nothing is rejected
+    ([0.001, 0.01, 0.02, 0.04], 4),
+    ([None, 0.3], 0),
+])
+def test_summarise_conditions_holm_correction(ps, rejected):
+    conds = [{"setting": {}, "measured": {"spearman": {"estimate": 0.1, "lo": 0.0, "hi": 0.2, "p": p}}} for p in ps]
+    got = S.summarise_conditions(conds)
+    assert got["holm"] == rejected and got["expected_by_chance"] == pytest.approx(0.05 * len(ps))
