@@ -308,6 +308,27 @@ def test_b3_rho_interval():
     assert verdict("B3", {"models": {"a": {"spearman": iv(-0.2, 0.1)}}}).status == "inconclusive"
 
 
+def test_b3_condition_map_joins_the_reason_without_changing_the_verdict():
+    def entry(model, lo, hi, **change):
+        base = {"model": model, "layer": "L1", "som": "10x10", "protocol": "chapter", "vulnerability": "Linf PGD-20"}
+        return {"setting": base | change, "measured": {"spearman": iv(lo, hi)}}
+
+    conds = [entry("cnn", -0.1, 0.08), entry("cnn", -0.3, -0.1, layer="L2"), entry("cnn", 0.05, 0.2, som="5x5"),
+             entry("resnet8", -0.05, 0.1), entry("resnet8", -0.1, 0.1, protocol="train")]
+    models = {"cnn": {"spearman": iv(-0.1, 0.08)}, "resnet8": {"spearman": iv(-0.05, 0.1)}}
+    v = verdict("B3", {"models": models, "conditions": conds})
+    plain = verdict("B3", {"models": models})
+    assert v.status == plain.status == "inconclusive"          # the criterion judges the base setting only
+    assert v.reason.startswith(plain.reason + "; condition map: across 5 settings, a negative rho (at most 0.00)")
+    appears, rest = v.reason.split(" appears at ")[1].split(", and vanishes at ")
+    assert appears == "model=cnn, layer=L2 (-0.20 [-0.30, -0.10])"      # only what differs from the model's base
+    vanishes, undecided = rest.split(", and is undecided at ")
+    assert vanishes == "model=cnn, som=5x5 (0.12 [0.05, 0.20])"
+    assert "model=cnn, setting=base" in undecided and "model=resnet8, protocol=train" in undecided
+    # a failing base setting still fails, whatever the map shows
+    assert verdict("B3", {"models": {"cnn": {"spearman": iv(0.05, 0.2)}}, "conditions": conds}).status == "fails"
+
+
 def test_an_interval_from_too_few_units_is_inconclusive():
     few = {"estimate": 3.0, "lo": 2.5, "hi": 3.5, "n": claims.core.MIN_UNITS - 1}
     assert claims.judge_interval("x", few, 2.0).status == "inconclusive"

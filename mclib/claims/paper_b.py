@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mclib import stats
-from mclib.claims.core import Claim, Verdict, combine, judge_interval
+from mclib.claims.core import Claim, Verdict, combine, judge_interval, map_sentence
 
 CITE = "lee2024generalization"
 CHAPTER = "notebooks/b_internal_codes.ipynb"
@@ -97,11 +97,33 @@ def judge_b2(values: Mapping[str, Any]) -> Verdict:
     return combine(parts)
 
 
+def short_settings(conditions) -> list[dict]:
+    """A one-at-a-time condition map with each setting cut to what it changes: ``model`` plus the keys that differ
+    from that model's base setting (its first entry), the base itself labelled ``base``. For a readable sentence;
+    the record keeps the full settings."""
+    bases: dict[Any, Mapping] = {}
+    out = []
+    for entry in conditions or []:
+        st = dict(entry.get("setting") or {})
+        base = bases.setdefault(st.get("model"), st)
+        diff = {k: v for k, v in st.items() if k != "model" and base.get(k) != v}
+        short = ({"model": st["model"]} if "model" in st else {}) | (diff or {"setting": "base"})
+        out.append({"setting": short, "measured": entry.get("measured") or {}})
+    return out
+
+
 def judge_b3(values: Mapping[str, Any]) -> Verdict:
     """Every model: the 95% interval of Spearman's rho (shallow-code label entropy vs smallest flipping radius) lies
-    below 0; an interval containing 0 is inconclusive, one above 0 fails."""
-    return combine(judge_interval(f"the {m} Spearman rho of shallow-code label entropy and smallest flipping radius",
-                                  ev["spearman"], 0.0, above=False, spec=".2f") for m, ev in values["models"].items())
+    below 0; an interval containing 0 is inconclusive, one above 0 fails. The verdict judges the chapter's base
+    setting (``models``); the reason adds where the effect appears, vanishes or stays undecided across the
+    condition map ``conditions`` (:func:`mclib.claims.core.map_sentence`, same threshold), when one was recorded."""
+    v = combine(judge_interval(f"the {m} Spearman rho of shallow-code label entropy and smallest flipping radius",
+                               ev["spearman"], 0.0, above=False, spec=".2f") for m, ev in values["models"].items())
+    if not values.get("conditions"):
+        return v
+    where = map_sentence(short_settings(values["conditions"]), "spearman", 0.0, above=False, name="a negative rho",
+                         spec=".2f")
+    return Verdict(v.status, f"{v.reason}; condition map: {where}")
 
 
 _B = [
