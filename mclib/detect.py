@@ -708,7 +708,7 @@ class SweepPoint:
 def sweep(model: nn.Module, settings: Sequence[Mapping], make_attack: Callable[[Mapping], Callable],
           X: torch.Tensor, y: torch.Tensor, references: References, n: int, num_points: int = 64,
           k: int | None = None, targets: torch.Tensor | None = None, margin_key: str | None = None,
-          batch_size: int = 256, chunk_size: int | None = None) -> list[SweepPoint]:
+          batch_size: int = 256, chunk_size: int | None = None, attempts: int | None = None) -> list[SweepPoint]:
     """Adversarial examples and their detection features for every setting of a condition map.
 
     For each ``setting`` (a dict of the attack's parameters, e.g. ``{"attack": "PGD", "extra_steps": 2}``),
@@ -718,7 +718,14 @@ def sweep(model: nn.Module, settings: Sequence[Mapping], make_attack: Callable[[
     is the confidence ``kappa`` an example must reach to count (``min_margin`` of
     :func:`collect_adversarial`), so a setting holds only examples at least that confidently misclassified.
     Every setting attacks the same images in the same order, so settings differ only in the attack.
+    ``attempts`` caps the images attacked per setting (default all): a setting the attack rarely reaches
+    would otherwise run the attack's full step budget on every image.
     """
+    if attempts is not None:
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1 (images attacked per setting), got {attempts}")
+        X, y = X[:attempts], y[:attempts]
+        targets = None if targets is None else targets[:attempts]
     out = []
     for setting in settings:
         kappa = float(setting[margin_key]) if margin_key is not None else 0.0
@@ -845,6 +852,7 @@ def plot_condition_map(axes, conditions: Sequence[Mapping], threshold: float = 0
         gain_ax.set_xlabel("median logit margin of the examples")
         gain_ax.set_ylabel("AUROC gain from the path features")
         gain_ax.set_title("does the barrier add to the logits?")
-        gain_ax.legend(loc="best", fontsize=8)
+        if gain_ax.get_legend_handles_labels()[0]:
+            gain_ax.legend(loc="best", fontsize=8)
         drawn.append(gain_ax)
     return drawn

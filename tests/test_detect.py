@@ -350,6 +350,10 @@ def test_sweep_confidence_map_and_plot():
     assert [p.setting for p in points] == settings
     for p in points:
         assert len(p.features) == len(p.sources) > 10 and (p.features.pred != ys[p.sources]).all()
+    capped = detect.sweep(model, settings[:1], pgd, Xs, ys, refs, n=40, num_points=6, batch_size=8, attempts=12)
+    assert capped[0].attempted == 12 and capped[0].sources.max() < 12
+    with pytest.raises(ValueError, match="attempts must be >= 1"):
+        detect.sweep(model, settings, pgd, Xs, ys, refs, n=40, attempts=0)
     margins = [float(np.median(p.features.table["logit_margin"])) for p in points]
     assert margins[1] > margins[0]                         # pushed further past the boundary: more confident
     targets = (ys + 1) % 3

@@ -283,3 +283,20 @@ def test_optimisation_attack_stops_at_margin(setup):
     _, first = evasion.optimisation_attack(model, x, target, lr=0.05, steps=200, stop_on_success=True, return_info=True)
     _, zero = evasion.optimisation_attack(model, x, target, lr=0.05, steps=200, stop_margin=0.0, return_info=True)
     assert torch.equal(first["steps"], zero["steps"])
+
+
+def test_margin_loss_reaches_a_confidence_the_ce_loss_stalls_below(setup):
+    """With the MSE pull, the CE gradient (1 - p_target) fades as the input grows confident; the C&W margin
+    loss keeps its gradient, so within the same budget it reaches a logit margin the CE attack does not."""
+    model, x, y = setup
+    target = (y + 1) % 3
+    kw = dict(lr=0.01, steps=150, mse_weight=200.0, stop_margin=8.0, return_info=True)
+    adv_ce, ce = evasion.optimisation_attack(model, x, target, **kw)
+    adv_m, mg = evasion.optimisation_attack(model, x, target, loss="margin", **kw)
+    with torch.no_grad():
+        m_ce = evasion.logit_margin(model(adv_ce), target)
+        m_m = evasion.logit_margin(model(adv_m), target)
+    assert (m_m >= 8.0).float().mean() > 0.8 and (m_ce >= 8.0).float().mean() < 0.5
+    assert (mg["steps"] < 150).float().mean() > 0.8
+    with pytest.raises(ValueError, match="loss must be 'ce' or 'margin'"):
+        evasion.optimisation_attack(model, x, target, loss="hinge")

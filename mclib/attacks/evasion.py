@@ -209,7 +209,7 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
                         steps: int = 1024, mse_weight: float = 0.1, tv_weight: float = 1e-8,
                         stop_loss=None, stop_on_success: bool = False, stop_margin=None, targeted: bool = True,
                         clamp: bool = True, betas=(0.9, 0.999), return_info: bool = False,
-                        progress: bool = False):
+                        progress: bool = False, loss: str = "ce"):
     """The input-space paper's optimisation attack (Vrabel et al. 2025, section 4.4), batched.
 
     Each input ``x_i`` (pixel space [0, 1]) is moved by Adam (``lr``, ``betas``) on
@@ -220,6 +220,11 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     lr 0.005, MSE weight 0.1, 512-1024 steps) and ``-1`` otherwise (``target`` is then the true label,
     whose loss is raised). MSE is the mean of squares over the pixels of one input, TV the anisotropic
     total variation (:func:`total_variation`). After every step ``x'`` is clipped to [0, 1] (``clamp``).
+
+    ``loss="margin"`` replaces ``sign * CE`` by ``-`` :func:`logit_margin` (Carlini & Wagner's margin loss
+    f6 without its clamp at ``kappa``; ``stop_margin`` does the clamp's work, so pair the two). Its gradient
+    does not fade as the input grows confident, as the cross-entropy's does (``1 - p_target``), so the
+    attack reaches a large margin that the CE version, held back by the MSE term, stalls below.
 
     Per-input early stop, whichever comes first (the stopped input keeps its current value and leaves
     the batch, so later steps cost less):
@@ -241,6 +246,8 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     check_images(x)
     if x.shape[0] != torch.as_tensor(target).shape[0]:
         raise ValueError(f"x and target differ in batch size: {x.shape[0]} vs {torch.as_tensor(target).shape[0]}")
+    if loss not in ("ce", "margin"):
+        raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
     if steps < 0 or lr <= 0:
         raise ValueError(f"need steps >= 0 and lr > 0, got steps={steps}, lr={lr}")
     was = model.training
@@ -288,7 +295,8 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
             logits = model(xa)
             ce = F.cross_entropy(logits, tgt[active], reduction="none")
         diff = xa - src[active]
-        obj = sign * ce.sum() + mse_weight * diff.pow(2).flatten(1).mean(1).sum()
+        attack_term = sign * ce.sum() if loss == "ce" else -logit_margin(logits, tgt[active], targeted).sum()
+        obj = attack_term + mse_weight * diff.pow(2).flatten(1).mean(1).sum()
         if tv_weight:
             obj = obj + tv_weight * total_variation(diff).sum()
         (g,) = torch.autograd.grad(obj, xa)
