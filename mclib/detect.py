@@ -22,7 +22,13 @@ image of ``c`` are separated by a high one. This module turns that into a measur
 * baselines: the maximum softmax probability (Hendrycks & Gimpel 2017), a feature in :func:`extract`,
   and the Mahalanobis distance on penultimate-layer features (Lee et al. 2018, tied covariance,
   :class:`Mahalanobis`);
-* :func:`collect_adversarial` -- successful adversarial examples from any batched attack.
+* :func:`collect_adversarial` -- successful adversarial examples from any batched attack, optionally
+  only those misclassified with a logit margin of at least ``kappa``;
+* the condition map of claim A9 -- :func:`sweep` runs an attack at several confidences (Carlini &
+  Wagner's margin ``kappa``, PGD steps after the first success), :func:`confidence_map` gives each
+  setting's AUROC intervals for barrier max, barrier gap, max softmax and the combined detector, and
+  the paired interval of what the path features add to a logit-only detector
+  (:func:`auroc_difference_ci`); :func:`plot_condition_map` draws it.
 """
 from __future__ import annotations
 
@@ -35,13 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mclib import infer, paths
+from mclib import infer, paths, stats
+from mclib.attacks import evasion
 
 __all__ = [
     "References", "class_loss_quantile", "reference_loss", "select_references", "loss_curves", "Features", "extract", "PATH_FEATURES", "LOGIT_FEATURES",
     "penultimate", "Mahalanobis", "ThresholdDetector", "LogisticDetector", "cross_val_scores", "roc", "metrics",
     "tpr_at_fpr", "collect_adversarial", "pair_barriers", "median_barrier",
     "standard_detectors", "detection_table", "plot_roc", "strength_table", "transfer_table",
+    "MARGIN_TOL", "map_detectors", "auroc_difference_ci", "SweepPoint", "sweep", "setting_evidence", "confidence_map",
+    "map_frame", "MAP_LINES", "plot_condition_map",
 ]
 
 #: Per-input features from the K loss curves (medians over references unless stated).
@@ -49,6 +58,8 @@ PATH_FEATURES = ("barrier_max", "barrier_gap", "barrier_position", "barrier_rela
                  "curve_mean", "curve_std", "end_loss")
 #: Per-input features from the logits.
 LOGIT_FEATURES = ("max_softmax", "max_logit", "logit_margin", "entropy")
+#: Relative float32 tolerance of :func:`collect_adversarial`'s ``min_margin`` test.
+MARGIN_TOL = 1e-4
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -475,7 +486,8 @@ def metrics(labels, scores, preds=None) -> dict[str, float]:
 # ------------------------------------------------------------------------------------ adversarial inputs
 def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                         X: torch.Tensor, y: torch.Tensor, n: int, batch_size: int = 256,
-                        targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+                        targets: torch.Tensor | None = None, min_margin: float = 0.0
+                        ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Up to ``n`` *successful* adversarial examples.
 
     Untargeted (``targets=None``) an example succeeds when the model's prediction differs from ``y``.
@@ -484,6 +496,11 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
     miss") is not a success of that attack, and its example would not be the one the detector's
     references were chosen for.
 
+    ``min_margin`` (Carlini & Wagner's ``kappa``) asks for a confident success: the attack's
+    :func:`mclib.attacks.evasion.logit_margin` (toward the target, or of the best wrong class over ``y``)
+    must also be at least ``min_margin``, up to float32 rounding (:data:`MARGIN_TOL`, relative): an attack
+    that stopped on reaching the margin may have evaluated its logits in a different batch.
+
     ``attack(x, y, idx) -> x_adv`` is called on successive batches of ``(X, y)`` (``idx`` their indices
     into ``X``) until ``n`` successes or the sources run out. Returns ``(X_adv, source_index, attempted,
     succeeded)``: the first ``n`` successes, their indices into ``X``, and the number of sources attacked
@@ -491,6 +508,9 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
     """
     if len(X) != len(y):
         raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
+    if not min_margin >= 0:
+        raise ValueError(f"min_margin must be >= 0 (a logit margin; 0 is any success), got {min_margin}")
+    need = min_margin - MARGIN_TOL * max(1.0, abs(float(min_margin)))
     if targets is not None:
         targets = torch.as_tensor(targets).long().cpu()
         if targets.shape != (len(X),):
@@ -502,8 +522,12 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
             break
         idx = torch.arange(s, min(len(X), s + batch_size))
         xa = attack(X[idx], y[idx], idx)
-        pred = _logits(model, xa).argmax(1)
+        out = _logits(model, xa)
+        pred = out.argmax(1)
         ok = pred != y[idx].cpu() if targets is None else pred == targets[idx]
+        if min_margin > 0:
+            lab = y[idx].cpu() if targets is None else targets[idx]
+            ok &= evasion.logit_margin(out, lab, targeted=targets is not None) >= need
         tried += len(idx)
         got.append(xa[ok].cpu())
         src.append(idx[ok])
@@ -626,3 +650,213 @@ def transfer_table(table: pd.DataFrame, attack: str, source: str) -> pd.DataFram
     out["inverted"] = out[f"AUROC fitted on {source}"] < 0.5      # NaN (too few examples) is not inverted
     return out
 
+
+
+# ------------------------------------------------------------------------------------ the condition map (claim A9)
+def map_detectors() -> dict[str, Callable[[], object]]:
+    """The detectors of the condition map, by the short names its records use (``auroc_<name>``).
+
+    ``barrier_max``, ``barrier_gap`` and ``max_softmax``: a single threshold on that feature;
+    ``combined``: the logistic regression on path and logit features (the chapter's "logistic: path +
+    logits"); ``logits_only``: the same regression without the path features -- the model's confidence
+    alone, the control that says whether the barrier adds anything.
+    """
+    return {
+        "barrier_max": lambda: ThresholdDetector("barrier_max"),
+        "barrier_gap": lambda: ThresholdDetector("barrier_gap"),
+        "max_softmax": lambda: ThresholdDetector("max_softmax"),
+        "combined": lambda: LogisticDetector(PATH_FEATURES + LOGIT_FEATURES),
+        "logits_only": lambda: LogisticDetector(LOGIT_FEATURES),
+    }
+
+
+def auroc_difference_ci(labels, scores_a, scores_b, n_boot: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> stats.Interval:
+    """``AUROC(scores_a) - AUROC(scores_b)`` of two detectors scored on the same inputs, with a paired
+    percentile bootstrap.
+
+    Each resample draws the adversarial rows and the clean rows separately (stratified, as
+    :func:`mclib.stats.auroc_ci`) and evaluates *both* detectors on the same drawn rows, so the interval
+    is that of the difference: the inputs both detectors find easy or hard cancel out. ``n`` counts rows.
+    An absent class gives a nan interval.
+    """
+    lab = np.asarray(labels).astype(bool)
+    a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
+    if lab.ndim != 1 or a.shape != lab.shape or b.shape != lab.shape:
+        raise ValueError(f"labels, scores_a and scores_b must be 1-D of equal length, got shapes {lab.shape}, "
+                         f"{a.shape} and {b.shape}")
+    if lab.all() or not lab.any():
+        return stats.Interval(float("nan"), float("nan"), float("nan"), len(lab))
+    pos, neg = np.c_[a[lab], b[lab]], np.c_[a[~lab], b[~lab]]
+
+    def diff(p: np.ndarray, q: np.ndarray) -> float:
+        y = np.r_[np.ones(len(p)), np.zeros(len(q))]
+        return stats.auroc(y, np.r_[p[:, 0], q[:, 0]]) - stats.auroc(y, np.r_[p[:, 1], q[:, 1]])
+
+    return stats.two_sample_ci(pos, neg, diff, n_boot, seed, level)
+
+
+@dataclass
+class SweepPoint:
+    """One setting of a condition map: its parameters ``setting``, the ``features`` of its successful
+    adversarial examples, their ``sources`` (indices into the attacked images), and the number of
+    images ``attempted`` and of those that ``succeeded``."""
+
+    setting: dict
+    features: Features
+    sources: torch.Tensor
+    attempted: int
+    succeeded: int
+
+
+def sweep(model: nn.Module, settings: Sequence[Mapping], make_attack: Callable[[Mapping], Callable],
+          X: torch.Tensor, y: torch.Tensor, references: References, n: int, num_points: int = 64,
+          k: int | None = None, targets: torch.Tensor | None = None, margin_key: str | None = None,
+          batch_size: int = 256, chunk_size: int | None = None, attempts: int | None = None) -> list[SweepPoint]:
+    """Adversarial examples and their detection features for every setting of a condition map.
+
+    For each ``setting`` (a dict of the attack's parameters, e.g. ``{"attack": "PGD", "extra_steps": 2}``),
+    ``make_attack(setting)`` gives the batched attack ``(x, y, idx) -> x_adv``; up to ``n`` successful
+    examples are collected from ``(X, y)`` (:func:`collect_adversarial`, ``targets`` for a targeted attack)
+    and their features extracted (:func:`extract`). With ``margin_key`` the setting's value under that key
+    is the confidence ``kappa`` an example must reach to count (``min_margin`` of
+    :func:`collect_adversarial`), so a setting holds only examples at least that confidently misclassified.
+    Every setting attacks the same images in the same order, so settings differ only in the attack.
+    ``attempts`` caps the images attacked per setting (default all): a setting the attack rarely reaches
+    would otherwise run the attack's full step budget on every image.
+    """
+    if attempts is not None:
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1 (images attacked per setting), got {attempts}")
+        X, y = X[:attempts], y[:attempts]
+        targets = None if targets is None else targets[:attempts]
+    out = []
+    for setting in settings:
+        kappa = float(setting[margin_key]) if margin_key is not None else 0.0
+        Xa, src, tried, ok = collect_adversarial(model, make_attack(setting), X, y, n, batch_size, targets,
+                                                 min_margin=kappa)
+        feats = extract(model, Xa, references, num_points, k, chunk_size=chunk_size)
+        out.append(SweepPoint(dict(setting), feats, src, tried, ok))
+    return out
+
+
+def setting_evidence(setting: Mapping, clean: pd.DataFrame, groups_clean, adv: pd.DataFrame, groups_adv,
+                     folds: int = 5, seed: int = 0, n_boot: int = 2000,
+                     detectors: Mapping[str, Callable[[], object]] | None = None, min_adv: int = 5) -> dict:
+    """One entry of a condition map: ``{"setting": ..., "measured": ...}`` as claim records store it.
+
+    Every detector of ``detectors`` (default :func:`map_detectors`) is scored out of fold
+    (:func:`cross_val_scores`: the same folds, grouped by source image, for all of them) and its AUROC
+    recorded with a stratified bootstrap interval (:func:`mclib.stats.auroc_ci`) as ``auroc_<name>``.
+    When both ``combined`` and ``logits_only`` are among them, ``auroc_gain_from_path`` is the paired
+    bootstrap interval of their difference (:func:`auroc_difference_ci`): what the path features add to the
+    model's own confidence. Also recorded: ``n_clean``, ``n_adv``, ``median_logit_margin`` (how confidently
+    the examples are misclassified: top-1 minus top-2 logit) and ``median_barrier_max``. With fewer than
+    ``min_adv`` adversarial examples (an attack that rarely reaches the setting's confidence) no AUROC is
+    recorded: an interval over a handful of positives would look precise and mean nothing. A detector that
+    cannot be cross-validated (too few adversarial rows for the folds) gets None too.
+    """
+    detectors = map_detectors() if detectors is None else detectors
+    measured: dict = {"n_clean": len(clean), "n_adv": len(adv),
+                      "median_logit_margin": float(np.median(adv["logit_margin"])) if len(adv) else None,
+                      "median_barrier_max": float(np.median(adv["barrier_max"])) if len(adv) else None}
+    scores = {}
+    for name, make in detectors.items():
+        if len(adv) < min_adv:
+            measured[f"auroc_{name}"] = None
+            continue
+        try:
+            lab, scores[name], _ = cross_val_scores(make, clean, adv, groups_clean, groups_adv, folds, seed)
+        except ValueError:          # too few adversarial examples for the folds
+            measured[f"auroc_{name}"] = None
+            continue
+        measured[f"auroc_{name}"] = dict(stats.auroc_ci(lab, scores[name], n_boot, seed)._asdict())
+    if "combined" in detectors and "logits_only" in detectors:
+        measured["auroc_gain_from_path"] = (
+            dict(auroc_difference_ci(lab, scores["combined"], scores["logits_only"], n_boot, seed)._asdict())
+            if "combined" in scores and "logits_only" in scores else None)
+    return {"setting": dict(setting), "measured": measured}
+
+
+def confidence_map(clean: pd.DataFrame, groups_clean, points: Sequence[SweepPoint], folds: int = 5, seed: int = 0,
+                   n_boot: int = 2000, detectors: Mapping[str, Callable[[], object]] | None = None,
+                   min_adv: int = 5) -> list[dict]:
+    """The condition map of claim A9: :func:`setting_evidence` of every :func:`sweep` point against the same
+    clean inputs, plus each setting's ``success_rate`` (succeeded / attempted). The list is what a claim
+    records under ``values["conditions"]`` (:func:`mclib.claims.map_sentence` reads it)."""
+    out = []
+    for p in points:
+        entry = setting_evidence(p.setting, clean, groups_clean, p.features.table, p.sources.numpy(), folds, seed,
+                                 n_boot, detectors, min_adv)
+        entry["measured"]["success_rate"] = p.succeeded / p.attempted if p.attempted else None
+        out.append(entry)
+    return out
+
+
+def map_frame(conditions: Sequence[Mapping]) -> pd.DataFrame:
+    """A condition map in long form, one row per (setting, measured interval): ``attack``, ``knob`` (the
+    setting's other parameter), ``x`` (its value), ``margin`` (median logit margin of the examples),
+    ``quantity`` (e.g. ``auroc_barrier_max``), ``estimate``, ``lo``, ``hi``, ``n``."""
+    rows = []
+    for entry in conditions:
+        setting, measured = dict(entry["setting"]), entry["measured"]
+        knobs = [k for k in setting if k != "attack"]
+        if len(knobs) != 1:
+            raise ValueError(f"a setting needs 'attack' and exactly one other parameter, got {setting}")
+        for q, iv in measured.items():
+            if isinstance(iv, Mapping):
+                rows.append({"attack": setting.get("attack"), "knob": knobs[0], "x": setting[knobs[0]],
+                             "margin": measured.get("median_logit_margin"), "quantity": q,
+                             **{f: iv.get(f) for f in ("estimate", "lo", "hi", "n")}})
+    cols = ["attack", "knob", "x", "margin", "quantity", "estimate", "lo", "hi", "n"]
+    return pd.DataFrame(rows, columns=cols).astype({f: float for f in ("estimate", "lo", "hi")})
+
+
+#: Lines of :func:`plot_condition_map`: record key -> legend label.
+MAP_LINES = {"auroc_barrier_max": "threshold: barrier max", "auroc_barrier_gap": "threshold: barrier gap",
+             "auroc_max_softmax": "baseline: max softmax", "auroc_combined": "logistic: path + logits"}
+
+
+def plot_condition_map(axes, conditions: Sequence[Mapping], threshold: float = 0.9, lines: Mapping[str, str] = MAP_LINES,
+                       gain_ax=None):
+    """AUROC against attack confidence: one panel per attack family (in ``axes``, in order of first
+    appearance), the family's knob on the x axis (symlog), one line per detector of ``lines`` with its
+    interval as a band, and ``threshold`` as a dashed line. With ``gain_ax``, a last panel draws
+    ``auroc_gain_from_path`` (combined minus logits only, paired interval) against the examples' median
+    logit margin, one line per family, with the zero line. Returns the axes drawn on."""
+    import matplotlib.pyplot as plt
+    frame = map_frame(conditions)
+    families = list(dict.fromkeys(frame["attack"]))
+    if len(families) > len(axes):
+        raise ValueError(f"the map has {len(families)} attack families {families} but only {len(axes)} axes")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, fam in zip(axes, families):
+        sub = frame[frame["attack"] == fam]
+        for (q, label), col in zip(lines.items(), colours):
+            d = sub[sub["quantity"] == q].sort_values("x")
+            ax.plot(d["x"], d["estimate"], "o-", color=col, lw=1.6, ms=4, label=label)
+            ax.fill_between(d["x"], d["lo"], d["hi"], color=col, alpha=0.15, lw=0)
+        ax.axhline(threshold, color="k", ls="--", lw=0.9)
+        ax.text(0.99, threshold, f"threshold {threshold:g}", transform=ax.get_yaxis_transform(), ha="right",
+                va="bottom", fontsize=8)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xticks(sorted(sub["x"].unique()), [f"{v:g}" for v in sorted(sub["x"].unique())])
+        ax.set_xlabel(sub["knob"].iloc[0].replace("_", " "))
+        ax.set_ylabel("cross-validated AUROC")
+        ax.set_title(fam)
+    if families:
+        axes[0].legend(loc="lower left", fontsize=8)
+    drawn = list(axes[:len(families)])
+    if gain_ax is not None:
+        for fam, col in zip(families, colours[len(lines):] + colours):
+            d = frame[(frame["attack"] == fam) & (frame["quantity"] == "auroc_gain_from_path")].sort_values("margin")
+            gain_ax.plot(d["margin"], d["estimate"], "s-", color=col, lw=1.6, ms=4, label=fam)
+            gain_ax.fill_between(d["margin"], d["lo"], d["hi"], color=col, alpha=0.15, lw=0)
+        gain_ax.axhline(0.0, color="k", lw=0.8)
+        gain_ax.set_xlabel("median logit margin of the examples")
+        gain_ax.set_ylabel("AUROC gain from the path features")
+        gain_ax.set_title("does the barrier add to the logits?")
+        if gain_ax.get_legend_handles_labels()[0]:
+            gain_ax.legend(loc="best", fontsize=8)
+        drawn.append(gain_ax)
+    return drawn

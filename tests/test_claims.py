@@ -240,6 +240,33 @@ def test_a9_auroc_interval():
     assert verdict("A9", {"auroc": {"FGSM": {"estimate": None, "lo": None, "hi": None}}}).status == "inconclusive"
 
 
+def test_a9_reason_names_where_detection_appears_and_what_the_barrier_adds():
+    """The criterion is unchanged by the condition map; the reason says where the barrier-max AUROC reaches 0.9
+    and where the path features add to the logits (by at least A9_MIN_PATH_GAIN on a paired interval)."""
+    from mclib.claims import paper_a
+
+    def entry(setting, auroc, gain):
+        return {"setting": setting, "measured": {"auroc_barrier_max": iv(*auroc), "auroc_gain_from_path": iv(*gain)}}
+
+    conds = [entry({"attack": "optimisation", "kappa": 0}, (0.95, 0.99), (-0.005, 0.004)),
+             entry({"attack": "optimisation", "kappa": 10}, (0.55, 0.7), (0.03, 0.09)),
+             entry({"attack": "PGD", "extra_steps": 2}, (0.86, 0.93), (0.0, 0.02))]
+    main = {"FGSM": iv(0.6, 0.89), "PGD": iv(0.95, 0.99)}
+    bare, mapped = verdict("A9", {"auroc": main}), verdict("A9", {"auroc": main, "conditions": conds})
+    assert bare.status == mapped.status == "fails"             # the map never changes the verdict
+    assert mapped.reason.startswith(bare.reason.split("; condition map")[0])
+    assert "no condition map was recorded" in bare.reason
+    r = mapped.reason
+    assert "appears at attack=optimisation, kappa=0" in r and "vanishes at attack=optimisation, kappa=10" in r
+    assert "is undecided at attack=PGD, extra_steps=2" in r
+    gain = r.split("does the barrier add to the model's confidence?")[1]
+    assert f"at least {paper_a.A9_MIN_PATH_GAIN:.3f}" in gain
+    assert "appears at attack=optimisation, kappa=10" in gain and "vanishes at attack=optimisation, kappa=0" in gain
+    assert "is undecided at attack=PGD, extra_steps=2" in gain
+    # the same holds when the main criterion holds: a failing map setting does not fail the claim
+    assert verdict("A9", {"auroc": {"PGD": iv(0.95, 0.99)}, "conditions": conds}).status == "holds"
+
+
 def a10_values(pc2=0.59, sigma2=0.01, tau=(0.1, 0.3, 0.5), se=(0.01, 0.01, 0.01)):
     return {"criterion_dims": [2, 3], "pc": {"2": pc2, "3": 0.31}, "sigma": {"2": sigma2, "3": 0.005},
             "literature": {"2": 0.5927, "3": 0.3116}, "tau_ref": list(tau), "tau_ref_se": list(se), "tau_d": [2, 3, 4]}

@@ -207,3 +207,96 @@ def test_eps_is_required(setup):
         evasion.pgd(model, x, y)
     with pytest.raises(TypeError, match="eps"):
         evasion.adaptive_pgd(model, x, y, x[:, None])
+
+
+def test_logit_margin_against_hand_computed():
+    z = torch.tensor([[2.0, 5.0, 1.0], [0.5, -1.0, 3.0]])
+    # targeted: own logit minus the best other one; untargeted: the best wrong logit minus the true one
+    assert torch.allclose(evasion.logit_margin(z, torch.tensor([1, 0])), torch.tensor([3.0, -2.5]))
+    assert torch.allclose(evasion.logit_margin(z, torch.tensor([1, 0]), targeted=False), torch.tensor([-3.0, 2.5]))
+    assert torch.allclose(evasion.logit_margin(z, torch.tensor([0, 2]), targeted=True), torch.tensor([-3.0, 2.5]))
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_pgd_extra_steps_continue_past_first_success(setup, targeted):
+    """With ``extra_steps = e`` each input keeps the iterate ``e`` steps after its first success (plain PGD
+    run for first + e steps on the same trajectory); inputs that never succeed keep the last search iterate."""
+    model, x, y = setup
+    lab = (y + 1) % 3 if targeted else y
+    kw = dict(eps=0.15, step_size=0.03, random_start=False, targeted=targeted)
+    S, E = 8, 3
+    iterates = [x] + [evasion.pgd(model, x, lab, steps=j, **kw) for j in range(1, S + E + 1)]
+
+    def success(a):
+        with torch.no_grad():
+            hit = model(a).argmax(1) == lab
+        return hit if targeted else ~hit
+
+    ok = torch.stack([success(a) for a in iterates[:S + 1]])      # the search covers iterates 0..S
+    first = torch.where(ok.any(0), ok.float().argmax(0), torch.full_like(y, -1))
+    assert (first >= 0).sum() >= len(x) // 4 and (first > 0).any()
+    pushed = evasion.pgd(model, x, lab, steps=S, stop_on_success=True, extra_steps=E, **kw)
+    expected = torch.stack([iterates[int(j) + E if j >= 0 else S][i] for i, j in enumerate(first)])
+    assert ((pushed - expected).abs() < 1e-5).float().mean() > 0.99
+    # extra_steps = 0 is the plain first-success attack, and the pushed examples are more confident
+    assert torch.equal(evasion.pgd(model, x, lab, steps=S, stop_on_success=True, extra_steps=0, **kw),
+                       evasion.pgd(model, x, lab, steps=S, stop_on_success=True, **kw))
+    stopped = evasion.pgd(model, x, lab, steps=S, stop_on_success=True, **kw)
+    hit = first >= 0
+    with torch.no_grad():
+        m0 = evasion.logit_margin(model(stopped[hit]), lab[hit], targeted)
+        mE = evasion.logit_margin(model(pushed[hit]), lab[hit], targeted)
+    assert mE.median() > m0.median()        # per input it may dip (the L-inf ball stops the push), not overall
+
+
+def test_pgd_extra_steps_need_stop_on_success(setup):
+    model, x, y = setup
+    with pytest.raises(ValueError, match="stop_on_success"):
+        evasion.pgd(model, x, y, 0.1, extra_steps=2)
+    with pytest.raises(ValueError, match="extra_steps must be an int >= 0, got -1"):
+        evasion.pgd(model, x, y, 0.1, stop_on_success=True, extra_steps=-1)
+
+
+def test_optimisation_attack_stops_at_margin(setup):
+    """``stop_margin = kappa`` keeps, per input, the first Adam iterate whose margin toward the target is at
+    least kappa: the same input run alone without a stop for that many steps (float64: no rounding ties)."""
+    model, x, y = setup
+    model = copy.deepcopy(model).double()
+    x = x[:6].double()
+    target = (y[:6] + 1) % 3
+    kappa = 2.0
+    adv, info = evasion.optimisation_attack(model, x, target, lr=0.05, steps=200, stop_margin=kappa, return_info=True)
+    with torch.no_grad():
+        margin = evasion.logit_margin(model(adv), target)
+    reached = margin >= kappa
+    assert reached.float().mean() > 0.8 and (info["steps"][reached] < 200).all()
+    for i in reached.nonzero()[:, 0].tolist():
+        s = int(info["steps"][i])
+        run = evasion.optimisation_attack(model, x[i:i + 1], target[i:i + 1], lr=0.05, steps=s)
+        before = evasion.optimisation_attack(model, x[i:i + 1], target[i:i + 1], lr=0.05, steps=s - 1)
+        assert torch.allclose(run, adv[i:i + 1], atol=1e-10)
+        with torch.no_grad():
+            assert float(evasion.logit_margin(model(before), target[i:i + 1])) < kappa
+    # a higher confidence takes at least as many steps for every input, and kappa = 0 is the first success
+    _, low = evasion.optimisation_attack(model, x, target, lr=0.05, steps=200, stop_margin=0.5, return_info=True)
+    assert (low["steps"] <= info["steps"]).all() and low["steps"].float().mean() < info["steps"].float().mean()
+    _, first = evasion.optimisation_attack(model, x, target, lr=0.05, steps=200, stop_on_success=True, return_info=True)
+    _, zero = evasion.optimisation_attack(model, x, target, lr=0.05, steps=200, stop_margin=0.0, return_info=True)
+    assert torch.equal(first["steps"], zero["steps"])
+
+
+def test_margin_loss_reaches_a_confidence_the_ce_loss_stalls_below(setup):
+    """With the MSE pull, the CE gradient (1 - p_target) fades as the input grows confident; the C&W margin
+    loss keeps its gradient, so within the same budget it reaches a logit margin the CE attack does not."""
+    model, x, y = setup
+    target = (y + 1) % 3
+    kw = dict(lr=0.01, steps=150, mse_weight=200.0, stop_margin=8.0, return_info=True)
+    adv_ce, ce = evasion.optimisation_attack(model, x, target, **kw)
+    adv_m, mg = evasion.optimisation_attack(model, x, target, loss="margin", **kw)
+    with torch.no_grad():
+        m_ce = evasion.logit_margin(model(adv_ce), target)
+        m_m = evasion.logit_margin(model(adv_m), target)
+    assert (m_m >= 8.0).float().mean() > 0.8 and (m_ce >= 8.0).float().mean() < 0.5
+    assert (mg["steps"] < 150).float().mean() > 0.8
+    with pytest.raises(ValueError, match="loss must be 'ce' or 'margin'"):
+        evasion.optimisation_attack(model, x, target, loss="hinge")

@@ -66,6 +66,20 @@ def _l2_normalise(g: torch.Tensor) -> torch.Tensor:
     return g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
 
 
+def logit_margin(logits: torch.Tensor, y: torch.Tensor, targeted: bool = True) -> torch.Tensor:
+    """The attack's confidence in the logits (Carlini & Wagner 2017, the quantity their ``kappa`` bounds), (N,).
+
+    Targeted (``y`` the target): ``z_y - max_{j != y} z_j``, how far the target's logit leads every other
+    class. Untargeted (``y`` the true label): ``max_{j != y} z_j - z_y``, how far the best wrong class leads
+    the true one. Positive exactly when the attack has succeeded; ``kappa = 0`` is "just across the decision
+    boundary", a large ``kappa`` a confidently misclassified input.
+    """
+    y = torch.as_tensor(y, device=logits.device).long().view(-1, 1)
+    own = logits.gather(1, y)[:, 0]
+    best_other = logits.scatter(1, y, float("-inf")).amax(1)
+    return own - best_other if targeted else best_other - own
+
+
 def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     if norm == "linf":
         return delta.clamp(-eps, eps)
@@ -106,7 +120,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, targete
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
         step_size: float | None = None, norm: str = "linf", random_start: bool = True,
         targeted: bool = False, generator: torch.Generator | None = None,
-        stop_on_success: bool = False) -> torch.Tensor:
+        stop_on_success: bool = False, extra_steps: int = 0) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018) in the ``norm`` ball of radius ``eps`` around ``x``.
 
     Each step moves by ``step_size`` along sign(grad) (L-inf) or grad/||grad|| (L2), projects back onto
@@ -121,10 +135,21 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     attack has succeeded -- the prediction differs from ``y`` (untargeted) or equals it (targeted) --
     and keeps that point: the "stopped at the first misclassification" strength, the weakest
     successful example PGD finds, against the full-strength attack that uses every step.
+
+    ``extra_steps`` (with ``stop_on_success``): each input takes that many more steps after its first
+    successful iterate, then stops -- the attack pushed a controlled distance past the decision boundary
+    (0 is the first success). The search for a first success still ends after ``steps`` steps, so an
+    input that first succeeds late still gets all its extra steps (at most ``steps + extra_steps`` in all);
+    an input that never succeeds keeps its last iterate, as without the option.
     """
     _check(x, y, eps, norm)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(extra_steps, bool) or int(extra_steps) != extra_steps or extra_steps < 0:
+        raise ValueError(f"extra_steps must be an int >= 0, got {extra_steps!r}")
+    if extra_steps and not stop_on_success:
+        raise ValueError(f"extra_steps = {extra_steps} counts steps after the first success; it needs "
+                         "stop_on_success=True (without it every input takes all `steps` steps)")
     step_size = 2.5 * eps / steps if step_size is None else step_size
     was = model.training
     model.eval()
@@ -132,17 +157,25 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     y = torch.as_tensor(y, device=x.device)
     adv = _start(x, eps, norm, random_start, generator)
     active = torch.arange(x.shape[0], device=x.device)       # inputs still being attacked
-    for i in range(steps):
+    since = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)   # steps since first success; -1: none yet
+    for i in range(steps + int(extra_steps)):
         g, logits = _loss_grad(model, adv[active], y[active], targeted, check=i == 0)
         if stop_on_success:
             hit = logits.argmax(1) == y[active]
-            keep = ~hit if targeted else hit        # untargeted: still right means not yet successful
-            active, g = active[keep], g[keep]
+            hit = hit if targeted else ~hit          # untargeted: still right means not yet successful
+            first = hit & (since[active] < 0)
+            since[active[first]] = 0
+            done = since[active] >= extra_steps
+            if i >= steps:                          # the search for a first success is over
+                done |= since[active] < 0
+            active, g = active[~done], g[~done]
             if active.numel() == 0:
                 break
         step = g.sign() if norm == "linf" else _l2_normalise(g)
         xa = x[active]
         adv[active] = (xa + _project(adv[active] + step_size * step - xa, eps, norm)).clamp(0, 1)
+        if stop_on_success:
+            since[active] += (since[active] >= 0).long()
     model.train(was)
     return adv.detach()
 
@@ -174,9 +207,9 @@ def _per_input(value, n: int, device, name: str) -> torch.Tensor | None:
 
 def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor, lr: float = 0.005,
                         steps: int = 1024, mse_weight: float = 0.1, tv_weight: float = 1e-8,
-                        stop_loss=None, stop_on_success: bool = False, targeted: bool = True,
+                        stop_loss=None, stop_on_success: bool = False, stop_margin=None, targeted: bool = True,
                         clamp: bool = True, betas=(0.9, 0.999), return_info: bool = False,
-                        progress: bool = False):
+                        progress: bool = False, loss: str = "ce"):
     """The input-space paper's optimisation attack (Vrabel et al. 2025, section 4.4), batched.
 
     Each input ``x_i`` (pixel space [0, 1]) is moved by Adam (``lr``, ``betas``) on
@@ -188,6 +221,11 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     whose loss is raised). MSE is the mean of squares over the pixels of one input, TV the anisotropic
     total variation (:func:`total_variation`). After every step ``x'`` is clipped to [0, 1] (``clamp``).
 
+    ``loss="margin"`` replaces ``sign * CE`` by ``-`` :func:`logit_margin` (Carlini & Wagner's margin loss
+    f6 without its clamp at ``kappa``; ``stop_margin`` does the clamp's work, so pair the two). Its gradient
+    does not fade as the input grows confident, as the cross-entropy's does (``1 - p_target``), so the
+    attack reaches a large margin that the CE version, held back by the MSE term, stalls below.
+
     Per-input early stop, whichever comes first (the stopped input keeps its current value and leaves
     the batch, so later steps cost less):
 
@@ -195,7 +233,10 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
       the "stopped at the first misclassification" strength;
     * ``stop_loss`` (float or (N,) tensor): the CE toward ``target_i`` is below it (targeted) or above it
       (untargeted): with the loss of a real image of the target class this is "run to high confidence",
-      the paper's stopping rule.
+      the paper's stopping rule;
+    * ``stop_margin`` (float or (N,) tensor, Carlini & Wagner's confidence ``kappa``): the
+      :func:`logit_margin` toward ``target_i`` is at least it: the attack stopped at a chosen confidence,
+      ``stop_margin = 0`` being the first success.
 
     Every input's objective is independent of the others (losses summed over the batch, Adam is
     elementwise). Returns the adversarial inputs (N, ...), or with ``return_info`` the pair
@@ -205,6 +246,8 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     check_images(x)
     if x.shape[0] != torch.as_tensor(target).shape[0]:
         raise ValueError(f"x and target differ in batch size: {x.shape[0]} vs {torch.as_tensor(target).shape[0]}")
+    if loss not in ("ce", "margin"):
+        raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
     if steps < 0 or lr <= 0:
         raise ValueError(f"need steps >= 0 and lr > 0, got steps={steps}, lr={lr}")
     was = model.training
@@ -213,6 +256,7 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     N = src.shape[0]
     tgt = torch.as_tensor(target, device=src.device).long()
     thr = _per_input(stop_loss, N, src.device, "stop_loss")
+    kappa = _per_input(stop_margin, N, src.device, "stop_margin")
     sign = 1.0 if targeted else -1.0
     adv = src.clone()
     m, v = torch.zeros_like(src), torch.zeros_like(src)
@@ -231,6 +275,8 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
             done |= hit if targeted else ~hit
         if thr is not None:
             done |= (ce < thr[idx]) if targeted else (ce > thr[idx])
+        if kappa is not None:
+            done |= logit_margin(logits, tgt[idx], targeted) >= kappa[idx]
         return done
 
     for _ in it:
@@ -249,7 +295,8 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
             logits = model(xa)
             ce = F.cross_entropy(logits, tgt[active], reduction="none")
         diff = xa - src[active]
-        obj = sign * ce.sum() + mse_weight * diff.pow(2).flatten(1).mean(1).sum()
+        attack_term = sign * ce.sum() if loss == "ce" else -logit_margin(logits, tgt[active], targeted).sum()
+        obj = attack_term + mse_weight * diff.pow(2).flatten(1).mean(1).sum()
         if tv_weight:
             obj = obj + tv_weight * total_variation(diff).sum()
         (g,) = torch.autograd.grad(obj, xa)

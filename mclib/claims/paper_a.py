@@ -16,7 +16,7 @@ import numpy as np
 
 from mclib import stats
 from mclib.claims.core import (Claim, Verdict, combine, compare_interval, fails, fmt, holds, inconclusive,
-                               judge_interval)
+                               judge_interval, map_sentence)
 
 CITE = "vrabel2025input"
 #: Thresholds fixed before any run (never tuned to the outcome).
@@ -29,6 +29,7 @@ MODE_CE = 5e-4                   # A5: an FVO input is a mode at CE < 5e-4 (the 
 A7_MIN_CHANGE = 2.0              # A7: the median barrier gap changes by at least a factor of 2
 A8_MIN_RATIO = 2.0               # A8: real-adversarial median barrier max at least twice the real-real one
 A9_MIN_AUROC = 0.9               # A9: single-threshold AUROC at least 0.9 (paper about 0.94)
+A9_MIN_PATH_GAIN = 0.01          # A9 map: the path features add information when they raise the AUROC by >= 0.01
 A10_MAX_REL_WIDTH = 0.25         # A10: a p_c estimate whose 2-sigma half-width exceeds 25% of p_c cannot discriminate
 Z95 = 1.959963984540054
 
@@ -217,9 +218,24 @@ def judge_a8(values: Mapping[str, Any]) -> Verdict:
 
 
 def judge_a9(values: Mapping[str, Any]) -> Verdict:
-    """For every non-adaptive attack the single threshold on barrier max reaches an AUROC of at least 0.9."""
-    return combine(judge_interval(f"the single-threshold AUROC against {attack}", iv, A9_MIN_AUROC, spec=".3f")
-                   for attack, iv in values["auroc"].items())
+    """For every non-adaptive attack the single threshold on barrier max reaches an AUROC of at least 0.9.
+
+    The verdict judges the chapter's attacks only. Its reason adds the condition map
+    (``values["conditions"]``, :func:`mclib.detect.confidence_map`): at which attack confidences the
+    barrier-max AUROC reaches 0.9 and where it falls short, and where the path features raise the combined
+    detector's AUROC over the logits alone by at least ``A9_MIN_PATH_GAIN`` (paired interval).
+    """
+    verdict = combine(judge_interval(f"the single-threshold AUROC against {attack}", iv, A9_MIN_AUROC, spec=".3f")
+                      for attack, iv in values["auroc"].items())
+    conditions = values.get("conditions")
+    where = map_sentence(conditions, "auroc_barrier_max", A9_MIN_AUROC, name="the barrier-max AUROC", spec=".3f")
+    parts = [verdict.reason, f"condition map: {where}"]
+    if conditions:
+        parts.append("does the barrier add to the model's confidence? "
+                     + map_sentence(conditions, "auroc_gain_from_path", A9_MIN_PATH_GAIN,
+                                    name="the combined detector's AUROC gain from the path features over logits only",
+                                    spec=".3f"))
+    return Verdict(verdict.status, "; ".join(parts))
 
 
 def _tau_rises(d: Mapping[str, Any]) -> list[Verdict]:
