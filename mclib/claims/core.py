@@ -377,7 +377,8 @@ def mixed_runs(records: Mapping[str, dict] | None = None) -> list[str]:
     return [k for k in PROVENANCE if len({json.dumps(r.get(k)) for r in records.values()}) > 1]
 
 
-_MARKS = {"holds": "✅ holds", "fails": "❌ fails", "inconclusive": "⚠️ inconclusive", NOT_RUN: "— not run"}
+# text symbols, not emoji: they render without an emoji font (headless browsers, many Linux desktops)
+_MARKS = {"holds": "✔ holds", "fails": "✘ fails", "inconclusive": "⚠ inconclusive", NOT_RUN: "— not run"}
 
 
 def _cell(text: Any) -> str:
