@@ -397,11 +397,15 @@ def quiet_parameters(executed) -> None:
     Papermill keeps the original cell (the defaults) and inserts its ``injected-parameters`` cell after it
     (the values this run used); the page shows only the latter. A notebook run without injected
     parameters keeps its own cell.
+
+    A page whose own ``parameters`` cell carries the tag ``remove-parameters`` (the report, which only
+    reads recorded claims) shows neither cell: the rerun box above it already names the values.
     """
     tags = [c.metadata.get("tags", []) for c in executed.cells]
+    hide_all = any("parameters" in t and "remove-parameters" in t for t in tags)
     if any("injected-parameters" in t for t in tags):
         for cell, t in zip(executed.cells, tags):
-            if "parameters" in t and "remove-cell" not in t:
+            if ("parameters" in t or (hide_all and "injected-parameters" in t)) and "remove-cell" not in t:
                 cell.metadata["tags"] = [*t, "remove-cell"]
 
 

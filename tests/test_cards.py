@@ -209,3 +209,14 @@ def test_a_notebook_without_injected_parameters_keeps_its_own():
     nb.cells[0].metadata["tags"] = ["parameters"]
     book.quiet_parameters(nb)
     assert nb.cells[0].metadata["tags"] == ["parameters"]
+
+
+def test_a_page_tagged_remove_parameters_shows_neither_parameters_cell():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('preset = "quick"'), nbformat.v4.new_code_cell('preset = "smoke"'),
+                nbformat.v4.new_code_cell("1")]
+    nb.cells[0].metadata["tags"] = ["parameters", "remove-parameters"]
+    nb.cells[1].metadata["tags"] = ["injected-parameters"]
+    book.quiet_parameters(nb)
+    assert [c.metadata.get("tags", []) for c in nb.cells] == [
+        ["parameters", "remove-parameters", "remove-cell"], ["injected-parameters", "remove-cell"], []]
