@@ -62,6 +62,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from mclib.torchutil import device_of, eval_mode
+
 __all__ = ["prepare", "Prepared", "forward_chunks", "logits", "chunk_size", "configure_threads", "clear_cache",
            "PRECISIONS", "RTOL", "ATOL", "CPU_CHUNK_SCALARS"]
 
@@ -110,11 +112,8 @@ def check_inputs(name: str, X: torch.Tensor, allow_empty: bool = False) -> None:
                          f"inputs must be finite pixel values")
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); the CPU for a model without either."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
+#: The device of the model's first parameter (or buffer); the CPU for a model without either.
+model_device = device_of
 
 
 # ------------------------------------------------------------------------------------ chunk size
@@ -215,12 +214,8 @@ class _InEval:
         self.model = model
 
     def __call__(self, x):
-        was = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             return self.model(x)
-        finally:
-            self.model.train(was)
 
 
 def prepare(model: nn.Module, example: torch.Tensor, precision: str = "fp32", device=None,

@@ -48,7 +48,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import filelock
 import torch
@@ -169,6 +169,23 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int
     return {"loss": F.cross_entropy(out, y).item(), "acc": (out.argmax(1) == y).float().mean().item()}
 
 
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default training loss of :func:`fit`: mean cross-entropy :math:`\\mathrm{CE}(f(x), y)`."""
+    return F.cross_entropy(model(x), y)
+
+
+def make_optimizer(params: list[nn.Parameter], optimizer: str, lr: float, weight_decay: float, momentum: float,
+                   total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser of :func:`fit` and its schedule: Adam at a constant rate, or SGD with ``momentum`` and a
+    cosine decay over ``total_steps`` (the usual schedule for SGD on these small problems)."""
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay), None
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+    raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
 def fit(
     model: nn.Module,
     X: torch.Tensor,
@@ -185,44 +202,57 @@ def fit(
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "train",
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
+    batch_modules: Callable[[torch.Generator | None, int], Sequence[nn.Module]] | None = None,
 ) -> list[float]:
-    """Minimise cross-entropy of ``model`` on ``(X, y)`` with minibatches; returns the per-batch losses.
+    """Minimise ``loss`` (default cross-entropy) of ``model`` on ``(X, y)`` with minibatches; returns the
+    per-batch losses. The one training loop of mclib: :func:`mclib.curves.train_curve` runs through it too.
 
-    ``callback(step, model, loss)`` is called after every optimiser step (used to watch barriers
-    evolve during training, claim A7). ``batch_hook(model, x, y) -> x`` replaces every batch first.
+    Every epoch shuffles ``X`` (``torch.randperm`` from ``generator``) and takes one optimiser step per
+    batch of ``batch_size`` rows on the trainable parameters of ``model`` (``requires_grad``), with
+    ``optimizer`` ``"adam"`` or ``"sgd"`` (:func:`make_optimizer`; ``weight_decay`` is the optimiser's).
+
+    Per batch, in this order:
+
+    1. ``batch_modules(generator, n_batches)`` (optional), called once per epoch right after the shuffle,
+       gives the module each batch of the epoch trains *through* -- e.g. the point :math:`w(t)` of a curve at a
+       freshly drawn :math:`t` (:func:`mclib.curves.train_curve`). Without it every batch uses ``model``.
+       Call it ``m``;
+    2. ``batch_hook(m, x, y) -> x`` (optional) replaces the batch (e.g. PGD adversarial training);
+    3. ``model`` is put in training mode and one step is taken on ``loss(m, x, y)``, a scalar tensor
+       differentiable in ``model``'s parameters (gradients a hook left are discarded first);
+    4. ``callback(step, model, loss)`` (optional) is called after the step (used to watch barriers
+       evolve during training, claim A7); it may raise to stop training.
+
+    The model ends in eval mode on ``device``.
     """
     if len(X) != len(y):
         raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
     device = torch.device(device)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        # cosine decay: the usual schedule for SGD on these small problems
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     steps_per_epoch = (len(X) + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch) if optimizer == "sgd" else None
+    opt, sched = make_optimizer(params, optimizer, lr, weight_decay, momentum, epochs * steps_per_epoch)
     losses: list[float] = []
     step = 0
     bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
     for _ in range(epochs):
         order = torch.randperm(len(X), generator=generator)
-        for i in range(0, len(X), batch_size):
+        through = batch_modules(generator, steps_per_epoch) if batch_modules is not None else None
+        for j, i in enumerate(range(0, len(X), batch_size)):
             idx = order[i:i + batch_size]
             xb, yb = X[idx].to(device), y[idx].to(device)
+            m = through[j] if through is not None else model
             if batch_hook is not None:
-                xb = batch_hook(model, xb, yb).detach()
+                xb = batch_hook(m, xb, yb).detach()
             model.train()
-            loss = F.cross_entropy(model(xb), yb)
+            value = loss(m, xb, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             opt.step()
             if sched is not None:
                 sched.step()
-            losses.append(loss.item())
+            losses.append(value.item())
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -606,5 +636,5 @@ def _attach(model: nn.Module, metrics: dict, recipe: Recipe, device: torch.devic
 
 #: The functions of this module that decide a trained model's weights and stored metrics (hashed by
 #: :func:`code_hash`; taken when the module is imported, so a patched function does not change it).
-TRAINING_CODE = (Recipe.build, _unfreeze, fit, logits, evaluate, _train_fresh)
+TRAINING_CODE = (Recipe.build, _unfreeze, cross_entropy_loss, make_optimizer, fit, logits, evaluate, _train_fresh)
 _TRAINING_DIGEST = hashlib.sha256("".join(_digest(inspect.getsource(f)) for f in TRAINING_CODE).encode()).hexdigest()
