@@ -9,6 +9,9 @@ arguments, so that they hash like everything else:
 * ``batch_hook(model, x, y, **kw) -> x`` changes every batch before the step
   (e.g. PGD adversarial training, :func:`mclib.attacks.evasion.pgd`).
 
+Hooks are named rather than passed because a recipe must be hashable, JSON-serialisable data; they are
+imported from mclib (or packages allowed with :func:`allow_hooks`) only, see :func:`resolve`.
+
 The model cache (:func:`train`) promises:
 
 * **Nothing read back is unchecked.** One SHA-256 covers the format, the recipe, the code hash, the
@@ -48,6 +51,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 import filelock
@@ -141,15 +145,51 @@ def recipe_for(ctx_or_preset, arch: str | None = None, seed: int = 0, **changes)
     return base.replace(**changes) if changes else base
 
 
+#: Top-level packages whose functions a recipe may name as hooks (:func:`resolve`); extend with :func:`allow_hooks`.
+HOOK_PACKAGES: frozenset[str] = frozenset({"mclib"})
+
+
+def allow_hooks(*packages: str) -> frozenset[str]:
+    """Let recipes name hooks in the modules ``packages`` (and their submodules), e.g. ``allow_hooks("mylab")``
+    for ``"mylab.attacks:poison"``; returns the allowed packages. mclib's own are always allowed."""
+    global HOOK_PACKAGES
+    for p in packages:
+        if not isinstance(p, str) or not p or not all(part.isidentifier() for part in p.split(".")):
+            raise ValueError(f"allow_hooks: {p!r} is not a module name; allowed: dotted Python identifiers such as 'mylab'")
+    HOOK_PACKAGES = HOOK_PACKAGES | frozenset(packages)
+    return HOOK_PACKAGES
+
+
 def resolve(name: str) -> Callable:
-    """Import ``"package.module:function"``."""
-    if ":" not in name:
+    """The hook function named ``"package.module:function"`` (e.g. ``"mclib.attacks.backdoor:poison"``).
+
+    Why hooks are names, not functions: a :class:`Recipe` is the key of the model cache, so it must be
+    hashable, JSON-serialisable data (its hash names the checkpoint; the checkpoint stores it as JSON and
+    compares it on load). A function object is neither, so a recipe names its hooks and this function imports
+    them when the model is trained. That is why this core module reaches upper ones (:mod:`mclib.attacks`) at
+    run time without an import statement: the dependency is chosen by the recipe, not by this module.
+
+    Importing runs code, so only modules inside :data:`HOOK_PACKAGES` (``mclib`` and what :func:`allow_hooks`
+    added) are imported; a recipe naming anything else -- say one read back from a file -- is refused before any
+    import. Raises ValueError for a malformed name, a module outside those packages, or a hook that cannot be
+    imported or is not callable.
+    """
+    if not isinstance(name, str) or name.count(":") != 1:
         raise ValueError(f"hook {name!r} must be written 'module:function'")
     mod, fn = name.split(":", 1)
+    if not all(part.isidentifier() for part in mod.split(".")) or not fn.isidentifier():
+        raise ValueError(f"hook {name!r} must be written 'module:function' with Python identifiers")
+    if not any(mod == p or mod.startswith(p + ".") for p in HOOK_PACKAGES):
+        raise ValueError(f"hook {name!r} is in module {mod!r}, outside the packages hooks may come from "
+                         f"({', '.join(sorted(HOOK_PACKAGES))}); allow its package first with "
+                         f"mclib.train.allow_hooks({mod.split('.')[0]!r})")
     try:
-        return getattr(importlib.import_module(mod), fn)
+        hook = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"cannot import hook {name!r}: {err}") from None
+    if not callable(hook):
+        raise ValueError(f"hook {name!r} is a {type(hook).__name__}, not a function")
+    return hook
 
 
 def logits(model: nn.Module, X: torch.Tensor, batch_size: int | None = None,
@@ -627,6 +667,22 @@ def train(
     finally:
         lock.release()
     return _attach(model, metrics, recipe, device)
+
+
+@dataclass(frozen=True, eq=False)
+class Trained:
+    """A trained model with what describes it: ``model`` (eval mode, on the run's device), its ``metrics``
+    (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``seconds``; read-only) and its ``recipe``.
+    Returned by :meth:`mclib.config.Context.model`."""
+
+    model: nn.Module
+    metrics: Mapping[str, float]
+    recipe: Recipe
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "Trained":
+        """The result for a model that :func:`train` returned."""
+        return cls(model, MappingProxyType(dict(model.mclib_metrics)), model.mclib_recipe)
 
 
 def _attach(model: nn.Module, metrics: dict, recipe: Recipe, device: torch.device) -> nn.Module:

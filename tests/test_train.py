@@ -120,6 +120,8 @@ def test_data_hook_and_batch_hook_are_applied(monkeypatch):
     mod = types.ModuleType("_mclib_test_hooks")
     mod.hook, mod.bhook = hook, bhook
     monkeypatch.setitem(sys.modules, "_mclib_test_hooks", mod)
+    monkeypatch.setattr(train, "HOOK_PACKAGES", train.HOOK_PACKAGES)  # undo allow_hooks afterwards
+    train.allow_hooks("_mclib_test_hooks")
     r = TINY.replace(data_hook="_mclib_test_hooks:hook", data_hook_kwargs={"flip": 1},
                      batch_hook="_mclib_test_hooks:bhook", batch_hook_kwargs={"scale": 0.5})
     train.train(r, progress=False)
@@ -411,3 +413,62 @@ def test_fit_loss_and_batch_modules():
     assert calls == [3, 3] and seen == [1, 2, 3, 1, 2, 3] and len(losses) == 6
     with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'; valid: adam, sgd"):
         train.fit(model, X, y, optimizer="lbfgs", progress=False)
+
+
+def test_resolve_imports_hooks_only_from_mclib_or_allowed_packages(monkeypatch):
+    from mclib.attacks import backdoor
+
+    assert train.resolve("mclib.attacks.backdoor:poison") is backdoor.poison
+    with pytest.raises(ValueError, match=r"hook 'os:system' is in module 'os', outside the packages hooks may "
+                                         r"come from \(mclib\); allow its package first with "
+                                         r"mclib.train.allow_hooks\('os'\)"):
+        train.resolve("os:system")
+    with pytest.raises(ValueError, match="outside the packages"):
+        train.resolve("mclibx.evil:f")  # a prefix of the name is not the package
+    with pytest.raises(ValueError, match="written 'module:function' with Python identifiers"):
+        train.resolve("mclib.attacks.backdoor:poison; import os")
+    with pytest.raises(ValueError, match="written 'module:function'"):
+        train.resolve("a:b:c")
+    with pytest.raises(ValueError, match="not a function"):
+        train.resolve("mclib.train:OPTIMIZERS")
+    with pytest.raises(ValueError, match="outside the packages"):
+        train.train(TINY.replace(data_hook="json:loads"), progress=False)
+    monkeypatch.setattr(train, "HOOK_PACKAGES", train.HOOK_PACKAGES)
+    assert train.allow_hooks("json") == {"mclib", "json"}
+    import json
+
+    assert train.resolve("json:loads") is json.loads
+    with pytest.raises(ValueError, match="allow_hooks: 'not a name' is not a module name"):
+        train.allow_hooks("not a name")
+
+
+def test_context_model_trains_once_with_the_context_settings(tmp_path, monkeypatch):
+    """ctx.model trains or loads through train.train with the context's device, cache and data root."""
+    from mclib import config
+
+    ctx = config.Context(preset=config.get_preset("smoke"), device=torch.device("cpu"), seed=0, data_root=None,
+                         cache_dir=tmp_path / "cache")
+    calls = []
+    real = train.train
+    monkeypatch.setattr(train, "train", lambda r, **kw: calls.append(kw) or real(r, **kw))
+    res = ctx.model(TINY, progress=False)
+    assert calls == [{"device": ctx.device, "cache_dir": ctx.cache_dir, "data_root": None, "retrain": False,
+                      "progress": False}]
+    assert res.recipe == TINY and isinstance(res.model, torch.nn.Module) and not res.model.training
+    assert train.checkpoint_path(TINY, ctx.cache_dir).exists()
+    assert set(res.metrics) == {"train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
+    assert res.metrics == res.model.mclib_metrics  # kept for the notebooks until they read the result
+    with pytest.raises(TypeError):
+        res.metrics["test_acc"] = 1.0
+    with pytest.raises(AttributeError):
+        res.model = None
+    again = ctx.model(TINY, progress=False)  # from the cache: the same weights and metrics
+    assert _same(again.model, res.model) and dict(again.metrics) == dict(res.metrics)
+    changed = ctx.model(TINY, seed=1, progress=False)
+    assert changed.recipe == TINY.replace(seed=1)
+    monkeypatch.setattr(train, "train", lambda r, **kw: calls.append(r) or "model")
+    monkeypatch.setattr(train.Trained, "of", classmethod(lambda cls, m: m))
+    assert ctx.model(arch="mlp", epochs=1) == "model"
+    assert calls[-1] == train.recipe_for(ctx, arch="mlp", epochs=1)
+    with pytest.raises(TypeError, match="recipe must be a mclib.train.Recipe or None, got str"):
+        ctx.model("mlp")
