@@ -112,7 +112,7 @@ def check_inputs(name: str, X: torch.Tensor, allow_empty: bool = False) -> None:
                          f"inputs must be finite pixel values")
 
 
-#: The device of the model's first parameter (or buffer); the CPU for a model without either.
+#: Kept for callers of the old name (mclib.detect); new code uses mclib.torchutil.device_of.
 model_device = device_of
 
 
@@ -229,7 +229,7 @@ def prepare(model: nn.Module, example: torch.Tensor, precision: str = "fp32", de
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_precision(precision)
     check_inputs("example", example)
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = torch.device(device) if device is not None else device_of(model)
     shape = tuple(example.shape[1:])
     if _has_hooks(model):      # hooks are side effects (feature capture) that only the model itself has
         return Prepared(_InEval(model, dev), "eager", precision, dev, False)
@@ -309,7 +309,7 @@ def forward_chunks(model: nn.Module, n: int, make: Callable[[int, int], torch.Te
     """
     _check_precision(precision)
     chunk = _check_chunk(chunk)
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = torch.device(device) if device is not None else device_of(model)
     step = chunk or chunk_size(per_input, dev)
     starts = range(0, int(n), step)
     if progress:
