@@ -34,10 +34,14 @@ import time
 from datetime import date
 from pathlib import Path
 
-import torch
-import yaml
+from mclib import _optional
 
-from mclib import claims, config
+_optional.require_book("mclib.book (the book runner)")  # before the imports that need it: one clear message
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from mclib import claims, config  # noqa: E402
 
 KERNEL = "mclib"
 

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from mclib import config
+from mclib import _optional, config
 
 #: The verdicts a card can show, with the symbol its badge carries (the colour is never the only cue).
 BADGES = {"holds": "✔", "fails": "✘", "inconclusive": "?", "not run": "–"}
@@ -59,6 +59,7 @@ def _bibliography(path: str) -> dict[str, tuple[str, str]]:
     """bibtex key -> (short author-year label, link) from ``path`` (empty if the file is missing)."""
     if not Path(path).exists():
         return {}
+    _optional.require_book("mclib.cards' citations", ["pybtex"])
     from pybtex.database import parse_file
 
     out = {}
@@ -169,6 +170,8 @@ def figure(fig, caption: str, alt: str, number: int | None = None, dpi: int = 20
     ``number`` is given. Returns nothing, so no repr is printed after the figure.
     """
     import matplotlib.pyplot as plt
+
+    _optional.require_book("mclib.cards.figure", ["IPython"])
     from IPython.display import HTML, display
 
     number = next(_figure_numbers) if number is None else number

@@ -235,6 +235,26 @@ class Context:
         """A CPU torch generator seeded from the run's seed (plus ``offset`` for independent streams)."""
         return torch.Generator().manual_seed(self.seed + offset)
 
+    def model(self, recipe=None, *, progress: bool = True, retrain: bool = False, **recipe_changes):
+        """The trained model of ``recipe`` in this run: loaded from the run's cache or trained and cached
+        (:func:`mclib.train.train` with this context's ``device``, ``cache_dir`` and ``data_root``).
+
+        ``recipe`` None means the book's standard recipe for this preset (:func:`mclib.train.recipe_for`);
+        ``recipe_changes`` change fields of it (``arch=``, ``seed=``, ``epochs=``, ...). Returns a
+        :class:`mclib.train.Trained`: ``.model`` (eval mode, on ``device``), ``.metrics``, ``.recipe``.
+        """
+        from mclib import train  # train imports this module
+
+        if recipe is None:
+            recipe = train.recipe_for(self, **recipe_changes)
+        elif not isinstance(recipe, train.Recipe):
+            raise TypeError(f"recipe must be a mclib.train.Recipe or None, got {type(recipe).__name__}")
+        elif recipe_changes:
+            recipe = recipe.replace(**recipe_changes)
+        model = train.train(recipe, device=self.device, cache_dir=self.cache_dir, data_root=self.data_root,
+                            retrain=retrain, progress=progress)
+        return train.Trained.of(model)
+
 
 def setup(
     preset: str = "quick",

@@ -48,6 +48,8 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from mclib.torchutil import device_of
+
 KINDS = ("bezier", "polychain")
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -283,7 +285,7 @@ def update_bn(model: nn.Module, X: torch.Tensor, batch_size: int = 256) -> nn.Mo
     """
     if not isinstance(X, torch.Tensor) or len(X) == 0:
         raise ValueError("bn_data must be a non-empty tensor of inputs")
-    device = next(model.parameters()).device
+    device = device_of(model)
     batches = [X[i:i + batch_size] for i in range(0, len(X), batch_size)]
     torch.optim.swa_utils.update_bn(batches, model, device=device)
     return model
@@ -346,6 +348,7 @@ def train_curve(
     progress: bool = True,
     batch_hook: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     desc: str = "curve",
+    callback: Callable[[int, nn.Module, float], Any] | None = None,
 ) -> list[float]:
     """Train the bends of ``curve`` on ``(X, y)``; returns the per-batch objective values.
 
@@ -360,47 +363,35 @@ def train_curve(
     ``batch_hook(point, x, y) -> x`` replaces each batch first, where ``point`` is a :class:`CurvePoint`
     -- an ``nn.Module`` computing ``curve(x, t)`` at this batch's ``t`` -- e.g. adversarial curve
     training with ``lambda m, x, y: pgd(m, x, y, eps=0.1)``. Gradients the hook leaves on the bends
-    are discarded. A curve without bends has nothing to train and returns ``[]``.
+    are discarded. ``callback(step, curve, loss)`` is called after every step. A curve without bends has
+    nothing to train and returns ``[]``.
+
+    The loop is :func:`mclib.train.fit`'s, with the objective as its ``loss`` and a :class:`CurvePoint`
+    per batch as its ``batch_modules``; the generator's draws per epoch are the shuffle, then one
+    :math:`t` per batch (float64).
     """
+    from mclib import train as _train  # train imports models and data; curves stays importable on its own
+
     if len(X) != len(y):
         raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
-    params = curve.bend_parameters()
-    if not params:
+    if optimizer not in _train.OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(_train.OPTIMIZERS)}")
+    if not curve.bend_parameters():
         return []
     device = torch.device(device) if device is not None else curve.ends.device
-    curve.to(device)
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; valid: adam, sgd")
-    steps_per_epoch = (len(X) + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch) if optimizer == "sgd" else None
-    losses: list[float] = []
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
-    for _ in range(epochs):
-        order = torch.randperm(len(X), generator=generator)
-        ts = torch.rand(steps_per_epoch, generator=generator, dtype=torch.float64)
-        for j, i in enumerate(range(0, len(X), batch_size)):
-            idx = order[i:i + batch_size]
-            xb, yb = X[idx].to(device), y[idx].to(device)
-            t = ts[j]
-            if batch_hook is not None:
-                xb = batch_hook(CurvePoint(curve, t), xb, yb).detach()
-            curve.train()
-            loss = objective(curve, xb, yb, t, weight_decay)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
-    curve.eval()
-    return losses
+
+    def points(gen: torch.Generator | None, n_batches: int) -> list[CurvePoint]:
+        # one t ~ U(0, 1) per batch, drawn per epoch right after the shuffle
+        return [CurvePoint(curve, t) for t in torch.rand(n_batches, generator=gen, dtype=torch.float64)]
+
+    def loss(point: CurvePoint, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return objective(curve, x, y, point.t, weight_decay)
+
+    # the optimiser has no weight decay: it is in the objective, on w(t); only the bends require gradients
+    return _train.fit(curve, X, y, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                      weight_decay=0.0, momentum=momentum, generator=generator, batch_hook=batch_hook,
+                      callback=callback, device=device, progress=progress, desc=desc, loss=loss,
+                      batch_modules=points)
 
 
 def along(curve: Curve, ts: Iterable[float], fn: Callable[[nn.Module], Any], bn_data: torch.Tensor | None = None,

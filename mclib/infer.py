@@ -62,6 +62,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from mclib.torchutil import device_of, eval_mode
+
 __all__ = ["prepare", "Prepared", "forward_chunks", "logits", "chunk_size", "configure_threads", "clear_cache",
            "PRECISIONS", "RTOL", "ATOL", "CPU_CHUNK_SCALARS"]
 
@@ -110,11 +112,8 @@ def check_inputs(name: str, X: torch.Tensor, allow_empty: bool = False) -> None:
                          f"inputs must be finite pixel values")
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); the CPU for a model without either."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
+#: Kept for callers of the old name (mclib.detect); new code uses mclib.torchutil.device_of.
+model_device = device_of
 
 
 # ------------------------------------------------------------------------------------ chunk size
@@ -215,12 +214,8 @@ class _InEval:
         self.model = model
 
     def __call__(self, x):
-        was = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             return self.model(x)
-        finally:
-            self.model.train(was)
 
 
 def prepare(model: nn.Module, example: torch.Tensor, precision: str = "fp32", device=None,
@@ -234,7 +229,7 @@ def prepare(model: nn.Module, example: torch.Tensor, precision: str = "fp32", de
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_precision(precision)
     check_inputs("example", example)
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = torch.device(device) if device is not None else device_of(model)
     shape = tuple(example.shape[1:])
     if _has_hooks(model):      # hooks are side effects (feature capture) that only the model itself has
         return Prepared(_InEval(model, dev), "eager", precision, dev, False)
@@ -314,7 +309,7 @@ def forward_chunks(model: nn.Module, n: int, make: Callable[[int, int], torch.Te
     """
     _check_precision(precision)
     chunk = _check_chunk(chunk)
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = torch.device(device) if device is not None else device_of(model)
     step = chunk or chunk_size(per_input, dev)
     starts = range(0, int(n), step)
     if progress:

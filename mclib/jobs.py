@@ -24,6 +24,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mclib import _optional
+
+_optional.require_book("mclib.jobs (the chapter runner)")
+
 EXECUTORS = ("sequential", "local", "slurm")
 
 

@@ -32,6 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mclib.torchutil import device_of, eval_mode
+
 __all__ = ["FVOResult", "fvo", "total_variation", "fvo_pairs", "SyntheticPaths", "synthetic_paths",
            "BarrierEvolution", "barrier_evolution"]
 
@@ -69,12 +71,6 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     dh = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).sum(1)
     dw = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).sum(1)
     return dh + dw
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def _check_targets(targets, num_classes: int) -> torch.Tensor:
@@ -151,11 +147,9 @@ def fvo(
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
     steps = int(steps)
-    device = _model_device(model)
+    device = device_of(model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             try:
                 probe = model(torch.zeros((1, *shape), device=device, dtype=dtype))
@@ -221,8 +215,6 @@ def fvo(
             if it % 50 == 0:
                 bar.set_postfix(active=len(active), ce=f"{ce_d.max().item():.2e}")
         bar.close()
-    finally:
-        model.train(was_training)
     return FVOResult(x=best_x, loss=best_loss, steps=used, converged=best_loss < threshold, targets=t)
 
 
@@ -349,7 +341,7 @@ def barrier_evolution(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batche
     if X.dim() != 4:
         raise ValueError(f"X must be images (N, C, H, W), got shape {tuple(X.shape)}")
     in_shape = tuple(X.shape[1:])
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else device_of(model)
     cls = torch.as_tensor(classes).long().reshape(-1)
     target = cls.repeat_interleave(int(pairs_per_class))
     P = len(target)

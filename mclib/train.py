@@ -9,6 +9,9 @@ arguments, so that they hash like everything else:
 * ``batch_hook(model, x, y, **kw) -> x`` changes every batch before the step
   (e.g. PGD adversarial training, :func:`mclib.attacks.evasion.pgd`).
 
+Hooks are named rather than passed because a recipe must be hashable, JSON-serialisable data; they are
+imported from mclib (or packages allowed with :func:`allow_hooks`) only, see :func:`resolve`.
+
 The model cache (:func:`train`) promises:
 
 * **Nothing read back is unchecked.** One SHA-256 covers the format, the recipe, the code hash, the
@@ -48,7 +51,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
 
 import filelock
 import torch
@@ -141,15 +145,51 @@ def recipe_for(ctx_or_preset, arch: str | None = None, seed: int = 0, **changes)
     return base.replace(**changes) if changes else base
 
 
+#: Top-level packages whose functions a recipe may name as hooks (:func:`resolve`); extend with :func:`allow_hooks`.
+HOOK_PACKAGES: frozenset[str] = frozenset({"mclib"})
+
+
+def allow_hooks(*packages: str) -> frozenset[str]:
+    """Let recipes name hooks in the modules ``packages`` (and their submodules), e.g. ``allow_hooks("mylab")``
+    for ``"mylab.attacks:poison"``; returns the allowed packages. mclib's own are always allowed."""
+    global HOOK_PACKAGES
+    for p in packages:
+        if not isinstance(p, str) or not p or not all(part.isidentifier() for part in p.split(".")):
+            raise ValueError(f"allow_hooks: {p!r} is not a module name; allowed: dotted Python identifiers such as 'mylab'")
+    HOOK_PACKAGES = HOOK_PACKAGES | frozenset(packages)
+    return HOOK_PACKAGES
+
+
 def resolve(name: str) -> Callable:
-    """Import ``"package.module:function"``."""
-    if ":" not in name:
+    """The hook function named ``"package.module:function"`` (e.g. ``"mclib.attacks.backdoor:poison"``).
+
+    Why hooks are names, not functions: a :class:`Recipe` is the key of the model cache, so it must be
+    hashable, JSON-serialisable data (its hash names the checkpoint; the checkpoint stores it as JSON and
+    compares it on load). A function object is neither, so a recipe names its hooks and this function imports
+    them when the model is trained. That is why this core module reaches upper ones (:mod:`mclib.attacks`) at
+    run time without an import statement: the dependency is chosen by the recipe, not by this module.
+
+    Importing runs code, so only modules inside :data:`HOOK_PACKAGES` (``mclib`` and what :func:`allow_hooks`
+    added) are imported; a recipe naming anything else -- say one read back from a file -- is refused before any
+    import. Raises ValueError for a malformed name, a module outside those packages, or a hook that cannot be
+    imported or is not callable.
+    """
+    if not isinstance(name, str) or name.count(":") != 1:
         raise ValueError(f"hook {name!r} must be written 'module:function'")
     mod, fn = name.split(":", 1)
+    if not all(part.isidentifier() for part in mod.split(".")) or not fn.isidentifier():
+        raise ValueError(f"hook {name!r} must be written 'module:function' with Python identifiers")
+    if not any(mod == p or mod.startswith(p + ".") for p in HOOK_PACKAGES):
+        raise ValueError(f"hook {name!r} is in module {mod!r}, outside the packages hooks may come from "
+                         f"({', '.join(sorted(HOOK_PACKAGES))}); allow its package first with "
+                         f"mclib.train.allow_hooks({mod.split('.')[0]!r})")
     try:
-        return getattr(importlib.import_module(mod), fn)
+        hook = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"cannot import hook {name!r}: {err}") from None
+    if not callable(hook):
+        raise ValueError(f"hook {name!r} is a {type(hook).__name__}, not a function")
+    return hook
 
 
 def logits(model: nn.Module, X: torch.Tensor, batch_size: int | None = None,
@@ -169,6 +209,23 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int
     return {"loss": F.cross_entropy(out, y).item(), "acc": (out.argmax(1) == y).float().mean().item()}
 
 
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default training loss of :func:`fit`: mean cross-entropy :math:`\\mathrm{CE}(f(x), y)`."""
+    return F.cross_entropy(model(x), y)
+
+
+def make_optimizer(params: list[nn.Parameter], optimizer: str, lr: float, weight_decay: float, momentum: float,
+                   total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser of :func:`fit` and its schedule: Adam at a constant rate, or SGD with ``momentum`` and a
+    cosine decay over ``total_steps`` (the usual schedule for SGD on these small problems)."""
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay), None
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+    raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
 def fit(
     model: nn.Module,
     X: torch.Tensor,
@@ -185,44 +242,57 @@ def fit(
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "train",
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
+    batch_modules: Callable[[torch.Generator | None, int], Sequence[nn.Module]] | None = None,
 ) -> list[float]:
-    """Minimise cross-entropy of ``model`` on ``(X, y)`` with minibatches; returns the per-batch losses.
+    """Minimise ``loss`` (default cross-entropy) of ``model`` on ``(X, y)`` with minibatches; returns the
+    per-batch losses. The one training loop of mclib: :func:`mclib.curves.train_curve` runs through it too.
 
-    ``callback(step, model, loss)`` is called after every optimiser step (used to watch barriers
-    evolve during training, claim A7). ``batch_hook(model, x, y) -> x`` replaces every batch first.
+    Every epoch shuffles ``X`` (``torch.randperm`` from ``generator``) and takes one optimiser step per
+    batch of ``batch_size`` rows on the trainable parameters of ``model`` (``requires_grad``), with
+    ``optimizer`` ``"adam"`` or ``"sgd"`` (:func:`make_optimizer`; ``weight_decay`` is the optimiser's).
+
+    Per batch, in this order:
+
+    1. ``batch_modules(generator, n_batches)`` (optional), called once per epoch right after the shuffle,
+       gives the module each batch of the epoch trains *through* -- e.g. the point :math:`w(t)` of a curve at a
+       freshly drawn :math:`t` (:func:`mclib.curves.train_curve`). Without it every batch uses ``model``.
+       Call it ``m``;
+    2. ``batch_hook(m, x, y) -> x`` (optional) replaces the batch (e.g. PGD adversarial training);
+    3. ``model`` is put in training mode and one step is taken on ``loss(m, x, y)``, a scalar tensor
+       differentiable in ``model``'s parameters (gradients a hook left are discarded first);
+    4. ``callback(step, model, loss)`` (optional) is called after the step (used to watch barriers
+       evolve during training, claim A7); it may raise to stop training.
+
+    The model ends in eval mode on ``device``.
     """
     if len(X) != len(y):
         raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
     device = torch.device(device)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        # cosine decay: the usual schedule for SGD on these small problems
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     steps_per_epoch = (len(X) + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch) if optimizer == "sgd" else None
+    opt, sched = make_optimizer(params, optimizer, lr, weight_decay, momentum, epochs * steps_per_epoch)
     losses: list[float] = []
     step = 0
     bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
     for _ in range(epochs):
         order = torch.randperm(len(X), generator=generator)
-        for i in range(0, len(X), batch_size):
+        through = batch_modules(generator, steps_per_epoch) if batch_modules is not None else None
+        for j, i in enumerate(range(0, len(X), batch_size)):
             idx = order[i:i + batch_size]
             xb, yb = X[idx].to(device), y[idx].to(device)
+            m = through[j] if through is not None else model
             if batch_hook is not None:
-                xb = batch_hook(model, xb, yb).detach()
+                xb = batch_hook(m, xb, yb).detach()
             model.train()
-            loss = F.cross_entropy(model(xb), yb)
+            value = loss(m, xb, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             opt.step()
             if sched is not None:
                 sched.step()
-            losses.append(loss.item())
+            losses.append(value.item())
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -599,6 +669,22 @@ def train(
     return _attach(model, metrics, recipe, device)
 
 
+@dataclass(frozen=True, eq=False)
+class Trained:
+    """A trained model with what describes it: ``model`` (eval mode, on the run's device), its ``metrics``
+    (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``seconds``; read-only) and its ``recipe``.
+    Returned by :meth:`mclib.config.Context.model`."""
+
+    model: nn.Module
+    metrics: Mapping[str, float]
+    recipe: Recipe
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "Trained":
+        """The result for a model that :func:`train` returned."""
+        return cls(model, MappingProxyType(dict(model.mclib_metrics)), model.mclib_recipe)
+
+
 def _attach(model: nn.Module, metrics: dict, recipe: Recipe, device: torch.device) -> nn.Module:
     model.mclib_metrics, model.mclib_recipe = metrics, recipe
     return model.to(device).eval()
@@ -606,5 +692,5 @@ def _attach(model: nn.Module, metrics: dict, recipe: Recipe, device: torch.devic
 
 #: The functions of this module that decide a trained model's weights and stored metrics (hashed by
 #: :func:`code_hash`; taken when the module is imported, so a patched function does not change it).
-TRAINING_CODE = (Recipe.build, _unfreeze, fit, logits, evaluate, _train_fresh)
+TRAINING_CODE = (Recipe.build, _unfreeze, cross_entropy_loss, make_optimizer, fit, logits, evaluate, _train_fresh)
 _TRAINING_DIGEST = hashlib.sha256("".join(_digest(inspect.getsource(f)) for f in TRAINING_CODE).encode()).hexdigest()

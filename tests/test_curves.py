@@ -291,3 +291,77 @@ def test_training_equals_a_flat_vector_reference():
             sched.step()
     torch.testing.assert_close(c.bends[0], theta.detach(), rtol=0, atol=1e-6)
     assert not torch.allclose(c.bends[0], 0.5 * (flat[0] + flat[1]), atol=1e-4)  # the bends did move
+
+
+def _reference_train_curve(curve, X, y, epochs, batch_size, lr, weight_decay, optimizer, momentum, generator,
+                           batch_hook):
+    """The minibatch loop of mclib.curves.train_curve before issue 18 (commit 1524724), kept verbatim as the
+    reference for the loop it now shares with mclib.train.fit."""
+    params = curve.bend_parameters()
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    steps_per_epoch = (len(X) + batch_size - 1) // batch_size
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch) if optimizer == "sgd" else None
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(X), generator=generator)
+        ts = torch.rand(steps_per_epoch, generator=generator, dtype=torch.float64)
+        for j, i in enumerate(range(0, len(X), batch_size)):
+            idx = order[i:i + batch_size]
+            xb, yb = X[idx], y[idx]
+            t = ts[j]
+            if batch_hook is not None:
+                xb = batch_hook(curves.CurvePoint(curve, t), xb, yb).detach()
+            curve.train()
+            loss = curves.objective(curve, xb, yb, t, weight_decay)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(loss.item())
+    curve.eval()
+    return losses
+
+
+@pytest.mark.parametrize("optimizer,num_bends,hook", [("sgd", 1, False), ("adam", 2, False), ("sgd", 1, True)])
+def test_training_is_bit_identical_to_the_loop_before_issue_18(optimizer, num_bends, hook):
+    """train_curve now runs mclib.train.fit's loop; it takes exactly the old steps (same generator draws in the
+    same order, same operations): bends equal bit for bit, losses equal, generator left in the same state."""
+    from mclib.attacks import pgd
+
+    m0, m1 = _pair("vgg_bn", widths=(4, "M", 8))
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 4, (40,), generator=g)
+    batch_hook = (lambda m, x, yb: pgd(m, x, yb, eps=0.05, steps=2)) if hook else None  # global RNG: reseeded
+    runs = []
+    for fn in (curves.train_curve, _reference_train_curve):
+        torch.manual_seed(2)
+        c = curves.Curve([m0, m1], num_bends=num_bends)
+        gen = torch.Generator().manual_seed(1)
+        kw = dict(epochs=2, batch_size=16, lr=0.05, weight_decay=1e-3, optimizer=optimizer, momentum=0.9,
+                  generator=gen, batch_hook=batch_hook)
+        losses = fn(c, X, y, **kw, progress=False) if fn is curves.train_curve else fn(c, X, y, **kw)
+        runs.append((c, losses, gen.get_state()))
+    (new, l_new, g_new), (old, l_old, g_old) = runs
+    assert len(l_new) == 6 and l_new == l_old and torch.equal(g_new, g_old)
+    assert not new.training
+    for a, b in zip(new.bend_parameters(), old.bend_parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(new.bends, curves.Curve([m0, m1], num_bends=num_bends).bends)  # the bends did move
+
+
+def test_train_curve_callback_and_errors():
+    m0, m1 = _pair()
+    X, y = torch.rand(16, 1, 8, 8), torch.randint(0, 4, (16,))
+    steps = []
+    curves.train_curve(curves.Curve([m0, m1]), X, y, epochs=1, batch_size=8, progress=False,
+                       callback=lambda s, c, l: steps.append((s, isinstance(c, curves.Curve))))
+    assert steps == [(1, True), (2, True)]
+    assert curves.train_curve(curves.line(m0, m1), X, y, progress=False) == []
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'; valid: adam, sgd"):
+        curves.train_curve(curves.line(m0, m1), X, y, optimizer="rmsprop", progress=False)
+    with pytest.raises(ValueError, match="differ in length"):
+        curves.train_curve(curves.Curve([m0, m1]), X, y[:3], progress=False)

@@ -120,6 +120,8 @@ def test_data_hook_and_batch_hook_are_applied(monkeypatch):
     mod = types.ModuleType("_mclib_test_hooks")
     mod.hook, mod.bhook = hook, bhook
     monkeypatch.setitem(sys.modules, "_mclib_test_hooks", mod)
+    monkeypatch.setattr(train, "HOOK_PACKAGES", train.HOOK_PACKAGES)  # undo allow_hooks afterwards
+    train.allow_hooks("_mclib_test_hooks")
     r = TINY.replace(data_hook="_mclib_test_hooks:hook", data_hook_kwargs={"flip": 1},
                      batch_hook="_mclib_test_hooks:bhook", batch_hook_kwargs={"scale": 0.5})
     train.train(r, progress=False)
@@ -323,3 +325,150 @@ def test_lock_of_a_killed_process_is_recovered(tmp_path):
     model = train.train(TINY, progress=False)  # neither blocked by the dead lock nor by its temp file
     assert model.mclib_metrics["test_acc"] > 0
     assert not list(lock.parent.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------- one training loop (issue 18)
+def _reference_fit(model, X, y, epochs, batch_size, lr, optimizer, weight_decay, momentum, generator, batch_hook,
+                   callback):
+    """The minibatch loop of mclib.train.fit before issue 18 (commit 1524724), kept verbatim as the reference."""
+    import torch.nn.functional as F
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    steps_per_epoch = (len(X) + batch_size - 1) // batch_size
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch) if optimizer == "sgd" else None
+    losses, step = [], 0
+    for _ in range(epochs):
+        order = torch.randperm(len(X), generator=generator)
+        for i in range(0, len(X), batch_size):
+            idx = order[i:i + batch_size]
+            xb, yb = X[idx], y[idx]
+            if batch_hook is not None:
+                xb = batch_hook(model, xb, yb).detach()
+            model.train()
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(loss.item())
+            step += 1
+            if callback is not None:
+                callback(step, model, losses[-1])
+    model.eval()
+    return losses
+
+
+@pytest.mark.parametrize("optimizer,weight_decay", [("adam", 0.0), ("adam", 1e-3), ("sgd", 5e-4)])
+def test_fit_is_bit_identical_to_the_loop_before_issue_18(optimizer, weight_decay):
+    """fit with its new loss and batch_modules parameters left at their defaults takes exactly the old steps:
+    the same weights bit for bit, the same losses, the same generator state afterwards."""
+    from mclib import models
+    from mclib.attacks import pgd
+
+    X, y = torch.rand(70, 1, 8, 8, generator=torch.Generator().manual_seed(5)), torch.arange(70) % 4
+    hook = lambda m, x, yb: pgd(m, x, yb, eps=0.05, steps=2)  # noqa: E731  (random start: global RNG, reseeded)
+    runs = []
+    for fn in (train.fit, _reference_fit):
+        torch.manual_seed(0)
+        model = models.build("vgg_bn", in_shape=(1, 8, 8), num_classes=4, widths=(4, "M", 8))
+        gen, steps = torch.Generator().manual_seed(1), []
+        kw = dict(epochs=2, batch_size=16, lr=0.01, optimizer=optimizer, weight_decay=weight_decay, momentum=0.9,
+                  generator=gen, batch_hook=hook, callback=lambda s, m, l: steps.append((s, l)))
+        losses = fn(model, X, y, **kw, progress=False) if fn is train.fit else fn(model, X, y, **kw)
+        runs.append((model, losses, steps, gen.get_state()))
+    (new, l_new, s_new, g_new), (old, l_old, s_old, g_old) = runs
+    assert len(l_new) == 10 and l_new == l_old and s_new == s_old and torch.equal(g_new, g_old)
+    assert not new.training and _same(new, old)
+    assert sorted(new.state_dict()) == sorted(old.state_dict())
+
+
+def test_fit_loss_and_batch_modules():
+    """A custom loss sees the module batch_modules gives for its batch; batch_modules draws once per epoch."""
+    X, y = torch.rand(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    model = TINY.build()
+    calls, seen = [], []
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, inner, k):
+            super().__init__()
+            self.inner, self.k = inner, k
+
+        def forward(self, x):
+            return self.inner(x) * self.k
+
+    def modules(gen, n):
+        calls.append(n)
+        return [Scaled(model, k) for k in range(1, n + 1)]
+
+    def loss(m, x, yb):
+        seen.append(m.k)
+        return torch.nn.functional.cross_entropy(m(x), yb)
+
+    losses = train.fit(model, X, y, epochs=2, batch_size=16, loss=loss, batch_modules=modules, progress=False)
+    assert calls == [3, 3] and seen == [1, 2, 3, 1, 2, 3] and len(losses) == 6
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'; valid: adam, sgd"):
+        train.fit(model, X, y, optimizer="lbfgs", progress=False)
+
+
+def test_resolve_imports_hooks_only_from_mclib_or_allowed_packages(monkeypatch):
+    from mclib.attacks import backdoor
+
+    assert train.resolve("mclib.attacks.backdoor:poison") is backdoor.poison
+    with pytest.raises(ValueError, match=r"hook 'os:system' is in module 'os', outside the packages hooks may "
+                                         r"come from \(mclib\); allow its package first with "
+                                         r"mclib.train.allow_hooks\('os'\)"):
+        train.resolve("os:system")
+    with pytest.raises(ValueError, match="outside the packages"):
+        train.resolve("mclibx.evil:f")  # a prefix of the name is not the package
+    with pytest.raises(ValueError, match="written 'module:function' with Python identifiers"):
+        train.resolve("mclib.attacks.backdoor:poison; import os")
+    with pytest.raises(ValueError, match="written 'module:function'"):
+        train.resolve("a:b:c")
+    with pytest.raises(ValueError, match="not a function"):
+        train.resolve("mclib.train:OPTIMIZERS")
+    with pytest.raises(ValueError, match="outside the packages"):
+        train.train(TINY.replace(data_hook="json:loads"), progress=False)
+    monkeypatch.setattr(train, "HOOK_PACKAGES", train.HOOK_PACKAGES)
+    assert train.allow_hooks("json") == {"mclib", "json"}
+    import json
+
+    assert train.resolve("json:loads") is json.loads
+    with pytest.raises(ValueError, match="allow_hooks: 'not a name' is not a module name"):
+        train.allow_hooks("not a name")
+
+
+def test_context_model_trains_once_with_the_context_settings(tmp_path, monkeypatch):
+    """ctx.model trains or loads through train.train with the context's device, cache and data root."""
+    from mclib import config
+
+    ctx = config.Context(preset=config.get_preset("smoke"), device=torch.device("cpu"), seed=0, data_root=None,
+                         cache_dir=tmp_path / "cache")
+    calls = []
+    real = train.train
+    monkeypatch.setattr(train, "train", lambda r, **kw: calls.append(kw) or real(r, **kw))
+    res = ctx.model(TINY, progress=False)
+    assert calls == [{"device": ctx.device, "cache_dir": ctx.cache_dir, "data_root": None, "retrain": False,
+                      "progress": False}]
+    assert res.recipe == TINY and isinstance(res.model, torch.nn.Module) and not res.model.training
+    assert train.checkpoint_path(TINY, ctx.cache_dir).exists()
+    assert set(res.metrics) == {"train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
+    assert res.metrics == res.model.mclib_metrics  # kept for the notebooks until they read the result
+    with pytest.raises(TypeError):
+        res.metrics["test_acc"] = 1.0
+    with pytest.raises(AttributeError):
+        res.model = None
+    again = ctx.model(TINY, progress=False)  # from the cache: the same weights and metrics
+    assert _same(again.model, res.model) and dict(again.metrics) == dict(res.metrics)
+    changed = ctx.model(TINY, seed=1, progress=False)
+    assert changed.recipe == TINY.replace(seed=1)
+    monkeypatch.setattr(train, "train", lambda r, **kw: calls.append(r) or "model")
+    monkeypatch.setattr(train.Trained, "of", classmethod(lambda cls, m: m))
+    assert ctx.model(arch="mlp", epochs=1) == "model"
+    assert calls[-1] == train.recipe_for(ctx, arch="mlp", epochs=1)
+    with pytest.raises(TypeError, match="recipe must be a mclib.train.Recipe or None, got str"):
+        ctx.model("mlp")

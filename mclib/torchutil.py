@@ -1,0 +1,51 @@
+"""Small torch helpers every module needs: where a model lives, and evaluating it in eval mode.
+
+* :func:`device_of` -- the device of a model's first parameter (or buffer), the CPU for a model with neither;
+* :func:`eval_mode` -- a context manager that puts a model in eval mode and restores every submodule's own
+  mode afterwards, also when the body raises.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["device_of", "eval_mode"]
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter, else of its first buffer; the CPU for a model with neither.
+
+    mclib's models live on one device, so the first tensor names it (a model split over devices has no
+    single answer, and the first tensor is where its inputs go).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``with eval_mode(model): ...`` runs the body with ``model`` in eval mode (BatchNorm on running
+    statistics, no dropout), then restores the mode every submodule had before -- also on an exception.
+
+    Restored per submodule, not with one ``model.train(was)``: a training model that keeps some layers in
+    eval mode on purpose (frozen BatchNorm) gets exactly its old modes back. Modules are visited parents
+    first and restored through their own ``train`` (which may do more than set the flag), so a child
+    whose parent's ``train`` changed it is corrected afterwards.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was in modes:
+            if m.training != was:
+                m.train(was)
