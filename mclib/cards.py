@@ -2,7 +2,7 @@
 
 Both are plain HTML (rendered by the book, by Jupyter, by Colab alike), built by pure functions:
 
-- :func:`card_html` turns one claim record -- the dict :func:`mclib.claims.record` writes to
+- :func:`card_html` turns one claim record -- the dict :func:`mclib.claims.core.record` writes to
   ``<build>/claims/<id>.json`` -- into a card: the statement, the paper's value and its citation, the
   measured value, the criterion, a verdict badge (*holds*, *fails*, *inconclusive*) and the reason. The raw
   ``values`` stay in the JSON file; the card only names it. :class:`Card` wraps it for ``display``.

@@ -113,7 +113,7 @@ class Curve(nn.Module):
     ends: ``(2, P)`` buffer, the flattened endpoint parameters.
     bend_tensors: one trainable parameter of shape ``(num_bends, *shape)`` per parameter tensor of the
     network, in the order of ``names`` -- the only trainable tensors.
-    bends: ``(num_bends, P)``, all bends flattened (a read-only copy, for inspection).
+    The property :attr:`bends` gives all bends flattened, ``(num_bends, P)`` (a read-only copy, for inspection).
     """
 
     def __init__(self, endpoints: Sequence[nn.Module], kind: str = "bezier", num_bends: int = 1):

@@ -783,7 +783,7 @@ def confidence_map(clean: pd.DataFrame, groups_clean, points: Sequence[SweepPoin
                    min_adv: int = 5) -> list[dict]:
     """The condition map of claim A9: :func:`setting_evidence` of every :func:`sweep` point against the same
     clean inputs, plus each setting's ``success_rate`` (succeeded / attempted). The list is what a claim
-    records under ``values["conditions"]`` (:func:`mclib.claims.map_sentence` reads it)."""
+    records under ``values["conditions"]`` (:func:`mclib.claims.core.map_sentence` reads it)."""
     out = []
     for p in points:
         entry = setting_evidence(p.setting, clean, groups_clean, p.features.table, p.sources.numpy(), folds, seed,

@@ -360,7 +360,7 @@ def _hook_digest(hook: str) -> str:
 def code_hash(recipe: Recipe) -> str:
     """A hash of the code that turns ``recipe`` into weights and metrics; a checkpoint of other code is retrained.
 
-    Covered (docstrings, comments and layout excluded, see :func:`_normalised`):
+    Covered (docstrings, comments and layout excluded, see ``_normalised``):
 
     * :mod:`mclib.models` and :mod:`mclib.data`, whole: the architectures, their initialisation and
       normalisation, and the loading, scaling and splitting of the training images;
