@@ -577,7 +577,8 @@ class BypassResult:
         return (self.barriers[1] if len(self.barriers) > 1 else self.barriers[0]).gap <= self.tolerance
 
     def intervals(self, n_boot: int = 2000, seed: int = 0) -> dict:
-        """A2's numbers over the pairs bent in round 1, each a :class:`mclib.stats.Interval`.
+        """A2's numbers over the pairs bent in round 1, each an interval dict (``estimate, lo, hi, n``, as claim
+        records store a :class:`mclib.stats.Interval`).
 
         ``free_after_1``: share barrier-free after one bend (Wilson); ``shift_median`` and ``shift_l2_median``:
         median ``max|B'-B|`` in % of the max pixel of ``B`` and median ``||B'-B|| / ||B||`` in %, and
@@ -593,9 +594,10 @@ class BypassResult:
             return dict.fromkeys(("free_after_1", "shift_median", "shift_l2_median", "steps_median"))
         boot = lambda v: stats.bootstrap_ci(v[bent].double().numpy(), np.median, n_boot, seed)  # noqa: E731
         steps = self.first_steps if self.first_steps is not None else torch.zeros(len(bent))
-        return {"free_after_1": stats.fraction_ci(self.free_after_first()[bent].numpy()),
-                "shift_median": boot(100 * self.shift()), "shift_l2_median": boot(100 * self.shift_l2()),
-                "steps_median": boot(steps.double())}
+        out = {"free_after_1": stats.fraction_ci(self.free_after_first()[bent].numpy()),
+               "shift_median": boot(100 * self.shift()), "shift_l2_median": boot(100 * self.shift_l2()),
+               "steps_median": boot(steps.double())}
+        return {k: v._asdict() for k, v in out.items()}
 
 
 def _check_early_stop(early_stop) -> int:
@@ -934,9 +936,10 @@ class BarrierSample:
         return stats.fraction_ci(self.has_barrier.numpy(), level)
 
     def measured(self, level: float = 0.95) -> dict:
-        """What a condition map records for this sample: ``barrier_fraction`` (Wilson interval), ``pairs``,
-        ``looks``, and the median and largest straight-line gap."""
-        return {"barrier_fraction": self.fraction(level), "pairs": len(self), "looks": list(self.looks),
+        """What a condition map records for this sample: ``barrier_fraction`` (the Wilson interval as a dict
+        ``estimate, lo, hi, n``, as claim records store it), ``pairs``, ``looks``, and the median and largest
+        straight-line gap."""
+        return {"barrier_fraction": self.fraction(level)._asdict(), "pairs": len(self), "looks": list(self.looks),
                 "gap_median": float(self.gap.median()), "gap_max": float(self.gap.max())}
 
     def __len__(self) -> int:
@@ -995,6 +998,7 @@ def plot_condition_map(ax, conditions, key: str, threshold: float, above: bool =
     for row, entry in enumerate(conditions):
         labels.append(", ".join(f"{k}={v}" for k, v in (entry.get("setting") or {}).items()))
         iv = (entry.get("measured") or {}).get(key)
+        iv = iv._asdict() if hasattr(iv, "_asdict") else iv       # an mclib.stats.Interval
         if iv is None or iv.get("lo") is None:
             ax.text(threshold * scale, row, " n/a", va="center", fontsize=9)
             continue

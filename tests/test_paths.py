@@ -368,8 +368,10 @@ def test_bypass_early_stop_rejects_bad_values_and_shift_l2(bump_pair):
     assert float(res.shift_l2()[0]) == pytest.approx(float(d.norm() / b.norm()), rel=1e-6)
     assert float(res.shift()[0]) == pytest.approx(float(d.abs().max() / b.max()), rel=1e-6)
     iv = res.intervals(n_boot=50)
-    assert iv["free_after_1"].n == 1 and iv["shift_median"].estimate == pytest.approx(100 * float(res.shift()[0]), rel=1e-6)
-    assert iv["steps_median"].estimate == 20
+    assert iv["free_after_1"]["n"] == 1
+    assert iv["shift_median"]["estimate"] == pytest.approx(100 * float(res.shift()[0]), rel=1e-6)
+    assert iv["shift_l2_median"]["estimate"] == pytest.approx(100 * float(res.shift_l2()[0]), rel=1e-6)
+    assert iv["steps_median"]["estimate"] == 20
     none = paths.bypass(model, A, A + 0.01, 0, iterations=2, progress=False)
     assert none.intervals(n_boot=50) == dict.fromkeys(("free_after_1", "shift_median", "shift_l2_median", "steps_median"))
 
@@ -415,7 +417,8 @@ def test_barrier_sample_grows_only_while_undecided(bump_pair):
     assert undecided.looks[:2] == [20, 40] and undecided.looks[-1] <= 70 and len(undecided) == undecided.looks[-1]
     torch.testing.assert_close(undecided.gap[:20], decided.gap)                     # the first look's pairs kept
     m = undecided.measured()
-    assert m["pairs"] == len(undecided) and m["barrier_fraction"].n == len(undecided)
+    assert m["pairs"] == len(undecided) and m["barrier_fraction"]["n"] == len(undecided)
+    assert m["barrier_fraction"]["estimate"] == pytest.approx(float(undecided.has_barrier.float().mean()))
     with pytest.raises(ValueError, match="max_pairs"):
         paths.barrier_sample(model, X, y, 20, max_pairs=10)
 
