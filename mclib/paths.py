@@ -44,7 +44,7 @@ __all__ = [
     "alphas", "linear_losses", "Barrier", "barrier", "path_losses", "segment_losses",
     "BypassResult", "bypass", "bypass_free", "InterpolatedModes", "interpolated_modes", "total_variation",
     "Adam", "project_box_hyperplane", "plot_loss_curves", "plot_barrier_hist", "plot_path_images",
-    "same_class_pairs", "BarrierSample", "barrier_sample", "plot_condition_map", "PairStudy", "study_pairs",
+    "same_class_pairs", "BarrierSample", "barrier_sample", "condition_effects", "plot_condition_map", "PairStudy", "study_pairs",
     "interpolated_pairs",
 ]
 
@@ -978,6 +978,37 @@ def barrier_sample(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n_pairs: 
         n = min(2 * n, cap)
     return BarrierSample(i=i, j=j, target=y[i], gap=gaps, tolerance=float(tolerance), threshold=float(threshold),
                          looks=looks)
+
+
+def condition_effects(conditions, key: str) -> dict[str, tuple[float, int]]:
+    """How much each factor of a condition map moves the estimate of ``measured[key]``, the others held fixed.
+
+    For every parameter name of the settings: over all pairs of settings that differ in that parameter only,
+    the largest absolute difference of the two estimates, and the number of such pairs. Returns
+    ``{name: (largest change, pairs compared)}`` in the order the names appear; a factor with no such pair
+    (or whose intervals are missing) gets ``(nan, 0)``. Says whether an effect is a property of, e.g., the
+    architecture, the training length or the pair sampling, in the map's own units.
+    """
+    entries = []
+    for e in conditions:
+        iv = (e.get("measured") or {}).get(key)
+        iv = iv._asdict() if hasattr(iv, "_asdict") else iv
+        est = None if iv is None else iv.get("estimate")
+        entries.append((dict(e.get("setting") or {}), est))
+    names = list(dict.fromkeys(k for st, _ in entries for k in st))
+    out = {}
+    for name in names:
+        best, n = math.nan, 0
+        for a in range(len(entries)):
+            for b in range(a + 1, len(entries)):
+                (sa, ea), (sb, eb) = entries[a], entries[b]
+                if ea is None or eb is None or set(sa) != set(sb) or sa.get(name) == sb.get(name):
+                    continue
+                if all(sa[k] == sb[k] for k in sa if k != name):
+                    d = abs(float(ea) - float(eb))
+                    best, n = (d if math.isnan(best) else max(best, d)), n + 1
+        out[name] = (best, n)
+    return out
 
 
 def plot_condition_map(ax, conditions, key: str, threshold: float, above: bool = True, scale: float = 1.0,

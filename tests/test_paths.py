@@ -442,3 +442,16 @@ def test_plot_condition_map_marks_each_setting():
     assert [ln.get_color() for ln in whiskers] == [plots.PALETTE[0], plots.PALETTE[1], "#888888"]
     assert any(t.get_text().strip() == "n/a" for t in ax.texts)
     plt.close(fig)
+
+
+def test_condition_effects_compare_settings_that_differ_in_one_factor():
+    def e(arch, epochs, est):
+        return {"setting": {"arch": arch, "epochs": epochs}, "measured": {"f": {"estimate": est, "lo": 0, "hi": 1}}}
+    conds = [e("cnn", 8, 0.10), e("cnn", 2, 0.25), e("mlp", 8, 0.02), e("mlp", 2, 0.0),
+             {"setting": {"arch": "vgg", "epochs": 8}, "measured": {}}]
+    eff = paths.condition_effects(conds, "f")
+    assert list(eff) == ["arch", "epochs"]
+    assert eff["arch"][0] == pytest.approx(0.25) and eff["arch"][1] == 2       # (cnn, 2) vs (mlp, 2)
+    assert eff["epochs"][0] == pytest.approx(0.15) and eff["epochs"][1] == 2   # cnn 8 vs 2
+    lone = paths.condition_effects([e("cnn", 8, 0.1)], "f")
+    assert math.isnan(lone["arch"][0]) and lone["arch"][1] == 0
