@@ -44,7 +44,8 @@ __all__ = [
     "alphas", "linear_losses", "Barrier", "barrier", "path_losses", "segment_losses",
     "BypassResult", "bypass", "bypass_free", "InterpolatedModes", "interpolated_modes", "total_variation",
     "Adam", "project_box_hyperplane", "plot_loss_curves", "plot_barrier_hist", "plot_path_images",
-    "same_class_pairs", "PairStudy", "study_pairs", "interpolated_pairs",
+    "same_class_pairs", "BarrierSample", "barrier_sample", "condition_effects", "plot_condition_map", "PairStudy", "study_pairs",
+    "interpolated_pairs",
 ]
 
 # ----------------------------------------------------------------------------------------- checks
@@ -416,14 +417,18 @@ def project_box_hyperplane(z: torch.Tensor, d: torch.Tensor, c: torch.Tensor, lo
 
 
 def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, directions=None, clamp=True,
-              stop_loss=None, weight_decay=0.0, progress=False, desc="bypass"):
+              stop_loss=None, weight_decay=0.0, progress=False, desc="bypass", check=None, check_every=0):
     """Adam on the points ``B`` (N, ...) toward ``target`` (N,).
 
     Objective per point: ``CE + mse_weight * MSE(x - B) + tv_weight * TV(x - B)``. With ``directions``
     (N, ...) the gradient is projected orthogonal to each direction and, after every step, the point is
     projected back onto the hyperplane through ``B`` orthogonal to it (intersected with [0, 1] when
-    ``clamp``). Points whose CE falls below ``stop_loss`` are frozen. Returns ``(x, ce, steps)``; ``x``
-    is the final point, or with ``stop_loss`` the point of lowest CE seen.
+    ``clamp``). Points whose CE falls below ``stop_loss`` are frozen. With ``check`` (a function of the
+    active row indices, their current points and their CE, returning a boolean per row) every point is
+    checked after each ``check_every`` steps, and a point for which it returns True is frozen where it
+    stands (early stop). Returns ``(x, ce, steps)``; ``x`` is the final point (the checked point for rows
+    that ``check`` stopped), or with ``stop_loss`` the point of lowest CE seen; ``steps`` (N,) the Adam
+    steps each point took.
     """
     N = B.shape[0]
     x = B.detach().clone()
@@ -445,12 +450,13 @@ def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, direct
     steps = torch.zeros(N, dtype=torch.long)
     best_x, best_ce = x.clone(), torch.full((N,), math.inf, device=B.device)
     active = torch.arange(N, device=B.device)
+    stopped = torch.zeros(N, dtype=torch.bool, device=B.device)
     it = range(int(iterations))
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc=desc, leave=False)
     with _Eval(model):
-        for _ in it:
+        for k in it:
             xa = x[active].requires_grad_(True)
             ce = F.cross_entropy(model(xa).float(), tgt[active], reduction="none")
             obj = ce.sum()
@@ -464,6 +470,14 @@ def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, direct
             (g,) = torch.autograd.grad(obj, xa)
             ce = ce.detach()
             with torch.no_grad():
+                if check is not None and k > 0 and k % check_every == 0:
+                    free = check(active, xa.detach(), ce).to(B.device)
+                    if free.any():          # early stop: these points keep the value that passed the check
+                        stopped[active[free]] = True
+                        keep = ~free
+                        active, xa, g, ce = active[keep], xa[keep], g[keep], ce[keep]
+                        if active.numel() == 0:
+                            break
                 if stop_loss is not None:
                     better = ce < best_ce[active]
                     best_ce[active] = torch.where(better, ce, best_ce[active])
@@ -494,7 +508,7 @@ def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, direct
     final_ce = (F.cross_entropy(infer.logits(model, x, device=B.device).to(B.device), tgt, reduction="none")
                 if N else torch.zeros(0, device=B.device))
     if stop_loss is not None:
-        better = final_ce < best_ce
+        better = (final_ce < best_ce) | stopped
         best_x[better], best_ce[better] = x[better], final_ce[better]
         return best_x, best_ce.cpu(), steps
     return x, final_ce.cpu(), steps
@@ -512,7 +526,9 @@ class BypassResult:
     round r keep their value); ``connected`` (P,): final gap <= tolerance; ``B``, ``B_prime`` (P, C, H, W):
     the max-loss point of the straight line and its optimised replacement in round 1 (equal where the line
     had no barrier, see ``bent_first``); ``losses``/``positions`` (P, T): the loss along the final path
-    against normalised arc position; ``tolerance``.
+    against normalised arc position; ``tolerance``; ``point_loss``/``point_steps``: per round, the CE of
+    each optimised point and the Adam steps it took; ``first_steps`` (P,): the steps of each pair's round-1
+    point (0 where the line had no barrier) -- with ``early_stop`` the iterations the bypass needed.
     """
 
     vertices: torch.Tensor
@@ -527,6 +543,8 @@ class BypassResult:
     positions: torch.Tensor
     tolerance: float
     point_loss: list[torch.Tensor] = field(default_factory=list)
+    point_steps: list[torch.Tensor] = field(default_factory=list)
+    first_steps: torch.Tensor | None = None
 
     def path(self, p: int) -> torch.Tensor:
         """The (K_p, C, H, W) vertices of pair ``p``'s path, endpoints included."""
@@ -550,9 +568,77 @@ class BypassResult:
         d = (self.B_prime - self.B).flatten(1).abs().amax(1)
         return d / self.B.flatten(1).amax(1).clamp_min(1e-12)
 
+    def shift_l2(self) -> torch.Tensor:
+        """``||B' - B||_2 / ||B||_2`` per pair (the whole-image size of the bypass move), (P,)."""
+        return (self.B_prime - self.B).flatten(1).norm(dim=1) / self.B.flatten(1).norm(dim=1).clamp_min(1e-12)
+
+    def free_after_first(self) -> torch.Tensor:
+        """Boolean (P,): the path's gap is at most the tolerance after round 1 (the straight line's if never bent)."""
+        return (self.barriers[1] if len(self.barriers) > 1 else self.barriers[0]).gap <= self.tolerance
+
+    def intervals(self, n_boot: int = 2000, seed: int = 0) -> dict:
+        """A2's numbers over the pairs bent in round 1, each an interval dict (``estimate, lo, hi, n``, as claim
+        records store a :class:`mclib.stats.Interval`).
+
+        ``free_after_1``: share barrier-free after one bend (Wilson); ``shift_median`` and ``shift_l2_median``:
+        median ``max|B'-B|`` in % of the max pixel of ``B`` and median ``||B'-B|| / ||B||`` in %, and
+        ``steps_median``: median Adam iterations of the round-1 point (percentile bootstrap over pairs, ``n_boot``
+        resamples, ``seed``). None for every key when no pair was bent.
+        """
+        import numpy as np
+
+        from mclib import stats
+
+        bent = self.bent_first
+        if not bool(bent.any()):
+            return dict.fromkeys(("free_after_1", "shift_median", "shift_l2_median", "steps_median"))
+        boot = lambda v: stats.bootstrap_ci(v[bent].double().numpy(), np.median, n_boot, seed)  # noqa: E731
+        steps = self.first_steps if self.first_steps is not None else torch.zeros(len(bent))
+        out = {"free_after_1": stats.fraction_ci(self.free_after_first()[bent].numpy()),
+               "shift_median": boot(100 * self.shift()), "shift_l2_median": boot(100 * self.shift_l2()),
+               "steps_median": boot(steps.double())}
+        return {k: v._asdict() for k, v in out.items()}
+
+
+def _check_early_stop(early_stop) -> int:
+    if early_stop is None:
+        return 0
+    if isinstance(early_stop, bool) or not isinstance(early_stop, int) or early_stop < 1:
+        raise ValueError(f"early_stop must be None (run every iteration) or a positive int (check the path every "
+                         f"that many iterations), got {early_stop!r}")
+    return early_stop
+
+
+#: A point whose own CE (from the optimisation's forward pass) exceeds the allowed loss by more than this is not
+#: checked: the point lies on its new path, so that path has a barrier. The slack covers the rounding difference
+#: between the optimisation's forward pass and the inference engine's (see :mod:`mclib.infer`).
+_PRECHECK_SLACK = 1e-3
+
+
+def _segment_check(model, starts, ends, target, cap, n, chunk_size, device):
+    """The early-stop test of :func:`bypass`: is the bent segment ``S -> x -> E`` free of a barrier?
+
+    For optimised rows ``rows`` at points ``x``: every one of the ``n`` points on ``S -> x`` and on
+    ``x -> E`` has CE at most ``cap`` (the pair's larger endpoint loss plus the tolerance) -- the test the
+    next round applies to the whole path, on the same points. Rows whose own CE is above ``cap`` (plus
+    :data:`_PRECHECK_SLACK`) fail without a forward pass.
+    """
+    def check(rows: torch.Tensor, x: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+        r = rows.cpu()
+        free = torch.zeros(len(r), dtype=torch.bool)
+        cand = (ce.cpu() <= cap[r] + _PRECHECK_SLACK).nonzero()[:, 0]
+        if cand.numel():
+            rc, rd, xc = r[cand], rows[cand.to(rows.device)], x[cand.to(x.device)]
+            L1 = linear_losses(model, starts[rd], xc, target[rc], n, chunk_size=chunk_size, device=device)
+            L2 = linear_losses(model, xc, ends[rd], target[rc], n, chunk_size=chunk_size, device=device)
+            free[cand] = torch.maximum(L1.amax(1), L2.amax(1)) <= cap[rc]
+        return free
+    return check
+
 
 def _bypass_impl(model, A, C, target, *, free, lr, iterations, mse_weight, tv_weight, tolerance, max_rounds,
-                 num_points, clamp, stop_loss, chunk_size, device, progress):
+                 num_points, clamp, stop_loss, chunk_size, device, progress, early_stop=None):
+    every = _check_early_stop(early_stop)
     _check_pair(A, C)
     P = A.shape[0]
     tgt = _targets(target, P)
@@ -564,7 +650,8 @@ def _bypass_impl(model, A, C, target, *, free, lr, iterations, mse_weight, tv_we
     paths = [torch.stack([A[p], C[p]]).to(dev, torch.float32) for p in range(P)]
     rounds = torch.zeros(P, dtype=torch.long)
     bent_first = torch.zeros(P, dtype=torch.bool)
-    history, point_loss = [], []
+    first_steps = torch.zeros(P, dtype=torch.long)
+    history, point_loss, point_steps = [], [], []
     B0 = Bp0 = None
     for r in range(int(max_rounds) + 1):
         # evaluate every segment of every path in one batched pass
@@ -591,13 +678,18 @@ def _bypass_impl(model, A, C, target, *, free, lr, iterations, mse_weight, tv_we
         sel_d = sel.to(dev)
         Bs = starts[sel_d] + a * (ends[sel_d] - starts[sel_d])
         dirs = None if free else ends[sel_d] - starts[sel_d]
-        Bp, ce, _ = _optimise(model, Bs, tgt[owner[sel]], lr=lr, iterations=iterations, mse_weight=mse_weight,
-                              tv_weight=tv_weight, directions=dirs, clamp=clamp, stop_loss=stop_loss,
-                              progress=progress, desc=f"bypass round {r + 1} ({len(sel)} points)")
+        check = (_segment_check(model, starts[sel_d], ends[sel_d], tgt[owner[sel]], end_loss[owner[sel]] + tolerance,
+                                n, chunk_size, dev) if every else None)
+        Bp, ce, nsteps = _optimise(model, Bs, tgt[owner[sel]], lr=lr, iterations=iterations, mse_weight=mse_weight,
+                                   tv_weight=tv_weight, directions=dirs, clamp=clamp, stop_loss=stop_loss,
+                                   progress=progress, desc=f"bypass round {r + 1} ({len(sel)} points)",
+                                   check=check, check_every=every)
         point_loss.append(ce)
+        point_steps.append(nsteps)
         if r == 0:
             Bp0[owner[sel].to(dev)] = Bp
             bent_first[owner[sel]] = True
+            first_steps[owner[sel]] = nsteps
         # splice each B' into its path right after the start vertex of its segment
         inserts: dict[int, dict[int, torch.Tensor]] = {}
         for j, s in enumerate(sel.tolist()):
@@ -613,13 +705,14 @@ def _bypass_impl(model, A, C, target, *, free, lr, iterations, mse_weight, tv_we
     V, counts = _pad_vertices([v.cpu() for v in paths])
     return BypassResult(vertices=V, counts=counts, rounds=rounds, barriers=history, connected=history[-1].gap <= tolerance,
                         B=B0.cpu(), B_prime=Bp0.cpu(), bent_first=bent_first, losses=curves, positions=poss,
-                        tolerance=float(tolerance), point_loss=point_loss)
+                        tolerance=float(tolerance), point_loss=point_loss, point_steps=point_steps,
+                        first_steps=first_steps)
 
 
 def bypass(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, lr: float = 0.005, iterations: int = 1024,
            mse_weight: float = 0.1, tv_weight: float = 1e-8, tolerance: float = 0.01, max_rounds: int = 3,
            num_points: int = 64, clamp: bool = True, chunk_size: int | None = None, device=None,
-           progress: bool = True) -> BypassResult:
+           progress: bool = True, early_stop: int | None = None) -> BypassResult:
     """The paper's bypass (section 3.2), batched over pairs and over every segment that has a barrier.
 
     Round r: evaluate every pair's current path at ``num_points`` points per segment. A pair whose path
@@ -632,10 +725,19 @@ def bypass(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, lr: float
     lie outside it; ``clamp=False`` is the paper's unconstrained optimisation). The segment ``S -> E`` becomes ``S -> B' -> E``. Rounds repeat until no pair has a
     barrier or ``max_rounds`` rounds were made. Defaults are the paper's (tolerance and max_rounds
     are this book's choices). Returns a :class:`BypassResult`.
+
+    ``early_stop=k`` measures the *smallest* move that removes a barrier: after every k Adam steps each
+    optimised point is checked, all at once, and a point whose bent segment ``S -> B' -> E`` no longer rises
+    above the pair's endpoint loss by more than ``tolerance`` (on the same ``num_points`` per segment as the
+    path evaluation) stops there; the others run on unchanged, so a point that never passes the check
+    ends exactly where the full run ends. ``BypassResult.first_steps`` holds each pair's round-1 steps. The
+    check costs ``2 num_points`` forward passes per point whose own CE is already below the allowed loss
+    (the others cannot pass and are skipped). None (the default) runs all ``iterations``, as the paper.
     """
     return _bypass_impl(model, A, C, target, free=False, lr=lr, iterations=iterations, mse_weight=mse_weight,
                         tv_weight=tv_weight, tolerance=tolerance, max_rounds=max_rounds, num_points=num_points,
-                        clamp=clamp, stop_loss=None, chunk_size=chunk_size, device=device, progress=progress)
+                        clamp=clamp, stop_loss=None, chunk_size=chunk_size, device=device, progress=progress,
+                        early_stop=early_stop)
 
 
 def bypass_free(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, lr: float = 0.05, iterations: int = 8192,
@@ -762,18 +864,39 @@ def plot_path_images(axes, A, B, B_prime, C, scale_diff: bool = True):
 
 # ------------------------------------------------------------------------------ pair studies (A1-A5)
 def same_class_pairs(model: nn.Module | None, X: torch.Tensor, y: torch.Tensor, n_pairs: int,
-                     generator: torch.Generator | None = None, correct_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                     generator: torch.Generator | None = None, correct_only: bool = True,
+                     lowest_loss: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices ``(i, j)`` (each (n_pairs,)) of distinct same-class pairs of ``X``, balanced over classes.
 
     Pair k uses class ``classes[k % num_classes]`` (the classes present); ``i`` and ``j`` are drawn without
     replacement among that class's inputs that ``model`` classifies correctly (all of them when
     ``correct_only`` is False or ``model`` is None). Used for the real-pair experiments (paper section 4.1).
+    ``lowest_loss=q`` (0 < q <= 1) draws within the fraction q of each class's eligible inputs with the
+    lowest cross-entropy toward their class (at least two per class): pairs of confident inputs, closer to
+    the paper's *modes*. Pairs are drawn one after another from ``generator``, so the first n of a call for
+    more pairs with an equally seeded generator are the n pairs of a smaller call.
     """
     y = torch.as_tensor(y).long().cpu()
+    if lowest_loss is not None:
+        if isinstance(lowest_loss, bool) or not 0.0 < float(lowest_loss) <= 1.0:
+            raise ValueError(f"lowest_loss must be a fraction in (0, 1] of each class's inputs, got {lowest_loss!r}")
+        if model is None:
+            raise ValueError("lowest_loss ranks inputs by the model's loss: pass a model, not None")
     ok = torch.ones_like(y, dtype=torch.bool)
-    if model is not None and correct_only:
+    out = None
+    if model is not None and (correct_only or lowest_loss is not None):
         from mclib import train
-        ok = train.logits(model, X).argmax(1) == y
+        out = train.logits(model, X)
+        if correct_only:
+            ok = out.argmax(1) == y
+    if lowest_loss is not None:
+        ce = F.cross_entropy(out, y, reduction="none")
+        low = torch.zeros_like(ok)
+        for c in y.unique().tolist():
+            members = ((y == c) & ok).nonzero()[:, 0]
+            keep = max(2, math.ceil(float(lowest_loss) * len(members)))
+            low[members[ce[members].argsort(stable=True)[:keep]]] = True
+        ok = ok & low
     classes = [c for c in y.unique().tolist() if int(((y == c) & ok).sum()) >= 2]
     if not classes:
         raise ValueError("no class has two correctly classified inputs to pair")
@@ -783,6 +906,147 @@ def same_class_pairs(model: nn.Module | None, X: torch.Tensor, y: torch.Tensor, 
         i, j = cand[torch.randperm(len(cand), generator=generator)[:2]]
         I.append(int(i)), J.append(int(j))
     return torch.tensor(I), torch.tensor(J)
+
+
+@dataclass
+class BarrierSample:
+    """Straight-line barriers of same-class pairs drawn until their barrier fraction is decided (claim A1).
+
+    ``i``, ``j`` (n,): indices of the pairs into the inputs; ``target`` (n,): their class; ``gap`` (n,): the
+    barrier gap of each straight line; ``tolerance``: a gap above it is a barrier; ``threshold``: the fraction
+    the sample had to decide; ``looks``: the sample sizes at which the interval was inspected.
+    """
+
+    i: torch.Tensor
+    j: torch.Tensor
+    target: torch.Tensor
+    gap: torch.Tensor
+    tolerance: float
+    threshold: float
+    looks: list[int]
+
+    @property
+    def has_barrier(self) -> torch.Tensor:
+        return self.gap > self.tolerance
+
+    def fraction(self, level: float = 0.95):
+        """The share of pairs with a barrier and its Wilson interval (:func:`mclib.stats.fraction_ci`)."""
+        from mclib import stats
+
+        return stats.fraction_ci(self.has_barrier.numpy(), level)
+
+    def measured(self, level: float = 0.95) -> dict:
+        """What a condition map records for this sample: ``barrier_fraction`` (the Wilson interval as a dict
+        ``estimate, lo, hi, n``, as claim records store it), ``pairs``, ``looks``, and the median and largest
+        straight-line gap."""
+        return {"barrier_fraction": self.fraction(level)._asdict(), "pairs": len(self), "looks": list(self.looks),
+                "gap_median": float(self.gap.median()), "gap_max": float(self.gap.max())}
+
+    def __len__(self) -> int:
+        return int(self.gap.shape[0])
+
+
+def barrier_sample(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n_pairs: int, *, tolerance: float = 0.01,
+                   threshold: float = 0.05, max_pairs: int | None = None, num_points: int = 64, seed: int = 0,
+                   lowest_loss: float | None = None, level: float = 0.95) -> BarrierSample:
+    """Straight-line barrier gaps of same-class pairs (:func:`same_class_pairs`), with more pairs while undecided.
+
+    Draws ``n_pairs`` pairs (generator seeded with ``seed``), measures each straight line's barrier gap
+    (:func:`linear_losses`, :func:`barrier`), and while the Wilson interval (``level``) of the share of gaps
+    above ``tolerance`` still contains ``threshold``, doubles the sample (capped at ``max_pairs``, default
+    ``4 * n_pairs``); only the new pairs are evaluated, as the first pairs of a larger draw are the earlier
+    ones. A sample that looks up to three times at a 95% interval has a somewhat higher than 5% chance of a
+    wrong side; the looks are recorded so the reader can see it. Returns a :class:`BarrierSample`.
+    """
+    from mclib import stats
+
+    n, cap = int(n_pairs), int(max_pairs if max_pairs is not None else 4 * n_pairs)
+    if n < 1 or cap < n:
+        raise ValueError(f"need n_pairs >= 1 and max_pairs >= n_pairs, got n_pairs={n_pairs}, max_pairs={max_pairs}")
+    y = torch.as_tensor(y).long().cpu()
+    gaps, looks = torch.zeros(0), []
+    while True:
+        i, j = same_class_pairs(model, X, y, n, generator=torch.Generator().manual_seed(int(seed)),
+                                lowest_loss=lowest_loss)
+        new = slice(len(gaps), n)
+        L = linear_losses(model, X[i[new]], X[j[new]], y[i[new]], num_points)
+        gaps = torch.cat([gaps, barrier(L).gap])
+        looks.append(n)
+        iv = stats.fraction_ci((gaps > tolerance).numpy(), level)
+        if n >= cap or not iv.lo <= threshold <= iv.hi:
+            break
+        n = min(2 * n, cap)
+    return BarrierSample(i=i, j=j, target=y[i], gap=gaps, tolerance=float(tolerance), threshold=float(threshold),
+                         looks=looks)
+
+
+def condition_effects(conditions, key: str) -> dict[str, tuple[float, int]]:
+    """How much each factor of a condition map moves the estimate of ``measured[key]``, the others held fixed.
+
+    For every parameter name of the settings: over all pairs of settings that differ in that parameter only,
+    the largest absolute difference of the two estimates, and the number of such pairs. Returns
+    ``{name: (largest change, pairs compared)}`` in the order the names appear; a factor with no such pair
+    (or whose intervals are missing) gets ``(nan, 0)``. Says whether an effect is a property of, e.g., the
+    architecture, the training length or the pair sampling, in the map's own units.
+    """
+    entries = []
+    for e in conditions:
+        iv = (e.get("measured") or {}).get(key)
+        iv = iv._asdict() if hasattr(iv, "_asdict") else iv
+        est = None if iv is None else iv.get("estimate")
+        entries.append((dict(e.get("setting") or {}), est))
+    names = list(dict.fromkeys(k for st, _ in entries for k in st))
+    out = {}
+    for name in names:
+        best, n = math.nan, 0
+        for a in range(len(entries)):
+            for b in range(a + 1, len(entries)):
+                (sa, ea), (sb, eb) = entries[a], entries[b]
+                if ea is None or eb is None or set(sa) != set(sb) or sa.get(name) == sb.get(name):
+                    continue
+                if all(sa[k] == sb[k] for k in sa if k != name):
+                    d = abs(float(ea) - float(eb))
+                    best, n = (d if math.isnan(best) else max(best, d)), n + 1
+        out[name] = (best, n)
+    return out
+
+
+def plot_condition_map(ax, conditions, key: str, threshold: float, above: bool = True, scale: float = 1.0,
+                       xlabel: str | None = None, colors=None):
+    """Dot-and-whisker plot of a claim's condition map: one row per setting, its interval ``measured[key]``.
+
+    ``conditions`` is the list a claim records under ``values["conditions"]`` (``{"setting": {...},
+    "measured": {key: {"estimate", "lo", "hi"}}}``); values are multiplied by ``scale`` (100 for percent).
+    The threshold is a dashed line; a row is blue when its whole interval lies on the claim's side of it
+    (``above``: at or above; the effect appears), vermillion when it lies wholly on the other side (the effect
+    vanishes), and a grey hollow dot when the interval spans it (undecided). Settings with no interval are
+    labelled "n/a". Returns ``ax``.
+    """
+    from mclib import plots
+
+    colors = colors or {"holds": plots.PALETTE[0], "inconclusive": "#888888", "fails": plots.PALETTE[1]}
+    labels = []
+    for row, entry in enumerate(conditions):
+        labels.append(", ".join(f"{k}={v}" for k, v in (entry.get("setting") or {}).items()))
+        iv = (entry.get("measured") or {}).get(key)
+        iv = iv._asdict() if hasattr(iv, "_asdict") else iv       # an mclib.stats.Interval
+        if iv is None or iv.get("lo") is None:
+            ax.text(threshold * scale, row, " n/a", va="center", fontsize=9)
+            continue
+        est, lo, hi = (float(iv[k]) * scale for k in ("estimate", "lo", "hi"))
+        t = threshold * scale
+        ok, bad = (lo >= t, hi < t) if above else (hi <= t, lo > t)
+        status = "holds" if ok else "fails" if bad else "inconclusive"
+        ax.plot([lo, hi], [row, row], color=colors[status], lw=2.2, solid_capstyle="butt")
+        ax.plot([est], [row], "o", color=colors[status], ms=6,
+                mfc=colors[status] if status != "inconclusive" else "white")
+    ax.axvline(threshold * scale, color="k", ls="--", lw=1)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    return ax
 
 
 @dataclass

@@ -185,6 +185,37 @@ def test_path_criteria_at_their_boundaries(cid, change, status):
     assert "mlp" in v.reason or status == "holds"
 
 
+def test_a1_a2_reasons_name_the_condition_map_without_changing_the_verdict():
+    runs = {"cnn seed 0": pairs_ev(), "mlp seed 0": pairs_ev(barrier=(0.011, 0.057), shift=(14.0, 25.0))}
+    a1_map = [{"setting": {"arch": "cnn", "epochs": 8, "pairs": "random"}, "measured": {"barrier_fraction": iv(0.066, 0.149)}},
+              {"setting": {"arch": "mlp", "epochs": 8, "pairs": "random"}, "measured": {"barrier_fraction": iv(0.01, 0.039)}},
+              {"setting": {"arch": "mlp", "epochs": 2, "pairs": "random"}, "measured": {"barrier_fraction": iv(0.02, 0.08)}}]
+    plain, mapped = verdict("A1", {"runs": runs}), verdict("A1", {"runs": runs, "conditions": a1_map})
+    assert plain.status == mapped.status == "inconclusive" and "condition map" not in plain.reason
+    assert mapped.reason.startswith(plain.reason + "; condition map: across 3 settings")
+    where = mapped.reason.split("condition map: ")[1]
+    appears, rest = where.split("vanishes")
+    assert "arch=cnn, epochs=8" in appears and "arch=mlp, epochs=8" in rest.split("is undecided")[0]
+    assert "arch=mlp, epochs=2" in rest.split("is undecided")[1]
+    # A2: the runs fail on the full-run shift; the map (early stop) says where the move stays within 5%
+    a2_map = [{"setting": {"arch": "cnn", "mse_weight": 0.1, "early_stop": False},
+               "measured": {"shift_median": iv(30.0, 47.0), "free_after_1": iv(0.84, 1.0)}},
+              {"setting": {"arch": "cnn", "mse_weight": 0.1, "early_stop": True},
+               "measured": {"shift_median": iv(0.5, 2.1), "free_after_1": iv(0.91, 1.0)}}]
+    plain, mapped = verdict("A2", {"runs": runs}), verdict("A2", {"runs": runs, "conditions": a2_map})
+    assert plain.status == mapped.status == "fails"
+    tail = mapped.reason[len(plain.reason):]
+    assert tail.startswith("; condition map: across 2 settings, the median max|B'-B|")
+    shift, free = tail.split("; across 2 settings, the share of barrier pairs free after one bend (at least 90%)")
+    assert "appears at arch=cnn, mse_weight=0.1, early_stop=True" in shift
+    assert "vanishes at arch=cnn, mse_weight=0.1, early_stop=False" in shift
+    assert "appears at arch=cnn, mse_weight=0.1, early_stop=True" in free and "undecided at arch=cnn, mse_weight=0.1, early_stop=False" in free
+    # an empty map adds nothing; a map without the key is undecided everywhere, never a pass
+    assert verdict("A2", {"runs": runs, "conditions": []}).reason == plain.reason
+    blind = verdict("A1", {"runs": runs, "conditions": [{"setting": {"arch": "cnn"}, "measured": {}}]})
+    assert blind.status == "inconclusive" and "is undecided at arch=cnn (n/a)" in blind.reason
+
+
 def test_a5_needs_modes_and_connection():
     assert verdict("A5", {"runs": {"cnn / FVO": pairs_ev(modes=(0.92, 1.0))}}).status == "holds"
     assert verdict("A5", {"runs": {"cnn / FVO": pairs_ev(modes=(0.3, 0.6))}}).status == "fails"

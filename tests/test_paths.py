@@ -314,3 +314,144 @@ def test_bypass_with_endpoints_outside_the_box(bump_pair):
     assert moved.norm() > 0 and abs(float(moved @ d)) / (moved.norm() * d.norm()) < 1e-4
     assert res.B_prime.min() >= min(0.0, float(res.B.min())) - 1e-6
     assert res.B_prime.max() <= max(1.0, float(res.B.max())) + 1e-6
+
+
+# ------------------------------------------------------------------------- early stop and condition maps (issue 16)
+def _easy_and_hard(bump_pair):
+    """Two pairs across one bump: pair 0 grazes it (gap ~0.2, freed in ~13 steps), pair 1 crosses its centre
+    (gap ~4.8, not freed by one bend)."""
+    model, A, C = bump_pair
+    u = torch.ones_like(A)
+    u[..., :2, :] = -1                       # orthogonal to C - A (a constant image): a parallel line 0.32 away
+    return model, torch.cat([A + 0.08 * u, A]), torch.cat([C + 0.08 * u, C])
+
+
+def test_bypass_early_stop_stops_at_the_first_barrier_free_check(bump_pair):
+    model, A, C = _easy_and_hard(bump_pair)
+    kw = dict(max_rounds=1, num_points=32, progress=False)
+    res = paths.bypass(model, A, C, 0, iterations=64, early_stop=4, **kw)
+    s = int(res.first_steps[0])
+    assert s % 4 == 0 and 0 < s < 64 and int(res.first_steps[1]) == 64
+    assert res.free_after_first().tolist() == [True, False]
+    # independent reference: the full optimisation of pair 0 alone, run for exactly s and for s - 4 iterations
+    at = paths.bypass(model, A[:1], C[:1], 0, iterations=s, **kw)
+    before = paths.bypass(model, A[:1], C[:1], 0, iterations=s - 4, **kw)
+    torch.testing.assert_close(res.B_prime[0], at.B_prime[0], atol=1e-6, rtol=0)
+    gap = lambda Bp: float(paths.barrier(*paths.path_losses(model, torch.stack([A[0], Bp, C[0]])[None], 0, 32)).gap[0])  # noqa: E731
+    assert gap(at.B_prime[0]) <= res.tolerance < gap(before.B_prime[0])      # free at s, not at the check before
+    # the early stop moved B' less than the full run does
+    full = paths.bypass(model, A, C, 0, iterations=64, **kw)
+    assert res.shift()[0] < full.shift()[0] and res.shift_l2()[0] < full.shift_l2()[0]
+
+
+def test_bypass_early_stop_leaves_pairs_that_never_become_free_as_the_full_run(bump_pair):
+    model, A, C = _easy_and_hard(bump_pair)
+    kw = dict(max_rounds=1, num_points=32, iterations=40, progress=False)
+    early = paths.bypass(model, A, C, 0, early_stop=2, **kw)
+    full = paths.bypass(model, A, C, 0, **kw)
+    alone = paths.bypass(model, A[1:], C[1:], 0, **kw)
+    assert not bool(early.free_after_first()[1])
+    for ref in (full.B_prime[1], alone.B_prime[0]):
+        torch.testing.assert_close(early.B_prime[1], ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(early.barriers[1].gap[1], full.barriers[1].gap[1])
+    assert early.first_steps.tolist()[1] == full.first_steps.tolist()[1] == 40
+    assert full.first_steps.tolist() == [40, 40] and full.point_steps[0].tolist() == [40, 40]
+
+
+def test_bypass_early_stop_rejects_bad_values_and_shift_l2(bump_pair):
+    model, A, C = bump_pair
+    for bad in (0, -2, True, 1.5):
+        with pytest.raises(ValueError, match="early_stop"):
+            paths.bypass(model, A, C, 0, iterations=2, early_stop=bad, progress=False)
+    res = paths.bypass(model, A, C, 0, iterations=20, max_rounds=1, progress=False)
+    d, b = (res.B_prime - res.B).flatten(), res.B.flatten()
+    assert float(res.shift_l2()[0]) == pytest.approx(float(d.norm() / b.norm()), rel=1e-6)
+    assert float(res.shift()[0]) == pytest.approx(float(d.abs().max() / b.max()), rel=1e-6)
+    iv = res.intervals(n_boot=50)
+    assert iv["free_after_1"]["n"] == 1
+    assert iv["shift_median"]["estimate"] == pytest.approx(100 * float(res.shift()[0]), rel=1e-6)
+    assert iv["shift_l2_median"]["estimate"] == pytest.approx(100 * float(res.shift_l2()[0]), rel=1e-6)
+    assert iv["steps_median"]["estimate"] == 20
+    none = paths.bypass(model, A, A + 0.01, 0, iterations=2, progress=False)
+    assert none.intervals(n_boot=50) == dict.fromkeys(("free_after_1", "shift_median", "shift_l2_median", "steps_median"))
+
+
+class MeanLogit(nn.Module):
+    """Two classes, logits (4 * mean pixel, 0): the CE toward class 0 falls as the mean pixel rises."""
+
+    def forward(self, x):
+        s = 4 * x.flatten(1).mean(1)
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+def test_same_class_pairs_lowest_loss_and_prefix():
+    X = torch.linspace(0.5, 1.0, 12).view(12, 1, 1, 1).expand(12, 1, 2, 2).contiguous()   # all class 0, CE falls with i
+    y = torch.zeros(12, dtype=torch.long)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    i, j = paths.same_class_pairs(MeanLogit(), X, y, 30, generator=g(), lowest_loss=0.25)
+    assert set(i.tolist()) | set(j.tolist()) <= {9, 10, 11} and (i != j).all()     # the 3 lowest-loss inputs
+    i2, j2 = paths.same_class_pairs(MeanLogit(), X, y, 2, generator=g(), lowest_loss=0.01)
+    assert set(i2.tolist()) | set(j2.tolist()) == {10, 11}                           # at least two per class
+    i3, j3 = paths.same_class_pairs(MeanLogit(), X, y, 12, generator=g(), lowest_loss=0.25)
+    assert torch.equal(i3, i[:12]) and torch.equal(j3, j[:12])                        # a smaller draw is a prefix
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="lowest_loss"):
+            paths.same_class_pairs(MeanLogit(), X, y, 2, lowest_loss=bad)
+    with pytest.raises(ValueError, match="lowest_loss.*model"):
+        paths.same_class_pairs(None, X, y, 2, lowest_loss=0.5)
+
+
+def test_barrier_sample_grows_only_while_undecided(bump_pair):
+    model, A, C = bump_pair
+    noise = 0.01 * torch.rand(20, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    X = torch.cat([A.expand(10, -1, -1, -1), C.expand(10, -1, -1, -1)]) + noise   # two clusters across the bump
+    y = torch.zeros(20, dtype=torch.long)
+    decided = paths.barrier_sample(model, X, y, 20, threshold=0.05, max_pairs=80, num_points=32, seed=0)
+    assert decided.looks == [20] and len(decided) == 20
+    lo = decided.fraction().lo
+    assert lo > 0.05                      # about half the pairs cross the bump
+    # the gaps are those of the returned pairs (independent: linear_losses + barrier on them)
+    ref = paths.barrier(paths.linear_losses(model, X[decided.i], X[decided.j], 0, 32)).gap
+    torch.testing.assert_close(decided.gap, ref)
+    undecided = paths.barrier_sample(model, X, y, 20, threshold=0.5, max_pairs=70, num_points=32, seed=0)
+    assert undecided.looks[:2] == [20, 40] and undecided.looks[-1] <= 70 and len(undecided) == undecided.looks[-1]
+    torch.testing.assert_close(undecided.gap[:20], decided.gap)                     # the first look's pairs kept
+    m = undecided.measured()
+    assert m["pairs"] == len(undecided) and m["barrier_fraction"]["n"] == len(undecided)
+    assert m["barrier_fraction"]["estimate"] == pytest.approx(float(undecided.has_barrier.float().mean()))
+    with pytest.raises(ValueError, match="max_pairs"):
+        paths.barrier_sample(model, X, y, 20, max_pairs=10)
+
+
+def test_plot_condition_map_marks_each_setting():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conds = [{"setting": {"arch": "cnn"}, "measured": {"f": {"estimate": 0.1, "lo": 0.07, "hi": 0.14}}},
+             {"setting": {"arch": "mlp"}, "measured": {"f": {"estimate": 0.02, "lo": 0.01, "hi": 0.04}}},
+             {"setting": {"arch": "vgg"}, "measured": {"f": {"estimate": 0.05, "lo": 0.03, "hi": 0.08}}},
+             {"setting": {"arch": "resnet"}, "measured": {"f": None}}]
+    fig, ax = plt.subplots()
+    paths.plot_condition_map(ax, conds, "f", 0.05, scale=100, xlabel="share (%)")
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["arch=cnn", "arch=mlp", "arch=vgg", "arch=resnet"]
+    whiskers = [ln for ln in ax.lines if len(ln.get_xdata()) == 2 and ln.get_linestyle() == "-"]
+    np.testing.assert_allclose([ln.get_xdata() for ln in whiskers], [(7, 14), (1, 4), (3, 8)])
+    # blue where the interval clears the threshold, vermillion where it falls short, grey where it spans it
+    from mclib import plots
+    assert [ln.get_color() for ln in whiskers] == [plots.PALETTE[0], plots.PALETTE[1], "#888888"]
+    assert any(t.get_text().strip() == "n/a" for t in ax.texts)
+    plt.close(fig)
+
+
+def test_condition_effects_compare_settings_that_differ_in_one_factor():
+    def e(arch, epochs, est):
+        return {"setting": {"arch": arch, "epochs": epochs}, "measured": {"f": {"estimate": est, "lo": 0, "hi": 1}}}
+    conds = [e("cnn", 8, 0.10), e("cnn", 2, 0.25), e("mlp", 8, 0.02), e("mlp", 2, 0.0),
+             {"setting": {"arch": "vgg", "epochs": 8}, "measured": {}}]
+    eff = paths.condition_effects(conds, "f")
+    assert list(eff) == ["arch", "epochs"]
+    assert eff["arch"][0] == pytest.approx(0.25) and eff["arch"][1] == 2       # (cnn, 2) vs (mlp, 2)
+    assert eff["epochs"][0] == pytest.approx(0.15) and eff["epochs"][1] == 2   # cnn 8 vs 2
+    lone = paths.condition_effects([e("cnn", 8, 0.1)], "f")
+    assert math.isnan(lone["arch"][0]) and lone["arch"][1] == 0
