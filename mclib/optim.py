@@ -10,13 +10,19 @@ a step counter per row and ``rows`` selecting the rows to step.
 * :class:`RowAdam` -- Adam (Kingma & Ba, 2015) on the rows of a batch, each row with its own moments and
   step count;
 * :func:`total_variation` -- the anisotropic total variation per input (Olah et al., 2017), the smoothness
-  term of FVO, of bypass and of the optimisation attack.
+  term of FVO, of bypass and of the optimisation attack;
+* :func:`check_input_grad` -- the one clear error for a model whose output does not depend on its input
+  through autograd (nothing to optimise).
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["RowAdam", "total_variation"]
+__all__ = ["RowAdam", "total_variation", "check_input_grad"]
+
+_NO_INPUT_GRAD = ("model: its output has no gradient with respect to its input (it runs under no_grad, "
+                  "detaches the input or is a traced/frozen graph without autograd); {name} optimises the "
+                  "input and needs d loss / d input -- pass an ordinary nn.Module")
 
 
 class RowAdam:
@@ -105,3 +111,14 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(x.shape[0])
     dh = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).sum(1)
     return dh + (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).sum(1)
+
+
+def check_input_grad(loss: torch.Tensor, x: torch.Tensor, name: str) -> None:
+    """Raise one clear error, naming the procedure ``name``, unless ``loss`` depends on ``x`` through autograd.
+
+    Costs one extra backward pass, so callers check once, on their first step.
+    """
+    g = (torch.autograd.grad(loss.sum(), x, retain_graph=True, allow_unused=True)[0]
+         if loss.requires_grad else None)
+    if g is None:
+        raise ValueError(_NO_INPUT_GRAD.format(name=name))

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mclib.optim import RowAdam, total_variation
+from mclib.optim import RowAdam, check_input_grad, total_variation
 from mclib.torchutil import device_of, eval_mode
 
 __all__ = ["FVOResult", "fvo", "fvo_pairs", "SyntheticPaths", "synthetic_paths",
@@ -176,8 +176,7 @@ def fvo(
             if it == steps or not keep.any():
                 break
             if it == 0:
-                from mclib.paths import _check_input_grad
-                _check_input_grad(ce, xa, "fvo")
+                check_input_grad(ce, xa, "fvo")
             (grad,) = torch.autograd.grad(objective.sum(), xa)
             with torch.no_grad():
                 active, grad = active[keep], grad[keep]

@@ -24,14 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = "52d3d70"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _grads(steps: int, shape, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=g) * 10 ** torch.randint(-3, 2, (1,), generator=g).item()
@@ -103,6 +95,16 @@ def test_row_adam_equals_the_inline_attack_update(dtype):
     assert torch.equal(ours, ref)
 
 
+def test_row_adam_equals_paths_adam_before_the_move():
+    """paths.Adam (bypass's optimiser before mclib.optim) and RowAdam take bit-identical steps."""
+    old = _old("mclib/paths.py", "old_paths")
+    x0 = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(5))
+    grads, sched = _grads(12, x0.shape, seed=6), _schedule(4, 12)
+    for wd in (0.0, 1e-3):
+        ref = _run(old.Adam(x0, 0.05, weight_decay=wd), x0, grads, sched)
+        assert torch.equal(_run(optim.RowAdam(x0, 0.05, weight_decay=wd), x0, grads, sched), ref)
+
+
 @pytest.mark.parametrize("scalar_bias", [False, True])
 def test_row_adam_matches_torch_adam(scalar_bias):
     """Same math as torch.optim.Adam (up to float rounding: the formulas group the bias corrections differently)."""
@@ -157,21 +159,17 @@ def test_row_adam_bad_arguments(kwargs, match):
 
 
 # ------------------------------------------------------------------------------ total variation
-def test_total_variation_against_loops():
+def test_total_variation_channels_and_flat_images():
+    """Against loops in tests/test_synth.py (synth.total_variation is this function); here the layouts."""
     x = torch.randn(2, 3, 5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ref = torch.zeros(2, dtype=torch.float64)
-    for n in range(2):
-        for c in range(3):
-            for i in range(5):
-                for j in range(4):
-                    if i + 1 < 5:
-                        ref[n] += abs(x[n, c, i + 1, j] - x[n, c, i, j])
-                    if j + 1 < 4:
-                        ref[n] += abs(x[n, c, i, j + 1] - x[n, c, i, j])
-    torch.testing.assert_close(optim.total_variation(x), ref, rtol=1e-12, atol=0)
-    # (N, H, W): one channel per input
-    torch.testing.assert_close(optim.total_variation(x[:, 0]), optim.total_variation(x[:, :1]), rtol=0, atol=0)
+    per_channel = torch.stack([optim.total_variation(x[:, c]) for c in range(3)], 1)     # (N, H, W) inputs
+    torch.testing.assert_close(optim.total_variation(x), per_channel.sum(1), rtol=1e-12, atol=0)
+    assert torch.equal(optim.total_variation(x[:, 0]), optim.total_variation(x[:, :1]))
     assert optim.total_variation(torch.ones(2, 1, 3, 3)).tolist() == [0.0, 0.0]
+    # a step edge of height h across an H x W image: TV = h * W (vertical neighbours) per channel
+    edge = torch.zeros(1, 2, 4, 5)
+    edge[..., 2:, :] = 0.5
+    assert optim.total_variation(edge).tolist() == [2 * 0.5 * 5]
 
 
 def test_total_variation_without_spatial_dims_is_zero_and_bad_shapes_raise():
@@ -189,6 +187,15 @@ def test_total_variation_without_spatial_dims_is_zero_and_bad_shapes_raise():
 def test_the_library_has_one_total_variation():
     assert synth.total_variation is optim.total_variation
     assert not hasattr(evasion, "total_variation") or evasion.total_variation is optim.total_variation
+
+
+def test_check_input_grad_names_the_procedure():
+    x = torch.ones(2, 3, requires_grad=True)
+    optim.check_input_grad((x * 2).sum(1), x, "fvo")                 # depends on x: no error
+    with pytest.raises(ValueError, match="fvo optimises the input"):
+        optim.check_input_grad(torch.ones(2), x, "fvo")
+    with pytest.raises(ValueError, match="bypass optimises the input"):
+        optim.check_input_grad(torch.ones(2, 3, requires_grad=True).sum(1), x, "bypass")
 
 
 # ------------------------------------------------- whole runs against the library before mclib.optim
@@ -214,8 +221,10 @@ def _cnn(seed: int = 0, classes: int = 4) -> nn.Module:
 
 
 @pytest.mark.parametrize("kw", [{}, {"tv_weight": 1e-2, "weight_decay": 1e-3}, {"clamp": True, "tv_weight": 1e-3}])
-def test_fvo_is_bit_identical_to_before(kw):
+def test_fvo_is_bit_identical_to_before(kw, monkeypatch):
     old = _old("mclib/synth.py", "old_synth")
+    # the old fvo imports its input-gradient check from mclib.paths, where it lived before mclib.optim
+    monkeypatch.setattr("mclib.paths._check_input_grad", optim.check_input_grad, raising=False)
     model = _cnn(0).train()
     args = (model, [0, 1, 2, 3, 1, 2], (1, 8, 8))
     common = {"steps": 60, "threshold": 1e-3, "progress": False, **kw}
