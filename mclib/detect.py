@@ -43,6 +43,7 @@ from torch import nn
 
 from mclib import infer, paths, stats
 from mclib.attacks import evasion
+from mclib.torchutil import device_of, eval_mode
 
 __all__ = [
     "References", "class_loss_quantile", "reference_loss", "select_references", "loss_curves", "Features", "extract", "PATH_FEATURES", "LOGIT_FEATURES",
@@ -62,10 +63,6 @@ LOGIT_FEATURES = ("max_softmax", "max_logit", "logit_margin", "entropy")
 MARGIN_TOL = 1e-4
 
 
-def _device(model: nn.Module) -> torch.device:
-    return infer.model_device(model)
-
-
 def _logits(model: nn.Module, X: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits (N, classes) on the CPU through the inference engine (:func:`mclib.infer.logits`).
 
@@ -73,13 +70,8 @@ def _logits(model: nn.Module, X: torch.Tensor, batch_size: int | None = None) ->
     number of classes: (0, classes). ``batch_size``: inputs per forward pass (None: the engine's choice).
     """
     if isinstance(X, torch.Tensor) and X.dim() >= 2 and len(X) == 0:
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return model(X.to(_device(model))).float().cpu()
-        finally:
-            model.train(was)
+        with torch.no_grad(), eval_mode(model):
+            return model(X.to(device_of(model))).float().cpu()
     return infer.logits(model, X, chunk=batch_size)
 
 

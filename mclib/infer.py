@@ -112,10 +112,6 @@ def check_inputs(name: str, X: torch.Tensor, allow_empty: bool = False) -> None:
                          f"inputs must be finite pixel values")
 
 
-#: Kept for callers of the old name (mclib.detect); new code uses mclib.torchutil.device_of.
-model_device = device_of
-
-
 # ------------------------------------------------------------------------------------ chunk size
 def chunk_size(per_input: int, device: torch.device | str = "cpu") -> int:
     """Inputs per forward pass for inputs of ``per_input`` scalars on ``device`` (see the module docstring)."""

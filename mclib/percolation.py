@@ -58,6 +58,8 @@ from scipy.sparse import csgraph
 from torch import nn
 from tqdm.auto import tqdm
 
+from mclib.torchutil import device_of, eval_mode
+
 #: Site-percolation thresholds of the hypercubic lattice, to four digits (2D Newman & Ziff 2000; 3D the
 #: standard value, e.g. Stauffer & Aharony 1994; 4D-7D Grassberger 2003), as listed for claim A10.
 LITERATURE_SITE_PC: dict[int, float] = {2: 0.5927, 3: 0.3116, 4: 0.1969, 5: 0.1408, 6: 0.1090, 7: 0.0889}
@@ -631,39 +633,37 @@ def label_fractions(model: nn.Module, X: torch.Tensor, y: torch.Tensor, radii: I
     if X.ndim < 2 or len(X) != len(y):
         raise ValueError(f"X must be a batch of inputs matching y; got X {tuple(X.shape)}, y {tuple(y.shape)}")
     radii = [float(r) for r in radii]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = device_of(model)
     n, D = len(X), int(np.prod(X.shape[1:]))
     yy = y.repeat_interleave(n_points)
     K = None
     own, own_cls, fracs, own_se = [], [], [], []
-    for r in radii:
-        base = X.repeat_interleave(n_points, 0)
-        noise = (torch.rand(base.shape, generator=generator) * 2 - 1) * r
-        pts = base + noise
-        if clamp:
-            pts = pts.clamp(0, 1)
-        preds, hits = [], []
-        for i in range(0, len(pts), batch_size):
-            out = model(pts[i:i + batch_size].to(device)).float().cpu()
-            preds.append(out.argmax(1))
-            if threshold is not None:
-                hits.append(F.cross_entropy(out, yy[i:i + batch_size], reduction="none") < threshold)
-        pred = torch.cat(preds)
-        K = K or out.shape[1]
-        hit = torch.cat(hits) if threshold is not None else pred == yy
-        per_input = hit.float().view(n, n_points).mean(1)
-        own.append(per_input.mean().item())
-        own_se.append((per_input.std() / math.sqrt(n)).item() if n > 1 else float("nan"))
-        cls = torch.full((K,), float("nan"))
-        for k in range(K):
-            sel = y == k
-            if sel.any():
-                cls[k] = per_input[sel].mean()
-        own_cls.append(cls.numpy())
-        fracs.append(torch.bincount(pred, minlength=K).float().div(len(pred)).numpy())
-    model.train(was_training)
+    with eval_mode(model):
+        for r in radii:
+            base = X.repeat_interleave(n_points, 0)
+            noise = (torch.rand(base.shape, generator=generator) * 2 - 1) * r
+            pts = base + noise
+            if clamp:
+                pts = pts.clamp(0, 1)
+            preds, hits = [], []
+            for i in range(0, len(pts), batch_size):
+                out = model(pts[i:i + batch_size].to(device)).float().cpu()
+                preds.append(out.argmax(1))
+                if threshold is not None:
+                    hits.append(F.cross_entropy(out, yy[i:i + batch_size], reduction="none") < threshold)
+            pred = torch.cat(preds)
+            K = K or out.shape[1]
+            hit = torch.cat(hits) if threshold is not None else pred == yy
+            per_input = hit.float().view(n, n_points).mean(1)
+            own.append(per_input.mean().item())
+            own_se.append((per_input.std() / math.sqrt(n)).item() if n > 1 else float("nan"))
+            cls = torch.full((K,), float("nan"))
+            for k in range(K):
+                sel = y == k
+                if sel.any():
+                    cls[k] = per_input[sel].mean()
+            own_cls.append(cls.numpy())
+            fracs.append(torch.bincount(pred, minlength=K).float().div(len(pred)).numpy())
     return {"radii": np.array(radii), "p_own": np.array(own), "p_own_se": np.array(own_se),
             "p_own_per_class": np.stack(own_cls), "class_fractions": np.stack(fracs), "input_dim": D}
 

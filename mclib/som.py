@@ -45,6 +45,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mclib import stats
+from mclib.torchutil import device_of, eval_mode
+
 REDUCTIONS = ("mean", "max", "flatten")
 BACKENDS = ("torch", "minisom")
 
@@ -161,7 +164,7 @@ def activations(
     if missing:
         some = ", ".join(list(n for n in modules if n)[:12])
         raise ValueError(f"layers {missing} are not modules of the model; names look like: {some}, ...")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else device_of(model)
     store: dict[str, torch.Tensor] = {}
 
     def hook_for(name):
@@ -172,21 +175,19 @@ def activations(
         return hook
 
     handles = [modules[n].register_forward_hook(hook_for(n)) for n in layers]
-    was = model.training
-    model.eval()
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     try:
-        for i in tqdm(range(0, len(X), batch_size), desc="activations", disable=not progress, leave=False):
-            store.clear()
-            model(X[i:i + batch_size].to(device))
-            for n in layers:
-                if n not in store:
-                    raise RuntimeError(f"layer {n!r} was not called in the model's forward pass")
-                parts[n].append(store[n].float().cpu())
+        with eval_mode(model):
+            for i in tqdm(range(0, len(X), batch_size), desc="activations", disable=not progress, leave=False):
+                store.clear()
+                model(X[i:i + batch_size].to(device))
+                for n in layers:
+                    if n not in store:
+                        raise RuntimeError(f"layer {n!r} was not called in the model's forward pass")
+                    parts[n].append(store[n].float().cpu())
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
     return {n: torch.cat(v) for n, v in parts.items()}
 
 
@@ -524,40 +525,38 @@ def minimal_eps(
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
     if eps_max <= 0 or resolution < 1:
         raise ValueError(f"need eps_max > 0 and resolution >= 1, got {eps_max}, {resolution}")
-    device = next(model.parameters()).device
+    device = device_of(model)
     x, y = x.to(device), y.to(device)
-    was = model.training
-    model.eval()
 
     def flips(idx: torch.Tensor, j: int) -> torch.Tensor:
         adv = pgd(model, x[idx], y[idx], eps=eps_max * j / resolution, steps=steps, norm=norm, generator=generator,
                   stop_on_success=stop_on_success)
         return _predict(model, adv) != y[idx]
 
-    out = torch.full((len(x),), float("inf"))
-    wrong = (_predict(model, x) != y).cpu()
-    out[wrong] = 0.0
-    open_ = (~wrong).nonzero().flatten()
-    hit = flips(open_.to(device), resolution).cpu() if len(open_) else torch.zeros(0, dtype=torch.bool)
-    lo = torch.zeros(len(x), dtype=torch.long)          # known not to flip (index 0: clean input)
-    hi = torch.full((len(x),), resolution, dtype=torch.long)  # known to flip
-    todo = open_[hit]
-    todo = todo[hi[todo] - lo[todo] > 1]
-    bar = tqdm(total=max(1, math.ceil(math.log2(resolution))), desc="eps search", disable=not progress, leave=False)
-    while len(todo):
-        mid = (lo[todo] + hi[todo]) // 2
-        for j in mid.unique().tolist():
-            sel = todo[mid == j]
-            f = flips(sel.to(device), j).cpu()
-            hi[sel[f]] = j
-            lo[sel[~f]] = j
+    with eval_mode(model):
+        out = torch.full((len(x),), float("inf"))
+        wrong = (_predict(model, x) != y).cpu()
+        out[wrong] = 0.0
+        open_ = (~wrong).nonzero().flatten()
+        hit = flips(open_.to(device), resolution).cpu() if len(open_) else torch.zeros(0, dtype=torch.bool)
+        lo = torch.zeros(len(x), dtype=torch.long)          # known not to flip (index 0: clean input)
+        hi = torch.full((len(x),), resolution, dtype=torch.long)  # known to flip
+        todo = open_[hit]
         todo = todo[hi[todo] - lo[todo] > 1]
-        bar.update(1)
-    bar.close()
-    model.train(was)
-    done = open_[hit]
-    out[done] = hi[done].float() * eps_max / resolution
-    return out
+        bar = tqdm(total=max(1, math.ceil(math.log2(resolution))), desc="eps search", disable=not progress, leave=False)
+        while len(todo):
+            mid = (lo[todo] + hi[todo]) // 2
+            for j in mid.unique().tolist():
+                sel = todo[mid == j]
+                f = flips(sel.to(device), j).cpu()
+                hi[sel[f]] = j
+                lo[sel[~f]] = j
+            todo = todo[hi[todo] - lo[todo] > 1]
+            bar.update(1)
+        bar.close()
+        done = open_[hit]
+        out[done] = hi[done].float() * eps_max / resolution
+        return out
 
 
 def bmu_change(model: nn.Module, X: torch.Tensor, X_adv: torch.Tensor, codes: LayerCodes,
@@ -576,27 +575,20 @@ def bmu_change(model: nn.Module, X: torch.Tensor, X_adv: torch.Tensor, codes: La
 
 
 def spearman_ci(a, b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Spearman's rho between ``a`` and ``b`` with a percentile bootstrap interval over pairs.
+    """Spearman's rho between ``a`` and ``b`` with a percentile bootstrap interval over pairs
+    (:func:`mclib.stats.correlation`, same seed, same resamples).
 
-    Ranks use average ties (so ``inf`` entries tie at the top). Returns ``(rho, low, high)``.
+    Ranks use average ties, so ``inf`` entries (inputs no radius flips) tie at the top. They are ranked here
+    and the ranks handed on: ranking is invariant under the monotone map value -> rank, so every bootstrap
+    resample ranks exactly as the raw values would. Returns ``(rho, low, high)``.
     """
     from scipy.stats import rankdata
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 3:
         raise ValueError(f"need two 1-D arrays of equal length >= 3, got {a.shape} and {b.shape}")
-
-    def rho(ra, rb):
-        ra = ra - ra.mean(-1, keepdims=True)
-        rb = rb - rb.mean(-1, keepdims=True)
-        den = np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
-        return np.where(den > 0, (ra * rb).sum(-1) / np.where(den > 0, den, 1), np.nan)
-
-    r = float(rho(rankdata(a), rankdata(b)))
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
-    boots = rho(rankdata(a[idx], axis=1), rankdata(b[idx], axis=1))
-    lo, hi = np.nanquantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return r, float(lo), float(hi)
+    c = stats.correlation(rankdata(a), rankdata(b), n_boot=n_boot, seed=seed, level=level)
+    return c["spearman"], c["spearman_lo"], c["spearman_hi"]
 
 
 # --------------------------------------------------------------------------- plots
@@ -839,7 +831,6 @@ def condition_map(model: nn.Module, X_eval: torch.Tensor, y_eval: torch.Tensor, 
     n, p}, "module", "censored", "units_used", "quantization_error", "topographic_error"}}``, the form claims
     record under ``values["conditions"]``. Codes are computed once per (fitting set, module).
     """
-    from mclib import stats
 
     y_eval = torch.as_tensor(y_eval).long()
     sets = {**fit_sets, "evaluated": (X_eval, y_eval)}

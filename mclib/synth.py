@@ -32,9 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mclib.optim import RowAdam, check_input_grad, total_variation
 from mclib.torchutil import device_of, eval_mode
 
-__all__ = ["FVOResult", "fvo", "total_variation", "fvo_pairs", "SyntheticPaths", "synthetic_paths",
+__all__ = ["FVOResult", "fvo", "fvo_pairs", "SyntheticPaths", "synthetic_paths",
            "BarrierEvolution", "barrier_evolution"]
 
 
@@ -55,22 +56,6 @@ class FVOResult:
 
     def __len__(self) -> int:
         return len(self.x)
-
-
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Anisotropic total variation per input: ``sum |x[..,i+1,j]-x[..,i,j]| + |x[..,i,j+1]-x[..,i,j]|``.
-
-    ``x`` is (N, C, H, W) (or (C, H, W), treated as N = 1); returns (N,), summed over channels and pixels.
-    This is the TV regulariser of feature visualisation (Olah et al., 2017) and of the bypass objective
-    of Vrabel et al. (the bypass objective, weight 1e-8 on ``TV(x - B)``).
-    """
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise ValueError(f"total_variation expects (N, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
-    dh = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).sum(1)
-    dw = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).sum(1)
-    return dh + dw
 
 
 def _check_targets(targets, num_classes: int) -> torch.Tensor:
@@ -170,13 +155,11 @@ def fvo(
             x = (init_scale * torch.randn((n, *shape), generator=generator)).to(device, dtype)
         if clamp:
             x.clamp_(0.0, 1.0)
-        m = torch.zeros_like(x)
-        v = torch.zeros_like(x)
+        # FVO's recorded results use torch.optim.Adam's step-size arithmetic (scalar bias corrections)
+        opt = RowAdam(x, lr, betas=betas, eps=eps, weight_decay=weight_decay, scalar_bias=True)
         best_x = x.clone()
         best_loss = torch.full((n,), float("inf"), device=device, dtype=dtype)
-        used = torch.zeros(n, dtype=torch.long, device=device)
         active = torch.arange(n, device=device)
-        b1, b2 = betas
         bar = tqdm(total=steps, desc="FVO", disable=not progress, leave=False)
         for it in range(steps + 1):
             xa = x[active].requires_grad_(True)
@@ -193,29 +176,19 @@ def fvo(
             if it == steps or not keep.any():
                 break
             if it == 0:
-                from mclib.paths import _check_input_grad
-                _check_input_grad(ce, xa, "fvo")
+                check_input_grad(ce, xa, "fvo")
             (grad,) = torch.autograd.grad(objective.sum(), xa)
             with torch.no_grad():
-                active, grad, xa = active[keep], grad[keep], xa.detach()[keep]
-                if weight_decay:
-                    grad = grad + weight_decay * xa
-                ma = m[active].mul_(b1).add_(grad, alpha=1 - b1)
-                va = v[active].mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                m[active], v[active] = ma, va
-                k = it + 1  # every still-active input has taken exactly it+1 steps
-                step = lr / (1 - b1 ** k)
-                denom = (va / (1 - b2 ** k)).sqrt_().add_(eps)
-                xa = xa.addcdiv(ma, denom, value=-step)
+                active, grad = active[keep], grad[keep]
+                xa = opt.step(x, grad, active)
                 if clamp:
                     xa.clamp_(0.0, 1.0)
                 x[active] = xa
-                used[active] += 1
             bar.update(1)
             if it % 50 == 0:
                 bar.set_postfix(active=len(active), ce=f"{ce_d.max().item():.2e}")
         bar.close()
-    return FVOResult(x=best_x, loss=best_loss, steps=used, converged=best_loss < threshold, targets=t)
+    return FVOResult(x=best_x, loss=best_loss, steps=opt.t, converged=best_loss < threshold, targets=t)
 
 
 def fvo_pairs(model: nn.Module, classes: Sequence[int] | torch.Tensor, pairs_per_class: int,

@@ -146,6 +146,36 @@ def test_spearman_ci():
     assert lo < r < hi
 
 
+def _spearman_ci_before_stats(a, b, n_boot, level, seed):
+    """som.spearman_ci as it was before it called mclib.stats.correlation: the reference for identity."""
+    from scipy.stats import rankdata
+
+    def rho(ra, rb):
+        ra = ra - ra.mean(-1, keepdims=True)
+        rb = rb - rb.mean(-1, keepdims=True)
+        den = np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
+        return np.where(den > 0, (ra * rb).sum(-1) / np.where(den > 0, den, 1), np.nan)
+
+    r = float(rho(rankdata(a), rankdata(b)))
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    boots = rho(rankdata(a[idx], axis=1), rankdata(b[idx], axis=1))
+    lo, hi = np.nanquantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return r, float(lo), float(hi)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_spearman_ci_is_unchanged_by_the_move_to_stats(seed):
+    """Same seed, same resamples, same numbers -- with censored (inf) radii, ties and constant resamples."""
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(4, 60))
+    a = rng.normal(size=n)
+    b = np.round(a * rng.uniform(-1, 1) + rng.normal(size=n))       # ties
+    a[rng.random(n) < 0.3] = np.inf                                  # inputs no radius flips
+    level = (0.95, 0.9, 0.8, 0.99)[seed % 4]
+    assert S.spearman_ci(a, b, n_boot=300, level=level, seed=seed) == \
+        _spearman_ci_before_stats(a, b, 300, level, seed)
+
+
 # --------------------------------------------------------------------------- hooks
 def test_activation_shapes_cnn_and_channel_means():
     model = models.build("cnn", dataset="mnist5k").eval()

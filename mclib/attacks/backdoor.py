@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mclib.torchutil import device_of, eval_mode
+
 MODES = ("single", "all2all")
 POSITIONS = ("bottom_right", "center", "top_left")
 
@@ -209,12 +211,8 @@ def triggered_set(X: torch.Tensor, y: torch.Tensor, trigger: Trigger | Mapping |
 @torch.no_grad()
 def _predict_logits_width(model: nn.Module, x: torch.Tensor) -> int:
     """The number of classes ``model`` outputs (one forward pass on ``x``, eval mode)."""
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    n = int(model(x.to(dev)).shape[1])
-    model.train(was)
-    return n
+    with eval_mode(model):
+        return int(model(x.to(device_of(model))).shape[1])
 
 
 @torch.no_grad()

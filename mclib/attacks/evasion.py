@@ -1,9 +1,14 @@
 """Evasion attacks in pixel space [0, 1], batched: FGSM (Goodfellow et al. 2015) and PGD (Madry et al. 2018)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mclib.optim import RowAdam, total_variation
+from mclib.torchutil import eval_mode
 
 NORMS = ("linf", "l2")
 
@@ -49,16 +54,20 @@ def _check(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> None:
         raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
 
 
-def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targeted: bool, check: bool = True
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(grad_x L, logits)`` with ``L`` the summed CE toward ``y`` (negated when ``targeted``); ``check``
-    validates the labels against the model's number of outputs (once per attack is enough)."""
+def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targeted: bool, check: bool = True,
+               extra: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_x L, logits)`` with ``L`` the summed CE toward ``y`` (negated when ``targeted``) minus the sum of
+    ``extra(x)`` (a term the attacker minimises); ``check`` validates the labels against the model's number
+    of outputs (once per attack is enough)."""
     x = x.clone().requires_grad_(True)
     logits = model(x)
     if check:
         check_labels(y, logits.shape[1], "y (the target)" if targeted else "y")
     loss = F.cross_entropy(logits, y, reduction="sum")
-    (grad,) = torch.autograd.grad(-loss if targeted else loss, x)
+    obj = -loss if targeted else loss
+    if extra is not None:
+        obj = obj - extra(x).sum()
+    (grad,) = torch.autograd.grad(obj, x)
     return grad, logits.detach()
 
 
@@ -110,17 +119,16 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, targete
     Untargeted it raises the loss of the true label ``y``; targeted it lowers the loss of target ``y``.
     """
     _check(x, y, eps, "linf")
-    was = model.training
-    model.eval()
-    g, _ = _loss_grad(model, x, y, targeted)
-    model.train(was)
+    with eval_mode(model):
+        g, _ = _loss_grad(model, x, y, targeted)
     return (x + eps * g.sign()).clamp(0, 1).detach()
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
         step_size: float | None = None, norm: str = "linf", random_start: bool = True,
         targeted: bool = False, generator: torch.Generator | None = None,
-        stop_on_success: bool = False, extra_steps: int = 0) -> torch.Tensor:
+        stop_on_success: bool = False, extra_steps: int = 0,
+        extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018) in the ``norm`` ball of radius ``eps`` around ``x``.
 
     Each step moves by ``step_size`` along sign(grad) (L-inf) or grad/||grad|| (L2), projects back onto
@@ -141,6 +149,12 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     (0 is the first success). The search for a first success still ends after ``steps`` steps, so an
     input that first succeeds late still gets all its extra steps (at most ``steps + extra_steps`` in all);
     an input that never succeeds keeps its last iterate, as without the option.
+
+    ``extra_loss(x_adv, rows)``: a differentiable term the attacker also minimises, for the inputs
+    ``rows`` (indices into the batch) at their current iterates ``x_adv`` (len(rows), ...); it returns their
+    summed term (a scalar) or one value per row (summed here). Each step then follows the gradient of
+    ``CE(f(x'), y) + extra`` downhill (targeted) or of ``CE(f(x'), y) - extra`` uphill (untargeted): an
+    adaptive attacker's penalty on what a detector measures (:func:`adaptive_pgd`).
     """
     _check(x, y, eps, norm)
     if steps < 1:
@@ -151,15 +165,21 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
         raise ValueError(f"extra_steps = {extra_steps} counts steps after the first success; it needs "
                          "stop_on_success=True (without it every input takes all `steps` steps)")
     step_size = 2.5 * eps / steps if step_size is None else step_size
-    was = model.training
-    model.eval()
-    x = x.detach()
-    y = torch.as_tensor(y, device=x.device)
+    with eval_mode(model):
+        return _pgd_loop(model, x.detach(), torch.as_tensor(y, device=x.device), eps, steps, step_size, norm,
+                         random_start, targeted, generator, stop_on_success, int(extra_steps), extra_loss)
+
+
+def _pgd_loop(model, x, y, eps, steps, step_size, norm, random_start, targeted, generator, stop_on_success,
+              extra_steps, extra_loss) -> torch.Tensor:
+    """PGD's iterations (arguments checked by :func:`pgd`, the model in eval mode)."""
     adv = _start(x, eps, norm, random_start, generator)
     active = torch.arange(x.shape[0], device=x.device)       # inputs still being attacked
     since = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)   # steps since first success; -1: none yet
-    for i in range(steps + int(extra_steps)):
-        g, logits = _loss_grad(model, adv[active], y[active], targeted, check=i == 0)
+    for i in range(steps + extra_steps):
+        rows = active
+        extra = None if extra_loss is None else (lambda xa: extra_loss(xa, rows))
+        g, logits = _loss_grad(model, adv[active], y[active], targeted, check=i == 0, extra=extra)
         if stop_on_success:
             hit = logits.argmax(1) == y[active]
             hit = hit if targeted else ~hit          # untargeted: still right means not yet successful
@@ -176,24 +196,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
         adv[active] = (xa + _project(adv[active] + step_size * step - xa, eps, norm)).clamp(0, 1)
         if stop_on_success:
             since[active] += (since[active] >= 0).long()
-    model.train(was)
     return adv.detach()
 
 
 # ------------------------------------------------------------------------------- optimisation attack
-def _rows(t: torch.Tensor) -> tuple:
-    return (-1,) + (1,) * (t.dim() - 1)
-
-
-def total_variation(v: torch.Tensor) -> torch.Tensor:
-    """Anisotropic total variation per input, (N,): the sum of absolute differences of vertically and
-    horizontally adjacent pixels (all channels). Inputs with fewer than 2 spatial dims give 0."""
-    if v.dim() < 3:
-        return v.new_zeros(v.shape[0])
-    tv = (v[..., 1:, :] - v[..., :-1, :]).abs().flatten(1).sum(1)
-    return tv + (v[..., :, 1:] - v[..., :, :-1]).abs().flatten(1).sum(1)
-
-
 def _per_input(value, n: int, device, name: str) -> torch.Tensor | None:
     if value is None:
         return None
@@ -250,8 +256,6 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
         raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
     if steps < 0 or lr <= 0:
         raise ValueError(f"need steps >= 0 and lr > 0, got steps={steps}, lr={lr}")
-    was = model.training
-    model.eval()
     src = x.detach()
     N = src.shape[0]
     tgt = torch.as_tensor(target, device=src.device).long()
@@ -259,10 +263,9 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     kappa = _per_input(stop_margin, N, src.device, "stop_margin")
     sign = 1.0 if targeted else -1.0
     adv = src.clone()
-    m, v = torch.zeros_like(src), torch.zeros_like(src)
-    taken = torch.zeros(N, dtype=torch.long, device=src.device)
+    opt = RowAdam(src, lr, betas=betas, eps=1e-8)
+    taken = opt.t                                # Adam steps per input
     active = torch.arange(N, device=src.device)
-    b1, b2 = betas
     it = range(int(steps))
     if progress:
         from tqdm.auto import tqdm
@@ -279,44 +282,36 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
             done |= logit_margin(logits, tgt[idx], targeted) >= kappa[idx]
         return done
 
-    for _ in it:
-        xa = adv[active].requires_grad_(True)
-        logits = model(xa)
-        if not taken.any():
-            check_labels(tgt, logits.shape[1], "target")
-        ce = F.cross_entropy(logits, tgt[active], reduction="none")
-        with torch.no_grad():
-            keep = ~finished(logits, ce, active)
-        if not keep.all():                      # stopped inputs leave before this step
-            active = active[keep]
-            if active.numel() == 0:
-                break
+    with eval_mode(model):
+        for _ in it:
             xa = adv[active].requires_grad_(True)
             logits = model(xa)
+            if not taken.any():
+                check_labels(tgt, logits.shape[1], "target")
             ce = F.cross_entropy(logits, tgt[active], reduction="none")
-        diff = xa - src[active]
-        attack_term = sign * ce.sum() if loss == "ce" else -logit_margin(logits, tgt[active], targeted).sum()
-        obj = attack_term + mse_weight * diff.pow(2).flatten(1).mean(1).sum()
-        if tv_weight:
-            obj = obj + tv_weight * total_variation(diff).sum()
-        (g,) = torch.autograd.grad(obj, xa)
-        with torch.no_grad():
-            taken[active] += 1
-            t = taken[active].to(src.dtype).view(_rows(src))
-            ma = m[active].mul_(b1).add_(g, alpha=1 - b1)
-            va = v[active].mul_(b2).addcmul_(g, g, value=1 - b2)
-            m[active], v[active] = ma, va
-            new = xa.detach() - lr * (ma / (1 - b1 ** t)) / ((va / (1 - b2 ** t)).sqrt() + 1e-8)
-            adv[active] = new.clamp(0, 1) if clamp else new
-    model.train(was)
+            with torch.no_grad():
+                keep = ~finished(logits, ce, active)
+            if not keep.all():                      # stopped inputs leave before this step
+                active = active[keep]
+                if active.numel() == 0:
+                    break
+                xa = adv[active].requires_grad_(True)
+                logits = model(xa)
+                ce = F.cross_entropy(logits, tgt[active], reduction="none")
+            diff = xa - src[active]
+            attack_term = sign * ce.sum() if loss == "ce" else -logit_margin(logits, tgt[active], targeted).sum()
+            obj = attack_term + mse_weight * diff.pow(2).flatten(1).mean(1).sum()
+            if tv_weight:
+                obj = obj + tv_weight * total_variation(diff).sum()
+            (g,) = torch.autograd.grad(obj, xa)
+            with torch.no_grad():
+                new = opt.step(adv, g, active)
+                adv[active] = new.clamp(0, 1) if clamp else new
     adv = adv.detach()
     if not return_info:
         return adv
-    with torch.no_grad():
-        was = model.training
-        model.eval()
+    with torch.no_grad(), eval_mode(model):
         logits = torch.cat([model(adv[i:i + 1024]) for i in range(0, N, 1024)]) if N else adv.new_zeros(0, 1)
-        model.train(was)
         ce = F.cross_entropy(logits, tgt, reduction="none") if N else adv.new_zeros(0)
         hit = logits.argmax(1) == tgt
     return adv, {"steps": taken.cpu(), "loss": ce.cpu(), "success": (hit if targeted else ~hit).cpu()}
@@ -362,33 +357,19 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, target: torch.Tensor, refere
     where ``B`` is :func:`barrier_surrogate`: the mean (or smooth max) loss toward ``target`` along
     the linear paths from the detector's references of class ``target`` (``references``, (N, K, C, H, W))
     to ``x'``. If the attack succeeds, the detector will predict ``target`` and draw exactly these paths,
-    so a low ``B`` means a low measured barrier. Steps as :func:`pgd` (signed gradient for L-inf,
-    normalised gradient for L2; ``step_size`` defaults to ``2.5 * eps / steps``; ``eps`` has no
-    default, as in :func:`pgd`).
+    so a low ``B`` means a low measured barrier. This is :func:`pgd` (targeted, ``B`` its ``extra_loss``):
+    signed gradient steps for L-inf, normalised ones for L2; ``step_size`` defaults to
+    ``2.5 * eps / steps``; ``eps`` has no default.
     """
     _check(x, target, eps, norm)
     check_images(references, "references")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    step_size = 2.5 * eps / steps if step_size is None else step_size
-    was = model.training
-    model.eval()
     x = x.detach()
     refs = references.detach().to(x)
     tgt = torch.as_tensor(target, device=x.device).long()
-    adv = _start(x, eps, norm, random_start, generator)
-    for i in range(steps):
-        xa = adv.clone().requires_grad_(True)
-        logits = model(xa)
-        if i == 0:
-            check_labels(tgt, logits.shape[1], "target")
-        obj = F.cross_entropy(logits, tgt, reduction="sum")
-        if barrier_weight:
-            obj = obj + barrier_weight * barrier_surrogate(model, xa, refs, tgt, num_points, barrier,
-                                                                  temperature).sum()
-        (g,) = torch.autograd.grad(obj, xa)
-        step = g.sign() if norm == "linf" else _l2_normalise(g)
-        adv = x + _project(adv - step_size * step - x, eps, norm)
-        adv = adv.clamp(0, 1).detach()
-    model.train(was)
-    return adv
+
+    def flatness(xa: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return barrier_weight * barrier_surrogate(model, xa, refs[rows], tgt[rows], num_points, barrier,
+                                                  temperature).sum()
+
+    return pgd(model, x, tgt, eps, steps, step_size, norm, random_start, targeted=True, generator=generator,
+               extra_loss=flatness if barrier_weight else None)

@@ -1,0 +1,296 @@
+"""Tests of mclib.optim: the row-wise Adam with freezing and the total variation.
+
+The bit-identity tests keep the code paths these primitives replaced as references: the Adam updates
+that were written inline in ``synth.fvo`` and ``attacks.evasion.optimisation_attack`` (copied below, a
+few lines each), and whole runs of FVO, the optimisation attack and the adaptive PGD of the library as it
+was before the refactor (commit ``BASE``, read with ``git show``; skipped outside a git checkout).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mclib import optim, synth
+from mclib.attacks import evasion
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The last commit before mclib.optim: its synth.py and attacks/evasion.py are the references.
+BASE = "52d3d70"
+
+
+def _grads(steps: int, shape, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) * 10 ** torch.randint(-3, 2, (1,), generator=g).item()
+            for _ in range(steps)]
+
+
+def _schedule(n: int, steps: int) -> list[torch.Tensor]:
+    """Active rows per step: row k freezes after step 3k + 2 (rows leave and never come back)."""
+    return [torch.tensor([r for r in range(n) if s < 3 * r + 2], dtype=torch.long) for s in range(steps)]
+
+
+# ----------------------------------------------------------------------------------- RowAdam
+def _fvo_adam_reference(x, grads, schedule, lr, betas, eps, wd):
+    """The Adam update written inline in synth.fvo before mclib.optim (scalar bias corrections)."""
+    x, m, v = x.clone(), torch.zeros_like(x), torch.zeros_like(x)
+    b1, b2 = betas
+    for it, (grad, active) in enumerate(zip(grads, schedule)):
+        grad, xa = grad[active], x[active]
+        if wd:
+            grad = grad + wd * xa
+        ma = m[active].mul_(b1).add_(grad, alpha=1 - b1)
+        va = v[active].mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        m[active], v[active] = ma, va
+        k = it + 1
+        step = lr / (1 - b1 ** k)
+        denom = (va / (1 - b2 ** k)).sqrt_().add_(eps)
+        x[active] = xa.addcdiv(ma, denom, value=-step)
+    return x
+
+
+def _attack_adam_reference(x, grads, schedule, lr, betas):
+    """The Adam update written inline in evasion.optimisation_attack before mclib.optim (per-row bias)."""
+    x, m, v = x.clone(), torch.zeros_like(x), torch.zeros_like(x)
+    taken = torch.zeros(len(x), dtype=torch.long)
+    b1, b2 = betas
+    for g, active in zip(grads, schedule):
+        g = g[active]
+        taken[active] += 1
+        t = taken[active].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        ma = m[active].mul_(b1).add_(g, alpha=1 - b1)
+        va = v[active].mul_(b2).addcmul_(g, g, value=1 - b2)
+        m[active], v[active] = ma, va
+        x[active] = x[active] - lr * (ma / (1 - b1 ** t)) / ((va / (1 - b2 ** t)).sqrt() + 1e-8)
+    return x
+
+
+def _run(opt, x, grads, schedule):
+    x = x.clone()
+    for g, rows in zip(grads, schedule):
+        x[rows] = opt.step(x, g[rows], rows)
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_adam_equals_the_inline_fvo_update(dtype):
+    x0 = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    grads, sched = [g.to(dtype) for g in _grads(12, x0.shape)], _schedule(4, 12)
+    ref = _fvo_adam_reference(x0, grads, sched, 0.05, (0.9, 0.999), 1e-8, 1e-7)
+    ours = _run(optim.RowAdam(x0, 0.05, weight_decay=1e-7, scalar_bias=True), x0, grads, sched)
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_adam_equals_the_inline_attack_update(dtype):
+    x0 = torch.rand(4, 1, 5, 5, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    grads, sched = [g.to(dtype) for g in _grads(12, x0.shape, seed=3)], _schedule(4, 12)
+    ref = _attack_adam_reference(x0, grads, sched, 0.005, (0.8, 0.99))
+    ours = _run(optim.RowAdam(x0, 0.005, betas=(0.8, 0.99)), x0, grads, sched)
+    assert torch.equal(ours, ref)
+
+
+def test_row_adam_equals_paths_adam_before_the_move():
+    """paths.Adam (bypass's optimiser before mclib.optim) and RowAdam take bit-identical steps."""
+    old = _old("mclib/paths.py", "old_paths")
+    x0 = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(5))
+    grads, sched = _grads(12, x0.shape, seed=6), _schedule(4, 12)
+    for wd in (0.0, 1e-3):
+        ref = _run(old.Adam(x0, 0.05, weight_decay=wd), x0, grads, sched)
+        assert torch.equal(_run(optim.RowAdam(x0, 0.05, weight_decay=wd), x0, grads, sched), ref)
+
+
+@pytest.mark.parametrize("scalar_bias", [False, True])
+def test_row_adam_matches_torch_adam(scalar_bias):
+    """Same math as torch.optim.Adam (up to float rounding: the formulas group the bias corrections differently)."""
+    g = torch.Generator().manual_seed(0)
+    x0, target = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
+    ours = x0.clone()
+    opt = optim.RowAdam(ours, lr=0.05, weight_decay=1e-3, scalar_bias=scalar_bias)
+    ref = x0.clone().requires_grad_(True)
+    topt = torch.optim.Adam([ref], lr=0.05, weight_decay=1e-3)
+    for _ in range(25):
+        ours = opt.step(ours, 2 * (ours - target) ** 3)
+        topt.zero_grad()
+        ((ref - target) ** 4 / 2).sum().backward()
+        topt.step()
+    # float64: each step agrees to a few ulps (2**-53 relative), and the gradient's feedback amplifies the
+    # gap by far less than 1e6 over 25 steps (float32 runs show ~1e2), so 1e-9 holds, while a wrong formula
+    # (bias correction, weight decay, eps placement) moves x by a sizeable part of lr = 0.05
+    torch.testing.assert_close(ours, ref.detach(), atol=1e-9, rtol=0)
+
+
+def test_row_adam_frozen_rows_keep_their_state_and_rows_are_independent():
+    x0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(4))
+    opt = optim.RowAdam(x0, 0.1)
+    rows = torch.tensor([0, 2])
+    g = torch.ones(2, 4)
+    new = opt.step(x0, g, rows)
+    assert opt.t.tolist() == [1, 0, 1]
+    assert torch.equal(opt.m[1], torch.zeros(4)) and torch.equal(opt.v[1], torch.zeros(4))
+    # one row stepped alone takes exactly the step it takes inside the batch (Adam is elementwise)
+    alone = optim.RowAdam(x0[2:], 0.1).step(x0[2:], g[1:])
+    assert torch.equal(alone, new[1:])
+    # first Adam step moves every coordinate by lr against the gradient's sign (m / sqrt(v) = sign(g))
+    torch.testing.assert_close(new, x0[rows] - 0.1, atol=1e-6, rtol=0)
+
+
+def test_row_adam_scalar_bias_needs_one_step_count():
+    x0 = torch.zeros(3, 2)
+    opt = optim.RowAdam(x0, 0.1, scalar_bias=True)
+    opt.step(x0, torch.ones(1, 2), torch.tensor([0]))
+    with pytest.raises(ValueError, match="between 0 and 1 steps"):
+        opt.step(x0, torch.ones(2, 2), torch.tensor([0, 1]))
+    assert opt.t.tolist() == [1, 0, 0]            # the refused step changed nothing
+
+
+@pytest.mark.parametrize("kwargs, match", [({"lr": 0.0}, "lr must be positive"),
+                                           ({"lr": 0.1, "betas": (1.0, 0.9)}, "betas must lie in")])
+def test_row_adam_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        optim.RowAdam(torch.zeros(2, 2), **kwargs)
+    with pytest.raises(TypeError, match="floating-point"):
+        optim.RowAdam(torch.zeros(2, 2, dtype=torch.long), 0.1)
+
+
+# ------------------------------------------------------------------------------ total variation
+def test_total_variation_channels_and_flat_images():
+    """Against loops in tests/test_synth.py (synth.total_variation is this function); here the layouts."""
+    x = torch.randn(2, 3, 5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    per_channel = torch.stack([optim.total_variation(x[:, c]) for c in range(3)], 1)     # (N, H, W) inputs
+    torch.testing.assert_close(optim.total_variation(x), per_channel.sum(1), rtol=1e-12, atol=0)
+    assert torch.equal(optim.total_variation(x[:, 0]), optim.total_variation(x[:, :1]))
+    assert optim.total_variation(torch.ones(2, 1, 3, 3)).tolist() == [0.0, 0.0]
+    # a step edge of height h across an H x W image: TV = h * W (vertical neighbours) per channel
+    edge = torch.zeros(1, 2, 4, 5)
+    edge[..., 2:, :] = 0.5
+    assert optim.total_variation(edge).tolist() == [2 * 0.5 * 5]
+
+
+def test_total_variation_without_spatial_dims_is_zero_and_bad_shapes_raise():
+    for shape in [(3,), (3, 5)]:
+        tv = optim.total_variation(torch.randn(shape))
+        assert tv.shape == (3,) and torch.equal(tv, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"got shape \(\)"):
+        optim.total_variation(torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"got shape \(1, 1, 1, 2, 2\)"):
+        optim.total_variation(torch.ones(1, 1, 1, 2, 2))
+    with pytest.raises(TypeError, match="list"):
+        optim.total_variation([[1.0, 2.0]])
+
+
+def test_the_library_has_one_total_variation():
+    assert synth.total_variation is optim.total_variation
+    assert not hasattr(evasion, "total_variation") or evasion.total_variation is optim.total_variation
+
+
+def test_check_input_grad_names_the_procedure():
+    x = torch.ones(2, 3, requires_grad=True)
+    optim.check_input_grad((x * 2).sum(1), x, "fvo")                 # depends on x: no error
+    with pytest.raises(ValueError, match="fvo optimises the input"):
+        optim.check_input_grad(torch.ones(2), x, "fvo")
+    with pytest.raises(ValueError, match="bypass optimises the input"):
+        optim.check_input_grad(torch.ones(2, 3, requires_grad=True).sum(1), x, "bypass")
+
+
+# ------------------------------------------------- whole runs against the library before mclib.optim
+def _old(path: str, name: str) -> types.ModuleType:
+    try:
+        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{BASE}:{path}"], capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip(f"needs git and commit {BASE} (the reference implementation)")
+    mod = types.ModuleType(name)
+    sys.modules[name] = mod          # dataclasses look their module up while the source runs
+    try:
+        exec(compile(src, f"{BASE}:{path}", "exec"), mod.__dict__)
+    finally:
+        del sys.modules[name]
+    return mod
+
+
+def _cnn(seed: int = 0, classes: int = 4) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(4 * 4 * 4, classes))
+
+
+@pytest.mark.parametrize("kw", [{}, {"tv_weight": 1e-2, "weight_decay": 1e-3}, {"clamp": True, "tv_weight": 1e-3}])
+def test_fvo_is_bit_identical_to_before(kw, monkeypatch):
+    old = _old("mclib/synth.py", "old_synth")
+    # the old fvo imports its input-gradient check from mclib.paths, where it lived before mclib.optim
+    monkeypatch.setattr("mclib.paths._check_input_grad", optim.check_input_grad, raising=False)
+    model = _cnn(0).train()
+    args = (model, [0, 1, 2, 3, 1, 2], (1, 8, 8))
+    common = {"steps": 60, "threshold": 1e-3, "progress": False, **kw}
+    before = old.fvo(*args, generator=torch.Generator().manual_seed(5), **common)
+    after = synth.fvo(*args, generator=torch.Generator().manual_seed(5), **common)
+    assert int(after.steps.max()) > 0           # the runs did optimise
+    for f in ("x", "loss", "steps", "converged", "targets"):
+        assert torch.equal(getattr(before, f), getattr(after, f)), f
+    assert model.training
+
+
+@pytest.mark.parametrize("kw", [{"steps": 40}, {"steps": 40, "stop_on_success": True, "tv_weight": 1e-2},
+                                {"steps": 30, "targeted": False, "stop_loss": 3.0},
+                                {"steps": 30, "loss": "margin", "stop_margin": 2.0, "clamp": False}])
+def test_optimisation_attack_is_bit_identical_to_before(kw):
+    old = _old("mclib/attacks/evasion.py", "old_evasion")
+    model = _cnn(1).eval()
+    g = torch.Generator().manual_seed(6)
+    x, t = torch.rand(6, 1, 8, 8, generator=g), torch.randint(0, 4, (6,), generator=g)
+    before, bi = old.optimisation_attack(model, x, t, lr=0.02, return_info=True, **kw)
+    after, ai = evasion.optimisation_attack(model, x, t, lr=0.02, return_info=True, **kw)
+    assert torch.equal(before, after)
+    for k in bi:
+        assert torch.equal(bi[k], ai[k]), k
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0)])
+@pytest.mark.parametrize("barrier_weight, barrier", [(1.0, "mean"), (0.5, "smoothmax"), (0.0, "mean")])
+def test_adaptive_pgd_is_bit_identical_to_before(norm, eps, barrier_weight, barrier):
+    old = _old("mclib/attacks/evasion.py", "old_evasion")
+    model = _cnn(2).eval()
+    g = torch.Generator().manual_seed(7)
+    x, t = torch.rand(5, 1, 8, 8, generator=g), torch.randint(0, 4, (5,), generator=g)
+    refs = torch.rand(5, 3, 1, 8, 8, generator=g)
+    kw = {"steps": 8, "barrier_weight": barrier_weight, "barrier": barrier, "num_points": 4, "norm": norm}
+    before = old.adaptive_pgd(model, x, t, refs, eps, generator=torch.Generator().manual_seed(8), **kw)
+    after = evasion.adaptive_pgd(model, x, t, refs, eps, generator=torch.Generator().manual_seed(8), **kw)
+    assert torch.equal(before, after)
+    if barrier_weight == 0:   # no extra term: the targeted PGD itself
+        plain = evasion.pgd(model, x, t, eps, steps=8, norm=norm, targeted=True,
+                            generator=torch.Generator().manual_seed(8))
+        assert torch.equal(plain, after)
+
+
+def test_pgd_extra_loss_follows_rows_when_inputs_stop():
+    """With stop_on_success the extra term sees only the inputs still attacked, by their batch indices."""
+    model = _cnn(3).eval()
+    g = torch.Generator().manual_seed(9)
+    x, y = torch.rand(6, 1, 8, 8, generator=g), torch.randint(0, 4, (6,), generator=g)
+    seen = []
+
+    def extra(xa, rows):
+        seen.append(rows.tolist())
+        assert xa.shape == (len(rows), 1, 8, 8)
+        return 0.0 * xa.sum()
+
+    a = evasion.pgd(model, x, y, 0.3, steps=10, stop_on_success=True, extra_loss=extra,
+                    generator=torch.Generator().manual_seed(1))
+    b = evasion.pgd(model, x, y, 0.3, steps=10, stop_on_success=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)                      # a zero extra term changes nothing
+    assert seen[0] == list(range(6)) and all(set(s) <= set(p) for p, s in zip(seen, seen[1:]))
+
+
+def test_row_adam_steps_no_rows():
+    for scalar_bias in (False, True):
+        x0 = torch.ones(3, 2)
+        opt = optim.RowAdam(x0, 0.1, scalar_bias=scalar_bias)
+        out = opt.step(x0, torch.ones(0, 2), torch.zeros(0, dtype=torch.long))
+        assert out.shape == (0, 2) and opt.t.tolist() == [0, 0, 0]
