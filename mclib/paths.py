@@ -39,24 +39,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mclib import infer
+from mclib.optim import RowAdam, check_input_grad, total_variation
+from mclib.torchutil import device_of, eval_mode
 
 __all__ = [
     "alphas", "linear_losses", "Barrier", "barrier", "path_losses", "segment_losses",
-    "BypassResult", "bypass", "bypass_free", "InterpolatedModes", "interpolated_modes", "total_variation",
-    "Adam", "project_box_hyperplane", "plot_loss_curves", "plot_barrier_hist", "plot_path_images",
+    "BypassResult", "bypass", "bypass_free", "InterpolatedModes", "interpolated_modes",
+    "project_box_hyperplane", "plot_loss_curves", "plot_barrier_hist", "plot_path_images",
     "same_class_pairs", "BarrierSample", "barrier_sample", "condition_effects", "plot_condition_map", "PairStudy", "study_pairs",
     "interpolated_pairs",
 ]
 
 # ----------------------------------------------------------------------------------------- checks
 def _model_device(model: nn.Module, device=None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
+    return torch.device(device) if device is not None else device_of(model)
 
 
 def _check_images(name: str, X: torch.Tensor) -> None:
@@ -110,34 +106,6 @@ def _check_range(target: torch.Tensor, num_classes: int) -> None:
         raise ValueError(
             f"target class(es) {target[bad].unique().tolist()} out of range: the model outputs {num_classes} classes "
             f"(valid targets 0..{num_classes - 1})")
-
-
-_NO_INPUT_GRAD = ("model: its output has no gradient with respect to its input (it runs under no_grad, "
-                  "detaches the input or is a traced/frozen graph without autograd); {name} optimises the "
-                  "input and needs d loss / d input -- pass an ordinary nn.Module")
-
-
-def _check_input_grad(loss: torch.Tensor, x: torch.Tensor, name: str) -> None:
-    """Raise the clear error if ``loss`` does not depend on ``x`` through autograd (one extra backward)."""
-    g = (torch.autograd.grad(loss.sum(), x, retain_graph=True, allow_unused=True)[0]
-         if loss.requires_grad else None)
-    if g is None:
-        raise ValueError(_NO_INPUT_GRAD.format(name=name))
-
-
-class _Eval:
-    """Context manager: the model in eval mode (restored afterwards)."""
-
-    def __init__(self, model: nn.Module):
-        self.model, self.was = model, model.training
-
-    def __enter__(self):
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc):
-        self.model.train(self.was)
-        return False
 
 
 # ------------------------------------------------------------------------------------ linear paths
@@ -343,39 +311,6 @@ def path_losses(model: nn.Module, vertices, target, points_per_segment: int = 64
 
 
 # ------------------------------------------------------------------------------------ optimiser
-class Adam:
-    """Adam (Kingma & Ba) on a batch of independent points, with per-point freezing.
-
-    The same update as ``torch.optim.Adam`` (bias-corrected moments, ``eps`` outside the square root,
-    weight decay added to the gradient), kept on plain tensors so a subset of rows can be stepped.
-    """
-
-    def __init__(self, x: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-        self.lr, self.b1, self.b2, self.eps, self.wd = float(lr), betas[0], betas[1], float(eps), float(weight_decay)
-        self.m = torch.zeros_like(x)
-        self.v = torch.zeros_like(x)
-        self.t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-
-    def step(self, x: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """New values of ``x[rows]`` (``x`` itself if rows is None) after one step with ``grad`` for those rows."""
-        sel = slice(None) if rows is None else rows
-        xs = x if rows is None else x[rows]
-        g = grad + self.wd * xs if self.wd else grad
-        self.t[sel] += 1
-        t = self.t[sel].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-        m = self.m[sel].mul(self.b1).add_(g, alpha=1 - self.b1)
-        v = self.v[sel].mul(self.b2).addcmul_(g, g, value=1 - self.b2)
-        self.m[sel], self.v[sel] = m, v
-        denom = (v / (1 - self.b2 ** t)).sqrt_().add_(self.eps)
-        return xs - self.lr * (m / (1 - self.b1 ** t)) / denom
-
-
-def total_variation(v: torch.Tensor) -> torch.Tensor:
-    """Anisotropic total variation per input: sum of the absolute horizontal and vertical neighbour differences, (N,)."""
-    if v.dim() < 3:
-        return torch.zeros(v.shape[0], device=v.device, dtype=v.dtype)
-    tv = (v[..., 1:, :] - v[..., :-1, :]).abs().flatten(1).sum(1)
-    return tv + (v[..., :, 1:] - v[..., :, :-1]).abs().flatten(1).sum(1)
 
 
 def project_box_hyperplane(z: torch.Tensor, d: torch.Tensor, c: torch.Tensor, lo: float | torch.Tensor = 0.0,
@@ -446,7 +381,7 @@ def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, direct
         # (e.g. unconstrained FVO inputs), so that B is always feasible
         box_lo = ref.flatten(1).amin(1, keepdim=True).clamp(max=0.0)
         box_hi = ref.flatten(1).amax(1, keepdim=True).clamp(min=1.0)
-    opt = Adam(x, lr, weight_decay=weight_decay)
+    opt = RowAdam(x, lr, weight_decay=weight_decay)
     steps = torch.zeros(N, dtype=torch.long)
     best_x, best_ce = x.clone(), torch.full((N,), math.inf, device=B.device)
     active = torch.arange(N, device=B.device)
@@ -455,7 +390,7 @@ def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, direct
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc=desc, leave=False)
-    with _Eval(model):
+    with eval_mode(model):
         for k in it:
             xa = x[active].requires_grad_(True)
             ce = F.cross_entropy(model(xa).float(), tgt[active], reduction="none")
@@ -466,7 +401,7 @@ def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, direct
             if tv_weight:
                 obj = obj + tv_weight * total_variation(diff).sum()
             if steps.sum() == 0:
-                _check_input_grad(ce, xa, "bypass")
+                check_input_grad(ce, xa, "bypass")
             (g,) = torch.autograd.grad(obj, xa)
             ce = ce.detach()
             with torch.no_grad():

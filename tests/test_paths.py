@@ -190,22 +190,6 @@ def test_bypass_batched_equals_one_at_a_time(small_cnn):
         torch.testing.assert_close(one.B_prime[0], res.B_prime[i], atol=tol, rtol=0)
 
 
-def test_adam_matches_torch():
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(5, 7, generator=g)
-    target = torch.randn(5, 7, generator=g)
-    ours = x0.clone()
-    opt = paths.Adam(ours, lr=0.05, weight_decay=1e-3)
-    ref = x0.clone().requires_grad_(True)
-    topt = torch.optim.Adam([ref], lr=0.05, weight_decay=1e-3)
-    for _ in range(25):
-        ours = opt.step(ours, 2 * (ours - target) ** 3)
-        topt.zero_grad()
-        ((ref - target) ** 4 / 2).sum().backward()
-        topt.step()
-    torch.testing.assert_close(ours, ref.detach(), atol=1e-5, rtol=1e-5)
-
-
 def test_project_box_hyperplane_matches_scipy():
     g = torch.Generator().manual_seed(3)
     D = 6
