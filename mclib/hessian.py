@@ -83,7 +83,7 @@ monotone -- while :func:`detrended_correlation` removes the shared trend in t an
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -627,6 +627,26 @@ def exact_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
 # ----------------------------------------------------------------------------------------------------
 # Robustness along a weight-space path (Zhao et al. 2020, Section 5; claims C6, C7)
 # ----------------------------------------------------------------------------------------------------
+def _per_input_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int,
+                    attack: Mapping | None = None, generator: torch.Generator | None = None):
+    """Per-input cross-entropy and correctness (CPU tensors (N,)) of ``model`` in eval mode on ``(X, y)``, or on
+    their L-inf PGD examples crafted against ``model`` when ``attack`` holds :func:`mclib.attacks.pgd`'s
+    ``eps``, ``steps``, ``step_size``."""
+    from mclib.attacks import pgd
+
+    dev = next(model.parameters()).device
+    losses, correct = [], []
+    for i in range(0, len(X), batch_size):
+        xb, yb = X[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        if attack is not None:
+            xb = pgd(model, xb, yb, generator=generator, **attack)
+        with torch.no_grad():
+            out = model(xb)
+        losses.append(F.cross_entropy(out, yb, reduction="none").cpu())
+        correct.append((out.argmax(1) == yb).cpu())
+    return torch.cat(losses), torch.cat(correct)
+
+
 def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
                      step_size: float | None = None, n_hessian: int | None = None, bn_data=None,
                      hessian_kwargs: Mapping | None = None, generator: torch.Generator | None = None,
@@ -643,8 +663,6 @@ def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tenso
     """
     import pandas as pd
 
-    from mclib.attacks import pgd
-
     _check_xy(X, y)
     n_hessian = len(X) if n_hessian is None else min(int(n_hessian), len(X))
     hk = dict(hessian_kwargs or {})
@@ -652,24 +670,13 @@ def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tenso
     for t in tqdm(list(ts), desc="along t", disable=not progress, leave=False):
         model = curve.at(float(t), bn_data=bn_data).eval()
         dev = next(model.parameters()).device
-        losses, correct, plosses, pcorrect = [], [], [], []
-        for i in range(0, len(X), batch_size):
-            xb, yb = X[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-            with torch.no_grad():
-                out = model(xb)
-            losses.append(F.cross_entropy(out, yb, reduction="none").cpu())
-            correct.append((out.argmax(1) == yb).cpu())
-            adv = pgd(model, xb, yb, eps=eps, steps=steps, step_size=step_size, generator=generator)
-            with torch.no_grad():
-                pout = model(adv)
-            plosses.append(F.cross_entropy(pout, yb, reduction="none").cpu())
-            pcorrect.append((pout.argmax(1) == yb).cpu())
+        cl, correct = _per_input_loss(model, X, y, batch_size)
+        pl, pcorrect = _per_input_loss(model, X, y, batch_size, attack={"eps": eps, "steps": steps,
+                                                                         "step_size": step_size}, generator=generator)
         eig = top_eigenvalue(model, X[:n_hessian].to(dev), y[:n_hessian].to(dev), generator=generator, **hk).cpu()
-        pl, cl = torch.cat(plosses), torch.cat(losses)
-        rows.append({"t": float(t), "loss": cl.mean().item(),
-                     "acc": torch.cat(correct).float().mean().item(), "pgd_loss": pl.mean().item(),
-                     "pgd_acc": torch.cat(pcorrect).float().mean().item(), "eig_mean": eig.mean().item(),
-                     "eig_median": eig.median().item()})
+        rows.append({"t": float(t), "loss": cl.mean().item(), "acc": correct.float().mean().item(),
+                     "pgd_loss": pl.mean().item(), "pgd_acc": pcorrect.float().mean().item(),
+                     "eig_mean": eig.mean().item(), "eig_median": eig.median().item()})
         loss_rows.append(cl.numpy())
         pgd_rows.append(pl.numpy())
         eig_rows.append(eig.numpy())
@@ -717,6 +724,53 @@ def barrier_interval(per_input, n_boot: int = 2000, seed: int = 0, level: float 
         raise ValueError(f"per_input must be (T, N) with T >= 2, got shape {a.shape}")
     iv = stats.bootstrap_ci(a.T, lambda s: barrier_height(s.mean(0)), n_boot=n_boot, seed=seed, level=level)
     return {**iv._asdict(), "threshold": barrier_threshold(a.mean(1))}
+
+
+def barrier_map(paths: Sequence[tuple[Mapping[str, Any], Any]], eval_eps: Sequence[float], ts: Sequence[float],
+                X: torch.Tensor, y: torch.Tensor, steps: int = 10, step_fraction: float = 0.25, bn_data=None,
+                n_boot: int = 2000, seed: int = 0, generator: torch.Generator | None = None, batch_size: int = 500,
+                progress: bool = False) -> list[dict]:
+    """Claim C6 under conditions: the robustness- and standard-loss barriers for every path and attack radius.
+
+    ``paths`` is a list of ``(setting, curve)``: ``setting`` a dict naming the path (e.g. ``{"arch": "cnn",
+    "train_eps": 0.1, "path": "line"}``), ``curve`` anything with ``.at(t, bn_data)`` (a trained Bezier
+    :class:`mclib.curves.Curve` or :func:`mclib.curves.line`). At every t the model w(t) is built once; its
+    per-input standard cross-entropy and, for every radius e in ``eval_eps``, its per-input cross-entropy on L-inf
+    PGD examples (``steps`` steps of ``step_fraction * e``, the paper's 2/255 for 8/255 being 1/4) are measured
+    on ``(X, y)``. Each (path, e) gives one entry ``{"setting": {**setting, "eval_eps": e}, "measured":
+    {"robust_barrier": ..., "standard_barrier": ..., "profile": {"t", "pgd_loss", "loss"}}}`` where the barriers
+    are :func:`barrier_interval` dicts (height max_t L(t) - max(L(0), L(1)) of the mean profile, its bootstrap
+    interval over inputs and its own :func:`barrier_threshold`), and ``profile`` the mean losses along t -- the
+    list claims record under ``values["conditions"]``.
+    """
+    _check_xy(X, y)
+    ts = [float(t) for t in ts]
+    eval_eps = [float(e) for e in eval_eps]
+    if len(ts) < 2:
+        raise ValueError(f"ts must hold at least 2 points of the path, got {len(ts)}")
+    if not eval_eps or min(eval_eps) <= 0:
+        raise ValueError(f"eval_eps must be a non-empty list of radii > 0, got {eval_eps}")
+    if not 0 < step_fraction <= 1:
+        raise ValueError(f"step_fraction must lie in (0, 1] (the PGD step as a fraction of the radius), got {step_fraction}")
+    out = []
+    for setting, curve in tqdm(list(paths), desc="paths", disable=not progress, leave=False):
+        clean, robust = [], {e: [] for e in eval_eps}
+        for t in ts:
+            model = curve.at(t, bn_data=bn_data).eval()
+            clean.append(_per_input_loss(model, X, y, batch_size)[0].numpy())
+            for e in eval_eps:
+                attack = {"eps": e, "steps": steps, "step_size": step_fraction * e}
+                robust[e].append(_per_input_loss(model, X, y, batch_size, attack, generator)[0].numpy())
+        clean = np.stack(clean)
+        standard = barrier_interval(clean, n_boot=n_boot, seed=seed)
+        for e in eval_eps:
+            per = np.stack(robust[e])
+            out.append({"setting": {**setting, "eval_eps": e},
+                        "measured": {"robust_barrier": barrier_interval(per, n_boot=n_boot, seed=seed),
+                                     "standard_barrier": standard,
+                                     "profile": {"t": ts, "pgd_loss": per.mean(1).tolist(),
+                                                 "loss": clean.mean(1).tolist()}}})
+    return out
 
 
 def correlation(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, level: float = 0.95,
