@@ -79,7 +79,9 @@ the mean largest input-Hessian eigenvalue on clean inputs, with the per-input va
 For C7, :func:`correlation` compares the two profiles along t -- which cannot discriminate when both are
 monotone -- while :func:`detrended_correlation` removes the shared trend in t and
 :func:`across_inputs_correlation` correlates per-input PGD loss and eigenvalue at one fixed t.
-:func:`plot_along` draws a loss and the eigenvalue on one t axis (twin axes).
+:func:`barrier_map` measures C6 under conditions: the barrier intervals for several paths (e.g. trained Bezier
+vs straight line, per adversarial-training radius) and several attack radii at once. :func:`plot_along` draws
+one profile along t with the straight line between its end values (no twin axes).
 """
 from __future__ import annotations
 
@@ -102,6 +104,7 @@ __all__ = [
     "gauss_newton_spectrum", "is_piecewise_linear",
     "exact_top_eigenvalue", "robustness_along", "barrier_height", "barrier_threshold", "has_barrier",
     "barrier_interval", "correlation", "detrended_correlation", "across_inputs_correlation", "plot_along",
+    "barrier_map",
 ]
 
 
@@ -815,27 +818,28 @@ def across_inputs_correlation(per_example: Mapping[str, np.ndarray], t_index: in
     return stats.correlation(loss[t_index, :eig.shape[1]], eig[t_index], n_boot=n_boot, seed=seed, level=level)
 
 
-def plot_along(ax, df, left: str = "pgd_loss", right: str = "eig_mean", left_label: str | None = None,
-               right_label: str | None = None, extra_left: Sequence[str] = (), title: str | None = None):
-    """Draw ``df[left]`` (and ``extra_left`` columns) on ``ax`` and ``df[right]`` on a twin axis, against t.
+def plot_along(ax, df, column: str = "pgd_loss", label: str | None = None, color: str | None = None,
+               threshold: bool = False, title: str | None = None):
+    """Draw the profile ``df[column]`` against t on its own axis with the straight line between its end values.
 
-    Returns the twin axis. Colours follow :data:`mclib.plots.PALETTE`.
+    The dashed chord from v(0) to v(1) is what a profile without structure would do, so a bump above it
+    (and above both ends) reads as a barrier and a monotone profile hugs or sags below it. ``threshold=True``
+    also draws the C6 barrier line ``max(v(0), v(1)) + barrier_threshold(v)`` (dotted): a profile has a
+    barrier (:func:`has_barrier`) exactly when it rises above that line. No twin axis: one quantity per panel.
     """
     from mclib.plots import PALETTE
 
-    labels = {"pgd_loss": "robustness (PGD) loss", "loss": "standard loss", "eig_mean": "mean top input-Hessian eigenvalue",
+    labels = {"pgd_loss": "robustness (PGD) loss", "loss": "standard loss", "eig_mean": "mean top eigenvalue",
               "pgd_acc": "PGD accuracy", "acc": "accuracy"}
-    lines = ax.plot(df["t"], df[left], "o-", color=PALETTE[1], label=left_label or labels.get(left, left))
-    for k, col in enumerate(extra_left):
-        lines += ax.plot(df["t"], df[col], "s--", color=PALETTE[2 + k], label=labels.get(col, col))
-    ax.set_xlabel("t (0 = regular, 1 = adversarially trained)")
-    ax.set_ylabel("loss", color=PALETTE[1])
-    ax2 = ax.twinx()
-    lines += ax2.plot(df["t"], df[right], "^-", color=PALETTE[0], label=right_label or labels.get(right, right))
-    ax2.set_ylabel("eigenvalue", color=PALETTE[0])
-    ax2.grid(False)
-    ax2.spines["right"].set_visible(True)
-    ax2.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=8, framealpha=0.9)
+    t, v = np.asarray(df["t"], dtype=float), np.asarray(df[column], dtype=float)
+    color = color or PALETTE[1]
+    ax.plot(t, v, "o-", color=color, markersize=3, label=label or labels.get(column, column))
+    ax.plot([t[0], t[-1]], [v[0], v[-1]], "--", color="0.45", lw=1, label="straight line between the ends")
+    if threshold:
+        ax.axhline(max(v[0], v[-1]) + barrier_threshold(v), color="0.2", ls=":", lw=1, label="barrier line")
+    ax.set_xlabel("t (0 regular, 1 adversarial)")
+    ax.set_ylabel(labels.get(column, column))
+    ax.set_xlim(0, 1)
     if title:
         ax.set_title(title)
-    return ax2
+    return ax
