@@ -139,6 +139,13 @@ def test_c6_condition_map_names_where_a_barrier_appears_without_changing_the_ver
     none = C.c6_map_sentence([conditions[4]])
     assert none == ("across 1 settings of the condition map, no robustness-loss barrier at the 1 setting(s) "
                     "(each interval ends at least 0.15 nats below its own threshold)")
+    # a standard-loss barrier without a robustness-loss barrier is named once per path, whatever the attack radius
+    std = _iv(0.14, 0.12, 0.19, 0.06)
+    two_radii = [_cond(0.3, "line", _iv(0.0, 0.0, 0.0, 0.1), std),
+                 {**_cond(0.3, "line", _iv(0.0, 0.0, 0.0, 0.3), std), "setting": {"arch": "cnn", "train_eps": 0.3,
+                                                                            "eval_eps": 0.3, "path": "line"}}]
+    assert C.c6_map_sentence(two_radii).endswith(
+        "; the standard loss has a barrier of its own at arch=cnn, train_eps=0.3, path=line (0.14 [0.12, 0.19] vs 0.06)")
     # a robustness barrier whose standard interval spans its threshold is undecided, not "with a standard barrier"
     assert "undecided" in C.c6_map_sentence([_cond(0.1, "line", _iv(0.5, 0.3, 0.7), _iv(0.05, 0.0, 0.1, 0.05))])
 

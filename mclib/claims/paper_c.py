@@ -244,17 +244,23 @@ def c6_map_sentence(conditions: Sequence[Mapping[str, Any]]) -> str:
     appears (:func:`judge_c6`'s rule holds: a robustness-loss barrier and no standard-loss barrier), a
     robustness-loss barrier comes with a standard-loss barrier too, undecided (an interval spans its threshold),
     or no robustness-loss barrier (the whole interval below its threshold) -- the last group counted only, with
-    the smallest distance from an upper bound to its threshold. The verdict itself is not changed: it judges the
+    the smallest distance from an upper bound to its threshold. Paths whose *standard* loss has a barrier (its
+    interval above its threshold) where the robustness loss has none are named at the end, once per path (the
+    standard loss does not depend on the attack radius). The verdict itself is not changed: it judges the
     chapter's main setting.
     """
     from mclib.claims.core import condition_label, fmt_interval
 
     groups: dict[str, list[str]] = {"holds": [], "both": [], "undecided": []}
-    absent = []
+    absent, standard_only = [], {}
     for entry in conditions:
         m = entry["measured"]
         r, s = m["robust_barrier"], m["standard_barrier"]
         robust = compare_interval("r", r["lo"], r["hi"], r["threshold"], above=True).status
+        if robust != "holds" and compare_interval("s", s["lo"], s["hi"], s["threshold"], above=True).status == "holds":
+            # the standard loss does not depend on the attack radius: name each path once
+            path = {k: v for k, v in (entry.get("setting") or {}).items() if k != "eval_eps"}
+            standard_only[condition_label(path)] = f"{fmt_interval(s)} vs {fmt(s['threshold'])}"
         shown = f"{condition_label(entry.get('setting') or {})} ({fmt_interval(r)} vs {fmt(r['threshold'])})"
         status = _c6_pair(r, s).status
         if robust == "fails":
@@ -270,7 +276,9 @@ def c6_map_sentence(conditions: Sequence[Mapping[str, Any]]) -> str:
     if absent:  # each such interval ends below its threshold; say by how much at the closest
         parts.append(f"no robustness-loss barrier at the {'other ' if parts else ''}{len(absent)} setting(s) "
                      f"(each interval ends at least {fmt(min(absent))} nats below its own threshold)")
-    return f"across {len(conditions)} settings of the condition map, " + ", ".join(parts)
+    tail = ("; the standard loss has a barrier of its own at " + "; ".join(f"{k} ({v})" for k, v in standard_only.items())
+            if standard_only else "")
+    return f"across {len(conditions)} settings of the condition map, " + ", ".join(parts) + tail
 
 
 # -- C7 -----------------------------------------------------------------------------------------------
