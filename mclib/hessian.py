@@ -79,11 +79,13 @@ the mean largest input-Hessian eigenvalue on clean inputs, with the per-input va
 For C7, :func:`correlation` compares the two profiles along t -- which cannot discriminate when both are
 monotone -- while :func:`detrended_correlation` removes the shared trend in t and
 :func:`across_inputs_correlation` correlates per-input PGD loss and eigenvalue at one fixed t.
-:func:`plot_along` draws a loss and the eigenvalue on one t axis (twin axes).
+:func:`barrier_map` measures C6 under conditions: the barrier intervals for several paths (e.g. trained Bezier
+vs straight line, per adversarial-training radius) and several attack radii at once. :func:`plot_along` draws
+one profile along t with the straight line between its end values (no twin axes).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -102,6 +104,7 @@ __all__ = [
     "gauss_newton_spectrum", "is_piecewise_linear",
     "exact_top_eigenvalue", "robustness_along", "barrier_height", "barrier_threshold", "has_barrier",
     "barrier_interval", "correlation", "detrended_correlation", "across_inputs_correlation", "plot_along",
+    "barrier_map",
 ]
 
 
@@ -627,6 +630,26 @@ def exact_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
 # ----------------------------------------------------------------------------------------------------
 # Robustness along a weight-space path (Zhao et al. 2020, Section 5; claims C6, C7)
 # ----------------------------------------------------------------------------------------------------
+def _per_input_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int,
+                    attack: Mapping | None = None, generator: torch.Generator | None = None):
+    """Per-input cross-entropy and correctness (CPU tensors (N,)) of ``model`` in eval mode on ``(X, y)``, or on
+    their L-inf PGD examples crafted against ``model`` when ``attack`` holds :func:`mclib.attacks.pgd`'s
+    ``eps``, ``steps``, ``step_size``."""
+    from mclib.attacks import pgd
+
+    dev = next(model.parameters()).device
+    losses, correct = [], []
+    for i in range(0, len(X), batch_size):
+        xb, yb = X[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        if attack is not None:
+            xb = pgd(model, xb, yb, generator=generator, **attack)
+        with torch.no_grad():
+            out = model(xb)
+        losses.append(F.cross_entropy(out, yb, reduction="none").cpu())
+        correct.append((out.argmax(1) == yb).cpu())
+    return torch.cat(losses), torch.cat(correct)
+
+
 def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
                      step_size: float | None = None, n_hessian: int | None = None, bn_data=None,
                      hessian_kwargs: Mapping | None = None, generator: torch.Generator | None = None,
@@ -643,8 +666,6 @@ def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tenso
     """
     import pandas as pd
 
-    from mclib.attacks import pgd
-
     _check_xy(X, y)
     n_hessian = len(X) if n_hessian is None else min(int(n_hessian), len(X))
     hk = dict(hessian_kwargs or {})
@@ -652,24 +673,13 @@ def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tenso
     for t in tqdm(list(ts), desc="along t", disable=not progress, leave=False):
         model = curve.at(float(t), bn_data=bn_data).eval()
         dev = next(model.parameters()).device
-        losses, correct, plosses, pcorrect = [], [], [], []
-        for i in range(0, len(X), batch_size):
-            xb, yb = X[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-            with torch.no_grad():
-                out = model(xb)
-            losses.append(F.cross_entropy(out, yb, reduction="none").cpu())
-            correct.append((out.argmax(1) == yb).cpu())
-            adv = pgd(model, xb, yb, eps=eps, steps=steps, step_size=step_size, generator=generator)
-            with torch.no_grad():
-                pout = model(adv)
-            plosses.append(F.cross_entropy(pout, yb, reduction="none").cpu())
-            pcorrect.append((pout.argmax(1) == yb).cpu())
+        cl, correct = _per_input_loss(model, X, y, batch_size)
+        pl, pcorrect = _per_input_loss(model, X, y, batch_size, attack={"eps": eps, "steps": steps,
+                                                                         "step_size": step_size}, generator=generator)
         eig = top_eigenvalue(model, X[:n_hessian].to(dev), y[:n_hessian].to(dev), generator=generator, **hk).cpu()
-        pl, cl = torch.cat(plosses), torch.cat(losses)
-        rows.append({"t": float(t), "loss": cl.mean().item(),
-                     "acc": torch.cat(correct).float().mean().item(), "pgd_loss": pl.mean().item(),
-                     "pgd_acc": torch.cat(pcorrect).float().mean().item(), "eig_mean": eig.mean().item(),
-                     "eig_median": eig.median().item()})
+        rows.append({"t": float(t), "loss": cl.mean().item(), "acc": correct.float().mean().item(),
+                     "pgd_loss": pl.mean().item(), "pgd_acc": pcorrect.float().mean().item(),
+                     "eig_mean": eig.mean().item(), "eig_median": eig.median().item()})
         loss_rows.append(cl.numpy())
         pgd_rows.append(pl.numpy())
         eig_rows.append(eig.numpy())
@@ -719,6 +729,69 @@ def barrier_interval(per_input, n_boot: int = 2000, seed: int = 0, level: float 
     return {**iv._asdict(), "threshold": barrier_threshold(a.mean(1))}
 
 
+def _fingerprint(model: nn.Module) -> str:
+    """sha1 of a model's state (names and bytes of every parameter and buffer): equal for identical weights."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, value in model.state_dict().items():
+        h.update(name.encode() + b"\0" + value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def barrier_map(paths: Sequence[tuple[Mapping[str, Any], Any]], eval_eps: Sequence[float], ts: Sequence[float],
+                X: torch.Tensor, y: torch.Tensor, steps: int = 10, step_fraction: float = 0.25, bn_data=None,
+                n_boot: int = 2000, seed: int = 0, generator: torch.Generator | None = None, batch_size: int = 500,
+                progress: bool = False) -> list[dict]:
+    """Claim C6 under conditions: the robustness- and standard-loss barriers for every path and attack radius.
+
+    ``paths`` is a list of ``(setting, curve)``: ``setting`` a dict naming the path (e.g. ``{"arch": "cnn",
+    "train_eps": 0.1, "path": "line"}``), ``curve`` anything with ``.at(t, bn_data)`` (a trained Bezier
+    :class:`mclib.curves.Curve` or :func:`mclib.curves.line`). At every t the model w(t) is built once; its
+    per-input standard cross-entropy and, for every radius e in ``eval_eps``, its per-input cross-entropy on L-inf
+    PGD examples (``steps`` steps of ``step_fraction * e``, the paper's 2/255 for 8/255 being 1/4) are measured
+    on ``(X, y)``. Each (path, e) gives one entry ``{"setting": {**setting, "eval_eps": e}, "measured":
+    {"robust_barrier": ..., "standard_barrier": ..., "profile": {"t", "pgd_loss", "loss"}}}`` where the barriers
+    are :func:`barrier_interval` dicts (height max_t L(t) - max(L(0), L(1)) of the mean profile, its bootstrap
+    interval over inputs and its own :func:`barrier_threshold`), and ``profile`` the mean losses along t -- the
+    list claims record under ``values["conditions"]``. A model met twice (the endpoints shared by a pair's
+    paths, or the regular endpoint shared by every pair) is evaluated once, so its losses, PGD random starts
+    included, are the same in every entry that contains it.
+    """
+    _check_xy(X, y)
+    ts = [float(t) for t in ts]
+    eval_eps = [float(e) for e in eval_eps]
+    if len(ts) < 2:
+        raise ValueError(f"ts must hold at least 2 points of the path, got {len(ts)}")
+    if not eval_eps or min(eval_eps) <= 0:
+        raise ValueError(f"eval_eps must be a non-empty list of radii > 0, got {eval_eps}")
+    if not 0 < step_fraction <= 1:
+        raise ValueError(f"step_fraction must lie in (0, 1] (the PGD step as a fraction of the radius), got {step_fraction}")
+    out, seen = [], {}
+    for setting, curve in tqdm(list(paths), desc="paths", disable=not progress, leave=False):
+        clean, robust = [], {e: [] for e in eval_eps}
+        for t in ts:
+            model = curve.at(t, bn_data=bn_data).eval()
+            key = _fingerprint(model)
+            if key not in seen:  # the shared endpoints (t = 0, 1 of every path of a pair) are attacked once
+                attacks = [{"eps": e, "steps": steps, "step_size": step_fraction * e} for e in eval_eps]
+                seen[key] = (_per_input_loss(model, X, y, batch_size)[0].numpy(),
+                             [_per_input_loss(model, X, y, batch_size, a, generator)[0].numpy() for a in attacks])
+            clean.append(seen[key][0])
+            for e, losses in zip(eval_eps, seen[key][1]):
+                robust[e].append(losses)
+        clean = np.stack(clean)
+        standard = barrier_interval(clean, n_boot=n_boot, seed=seed)
+        for e in eval_eps:
+            per = np.stack(robust[e])
+            out.append({"setting": {**setting, "eval_eps": e},
+                        "measured": {"robust_barrier": barrier_interval(per, n_boot=n_boot, seed=seed),
+                                     "standard_barrier": standard,
+                                     "profile": {"t": ts, "pgd_loss": per.mean(1).tolist(),
+                                                 "loss": clean.mean(1).tolist()}}})
+    return out
+
+
 def correlation(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, level: float = 0.95,
                 seed: int = 0) -> dict:
     """Pearson and Spearman correlation of two profiles along t with pairs-bootstrap intervals.
@@ -761,27 +834,28 @@ def across_inputs_correlation(per_example: Mapping[str, np.ndarray], t_index: in
     return stats.correlation(loss[t_index, :eig.shape[1]], eig[t_index], n_boot=n_boot, seed=seed, level=level)
 
 
-def plot_along(ax, df, left: str = "pgd_loss", right: str = "eig_mean", left_label: str | None = None,
-               right_label: str | None = None, extra_left: Sequence[str] = (), title: str | None = None):
-    """Draw ``df[left]`` (and ``extra_left`` columns) on ``ax`` and ``df[right]`` on a twin axis, against t.
+def plot_along(ax, df, column: str = "pgd_loss", label: str | None = None, color: str | None = None,
+               threshold: bool = False, title: str | None = None):
+    """Draw the profile ``df[column]`` against t on its own axis with the straight line between its end values.
 
-    Returns the twin axis. Colours follow :data:`mclib.plots.PALETTE`.
+    The dashed chord from v(0) to v(1) is what a profile without structure would do, so a bump above it
+    (and above both ends) reads as a barrier and a monotone profile hugs or sags below it. ``threshold=True``
+    also draws the C6 barrier line ``max(v(0), v(1)) + barrier_threshold(v)`` (dotted): a profile has a
+    barrier (:func:`has_barrier`) exactly when it rises above that line. No twin axis: one quantity per panel.
     """
     from mclib.plots import PALETTE
 
-    labels = {"pgd_loss": "robustness (PGD) loss", "loss": "standard loss", "eig_mean": "mean top input-Hessian eigenvalue",
+    labels = {"pgd_loss": "robustness (PGD) loss", "loss": "standard loss", "eig_mean": "mean top eigenvalue",
               "pgd_acc": "PGD accuracy", "acc": "accuracy"}
-    lines = ax.plot(df["t"], df[left], "o-", color=PALETTE[1], label=left_label or labels.get(left, left))
-    for k, col in enumerate(extra_left):
-        lines += ax.plot(df["t"], df[col], "s--", color=PALETTE[2 + k], label=labels.get(col, col))
-    ax.set_xlabel("t (0 = regular, 1 = adversarially trained)")
-    ax.set_ylabel("loss", color=PALETTE[1])
-    ax2 = ax.twinx()
-    lines += ax2.plot(df["t"], df[right], "^-", color=PALETTE[0], label=right_label or labels.get(right, right))
-    ax2.set_ylabel("eigenvalue", color=PALETTE[0])
-    ax2.grid(False)
-    ax2.spines["right"].set_visible(True)
-    ax2.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=8, framealpha=0.9)
+    t, v = np.asarray(df["t"], dtype=float), np.asarray(df[column], dtype=float)
+    color = color or PALETTE[1]
+    ax.plot(t, v, "o-", color=color, markersize=3, label=label or labels.get(column, column))
+    ax.plot([t[0], t[-1]], [v[0], v[-1]], "--", color="0.45", lw=1, label="straight line between the ends")
+    if threshold:
+        ax.axhline(max(v[0], v[-1]) + barrier_threshold(v), color="0.2", ls=":", lw=1, label="barrier line")
+    ax.set_xlabel("t (0 regular, 1 adversarial)")
+    ax.set_ylabel(labels.get(column, column))
+    ax.set_xlim(0, 1)
     if title:
         ax.set_title(title)
-    return ax2
+    return ax

@@ -110,6 +110,46 @@ def test_c6_boundaries():
         claims.CATALOGUE["C6"].verdict({})
 
 
+def _cond(train_eps, path, robust, standard=None):
+    return {"setting": {"arch": "cnn", "train_eps": train_eps, "eval_eps": 0.2, "path": path},
+            "measured": {"robust_barrier": robust, "standard_barrier": standard or _iv(0.0, 0.0, 0.01, 0.05)}}
+
+
+def test_c6_condition_map_names_where_a_barrier_appears_without_changing_the_verdict():
+    main = {"archs": {"cnn": {"robust": _iv(0.0, 0.0, 0.0), "standard": _iv(0.0, 0.0, 0.02)}}}
+    conditions = [
+        _cond(0.1, "line", _iv(0.5, 0.3, 0.7, thr=0.2)),                                   # appears
+        _cond(0.3, "line", _iv(0.5, 0.3, 0.7, thr=0.2), standard=_iv(0.4, 0.3, 0.5, 0.1)),   # with a standard barrier
+        _cond(0.2, "bezier", _iv(0.3, 0.25, 0.35, thr=0.4)),                               # the same height, higher own threshold
+        _cond(0.3, "bezier", _iv(0.2, 0.1, 0.3, thr=0.2)),                                 # spans its threshold
+        _cond(0.1, "bezier", _iv(0.0, 0.0, 0.05, thr=0.2)),                                # absent
+    ]
+    plain = claims.CATALOGUE["C6"].verdict(main)
+    v = claims.CATALOGUE["C6"].verdict({**main, "conditions": conditions})
+    assert v.status == plain.status == "fails"        # the map never changes the verdict on the main setting
+    assert v.reason.startswith(plain.reason)
+    assert "across 5 settings" in v.reason
+    appears = v.reason.split("without a standard-loss barrier appears at ")[1].split(", a robustness")[0]
+    assert appears == "arch=cnn, train_eps=0.1, eval_eps=0.2, path=line (0.5 [0.3, 0.7] vs 0.2)"
+    assert "comes with a standard-loss barrier at arch=cnn, train_eps=0.3, eval_eps=0.2, path=line" in v.reason
+    assert "undecided at arch=cnn, train_eps=0.3, eval_eps=0.2, path=bezier (0.2 [0.1, 0.3] vs 0.2)" in v.reason
+    # each interval against its own threshold: [0.25, 0.35] is below 0.4, [0, 0.05] below 0.2; the closer by 0.05
+    assert v.reason.endswith("no robustness-loss barrier at the other 2 setting(s) (each interval ends at least "
+                             "0.05 nats below its own threshold)")
+    none = C.c6_map_sentence([conditions[4]])
+    assert none == ("across 1 settings of the condition map, no robustness-loss barrier at the 1 setting(s) "
+                    "(each interval ends at least 0.15 nats below its own threshold)")
+    # a standard-loss barrier without a robustness-loss barrier is named once per path, whatever the attack radius
+    std = _iv(0.14, 0.12, 0.19, 0.06)
+    two_radii = [_cond(0.3, "line", _iv(0.0, 0.0, 0.0, 0.1), std),
+                 {**_cond(0.3, "line", _iv(0.0, 0.0, 0.0, 0.3), std), "setting": {"arch": "cnn", "train_eps": 0.3,
+                                                                            "eval_eps": 0.3, "path": "line"}}]
+    assert C.c6_map_sentence(two_radii).endswith(
+        "; the standard loss has a barrier of its own at arch=cnn, train_eps=0.3, path=line (0.14 [0.12, 0.19] vs 0.06)")
+    # a robustness barrier whose standard interval spans its threshold is undecided, not "with a standard barrier"
+    assert "undecided" in C.c6_map_sentence([_cond(0.1, "line", _iv(0.5, 0.3, 0.7), _iv(0.05, 0.0, 0.1, 0.05))])
+
+
 def test_barrier_interval_from_per_input_losses():
     rng = np.random.default_rng(0)
     t = np.linspace(0, 1, 11)

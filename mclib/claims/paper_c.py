@@ -16,7 +16,7 @@ re-applies the same judge to one architecture at a time, which is how C8 reads t
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -215,18 +215,70 @@ def judge_c6(values: Mapping[str, Any]) -> Verdict:
     lies above the threshold (0.05 nats + 5% of the larger endpoint) -- and the standard loss has none (its
     interval lies at or below its threshold).
 
-    ``values = {"archs": {arch: {"robust": {"estimate", "lo", "hi", "threshold"}, "standard": {...}}}}``.
+    ``values = {"archs": {arch: {"robust": {"estimate", "lo", "hi", "threshold"}, "standard": {...}}}}``, and
+    optionally ``"conditions"`` (the map over architecture, adversarial-training radius, attack radius and path
+    type, :func:`mclib.hessian.barrier_map`): the reason then ends with :func:`c6_map_sentence`; the verdict
+    still judges ``archs`` alone.
     """
-    parts = []
-    for arch, v in _archs(values).items():
-        r, s = v["robust"], v["standard"]
-        parts.append(_tag(arch, combine([
-            compare_interval("the robustness-loss barrier", r["lo"], r["hi"], r["threshold"], above=True,
-                             estimate=r["estimate"]),
-            compare_interval("the standard-loss barrier", s["lo"], s["hi"], s["threshold"], above=False,
-                             estimate=s["estimate"]),
-        ])))
-    return combine(parts)
+    verdict = combine(_tag(arch, _c6_pair(v["robust"], v["standard"])) for arch, v in _archs(values).items())
+    if values.get("conditions"):
+        return Verdict(verdict.status, f"{verdict.reason}; {c6_map_sentence(values['conditions'])}")
+    return verdict
+
+
+def _c6_pair(r: Mapping[str, Any], s: Mapping[str, Any]) -> Verdict:
+    """C6's rule on one path: the robustness-loss barrier above its own threshold, the standard-loss one at or below its."""
+    return combine([
+        compare_interval("the robustness-loss barrier", r["lo"], r["hi"], r["threshold"], above=True,
+                         estimate=r["estimate"]),
+        compare_interval("the standard-loss barrier", s["lo"], s["hi"], s["threshold"], above=False,
+                         estimate=s["estimate"]),
+    ])
+
+
+def c6_map_sentence(conditions: Sequence[Mapping[str, Any]]) -> str:
+    """Where C6's pattern appears across a condition map, each barrier interval judged against its own threshold.
+
+    ``conditions``: entries ``{"setting": {...}, "measured": {"robust_barrier": interval with threshold,
+    "standard_barrier": ...}}`` (:func:`mclib.hessian.barrier_map`). Settings are grouped as: the pattern
+    appears (:func:`judge_c6`'s rule holds: a robustness-loss barrier and no standard-loss barrier), a
+    robustness-loss barrier comes with a standard-loss barrier too, undecided (an interval spans its threshold),
+    or no robustness-loss barrier (the whole interval below its threshold) -- the last group counted only, with
+    the smallest distance from an upper bound to its threshold. Paths whose *standard* loss has a barrier (its
+    interval above its threshold) where the robustness loss has none are named at the end, once per path (the
+    standard loss does not depend on the attack radius). The verdict itself is not changed: it judges the
+    chapter's main setting.
+    """
+    from mclib.claims.core import condition_label, fmt_interval
+
+    groups: dict[str, list[str]] = {"holds": [], "both": [], "undecided": []}
+    absent, standard_only = [], {}
+    for entry in conditions:
+        m = entry["measured"]
+        r, s = m["robust_barrier"], m["standard_barrier"]
+        robust = compare_interval("r", r["lo"], r["hi"], r["threshold"], above=True).status
+        if robust != "holds" and compare_interval("s", s["lo"], s["hi"], s["threshold"], above=True).status == "holds":
+            # the standard loss does not depend on the attack radius: name each path once
+            path = {k: v for k, v in (entry.get("setting") or {}).items() if k != "eval_eps"}
+            standard_only[condition_label(path)] = f"{fmt_interval(s)} vs {fmt(s['threshold'])}"
+        shown = f"{condition_label(entry.get('setting') or {})} ({fmt_interval(r)} vs {fmt(r['threshold'])})"
+        status = _c6_pair(r, s).status
+        if robust == "fails":
+            absent.append(float(r["threshold"]) - float(r["hi"]))
+        elif status == "holds" or (robust == "holds" and status == "fails"):  # fails here: a standard barrier too
+            groups["holds" if status == "holds" else "both"].append(shown)
+        else:  # one of the two intervals spans its threshold
+            groups["undecided"].append(shown)
+    parts = [f"{word} at {'; '.join(groups[key])}" for key, word in (
+        ("holds", "a robustness-loss barrier without a standard-loss barrier appears"),
+        ("both", "a robustness-loss barrier comes with a standard-loss barrier"),
+        ("undecided", "the barrier is undecided")) if groups[key]]
+    if absent:  # each such interval ends below its threshold; say by how much at the closest
+        parts.append(f"no robustness-loss barrier at the {'other ' if parts else ''}{len(absent)} setting(s) "
+                     f"(each interval ends at least {fmt(min(absent))} nats below its own threshold)")
+    tail = ("; the standard loss has a barrier of its own at " + "; ".join(f"{k} ({v})" for k, v in standard_only.items())
+            if standard_only else "")
+    return f"across {len(conditions)} settings of the condition map, " + ", ".join(parts) + tail
 
 
 # -- C7 -----------------------------------------------------------------------------------------------
