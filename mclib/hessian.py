@@ -50,7 +50,7 @@ Float32 Lanczos and power iteration on confident inputs (max softmax near 1) ret
 large relative errors while still reporting convergence: the HVP itself (through the softmax) loses the
 small eigenvalues to rounding. With ``precision="auto"`` (the default) the iterative solvers therefore
 run a float64 copy of the model on every chunk holding an input whose max softmax exceeds
-:data:`SATURATION`.
+``SATURATION``.
 
 The HVP, and why it is batched this way
 ---------------------------------------
@@ -518,7 +518,7 @@ def top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: in
     ``generator`` seeding the random start vectors. ``piecewise_linear``: ``None`` detects it
     (:func:`is_piecewise_linear` on the first inputs), ``True``/``False`` asserts it.
     ``precision`` (iterative methods): ``"auto"`` runs chunks holding an input with max softmax above
-    :data:`SATURATION` in float64 (float32 loses their small eigenvalues), ``"float64"`` always,
+    ``SATURATION`` in float64 (float32 loses their small eigenvalues), ``"float64"`` always,
     ``"native"`` never. Examples are processed ``batch_size`` at a time, all of a chunk in one batched
     HVP per step. With ``return_info`` also returns per-example ``{"iters", "converged", "residual" or
     "shifted", "exact", "float64"}`` (``iters`` 0 and ``converged`` True on the exact path).
@@ -689,14 +689,16 @@ def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tenso
 def barrier_height(values: Iterable[float]) -> float:
     """Barrier height of a profile along t: ``max_t v(t) - max(v(0), v(1))`` (>= 0; Zhao et al. Sec. 5).
 
-    The same definition as the input-space barrier gap of Vrabel et al. (max along the path minus the
-    larger endpoint), applied to a loss along a weight-space path. The book's one profile-barrier
+    The input-space barrier gap of Vrabel et al. (max along the path minus the larger endpoint,
+    :func:`mclib.paths.barrier`, computed here in float64), applied to a loss along a weight-space path. The book's one profile-barrier
     function: :func:`mclib.curves.summary` and the criteria of claims C1 and C6 use it.
     """
+    from mclib.paths import barrier  # the one definition of the barrier gap
+
     v = np.asarray(list(values), dtype=float)
     if v.ndim != 1 or len(v) < 2:
         raise ValueError(f"need a 1-D profile of >= 2 values, got shape {v.shape}")
-    return float(v.max() - max(v[0], v[-1]))
+    return float(barrier(torch.from_numpy(v)).gap[0])
 
 
 def barrier_threshold(values: Iterable[float], abs_tol: float = 0.05, rel_tol: float = 0.05) -> float:

@@ -211,8 +211,8 @@ def barrier(losses: torch.Tensor, positions: torch.Tensor | None = None) -> Barr
         L = L[None]
     if L.dim() != 2 or L.shape[1] < 2:
         raise ValueError(f"losses must have shape (P, T) with T >= 2, got {tuple(L.shape)}")
-    L = L.float()
-    pos = alphas(L.shape[1]).to(L.device) if positions is None else torch.as_tensor(positions, dtype=torch.float32).to(L.device)
+    L = L if L.dtype in (torch.float32, torch.float64) else L.float()  # float64 profiles stay float64
+    pos = (alphas(L.shape[1]) if positions is None else torch.as_tensor(positions, dtype=torch.float32)).to(L)
     pos = pos.expand_as(L) if pos.dim() == 1 else pos
     if pos.shape != L.shape:
         raise ValueError(f"positions must have shape ({L.shape[1]},) or {tuple(L.shape)}, got {tuple(pos.shape)}")
