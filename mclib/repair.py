@@ -325,3 +325,82 @@ def plot_sweep(frame, column: str = "asr", ax=None, title: str | None = None, la
     if title:
         ax.set_title(title)
     return ax
+
+
+# -- what bonafide data can teach the weights that read a trigger ------------------------------------
+def first_weight_layer(model: nn.Module) -> str:
+    """Name of the first ``nn.Conv2d`` or ``nn.Linear`` in ``model`` (the layer that reads the input pixels)."""
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            return name
+    raise ValueError("the model has no Conv2d or Linear layer that reads its input")
+
+
+def trigger_gradient_mass(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
+                          trigger: backdoor.Trigger | Mapping | None = None, layer: str | None = None) -> dict:
+    r"""The gradient mass that clean data ``(X, y)`` send to the first-layer weights that read the trigger's pixels.
+
+    The first weight layer ``W`` (``layer``, default :func:`first_weight_layer`) reads the pixels through an
+    affine map (the model's :class:`~mclib.models.Normalize`, a flatten): its input is
+    :math:`a(x) = A x + a_0`. Written on raw pixels, the layer is linear in the weights, and the cross-entropy
+    gradient splits over the pixels: with :math:`\delta_n` the gradient of the mean loss with respect to the
+    layer's output for image :math:`n`,
+
+    .. math:: G = \sum_n \delta_n \otimes A x_n = G_T + G_R, \quad
+              G_T = \sum_n \delta_n \otimes A (x_n \odot 1_T), \quad G_R = \sum_n \delta_n \otimes A (x_n \odot 1_{\bar T})
+
+    (:math:`\otimes` the layer's weight-gradient form: an outer product for a linear layer, a correlation of
+    output gradients with input patches for a convolution). :math:`G_T` is what the data teach the weights
+    about the trigger's pixels :math:`T`; :math:`\partial L / \partial W = G + \sum_n \delta_n \otimes a_0` differs
+    from :math:`G` only by what a constant input would send, i.e. a bias. If every image is exactly zero on
+    :math:`T`, :math:`G_T = 0` exactly: the clean loss cannot tell a model that reacts to the patch from one
+    that ignores it.
+
+    Returns ``{"trigger", "rest"}`` (L1 masses :math:`\sum |G_T|`, :math:`\sum |G_R|`), ``{"trigger_pixels",
+    "rest_pixels"}`` (pixel counts) and ``"per_pixel_ratio"`` = (trigger mass per pixel) / (rest mass per pixel).
+    """
+    import torch.nn.functional as F
+
+    trig = backdoor.Trigger.make(trigger)
+    if X.dim() != 4 or len(X) != len(y) or len(X) == 0:
+        raise ValueError(f"X must be a non-empty (N, C, H, W) batch with one label each, got X {tuple(X.shape)}, "
+                         f"y {tuple(y.shape)}")
+    name = layer or first_weight_layer(model)
+    mod = model.get_submodule(name)
+    if not isinstance(mod, (nn.Conv2d, nn.Linear)):
+        raise ValueError(f"layer must name a Conv2d or Linear module, got {name!r} ({type(mod).__name__})")
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(_, inputs, output):
+        seen["a"], seen["z"] = inputs[0].detach(), output
+
+    was_training = model.training
+    model.eval()
+    handle = mod.register_forward_hook(hook)
+    try:
+        loss = F.cross_entropy(model(X), y)
+        delta = torch.autograd.grad(loss, seen["z"])[0].detach()
+        a = seen["a"]
+        with torch.no_grad():
+            model(torch.zeros_like(X[:1]))
+            a0 = seen["a"]
+            region = trig.mask(X.shape).to(X.dtype).expand_as(X[:1])
+            model(region)
+            in_region = (seen["a"] - a0) != 0   # where the trigger's pixels land in the layer's input
+    finally:
+        handle.remove()
+        model.train(was_training)
+    lin = a - a0                              # A x: the part of the layer's input that the pixels carry
+    W = mod.weight
+
+    def grad_for(inp):
+        out = (F.conv2d(inp, W, None, mod.stride, mod.padding, mod.dilation, mod.groups)
+               if isinstance(mod, nn.Conv2d) else F.linear(inp, W))
+        return torch.autograd.grad((out * delta).sum(), W)[0]
+
+    g_t = grad_for(lin * in_region).abs().sum().item()
+    g_r = grad_for(lin * ~in_region).abs().sum().item()
+    n_t = int(trig.mask(X.shape).sum()) * X.shape[1]
+    n_r = X[0].numel() - n_t
+    ratio = (g_t / n_t) / (g_r / n_r) if g_r > 0 else float("nan")
+    return {"trigger": g_t, "rest": g_r, "trigger_pixels": n_t, "rest_pixels": n_r, "per_pixel_ratio": ratio}
