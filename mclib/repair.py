@@ -124,8 +124,19 @@ def last_conv(model: nn.Module) -> str:
     return names[-1]
 
 
+def prunable_layer(model: nn.Module) -> str:
+    """The layer :func:`prune_filters` prunes by default: :func:`last_conv`, or for a model without convolutions
+    (an MLP) the last hidden ``nn.Linear`` (the one before the read-out), whose output units play the filters' part."""
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return last_conv(model)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if len(names) < 2:
+        raise ValueError("the model has no Conv2d and no hidden Linear layer to prune")
+    return names[-2]
+
+
 def prune_filters(model: nn.Module, amount: float = 0.5, layer: str | None = None) -> tuple[nn.Module, torch.Tensor]:
-    """A copy of ``model`` whose ``layer`` (default :func:`last_conv`) loses the ``amount`` fraction of filters with the smallest L1 norm.
+    """A copy of ``model`` whose ``layer`` (default :func:`prunable_layer`) loses the ``amount`` fraction of filters with the smallest L1 norm.
 
     L1 filter pruning (Li et al. 2017) with :func:`torch.nn.utils.prune.ln_structured` (``n=1``,
     ``dim=0``); the bias of a pruned filter is masked too, so the filter's output is exactly zero
@@ -138,7 +149,7 @@ def prune_filters(model: nn.Module, amount: float = 0.5, layer: str | None = Non
     if not 0.0 <= amount < 1.0:
         raise ValueError(f"amount must be in [0, 1), got {amount}")
     pruned = copy.deepcopy(model)
-    layer = layer or last_conv(pruned)
+    layer = layer or prunable_layer(pruned)
     mod = pruned.get_submodule(layer)
     prune.ln_structured(mod, "weight", amount=amount, n=1, dim=0)
     kept = mod.weight_mask.flatten(1).any(1)
@@ -404,3 +415,43 @@ def trigger_gradient_mass(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
     n_r = X[0].numel() - n_t
     ratio = (g_t / n_t) / (g_r / n_r) if g_r > 0 else float("nan")
     return {"trigger": g_t, "rest": g_r, "trigger_pixels": n_t, "rest_pixels": n_r, "per_pixel_ratio": ratio}
+
+
+#: The symbol a condition-map cell carries for each verdict (the colour is never the only cue).
+MAP_MARKS = {"holds": "✓", "fails": "✗", "inconclusive": "?"}
+
+
+def plot_map(ax, grid, marks=None, title: str | None = None, threshold: float | None = None, percent: bool = True,
+             annotate: bool = True, cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
+             cbar_label: str = ""):
+    """A condition map as a heatmap: ``grid`` a DataFrame (rows = settings, columns = one swept parameter).
+
+    Each cell shows its value (in percent when ``percent``) when ``annotate``, and the symbol of
+    :data:`MAP_MARKS` for ``marks`` (a DataFrame of verdicts of the same shape): where the criterion holds,
+    fails or is undecided over its interval. The colour bar carries a line at ``threshold`` (the criterion's).
+    """
+    import numpy as np
+
+    scale = 100.0 if percent else 1.0
+    vals = grid.to_numpy(dtype=float) * scale
+    im = ax.imshow(vals, cmap=cmap, aspect="auto", vmin=None if vmin is None else vmin * scale,
+                   vmax=None if vmax is None else vmax * scale)
+    ax.set_xticks(range(grid.shape[1]), [f"{c:g}" if isinstance(c, float) else str(c) for c in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), [", ".join(map(str, r)) if isinstance(r, tuple) else str(r) for r in grid.index])
+    ax.grid(False)
+    lo, hi = im.get_clim()
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            v = vals[i, j]
+            text = f"{v:.0f}" if annotate and np.isfinite(v) else ""
+            if marks is not None:
+                text = f"{text} {MAP_MARKS.get(marks.iat[i, j], '')}".strip()
+            dark = np.isfinite(v) and (v - lo) < 0.5 * (hi - lo)
+            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    cbar = ax.figure.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
+    cbar.set_label(cbar_label + (" (%)" if percent else ""))
+    if threshold is not None:
+        cbar.ax.axhline(threshold * scale, color="red", lw=2)
+    if title:
+        ax.set_title(title)
+    return ax

@@ -172,3 +172,31 @@ def test_trigger_gradient_mass_rejects_bad_input():
         repair.trigger_gradient_mass(m, X[0], y)
     with pytest.raises(ValueError, match="layer must name"):
         repair.trigger_gradient_mass(m, X, y, layer="0")
+
+
+def test_prunable_layer_is_the_last_conv_or_the_mlps_last_hidden_linear():
+    assert repair.prunable_layer(_pair("cnn")[0]) == repair.last_conv(_pair("cnn")[0])
+    mlp = _pair("mlp")[0]
+    name = repair.prunable_layer(mlp)
+    assert mlp.get_submodule(name).out_features == 128   # hidden (256, 128), then the read-out
+    pruned, kept = repair.prune_filters(mlp, 0.5)
+    assert int(kept.sum()) == 64
+    with pytest.raises(ValueError, match="no Conv2d and no hidden Linear"):
+        repair.prunable_layer(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+
+
+def test_plot_map_marks_each_cell_and_the_threshold():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    grid = pd.DataFrame([[0.02, 0.5], [0.0, 0.9]], index=["a", "b"], columns=[50, 500])
+    marks = pd.DataFrame([["holds", "fails"], ["holds", "inconclusive"]], index=grid.index, columns=grid.columns)
+    fig, ax = plt.subplots()
+    repair.plot_map(ax, grid, marks, threshold=0.1)
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == sorted(["2 ✓", "50 ✗", "0 ✓", "90 ?"])
+    cbar_lines = [l for l in fig.axes[1].lines if l.get_ydata()[0] == pytest.approx(10.0)]
+    assert cbar_lines
+    plt.close(fig)
