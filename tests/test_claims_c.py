@@ -60,7 +60,7 @@ def test_c2_conditions_and_map_leave_the_verdict_unchanged():
     rows = [{"trigger": "corner", "mode": "single", "N": 50, "t": 0.5, "end_acc": 0.98, "acc": 0.97, "asr": 0.9},
             {"trigger": "in-support", "mode": "single", "N": 50, "t": 0.5, "end_acc": 0.98, "acc": 0.97, "asr": 0.0}]
     conds = C.c2_conditions(rows, n_eval=100000, n_asr={"single": 100000})
-    assert [c["setting"] for c in conds] == [{k: r[k] for k in ("trigger", "mode", "N", "t")} for r in rows]
+    assert [(c["setting"], c["t"]) for c in conds] == [({k: r[k] for k in ("trigger", "mode", "N")}, 0.5) for r in rows]
     asr = conds[0]["measured"]["asr"]
     assert asr["lo"] < 0.9 < asr["hi"] and asr["n"] == 100000
     drop = conds[0]["measured"]["clean_drop"]

@@ -145,13 +145,14 @@ def drop_interval(ref: float, value: float, n: int) -> dict:
 
 
 def c2_conditions(rows, n_eval: int, n_asr: Mapping[str, int]) -> list[dict]:
-    """The C2 map: one entry per setting ``{"trigger", "mode", "N", "t", "end_acc", "acc", "asr"}`` of ``rows``, with the
+    """The C2 map: one entry per row ``{"trigger", "mode", "N", "t", "end_acc", "acc", "asr"}`` of ``rows`` (setting
+    ``trigger, mode, N``; the path point ``t`` kept beside it), with the
     clean accuracy, the clean accuracy drop from the endpoints' mean (``n_eval`` images) and the ASR (``n_asr[mode]``
     triggered images) as interval dicts -- the numbers C2's criterion reads, in every setting instead of two."""
     out = []
     for r in rows:
         n_a = int(n_asr[r["mode"]])
-        out.append({"setting": {"trigger": r["trigger"], "mode": r["mode"], "N": int(r["N"]), "t": float(r["t"])},
+        out.append({"setting": {"trigger": r["trigger"], "mode": r["mode"], "N": int(r["N"])}, "t": float(r["t"]),
                     "measured": {"clean_acc": rate_interval(r["acc"], n_eval), "asr": rate_interval(r["asr"], n_a),
                                  "clean_drop": drop_interval(r["end_acc"], r["acc"], n_eval),
                                  "repaired": combine([_drop("drop", r["end_acc"], r["acc"], n_eval, C2_CLEAN_DROP, False),
