@@ -124,8 +124,19 @@ def last_conv(model: nn.Module) -> str:
     return names[-1]
 
 
+def prunable_layer(model: nn.Module) -> str:
+    """The layer :func:`prune_filters` prunes by default: :func:`last_conv`, or for a model without convolutions
+    (an MLP) the last hidden ``nn.Linear`` (the one before the read-out), whose output units play the filters' part."""
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return last_conv(model)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if len(names) < 2:
+        raise ValueError("the model has no Conv2d and no hidden Linear layer to prune")
+    return names[-2]
+
+
 def prune_filters(model: nn.Module, amount: float = 0.5, layer: str | None = None) -> tuple[nn.Module, torch.Tensor]:
-    """A copy of ``model`` whose ``layer`` (default :func:`last_conv`) loses the ``amount`` fraction of filters with the smallest L1 norm.
+    """A copy of ``model`` whose ``layer`` (default :func:`prunable_layer`) loses the ``amount`` fraction of filters with the smallest L1 norm.
 
     L1 filter pruning (Li et al. 2017) with :func:`torch.nn.utils.prune.ln_structured` (``n=1``,
     ``dim=0``); the bias of a pruned filter is masked too, so the filter's output is exactly zero
@@ -138,7 +149,7 @@ def prune_filters(model: nn.Module, amount: float = 0.5, layer: str | None = Non
     if not 0.0 <= amount < 1.0:
         raise ValueError(f"amount must be in [0, 1), got {amount}")
     pruned = copy.deepcopy(model)
-    layer = layer or last_conv(pruned)
+    layer = layer or prunable_layer(pruned)
     mod = pruned.get_submodule(layer)
     prune.ln_structured(mod, "weight", amount=amount, n=1, dim=0)
     kept = mod.weight_mask.flatten(1).any(1)
@@ -322,6 +333,125 @@ def plot_sweep(frame, column: str = "asr", ax=None, title: str | None = None, la
     for n, df in frame.groupby("N"):
         curves.plot_along(ax, df, column, label=label_fmt.format(n), percent=column != "loss")
     ax.set_ylim(-3, 103)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+# -- what bonafide data can teach the weights that read a trigger ------------------------------------
+def first_weight_layer(model: nn.Module) -> str:
+    """Name of the first ``nn.Conv2d`` or ``nn.Linear`` in ``model`` (the layer that reads the input pixels)."""
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            return name
+    raise ValueError("the model has no Conv2d or Linear layer that reads its input")
+
+
+def trigger_gradient_mass(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
+                          trigger: backdoor.Trigger | Mapping | None = None, layer: str | None = None) -> dict:
+    r"""The gradient mass that clean data ``(X, y)`` send to the first-layer weights that read the trigger's pixels.
+
+    The first weight layer ``W`` (``layer``, default :func:`first_weight_layer`) reads the pixels through an
+    affine map (the model's :class:`~mclib.models.Normalize`, a flatten): its input is
+    :math:`a(x) = A x + a_0`. Written on raw pixels, the layer is linear in the weights, and the cross-entropy
+    gradient splits over the pixels: with :math:`\delta_n` the gradient of the mean loss with respect to the
+    layer's output for image :math:`n`,
+
+    .. math:: G = \sum_n \delta_n \otimes A x_n = G_T + G_R, \quad
+              G_T = \sum_n \delta_n \otimes A (x_n \odot 1_T), \quad G_R = \sum_n \delta_n \otimes A (x_n \odot 1_{\bar T})
+
+    (:math:`\otimes` the layer's weight-gradient form: an outer product for a linear layer, a correlation of
+    output gradients with input patches for a convolution). :math:`G_T` is what the data teach the weights
+    about the trigger's pixels :math:`T`; :math:`\partial L / \partial W = G + \sum_n \delta_n \otimes a_0` differs
+    from :math:`G` only by what a constant input would send, i.e. a bias. If every image is exactly zero on
+    :math:`T`, :math:`G_T = 0` exactly: the clean loss cannot tell a model that reacts to the patch from one
+    that ignores it.
+
+    Returns ``{"trigger", "rest"}`` (L1 masses :math:`\sum |G_T|`, :math:`\sum |G_R|`), ``{"trigger_pixels",
+    "rest_pixels"}`` (pixel counts) and ``"per_pixel_ratio"`` = (trigger mass per pixel) / (rest mass per pixel).
+    """
+    import torch.nn.functional as F
+
+    trig = backdoor.Trigger.make(trigger)
+    if X.dim() != 4 or len(X) != len(y) or len(X) == 0:
+        raise ValueError(f"X must be a non-empty (N, C, H, W) batch with one label each, got X {tuple(X.shape)}, "
+                         f"y {tuple(y.shape)}")
+    name = layer or first_weight_layer(model)
+    mod = model.get_submodule(name)
+    if not isinstance(mod, (nn.Conv2d, nn.Linear)):
+        raise ValueError(f"layer must name a Conv2d or Linear module, got {name!r} ({type(mod).__name__})")
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(_, inputs, output):
+        seen["a"], seen["z"] = inputs[0].detach(), output
+
+    was_training = model.training
+    model.eval()
+    handle = mod.register_forward_hook(hook)
+    try:
+        loss = F.cross_entropy(model(X), y)
+        delta = torch.autograd.grad(loss, seen["z"])[0].detach()
+        a = seen["a"]
+        with torch.no_grad():
+            model(torch.zeros_like(X[:1]))
+            a0 = seen["a"]
+            region = trig.mask(X.shape).to(X.dtype).expand_as(X[:1])
+            model(region)
+            in_region = (seen["a"] - a0) != 0   # where the trigger's pixels land in the layer's input
+    finally:
+        handle.remove()
+        model.train(was_training)
+    lin = a - a0                              # A x: the part of the layer's input that the pixels carry
+    W = mod.weight
+
+    def grad_for(inp):
+        out = (F.conv2d(inp, W, None, mod.stride, mod.padding, mod.dilation, mod.groups)
+               if isinstance(mod, nn.Conv2d) else F.linear(inp, W))
+        return torch.autograd.grad((out * delta).sum(), W)[0]
+
+    g_t = grad_for(lin * in_region).abs().sum().item()
+    g_r = grad_for(lin * ~in_region).abs().sum().item()
+    n_t = int(trig.mask(X.shape).sum()) * X.shape[1]
+    n_r = X[0].numel() - n_t
+    ratio = (g_t / n_t) / (g_r / n_r) if g_r > 0 else float("nan")
+    return {"trigger": g_t, "rest": g_r, "trigger_pixels": n_t, "rest_pixels": n_r, "per_pixel_ratio": ratio}
+
+
+#: The symbol a condition-map cell carries for each verdict (the colour is never the only cue).
+MAP_MARKS = {"holds": "✓", "fails": "✗", "inconclusive": "?"}
+
+
+def plot_map(ax, grid, marks=None, title: str | None = None, threshold: float | None = None, percent: bool = True,
+             annotate: bool = True, cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
+             cbar_label: str = ""):
+    """A condition map as a heatmap: ``grid`` a DataFrame (rows = settings, columns = one swept parameter).
+
+    Each cell shows its value (in percent when ``percent``) when ``annotate``, and the symbol of
+    :data:`MAP_MARKS` for ``marks`` (a DataFrame of verdicts of the same shape): where the criterion holds,
+    fails or is undecided over its interval. The colour bar carries a line at ``threshold`` (the criterion's).
+    """
+    import numpy as np
+
+    scale = 100.0 if percent else 1.0
+    vals = grid.to_numpy(dtype=float) * scale
+    im = ax.imshow(vals, cmap=cmap, aspect="auto", vmin=None if vmin is None else vmin * scale,
+                   vmax=None if vmax is None else vmax * scale)
+    ax.set_xticks(range(grid.shape[1]), [f"{c:g}" if isinstance(c, float) else str(c) for c in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), [", ".join(map(str, r)) if isinstance(r, tuple) else str(r) for r in grid.index])
+    ax.grid(False)
+    lo, hi = im.get_clim()
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            v = vals[i, j]
+            text = f"{v:.0f}" if annotate and np.isfinite(v) else ""
+            if marks is not None:
+                text = f"{text} {MAP_MARKS.get(marks.iat[i, j], '')}".strip()
+            dark = np.isfinite(v) and (v - lo) < 0.5 * (hi - lo)
+            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    cbar = ax.figure.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
+    cbar.set_label(cbar_label + (" (%)" if percent else ""))
+    if threshold is not None:
+        cbar.ax.axhline(threshold * scale, color="red", lw=2)
     if title:
         ax.set_title(title)
     return ax

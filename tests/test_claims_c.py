@@ -56,6 +56,41 @@ def test_c3_boundaries_ignore_other_path_points():
     assert status("C3", _c3(0.95, 0.90, n=30)) == "inconclusive"
 
 
+def test_c2_conditions_and_map_leave_the_verdict_unchanged():
+    rows = [{"trigger": "corner", "mode": "single", "N": 50, "t": 0.5, "end_acc": 0.98, "acc": 0.97, "asr": 0.9},
+            {"trigger": "in-support", "mode": "single", "N": 50, "t": 0.5, "end_acc": 0.98, "acc": 0.97, "asr": 0.0}]
+    conds = C.c2_conditions(rows, n_eval=100000, n_asr={"single": 100000})
+    assert [(c["setting"], c["t"]) for c in conds] == [({k: r[k] for k in ("trigger", "mode", "N")}, 0.5) for r in rows]
+    asr = conds[0]["measured"]["asr"]
+    assert asr["lo"] < 0.9 < asr["hi"] and asr["n"] == 100000
+    drop = conds[0]["measured"]["clean_drop"]
+    assert drop["estimate"] == pytest.approx(0.01) and drop["lo"] < 0.01 < drop["hi"]
+    assert [c["measured"]["repaired"] for c in conds] == ["fails", "holds"]
+    base = claims.CATALOGUE["C2"].verdict(_c2())
+    mapped = claims.CATALOGUE["C2"].verdict({**_c2(), "conditions": conds})
+    assert mapped.status == base.status and mapped.reason.startswith(base.reason)
+    assert "Map:" in mapped.reason and "vanishes at trigger=corner" in mapped.reason
+    assert "appears at trigger=in-support" in mapped.reason
+
+
+def test_c3_margin_is_the_judges_number_and_conditions_cover_modes():
+    vals = _c3(0.95, 0.90)
+    col = vals["columns"][0]
+    m = C.c3_margin(col["methods"], vals["path"], vals["n_eval"], vals["n_asr"])
+    assert m["best"] == "fine-tune" and m["estimate"] == pytest.approx(0.05) and m["lo"] < 0.05 < m["hi"]
+    # the independent formula: normal interval of a difference of two scores, each with two binomial variances
+    se = np.sqrt(0.95 * 0.05 / 1e5 + 0.9 * 0.1 / 1e5)
+    assert m["hi"] - m["lo"] == pytest.approx(2 * 1.959964 * se, rel=1e-5)
+    assert C.c3_margin({"fine-tune": {"clean_acc": 1, "asr": 0}}, vals["path"], 10, 10) is None
+    cols = [{**col, "mode": "single"}, {**col, "mode": "all2all", "methods": {**col["methods"],
+            "from scratch": {"clean_acc": 0.99, "asr": 0.0}}}]
+    conds = C.c3_conditions(cols, vals["n_eval"], {"single": 100000, "all2all": 100000}, vals["path"])
+    assert [(c["setting"]["mode"], c["measured"]["beats_all"], c["measured"]["best_rival"]) for c in conds] == [
+        ("single", "holds", "fine-tune"), ("all2all", "fails", "from scratch")]
+    mapped = claims.CATALOGUE["C3"].verdict({**vals, "conditions": conds})
+    assert mapped.status == "holds" and "vanishes at trigger=corner, mode=all2all, N=50" in mapped.reason
+
+
 def _c4(injection=0.0, acc=0.95, ref=0.97, n=100000):
     return {"arch": "cnn", "n_eval": n, "n_chosen": 5, "ref_acc": ref, "points": [{"N": 50, "acc": acc, "injection": injection}]}
 
@@ -223,6 +258,15 @@ def test_c8_uses_the_same_judges_per_architecture():
     assert v.status == "inconclusive" and "C2 was measured on one architecture only (cnn holds)" in v.reason
     assert status("C8", {"records": {**recs, "C6": c6}}) == "fails"
     assert status("C8", {"records": {k: r for k, r in recs.items() if k != "C4"}}) == "inconclusive"
+
+
+def test_c8_reads_a_second_architecture_recorded_by_a_repair_chapter():
+    c2 = {**_c2(), "other_archs": {"mlp": {**_c2(asr_lo=0.5), "arch": "mlp"}}}
+    per = C.per_architecture("C2", c2)
+    assert {a: v.status for a, v in per.items()} == {"cnn": "holds", "mlp": "fails"}
+    conds = C.c8_conditions({"C2": c2})
+    assert [(c["setting"], c["measured"]["status"]) for c in conds] == [
+        ({"claim": "C2", "arch": "cnn"}, "holds"), ({"claim": "C2", "arch": "mlp"}, "fails")]
 
 
 def test_every_c_claim_is_catalogued_with_its_judge():

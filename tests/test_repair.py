@@ -132,3 +132,71 @@ def test_budget_rejects_unknown_keys():
     X, y = _data()
     with pytest.raises(ValueError, match="budget"):
         repair.finetune(m0, X, y, epochz=3)
+
+
+def test_trigger_gradient_mass_is_exactly_zero_where_the_data_are_zero():
+    # clean data that are zero under the corner trigger (with the model's Normalize in front, the layer's input
+    # there is the constant -mean/std, not zero: only the raw-pixel part of the gradient must vanish)
+    X, y = _data(40, hw=8)
+    trig = bd.Trigger(size=3, position="bottom_right")
+    X[..., trig.mask(X.shape)] = 0.0
+    for arch in ("cnn", "mlp"):
+        m = _pair(arch)[0]
+        g = repair.trigger_gradient_mass(m, X, y, trig)
+        assert g["trigger"] == 0.0 and g["rest"] > 0 and g["per_pixel_ratio"] == 0.0
+        assert (g["trigger_pixels"], g["rest_pixels"]) == (9, 55)
+    # the same models see the centre pixels, which the data do not leave at zero
+    g = repair.trigger_gradient_mass(_pair("cnn")[0], X, y, bd.Trigger(size=3, position="center"))
+    assert g["trigger"] > 0
+
+
+def test_trigger_gradient_mass_matches_the_first_linear_layers_autograd_columns():
+    # without an input affine map, the trigger part of the gradient is the weight gradient's trigger columns
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10))
+    X, y = _data(30, hw=8)
+    trig = bd.Trigger(size=2, position="center")
+    g = repair.trigger_gradient_mass(m, X, y, trig)
+    m.zero_grad()
+    nn.functional.cross_entropy(m(X), y).backward()
+    cols = trig.mask(X.shape).flatten()
+    W = m[1].weight.grad
+    assert g["trigger"] == pytest.approx(W[:, cols].abs().sum().item(), rel=1e-5)
+    assert g["rest"] == pytest.approx(W[:, ~cols].abs().sum().item(), rel=1e-5)
+
+
+def test_trigger_gradient_mass_rejects_bad_input():
+    m = _pair("cnn")[0]
+    X, y = _data(4)
+    with pytest.raises(ValueError, match="X must be"):
+        repair.trigger_gradient_mass(m, X[0], y)
+    with pytest.raises(ValueError, match="layer must name"):
+        repair.trigger_gradient_mass(m, X, y, layer="0")
+
+
+def test_prunable_layer_is_the_last_conv_or_the_mlps_last_hidden_linear():
+    assert repair.prunable_layer(_pair("cnn")[0]) == repair.last_conv(_pair("cnn")[0])
+    mlp = _pair("mlp")[0]
+    name = repair.prunable_layer(mlp)
+    assert mlp.get_submodule(name).out_features == 128   # hidden (256, 128), then the read-out
+    pruned, kept = repair.prune_filters(mlp, 0.5)
+    assert int(kept.sum()) == 64
+    with pytest.raises(ValueError, match="no Conv2d and no hidden Linear"):
+        repair.prunable_layer(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+
+
+def test_plot_map_marks_each_cell_and_the_threshold():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    grid = pd.DataFrame([[0.02, 0.5], [0.0, 0.9]], index=["a", "b"], columns=[50, 500])
+    marks = pd.DataFrame([["holds", "fails"], ["holds", "inconclusive"]], index=grid.index, columns=grid.columns)
+    fig, ax = plt.subplots()
+    repair.plot_map(ax, grid, marks, threshold=0.1)
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == sorted(["2 ✓", "50 ✗", "0 ✓", "90 ?"])
+    cbar_lines = [l for l in fig.axes[1].lines if l.get_ydata()[0] == pytest.approx(10.0)]
+    assert cbar_lines
+    plt.close(fig)

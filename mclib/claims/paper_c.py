@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mclib.claims.core import Claim, Verdict, combine, compare_interval, fmt, inconclusive
+from mclib.claims.core import Claim, Verdict, combine, compare_interval, fmt, inconclusive, map_sentence
 
 Z95 = 1.959963984540054  # the normal quantile of 0.975
 
@@ -118,7 +118,46 @@ def judge_c2(values: Mapping[str, Any]) -> Verdict:
         ])))
     if not parts:
         return inconclusive("no repair setting was measured")
-    return combine(parts)
+    return _with_map(combine(parts), values, [
+        ("asr", C2_ASR, False, "the ASR"), ("clean_drop", C2_CLEAN_DROP, False, "the clean accuracy drop")])
+
+
+def _with_map(v: Verdict, values: Mapping[str, Any], keys) -> Verdict:
+    """``v`` with the condition map's sentences (:func:`~mclib.claims.core.map_sentence`) appended to its reason,
+    when ``values`` records ``conditions``; the status is the criterion's, unchanged."""
+    conds = values.get("conditions")
+    if not conds:
+        return v
+    sentences = [map_sentence(conds, key, threshold, above, name, ".1%") for key, threshold, above, name in keys]
+    return Verdict(v.status, f"{v.reason}. Map: " + "; ".join(sentences))
+
+
+def rate_interval(p: float, n: int) -> dict:
+    """``{"estimate", "lo", "hi", "n"}``: a fraction ``p`` of ``n`` units with its Wilson interval."""
+    lo, hi = _fraction_interval(p, n)
+    return {"estimate": float(p), "lo": lo, "hi": hi, "n": int(n)}
+
+
+def drop_interval(ref: float, value: float, n: int) -> dict:
+    """``{"estimate", "lo", "hi", "n"}``: ``ref - value`` for two fractions of ``n`` units, normal interval."""
+    lo, hi = _difference_interval(ref, value, n)
+    return {"estimate": float(ref) - float(value), "lo": lo, "hi": hi, "n": int(n)}
+
+
+def c2_conditions(rows, n_eval: int, n_asr: Mapping[str, int]) -> list[dict]:
+    """The C2 map: one entry per row ``{"trigger", "mode", "N", "t", "end_acc", "acc", "asr"}`` of ``rows`` (setting
+    ``trigger, mode, N``; the path point ``t`` kept beside it), with the
+    clean accuracy, the clean accuracy drop from the endpoints' mean (``n_eval`` images) and the ASR (``n_asr[mode]``
+    triggered images) as interval dicts -- the numbers C2's criterion reads, in every setting instead of two."""
+    out = []
+    for r in rows:
+        n_a = int(n_asr[r["mode"]])
+        out.append({"setting": {"trigger": r["trigger"], "mode": r["mode"], "N": int(r["N"])}, "t": float(r["t"]),
+                    "measured": {"clean_acc": rate_interval(r["acc"], n_eval), "asr": rate_interval(r["asr"], n_a),
+                                 "clean_drop": drop_interval(r["end_acc"], r["acc"], n_eval),
+                                 "repaired": combine([_drop("drop", r["end_acc"], r["acc"], n_eval, C2_CLEAN_DROP, False),
+                                                      _rate("ASR", r["asr"], n_a, C2_ASR, False)]).status}})
+    return out
 
 
 # -- C3 -----------------------------------------------------------------------------------------------
@@ -137,21 +176,49 @@ def judge_c3(values: Mapping[str, Any]) -> Verdict:
     n_eval, n_asr, path = int(values["n_eval"]), int(values["n_asr"]), values["path"]
     parts = []
     for col in values["columns"]:
-        methods = col["methods"]
-        rivals = {k: m for k, m in methods.items() if not k.startswith("path")}
-        if path not in methods or not rivals:
+        margin = c3_margin(col["methods"], path, n_eval, n_asr)
+        if margin is None:
             parts.append(inconclusive(f"{col['trigger']}, N={col['N']}: the path or its rivals were not measured"))
             continue
-        score = {k: float(m["clean_acc"]) - float(m["asr"]) for k, m in methods.items()}
-        best = max(rivals, key=score.get)
-        d = score[path] - score[best]
-        se = math.sqrt(_score_variance(methods[path], n_eval, n_asr) + _score_variance(rivals[best], n_eval, n_asr))
         parts.append(_tag(f"{col['trigger']}, N={col['N']}", compare_interval(
-            f"the path's score minus that of the best rival ({best})", d - Z95 * se, d + Z95 * se, 0.0,
-            above=True, estimate=d, spec=".1%")))
+            f"the path's score minus that of the best rival ({margin['best']})", margin["lo"], margin["hi"], 0.0,
+            above=True, estimate=margin["estimate"], spec=".1%")))
     if not parts:
         return inconclusive("no comparison column was measured")
-    return combine(parts)
+    return _with_map(combine(parts), values, [("margin", 0.0, True, "the path's margin over the best rival")])
+
+
+def c3_margin(methods: Mapping[str, Mapping[str, float]], path: str, n_eval: int, n_asr: int) -> dict | None:
+    """The path's score (clean accuracy - ASR) minus the best rival's, ``{"estimate", "lo", "hi", "best"}`` with the
+    normal interval of the difference; rivals are the methods not starting with ``"path"``. None when the path or
+    every rival is missing."""
+    rivals = {k: m for k, m in methods.items() if not k.startswith("path")}
+    if path not in methods or not rivals:
+        return None
+    score = {k: float(m["clean_acc"]) - float(m["asr"]) for k, m in methods.items()}
+    best = max(rivals, key=score.get)
+    d = score[path] - score[best]
+    se = math.sqrt(_score_variance(methods[path], n_eval, n_asr) + _score_variance(rivals[best], n_eval, n_asr))
+    return {"estimate": d, "lo": d - Z95 * se, "hi": d + Z95 * se, "best": best}
+
+
+def c3_conditions(columns, n_eval: int, n_asr: Mapping[str, int], path: str) -> list[dict]:
+    """The C3 map: for each column ``{"trigger", "mode", "N", "methods"}``, the path's margin over the best rival
+    (:func:`c3_margin`), whether it beats every rival over the whole interval (``"beats_all"``: the verdict C3's
+    criterion gives that column), and the path's and the best rival's clean accuracy and ASR intervals."""
+    out = []
+    for col in columns:
+        n_a = int(n_asr[col["mode"]])
+        m = c3_margin(col["methods"], path, n_eval, n_a)
+        if m is None:
+            continue
+        ivs = {name: {"clean_acc": rate_interval(col["methods"][name]["clean_acc"], n_eval),
+                      "asr": rate_interval(col["methods"][name]["asr"], n_a)} for name in (path, m["best"])}
+        beats = compare_interval("margin", m["lo"], m["hi"], 0.0, above=True).status
+        out.append({"setting": {"trigger": col["trigger"], "mode": col["mode"], "N": int(col["N"])},
+                    "measured": {"margin": {k: m[k] for k in ("estimate", "lo", "hi")}, "best_rival": m["best"],
+                                 "beats_all": beats, "path": ivs[path], "best": ivs[m["best"]]}})
+    return out
 
 
 # -- C4 -----------------------------------------------------------------------------------------------
@@ -317,12 +384,21 @@ def per_architecture(cid: str, values: Mapping[str, Any], arch: str | None = Non
     """Architecture -> verdict of claim ``cid`` on ``values``, with the claim's own judge.
 
     Values with an ``"archs"`` mapping are judged one architecture at a time; others belong to the single
-    architecture ``values["arch"]`` (or ``arch``).
+    architecture ``values["arch"]`` (or ``arch``), plus one architecture per entry of ``values["other_archs"]``
+    (architecture -> that architecture's complete values, as the repair chapters record a second architecture).
     """
     judge = JUDGES[cid]
     if isinstance(values.get("archs"), Mapping):
         return {a: judge({**values, "archs": {a: v}}) for a, v in values["archs"].items()}
-    return {str(values.get("arch", arch)): judge(values)}
+    others = values.get("other_archs") or {}
+    main = {k: v for k, v in values.items() if k != "other_archs"}
+    return {str(values.get("arch", arch)): judge(main), **{str(a): judge(v) for a, v in others.items()}}
+
+
+def c8_conditions(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
+    """The C8 map: one entry per (claim, architecture) with the claim's own verdict there (:func:`per_architecture`)."""
+    return [{"setting": {"claim": cid, "arch": a}, "measured": {"status": v.status, "reason": v.reason}}
+            for cid, vals in records.items() for a, v in per_architecture(cid, vals).items()]
 
 
 def judge_c8(values: Mapping[str, Any]) -> Verdict:
