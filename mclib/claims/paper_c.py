@@ -82,7 +82,7 @@ def _archs(values: Mapping[str, Any]) -> Mapping[str, Any]:
 # -- C1 -----------------------------------------------------------------------------------------------
 def judge_c1(values: Mapping[str, Any]) -> Verdict:
     """Per architecture: the Bezier curve's accuracy drop (worse endpoint - worst along t) at most
-    :data:`C1_CURVE_MARGIN` and the straight line's more than :data:`C1_LINE_GAP`, on ``n_test`` images.
+    ``C1_CURVE_MARGIN`` and the straight line's more than ``C1_LINE_GAP``, on ``n_test`` images.
 
     ``values = {"n_test": n, "archs": {arch: {"line": {"end_acc", "worst_acc"}, "bezier": {...}}}}``.
     """
@@ -100,8 +100,8 @@ def judge_c1(values: Mapping[str, Any]) -> Verdict:
 # -- C2 -----------------------------------------------------------------------------------------------
 def judge_c2(values: Mapping[str, Any]) -> Verdict:
     """In every setting (trigger x mode), at the path point ``t``: with the largest N the clean accuracy drop
-    from the endpoints' mean at most :data:`C2_CLEAN_DROP` and ASR at most :data:`C2_ASR`; with the smallest N
-    ASR at most :data:`C2_ASR`.
+    from the endpoints' mean at most ``C2_CLEAN_DROP`` and ASR at most ``C2_ASR``; with the smallest N
+    ASR at most ``C2_ASR``.
 
     ``values = {"n_eval", "settings": [{"trigger", "mode", "end_acc", "n_asr", "n_max": {"N", "acc", "asr"},
     "n_min": {...}}]}``.
@@ -225,7 +225,7 @@ def c3_conditions(columns, n_eval: int, n_asr: Mapping[str, int], path: str) -> 
 def judge_c4(values: Mapping[str, Any]) -> Verdict:
     """For every N, at the path point: none of the ``n_chosen`` injected errors survives (the chosen images are
     the whole population the attacker targets, so this count has no sampling error) and the clean accuracy
-    drop from the injected endpoints' mean is at most :data:`C4_CLEAN_DROP` on ``n_eval`` images.
+    drop from the injected endpoints' mean is at most ``C4_CLEAN_DROP`` on ``n_eval`` images.
 
     ``values = {"n_eval", "n_chosen", "ref_acc", "points": [{"N", "acc", "injection"}]}``.
     """
@@ -246,13 +246,13 @@ def judge_c4(values: Mapping[str, Any]) -> Verdict:
 def judge_c5(values: Mapping[str, Any]) -> Verdict:
     """Guards first, so that a low ASR on the path means something:
 
-    * the path-aware trigger moved at least :data:`C5_MIN_CHANGE` (mean |pattern - start|) from its random start;
-    * the planted trigger works on the backdoored endpoint (``planted_asr`` at least :data:`C5_PLANTED_MIN`);
+    * the path-aware trigger moved at least ``C5_MIN_CHANGE`` (mean absolute difference between pattern and start) from its random start;
+    * the planted trigger works on the backdoored endpoint (``planted_asr`` at least ``C5_PLANTED_MIN``);
     * the same optimiser, from a fresh random start against that endpoint (the control), recovers at least
-      :data:`C5_RECOVER` of the planted trigger's ASR (Wilson interval of ``control_asr`` above that bar).
+      ``C5_RECOVER`` of the planted trigger's ASR (Wilson interval of ``control_asr`` above that bar).
 
     Any guard not met gives inconclusive (the attacker was not shown to attack). Then the path-aware trigger's
-    ASR at every grid t in [0.25, 0.75] must be at most :data:`C5_ASR`.
+    ASR at every grid t in [0.25, 0.75] must be at most ``C5_ASR``.
 
     ``values = {"n_asr", "change", "planted_asr", "control_asr", "aware": [{"t", "asr"}]}``.
     """
@@ -357,7 +357,7 @@ def _corr(name: str, c: Mapping[str, Any]) -> Verdict:
 def judge_c7(values: Mapping[str, Any]) -> Verdict:
     """Per architecture, where the measurement can discriminate: the Pearson correlation ACROSS INPUTS at the fixed
     point ``t_fixed`` (per-input PGD loss vs per-input top eigenvalue) has its bootstrap interval at or above
-    :data:`C7_R`; the along-path correlation of the two profiles counts too, but only when they are not both
+    ``C7_R``; the along-path correlation of the two profiles counts too, but only when they are not both
     monotone (two monotone profiles correlate near 1 whatever links them). Monotone-only evidence is inconclusive.
 
     ``values = {"t_fixed", "archs": {arch: {"monotone": bool, "profile": correlation dict, "across": correlation
