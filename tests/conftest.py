@@ -25,8 +25,11 @@ def _isolated(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def smoke_build(tmp_path_factory):
     base = tmp_path_factory.mktemp("smokebook")
-    old = {k: os.environ.get(k) for k in ("MCLIB_BUILD_DIR", "MCLIB_CACHE")}
+    old = {k: os.environ.get(k) for k in ("MCLIB_BUILD_DIR", "MCLIB_CACHE", "OMP_NUM_THREADS")}
     os.environ["MCLIB_BUILD_DIR"] = str(base / "_build")
+    # one thread per kernel, as two local jobs on two cores get: trained weights depend on the thread count,
+    # so the parity test in test_jobs.py can compare the jobs' claims with this sequential build's
+    os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MCLIB_CACHE"] = os.environ.get("MCLIB_TEST_CACHE", str(base / "cache"))
     from mclib import book  # the optional book extra: only the tests that build the book need it
 
