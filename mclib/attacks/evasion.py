@@ -225,7 +225,7 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     with ``sign = +1`` when ``targeted`` (descend toward class ``target_i``; the paper's setting,
     lr 0.005, MSE weight 0.1, 512-1024 steps) and ``-1`` otherwise (``target`` is then the true label,
     whose loss is raised). MSE is the mean of squares over the pixels of one input, TV the anisotropic
-    total variation (:func:`total_variation`). After every step ``x'`` is clipped to [0, 1] (``clamp``).
+    total variation (:func:`mclib.optim.total_variation`). After every step ``x'`` is clipped to [0, 1] (``clamp``).
 
     ``loss="margin"`` replaces ``sign * CE`` by ``-`` :func:`logit_margin` (Carlini & Wagner's margin loss
     f6 without its clamp at ``kappa``; ``stop_margin`` does the clamp's work, so pair the two). Its gradient
