@@ -180,8 +180,9 @@ def dry_run(options: Options, root=None, preset: str = "quick") -> str:
 # --- what each job runs ---------------------------------------------------------------------------
 
 def job_environment(options: Options, slot: int, gpus: list[int], cores: int) -> dict[str, str]:
-    """Environment for the job in ``slot``: its GPU, its share of the cores, a passive OpenMP wait."""
-    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    """Environment for the job in ``slot``: its GPU, its share of the cores (so jobs never oversubscribe the
+    host), and the user's OpenMP wait policy if one is set (see :func:`mclib.book.kernel_environment`)."""
+    env = {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]} if os.environ.get("OMP_WAIT_POLICY") else {}
     if options.executor == "local":
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])

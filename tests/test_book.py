@@ -181,13 +181,13 @@ def test_bad_seed_in_python_fails_before_any_work(seed):
         book.parameters("smoke", "cpu", seed, None, None)
 
 
-def test_kernels_sleep_instead_of_spinning_unless_the_user_chose(tiny_book, monkeypatch, tmp_path):
+def test_kernels_keep_openmps_wait_policy_unless_the_user_chose(tiny_book, monkeypatch, tmp_path):
     seen = tmp_path / "policy"
     _notebook(tiny_book / "notebooks" / "good.ipynb",
               f"import os, pathlib\npathlib.Path({str(seen)!r}).write_text(os.environ.get('OMP_WAIT_POLICY', 'unset'))")
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert book.main(["run", "notebooks/good.ipynb", "--preset", "smoke", "--root", str(tiny_book)]) == 0
-    assert seen.read_text() == "PASSIVE"
+    assert seen.read_text() == "unset"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert book.main(["run", "notebooks/good.ipynb", "--preset", "smoke", "--root", str(tiny_book)]) == 0
     assert seen.read_text() == "ACTIVE"

@@ -49,8 +49,10 @@ def test_bad_options_are_rejected(kwargs, message):
 def test_local_jobs_share_the_cores_or_get_one_gpu_each(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     local2 = jobs.Options(executor="local", jobs=2)
-    assert jobs.job_environment(local2, 0, [], 8) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "4",
-                                                      "MKL_NUM_THREADS": "4"}
+    assert jobs.job_environment(local2, 0, [], 8) == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # a shared host: the user's choice is passed on
+    assert jobs.job_environment(local2, 0, [], 8)["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
     assert jobs.job_environment(jobs.Options(executor="local", jobs=3), 1, [], 2)["OMP_NUM_THREADS"] == "1"
     assert jobs.job_environment(local2, 3, [0, 1], 8)["CUDA_VISIBLE_DEVICES"] == "1"
     assert "OMP_NUM_THREADS" not in jobs.job_environment(jobs.Options(executor="slurm"), 0, [], 8)
