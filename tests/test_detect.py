@@ -67,13 +67,19 @@ def _model():
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
 
 
-def test_references_and_curves_match_a_loop():
-    g = torch.Generator().manual_seed(0)
+def _template_classifier(g):
+    """Three random 4x4 templates and the linear nearest-template classifier they define."""
     templates = torch.rand(3, 16, generator=g)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
     with torch.no_grad():
         model[1].weight.copy_(4 * templates)
         model[1].bias.copy_(-2 * (templates ** 2).sum(1))       # nearest-template classifier
+    return templates, model
+
+
+def test_references_and_curves_match_a_loop():
+    g = torch.Generator().manual_seed(0)
+    templates, model = _template_classifier(g)
     y = torch.arange(90) % 3
     X = (templates[y] + 0.15 * torch.randn(90, 16, generator=g)).clamp(0, 1).view(90, 1, 4, 4)
     y[:5] = (y[:5] + 1) % 3                      # a few misclassified pool images are never chosen
@@ -330,11 +336,7 @@ def test_sweep_confidence_map_and_plot():
     import matplotlib.pyplot as plt
     from mclib.attacks import evasion
     g = torch.Generator().manual_seed(0)
-    templates = torch.rand(3, 16, generator=g)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
-    with torch.no_grad():
-        model[1].weight.copy_(4 * templates)
-        model[1].bias.copy_(-2 * (templates ** 2).sum(1))       # nearest-template classifier
+    templates, model = _template_classifier(g)
     y = torch.arange(150) % 3
     X = (templates[y] + 0.1 * torch.randn(150, 16, generator=g)).clamp(0, 1).view(150, 1, 4, 4)
     with torch.no_grad():
