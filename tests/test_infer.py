@@ -111,6 +111,40 @@ class _DataDependent(nn.Module):
         return h[:, :4] if float(x.mean()) > 0.5 else -h[:, :4]
 
 
+class _ReluTwice(nn.Module):
+    """A ReLU whose output feeds a max-pool and the read-out directly: the pooling must not move before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(1, 3, 3, padding=1), nn.Linear(3 * 3 * 3 + 3 * 6 * 6, 4)
+
+    def forward(self, x):
+        r = F.relu(self.conv(x))
+        return self.head(torch.cat([F.max_pool2d(r, 2).flatten(1), r.flatten(1)], 1))
+
+
+def _order(graph_module):
+    return [n.kind() for n in graph_module.graph.nodes() if n.kind() in ("aten::relu", "aten::relu_", "aten::max_pool2d")]
+
+
+def test_graph_pools_before_relu_with_the_same_numbers():
+    torch.manual_seed(0)     # ReLU (in place) then a padded 3x3/2 max-pool, and F.relu then a 2x2 pool
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, padding=1),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 3)).eval()
+    x = torch.randn(9, 1, 12, 12).contiguous(memory_format=torch.channels_last)
+    frozen = infer._freeze(model, x)
+    assert _order(frozen) == ["aten::max_pool2d", "aten::relu_", "aten::max_pool2d", "aten::relu_"]
+    assert close(frozen(x), eager(model, x))
+    with torch.no_grad():    # the rewrite itself is exact: relu(max_pool(h)) == max_pool(relu(h)) bit for bit
+        h = model[0](x)
+        assert torch.equal(F.relu(F.max_pool2d(h, 3, 2, 1)), F.max_pool2d(F.relu(h), 3, 2, 1))
+    twice = _ReluTwice().eval()
+    x = torch.randn(5, 1, 6, 6).contiguous(memory_format=torch.channels_last)
+    frozen = infer._freeze(twice, x)
+    assert _order(frozen)[0].startswith("aten::relu")          # left alone: the ReLU output has another use
+    assert close(frozen(x), eager(twice, x))
+
+
 def test_untraceable_model_falls_back_with_one_warning():
     model = _Untraceable()
     X = torch.rand(10, 1, 4, 4)
