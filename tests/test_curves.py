@@ -365,3 +365,38 @@ def test_train_curve_callback_and_errors():
         curves.train_curve(curves.line(m0, m1), X, y, optimizer="rmsprop", progress=False)
     with pytest.raises(ValueError, match="differ in length"):
         curves.train_curve(curves.Curve([m0, m1]), X, y[:3], progress=False)
+
+
+@pytest.mark.parametrize("kind,num_bends", [("bezier", 1), ("bezier", 2), ("polychain", 3)])
+def test_fused_objective_gradient_equals_autograd_of_the_plain_formula(kind, num_bends):
+    """objective's one-node point and weight decay (_CurvePoint: hand-written backward) against autograd of
+    CE(f_w(t)(x), y) + wd/2 sum_j ||w_j||^2 with w_j = sum_k c_k p_kj written with plain tensor ops (float64)."""
+    from torch.func import functional_call
+
+    m0, m1 = (m.double() for m in _pair("vgg_bn", widths=(4, "M", 8)))
+    c = curves.Curve([m0, m1], kind=kind, num_bends=num_bends).double().train()
+    _perturb_bends(c)
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.rand(6, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (6,), generator=g)
+    wd, t = 0.3, 0.37
+    loss = curves.objective(c, x, y, t, weight_decay=wd)
+    fused = torch.autograd.grad(loss, c.bend_parameters())
+
+    co = c.coefficients(t)
+    p0, p1 = dict(m0.named_parameters()), dict(m1.named_parameters())
+    bends = [b.detach().clone().requires_grad_(True) for b in c.bend_parameters()]
+    w = {n: co[0] * p0[n].detach() + sum(co[k + 1] * B[k] for k in range(num_bends)) + co[-1] * p1[n].detach()
+         for n, B in zip(c.names, bends)}
+    state = dict(w, **c.buffers_at(t))
+    ref = nn.functional.cross_entropy(functional_call(c.template, state, (x,)), y) \
+        + 0.5 * wd * sum((v ** 2).sum() for v in w.values())
+    plain = torch.autograd.grad(ref, bends, retain_graph=True)
+    assert math.isclose(loss.item(), ref.item(), rel_tol=1e-12)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # weight decay alone, scaled upstream (the gradient follows the upstream factor, not a fixed wd * w)
+    sq = c._point(t, square=True)[-1]
+    (3.0 * sq).backward()
+    expect = torch.autograd.grad(3.0 * sum((v ** 2).sum() for v in w.values()), bends)
+    for B, e in zip(c.bend_parameters(), expect):
+        torch.testing.assert_close(B.grad, e, rtol=1e-10, atol=1e-12)
