@@ -43,7 +43,6 @@ from torch import nn
 
 from mclib import infer, paths, stats
 from mclib.attacks import evasion
-from mclib.torchutil import device_of, eval_mode
 
 __all__ = [
     "References", "class_loss_quantile", "reference_loss", "select_references", "loss_curves", "Features", "extract", "PATH_FEATURES", "LOGIT_FEATURES",
@@ -61,18 +60,6 @@ PATH_FEATURES = ("barrier_max", "barrier_gap", "barrier_position", "barrier_rela
 LOGIT_FEATURES = ("max_softmax", "max_logit", "logit_margin", "entropy")
 #: Relative float32 tolerance of :func:`collect_adversarial`'s ``min_margin`` test.
 MARGIN_TOL = 1e-4
-
-
-def _logits(model: nn.Module, X: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Logits (N, classes) on the CPU through the inference engine (:func:`mclib.infer.logits`).
-
-    An empty ``X`` still goes through the model once (eagerly, in eval mode), so the result has the right
-    number of classes: (0, classes). ``batch_size``: inputs per forward pass (None: the engine's choice).
-    """
-    if isinstance(X, torch.Tensor) and X.dim() >= 2 and len(X) == 0:
-        with torch.no_grad(), eval_mode(model):
-            return model(X.to(device_of(model))).float().cpu()
-    return infer.logits(model, X, chunk=batch_size)
 
 
 # ------------------------------------------------------------------------------------ references
@@ -106,7 +93,7 @@ def class_loss_quantile(model: nn.Module, X: torch.Tensor, y: torch.Tensor, q: f
     """Per class ``c``, the ``q``-quantile of the cross-entropy of the correctly classified images of ``c`` in
     ``(X, y)``: (num_classes,). With ``q = 0.5`` this is "the loss of a typical real image", the stopping
     threshold of the paper's high-confidence optimisation attack."""
-    out = _logits(model, X)
+    out = infer.logits(model, X, allow_empty=True)
     nc = int(num_classes or out.shape[1])
     loss = F.cross_entropy(out, y, reduction="none")
     ok = out.argmax(1) == y
@@ -159,7 +146,7 @@ def select_references(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int
         raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    out = _logits(model, X, batch_size)
+    out = infer.logits(model, X, chunk=batch_size, allow_empty=True)
     nc = int(num_classes or out.shape[1])
     y = y.cpu()
     loss = reference_loss(out, y)
@@ -260,7 +247,7 @@ def extract(model: nn.Module, x: torch.Tensor, references: References, num_point
     table also gets the Mahalanobis baseline's score.
     """
     x = x.detach().cpu()
-    logits = _logits(model, x, batch_size)
+    logits = infer.logits(model, x, chunk=batch_size, allow_empty=True)
     pred = logits.argmax(1)
     if len(x) == 0:             # e.g. an attack that succeeded nowhere: an empty table with every column
         K = references.of(pred, k).shape[1]
@@ -309,7 +296,7 @@ def penultimate(model: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> to
     grabbed: list[torch.Tensor] = []
     h = layer.register_forward_hook(lambda mod, inp, out: grabbed.append(inp[0].detach().flatten(1).float().cpu()))
     try:
-        _logits(model, X, batch_size)
+        infer.logits(model, X, chunk=batch_size, allow_empty=True)
     finally:
         h.remove()
     return torch.cat(grabbed) if grabbed else torch.zeros(0, layer.in_features)
@@ -514,7 +501,7 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
             break
         idx = torch.arange(s, min(len(X), s + batch_size))
         xa = attack(X[idx], y[idx], idx)
-        out = _logits(model, xa)
+        out = infer.logits(model, xa, allow_empty=True)
         pred = out.argmax(1)
         ok = pred != y[idx].cpu() if targets is None else pred == targets[idx]
         if min_margin > 0:

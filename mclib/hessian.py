@@ -93,6 +93,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mclib.torchutil import device_of, eval_mode
+
 METHODS = ("auto", "exact", "lanczos", "power")
 BACKENDS = ("autograd", "func")
 PRECISIONS = ("auto", "native", "float64")
@@ -329,17 +331,6 @@ def power_iteration(hvp: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tenso
 # ----------------------------------------------------------------------------------------------------
 # Public eigenvalue functions
 # ----------------------------------------------------------------------------------------------------
-class _EvalMode:
-    def __init__(self, model: nn.Module):
-        self.model, self.was = model, model.training
-
-    def __enter__(self):
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was)
-
-
 def _start(shape: tuple[int, int], generator: torch.Generator | None, dtype, device) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
 
@@ -350,13 +341,6 @@ def _solve(hvp, v0, method, iters, tol, progress):
     if method == "power":
         return power_iteration(hvp, v0, iters=iters, tol=tol, progress=progress)
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-
-
-def _device(model: nn.Module, x: torch.Tensor) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return x.device
 
 
 # -- the exact Gauss-Newton form for piecewise-linear networks ---------------------------------------
@@ -454,8 +438,8 @@ def gauss_newton_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ba
     ``True`` skips the check (the caller asserts it). Runs in eval mode (restored afterwards).
     """
     _check_xy(x, y)
-    dev = _device(model, x)
-    with _EvalMode(model):
+    dev = device_of(model, default=x.device)
+    with eval_mode(model):
         if not _require_piecewise_linear(model, x.to(dev), piecewise_linear):
             raise ValueError("the model is not piecewise linear (its logits have a nonzero second derivative in "
                              "the input), so J^T (diag p - p p^T) J is only the Gauss-Newton approximation of "
@@ -525,8 +509,8 @@ def top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: in
     """
     _check_xy(x, y)
     _check_solver_args(method, backend, precision, batch_size)
-    dev = _device(model, x)
-    with _EvalMode(model):
+    dev = device_of(model, default=x.device)
+    with eval_mode(model):
         exact = method == "exact" or (method == "auto" and _require_piecewise_linear(model, x.to(dev), piecewise_linear))
         if exact:
             checked = True if method == "auto" else piecewise_linear  # "exact" checks unless asserted
@@ -579,7 +563,7 @@ def batch_top_eigenvalue(model: nn.Module, X: torch.Tensor, y: torch.Tensor, ite
     """
     _check_xy(X, y)
     _check_solver_args(method, "autograd", precision, 1)
-    dev = _device(model, X)
+    dev = device_of(model, default=X.device)
     Xd, yd = X.to(dev), y.to(dev)
     B = Xd.shape[0]
     if method in ("exact", "auto"):
@@ -591,7 +575,7 @@ def batch_top_eigenvalue(model: nn.Module, X: torch.Tensor, y: torch.Tensor, ite
         return (out, {k: v[i:i + 1] for k, v in info.items()}) if return_info else out
     if iters is None:
         iters = 64 if method == "lanczos" else 500
-    with _EvalMode(model):
+    with eval_mode(model):
         m = model
         if _needs_float64(model, Xd, precision):
             m, Xd = _Float64Copy(model).get(), Xd.double()
@@ -616,7 +600,7 @@ def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
         out = functional_call(model, (params, buffers), (xi.reshape(shape).unsqueeze(0),))
         return F.cross_entropy(out, yi.unsqueeze(0))
 
-    with _EvalMode(model):
+    with eval_mode(model):
         H = vmap(hessian(loss_one))(x.detach().reshape(x.shape[0], -1), y)
     return H
 
@@ -637,7 +621,7 @@ def _per_input_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_si
     ``eps``, ``steps``, ``step_size``."""
     from mclib.attacks import pgd
 
-    dev = next(model.parameters()).device
+    dev = device_of(model)
     losses, correct = [], []
     for i in range(0, len(X), batch_size):
         xb, yb = X[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
@@ -672,7 +656,7 @@ def robustness_along(curve, ts: Sequence[float], X: torch.Tensor, y: torch.Tenso
     rows, loss_rows, pgd_rows, eig_rows = [], [], [], []
     for t in tqdm(list(ts), desc="along t", disable=not progress, leave=False):
         model = curve.at(float(t), bn_data=bn_data).eval()
-        dev = next(model.parameters()).device
+        dev = device_of(model)
         cl, correct = _per_input_loss(model, X, y, batch_size)
         pl, pcorrect = _per_input_loss(model, X, y, batch_size, attack={"eps": eps, "steps": steps,
                                                                          "step_size": step_size}, generator=generator)

@@ -51,10 +51,6 @@ __all__ = [
 ]
 
 # ----------------------------------------------------------------------------------------- checks
-def _model_device(model: nn.Module, device=None) -> torch.device:
-    return torch.device(device) if device is not None else device_of(model)
-
-
 def _check_images(name: str, X: torch.Tensor) -> None:
     if not isinstance(X, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}")
@@ -170,7 +166,7 @@ def linear_losses(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, nu
     _check_pair(A, C)
     P = A.shape[0]
     tgt = _targets(target, P)
-    dev = _model_device(model, device)
+    dev = device_of(model, device)
     A_ = A.to(dev, torch.float32)
     D = C.to(dev, torch.float32) - A_
     a = alphas(num_points).to(dev).expand(P, -1)
@@ -577,7 +573,7 @@ def _bypass_impl(model, A, C, target, *, free, lr, iterations, mse_weight, tv_we
     _check_pair(A, C)
     P = A.shape[0]
     tgt = _targets(target, P)
-    dev = _model_device(model, device)
+    dev = device_of(model, device)
     if int(max_rounds) < 0 or int(num_points) < 3:
         raise ValueError(f"need max_rounds >= 0 and num_points >= 3, got {max_rounds}, {num_points}")
     n = int(num_points)
@@ -720,7 +716,7 @@ def interpolated_modes(model: nn.Module, X1: torch.Tensor, X2: torch.Tensor, tar
         raise ValueError(f"mix must lie in [0, 1], got {mix}")
     N = X1.shape[0]
     tgt = _targets(target, N)
-    dev = _model_device(model, device)
+    dev = device_of(model, device)
     m = ((1 - mix) * X1.to(dev, torch.float32) + mix * X2.to(dev, torch.float32))
     out = infer.logits(model, m, device=dev, name="the mixes of X1 and X2")
     _check_range(tgt, out.shape[1])

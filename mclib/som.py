@@ -164,7 +164,7 @@ def activations(
     if missing:
         some = ", ".join(list(n for n in modules if n)[:12])
         raise ValueError(f"layers {missing} are not modules of the model; names look like: {some}, ...")
-    device = torch.device(device) if device is not None else device_of(model)
+    device = device_of(model, device)
     store: dict[str, torch.Tensor] = {}
 
     def hook_for(name):
