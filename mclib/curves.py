@@ -113,6 +113,7 @@ class Curve(nn.Module):
     ends: ``(2, P)`` buffer, the flattened endpoint parameters.
     bend_tensors: one trainable parameter of shape ``(num_bends, *shape)`` per parameter tensor of the
     network, in the order of ``names`` -- the only trainable tensors.
+    losses: the per-batch objective values of the last :func:`train_curve` on this curve (``[]`` before).
     The property :attr:`bends` gives all bends flattened, ``(num_bends, P)`` (a read-only copy, for inspection).
     """
 
@@ -127,6 +128,7 @@ class Curve(nn.Module):
             raise ValueError(f"a curve needs exactly two nn.Module endpoints, got {len(endpoints)} object(s)")
         _check_same_architecture(endpoints)
         self.kind, self.num_bends = kind, num_bends
+        self.losses: list[float] = []
         self.template = copy.deepcopy(endpoints[0])
         for p in self.template.parameters():
             p.requires_grad_(False)
@@ -350,7 +352,8 @@ def train_curve(
     desc: str = "curve",
     callback: Callable[[int, nn.Module, float], Any] | None = None,
 ) -> list[float]:
-    """Train the bends of ``curve`` on ``(X, y)``; returns the per-batch objective values.
+    """Train the bends of ``curve`` on ``(X, y)``; returns the per-batch objective values (also kept as
+    ``curve.losses``).
 
     Garipov et al. (2018) sec. 3.2, as used by Zhao et al. (2020) sec. 2: for every minibatch draw
     :math:`t \\sim U(0, 1)` (from ``generator``) and minimise
@@ -388,10 +391,11 @@ def train_curve(
         return objective(curve, x, y, point.t, weight_decay)
 
     # the optimiser has no weight decay: it is in the objective, on w(t); only the bends require gradients
-    return _train.fit(curve, X, y, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+    curve.losses = _train.fit(curve, X, y, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                       weight_decay=0.0, momentum=momentum, generator=generator, batch_hook=batch_hook,
                       callback=callback, device=device, progress=progress, desc=desc, loss=loss,
                       batch_modules=points)
+    return curve.losses
 
 
 def along(curve: Curve, ts: Iterable[float], fn: Callable[[nn.Module], Any], bn_data: torch.Tensor | None = None,

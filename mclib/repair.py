@@ -24,6 +24,7 @@ from torch import nn
 
 from mclib import curves, train
 from mclib.attacks import backdoor
+from mclib.torchutil import device_of, eval_mode
 
 #: The training budget every repair method shares unless told otherwise.
 DEFAULT_BUDGET = {"epochs": 50, "batch_size": 64, "lr": 1e-2, "optimizer": "sgd", "weight_decay": 5e-4}
@@ -69,18 +70,18 @@ def path_repair(m0: nn.Module, m1: nn.Module, X_bona: torch.Tensor, y_bona: torc
     Builds ``Curve([m0, m1], kind, num_bends)`` (bend on the straight line) and trains it with
     :func:`mclib.curves.train_curve` on ``(X_bona, y_bona)`` with the budget ``epochs``, ``batch_size``,
     ``lr``, ``optimizer``, ``weight_decay`` (defaults :data:`DEFAULT_BUDGET`). The training losses are
-    kept as ``curve.losses``. Evaluate points with ``curve.at(t, bn_data=X_bona)``.
+    in ``curve.losses`` (:class:`mclib.curves.Curve`). Evaluate points with ``curve.at(t, bn_data=X_bona)``.
     """
     b = _budget(budget)
     curve = curves.Curve([m0, m1], kind=kind, num_bends=num_bends)
-    curve.losses = curves.train_curve(curve, X_bona, y_bona, generator=generator, device=device,
-                                      progress=progress, desc="path repair", **b)
+    curves.train_curve(curve, X_bona, y_bona, generator=generator, device=device, progress=progress,
+                       desc="path repair", **b)
     return curve
 
 
 def _fit(model: nn.Module, X, y, b: Mapping[str, Any], generator, device, progress, desc) -> nn.Module:
     train.fit(model, X, y, epochs=b["epochs"], batch_size=b["batch_size"], lr=b["lr"], optimizer=b["optimizer"],
-              weight_decay=b["weight_decay"], generator=generator, device=device or next(model.parameters()).device,
+              weight_decay=b["weight_decay"], generator=generator, device=device_of(model, device),
               progress=progress, desc=desc)
     return model.eval()
 
@@ -385,22 +386,20 @@ def trigger_gradient_mass(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
     def hook(_, inputs, output):
         seen["a"], seen["z"] = inputs[0].detach(), output
 
-    was_training = model.training
-    model.eval()
     handle = mod.register_forward_hook(hook)
     try:
-        loss = F.cross_entropy(model(X), y)
-        delta = torch.autograd.grad(loss, seen["z"])[0].detach()
-        a = seen["a"]
-        with torch.no_grad():
-            model(torch.zeros_like(X[:1]))
-            a0 = seen["a"]
-            region = trig.mask(X.shape).to(X.dtype).expand_as(X[:1])
-            model(region)
-            in_region = (seen["a"] - a0) != 0   # where the trigger's pixels land in the layer's input
+        with eval_mode(model):
+            loss = F.cross_entropy(model(X), y)
+            delta = torch.autograd.grad(loss, seen["z"])[0].detach()
+            a = seen["a"]
+            with torch.no_grad():
+                model(torch.zeros_like(X[:1]))
+                a0 = seen["a"]
+                region = trig.mask(X.shape).to(X.dtype).expand_as(X[:1])
+                model(region)
+                in_region = (seen["a"] - a0) != 0   # where the trigger's pixels land in the layer's input
     finally:
         handle.remove()
-        model.train(was_training)
     lin = a - a0                              # A x: the part of the layer's input that the pixels carry
     W = mod.weight
 

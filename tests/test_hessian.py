@@ -209,8 +209,8 @@ def adv_pair(tmp_path_factory):
     base = train.Recipe(arch="cnn", dataset="digits", seed=0, epochs=5, batch_size=64, lr=3e-3, n_train=500)
     adv_recipe = base.replace(batch_hook="mclib.attacks.evasion:pgd",
                               batch_hook_kwargs={"eps": 0.2, "steps": 2, "step_size": 0.15})
-    reg = train.train(base, device="cpu", cache_dir=cache, progress=False)
-    adv = train.train(adv_recipe, device="cpu", cache_dir=cache, progress=False)
+    reg = train.train(base, device="cpu", cache_dir=cache, progress=False).model
+    adv = train.train(adv_recipe, device="cpu", cache_dir=cache, progress=False).model
     return train, base, adv_recipe, reg, adv, cache
 
 
@@ -234,9 +234,9 @@ def test_adversarial_training_is_deterministic(tmp_path):
 
     recipe = train.Recipe(arch="mlp", dataset="digits", seed=3, epochs=1, batch_size=64, n_train=192,
                           batch_hook="mclib.attacks.evasion:pgd", batch_hook_kwargs={"eps": 0.2, "steps": 2})
-    a = train.train(recipe, device="cpu", cache_dir=tmp_path, progress=False)
+    a = train.train(recipe, device="cpu", cache_dir=tmp_path, progress=False).model
     torch.manual_seed(12345)  # a different global RNG state before the second run must not matter
-    b = train.train(recipe, device="cpu", cache_dir=tmp_path, retrain=True, progress=False)
+    b = train.train(recipe, device="cpu", cache_dir=tmp_path, retrain=True, progress=False).model
     for (k, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(u, v), k
 
