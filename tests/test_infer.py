@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import thirdparty
 from mclib import infer, models, paths, synth
+from mclib.studies import pairs
 
 
 def eager(model, X):
@@ -190,7 +191,7 @@ def test_paths_reject_inf_images_and_nan_models():
         model[1][0].weight[0, 0, 0, 0] = float("nan")
     # before: NaN losses, and a NaN model reported "0 pairs with a barrier"
     with pytest.raises(ValueError, match="cross-entropy is not finite"):
-        paths.study_pairs(model, A, C, 0, num_points=8, progress=False)
+        pairs.study_pairs(model, A, C, 0, num_points=8, progress=False)
 
 
 class _NoInputGrad(nn.Module):

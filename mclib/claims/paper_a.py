@@ -1,5 +1,5 @@
 """Claims of Vrabel et al. (ICLR 2025), A1..A10: the criteria, and the evidence helpers that turn the
-library's results (:class:`mclib.paths.PairStudy`, barrier features, percolation estimates) into the
+library's results (:class:`mclib.studies.pairs.PairStudy`, barrier features, percolation estimates) into the
 JSON-plain values the criteria read.
 
 Every criterion is judged on intervals: fractions carry Wilson intervals, medians and ratios percentile
@@ -41,7 +41,7 @@ def _iv(interval) -> dict | None:
 
 # --------------------------------------------------------------------------- evidence helpers
 def path_evidence(study, mode_loss=None, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Per-pair evidence of one :class:`mclib.paths.PairStudy` (claims A1-A5), with intervals.
+    """Per-pair evidence of one :class:`mclib.studies.pairs.PairStudy` (claims A1-A5), with intervals.
 
     Over all P pairs: ``barrier_fraction`` (gap above the tolerance; Wilson interval) and
     ``connected_all`` (pairs whose straight line has no barrier, or whose bypass path ends barrier-free).
