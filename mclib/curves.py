@@ -42,6 +42,7 @@ import math
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -440,10 +441,8 @@ def summary(df) -> dict[str, float]:
       along the curve and where; ``acc_drop = end_acc - worst_acc`` (Garipov et al. 2018 fig. 1 and
       Zhao et al. 2020 fig. 2 report the error along t; the line's maximum error is the barrier).
     * ``max_loss`` and ``loss_barrier = max_t L(w(t)) - max(L(w_0), L(w_1))``
-      (:func:`mclib.hessian.barrier_height`, the book's one profile-barrier function).
+      (:func:`barrier_height`, the book's one profile-barrier function).
     """
-    from mclib.hessian import barrier_height
-
     df = df.sort_values("t")
     ends = df.iloc[[0, -1]]
     i = int(df["acc"].to_numpy().argmin())
@@ -451,6 +450,35 @@ def summary(df) -> dict[str, float]:
     return {"end_acc": end_acc, "worst_acc": float(df["acc"].iloc[i]), "t_worst": float(df["t"].iloc[i]),
             "acc_drop": end_acc - float(df["acc"].iloc[i]), "max_error": 1.0 - float(df["acc"].iloc[i]),
             "max_loss": float(df["loss"].max()), "loss_barrier": barrier_height(df["loss"])}
+
+
+# -- the barrier of a profile along t (Zhao et al. 2020, Sec. 5) -----------------------------------
+def barrier_height(values: Iterable[float]) -> float:
+    """Barrier height of a profile along t: ``max_t v(t) - max(v(0), v(1))`` (>= 0; Zhao et al. Sec. 5).
+
+    The input-space barrier gap of Vrabel et al. (max along the path minus the larger endpoint,
+    :func:`mclib.paths.barrier`, computed here in float64), applied to a loss along a weight-space path. The book's
+    one profile-barrier function: :func:`summary` (claim C1) and the C6 study
+    (:func:`mclib.studies.robustness.barrier_interval`) use it.
+    """
+    from mclib.paths import barrier  # the one definition of the barrier gap
+
+    v = np.asarray(list(values), dtype=float)
+    if v.ndim != 1 or len(v) < 2:
+        raise ValueError(f"need a 1-D profile of >= 2 values, got shape {v.shape}")
+    return float(barrier(torch.from_numpy(v)).gap[0])
+
+
+def barrier_threshold(values: Iterable[float], abs_tol: float = 0.05, rel_tol: float = 0.05) -> float:
+    """The height a barrier must exceed: ``abs_tol`` + ``rel_tol`` * (larger endpoint value)."""
+    v = np.asarray(list(values), dtype=float)
+    return float(abs_tol + rel_tol * max(v[0], v[-1]))
+
+
+def has_barrier(values: Iterable[float], abs_tol: float = 0.05, rel_tol: float = 0.05) -> bool:
+    """Whether a profile has a barrier: :func:`barrier_height` > :func:`barrier_threshold`."""
+    v = np.asarray(list(values), dtype=float)
+    return barrier_height(v) > barrier_threshold(v, abs_tol, rel_tol)
 
 
 def grid(n: int) -> list[float]:

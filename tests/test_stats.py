@@ -65,6 +65,20 @@ def test_correlation_matches_scipy_and_the_interval_covers_the_truth():
     assert out["pearson_lo"] < 0.6 < out["pearson_hi"] and out["spearman_lo"] < out["spearman"] < out["spearman_hi"]
 
 
+def test_correlation_of_two_profiles_matches_scipy_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    a = np.linspace(0, 1, 15)
+    b = 2 * a + 0.2 * rng.standard_normal(15)
+    c = stats.correlation(a, b, n_boot=500, seed=1)
+    assert c["pearson"] == pytest.approx(sps.pearsonr(a, b)[0])
+    assert c["spearman"] == pytest.approx(sps.spearmanr(a, b)[0])
+    assert c["pearson_lo"] <= c["pearson"] <= c["pearson_hi"] <= 1.0
+    assert c["spearman_lo"] <= c["spearman_hi"]
+    assert stats.correlation(a, b, n_boot=500, seed=1) == c  # deterministic
+    with pytest.raises(ValueError):
+        stats.correlation([1, 2], [1, 2])
+
+
 def test_correlation_rejects_bad_input():
     with pytest.raises(ValueError, match="equal length"):
         stats.correlation([1, 2, 3], [1, 2])

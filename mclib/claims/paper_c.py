@@ -7,7 +7,7 @@ One judge per claim. Each reads the JSON-plain values its chapter records and re
   interval (:func:`mclib.stats.fraction_ci`); a *difference* of two accuracies measured on the same
   ``n`` images gets the normal interval ``d +- 1.96 sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n)``, which ignores
   the (positive) pairing and so is wider than the paired interval -- conservative for "holds" and "fails";
-* barrier heights carry a bootstrap interval over test inputs (:func:`mclib.hessian.barrier_interval`);
+* barrier heights carry a bootstrap interval over test inputs (:func:`mclib.studies.robustness.barrier_interval`);
 * correlations carry pairs-bootstrap intervals (:func:`mclib.stats.correlation`).
 
 Values with an ``"archs"`` mapping (C1, C6, C7) are judged per architecture; :func:`per_architecture`
@@ -284,7 +284,7 @@ def judge_c6(values: Mapping[str, Any]) -> Verdict:
 
     ``values = {"archs": {arch: {"robust": {"estimate", "lo", "hi", "threshold"}, "standard": {...}}}}``, and
     optionally ``"conditions"`` (the map over architecture, adversarial-training radius, attack radius and path
-    type, :func:`mclib.hessian.barrier_map`): the reason then ends with :func:`c6_map_sentence`; the verdict
+    type, :func:`mclib.studies.robustness.barrier_map`): the reason then ends with :func:`c6_map_sentence`; the verdict
     still judges ``archs`` alone.
     """
     verdict = combine(_tag(arch, _c6_pair(v["robust"], v["standard"])) for arch, v in _archs(values).items())
@@ -307,7 +307,7 @@ def c6_map_sentence(conditions: Sequence[Mapping[str, Any]]) -> str:
     """Where C6's pattern appears across a condition map, each barrier interval judged against its own threshold.
 
     ``conditions``: entries ``{"setting": {...}, "measured": {"robust_barrier": interval with threshold,
-    "standard_barrier": ...}}`` (:func:`mclib.hessian.barrier_map`). Settings are grouped as: the pattern
+    "standard_barrier": ...}}`` (:func:`mclib.studies.robustness.barrier_map`). Settings are grouped as: the pattern
     appears (:func:`judge_c6`'s rule holds: a robustness-loss barrier and no standard-loss barrier), a
     robustness-loss barrier comes with a standard-loss barrier too, undecided (an interval spans its threshold),
     or no robustness-loss barrier (the whole interval below its threshold) -- the last group counted only, with
