@@ -225,3 +225,22 @@ def test_power_rejects_bad_arguments():
         stats.spearman_n_for_power(0.2, power=1.0)
     with pytest.raises(ValueError, match="n must"):
         stats.spearman_halfwidth(3)
+
+
+def test_auroc_difference_ci_is_paired():
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(0)
+    lab = np.r_[np.zeros(150), np.ones(60)].astype(int)
+    a = rng.normal(0, 1, 210) + 0.8 * lab                  # a moderate detector: wide AUROC interval
+    b = a + rng.normal(0, 0.05, 210)                        # nearly the same detector
+    d = stats.auroc_difference_ci(lab, a, b, n_boot=500, seed=0)
+    assert d.estimate == pytest.approx(roc_auc_score(lab, a) - roc_auc_score(lab, b), abs=1e-12)
+    own = stats.auroc_ci(lab, a, n_boot=500, seed=0)
+    # paired: the shared difficulty cancels, so the difference is far better known than either AUROC
+    assert d.hi - d.lo < 0.25 * (own.hi - own.lo) and d.lo <= 0 <= d.hi
+    assert tuple(stats.auroc_difference_ci(lab, a, a, n_boot=50))[:3] == (0.0, 0.0, 0.0)
+    better = stats.auroc_difference_ci(lab, a + 5.0 * lab, a, n_boot=500)
+    assert better.lo > 0.1 and better.n == 210
+    assert np.isnan(stats.auroc_difference_ci(np.ones(5), a[:5], b[:5]).estimate)
+    with pytest.raises(ValueError, match="equal length"):
+        stats.auroc_difference_ci(lab, a, b[:-1])

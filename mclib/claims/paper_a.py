@@ -244,7 +244,7 @@ def judge_a9(values: Mapping[str, Any]) -> Verdict:
     """For every non-adaptive attack the single threshold on barrier max reaches an AUROC of at least 0.9.
 
     The verdict judges the chapter's attacks only. Its reason adds the condition map
-    (``values["conditions"]``, :func:`mclib.detect.confidence_map`): at which attack confidences the
+    (``values["conditions"]``, :func:`mclib.studies.detection.confidence_map`): at which attack confidences the
     barrier-max AUROC reaches 0.9 and where it falls short, and where the path features raise the combined
     detector's AUROC over the logits alone by at least ``A9_MIN_PATH_GAIN`` (paired interval).
     """
