@@ -488,7 +488,7 @@ def grid(n: int) -> list[float]:
     return [i / (n - 1) for i in range(n)]
 
 
-# -- plotting -------------------------------------------------------------------------------------
+# --- plots
 def plot_along(ax, df, column: str = "acc", label: str | None = None, percent: bool | None = None, **kw):
     """Plot ``df[column]`` against ``df["t"]`` on ``ax`` (accuracy-like columns in percent by default)."""
     percent = column in ("acc", "asr", "error") if percent is None else percent

@@ -513,7 +513,7 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
     return Xa, si, tried, count
 
 
-# ------------------------------------------------------------------------------------ plots
+# --- plots
 def plot_roc(ax, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str | None = None):
     """ROC curves ``{label: (fpr, tpr)}`` on ``ax`` with the chance diagonal and the 5% FPR line."""
     for name, (f, t) in curves.items():

@@ -734,7 +734,7 @@ def interpolated_modes(model: nn.Module, X1: torch.Tensor, X2: torch.Tensor, tar
     return InterpolatedModes(x=x.cpu(), loss_before=before, loss=loss, optimised=before > threshold, steps=nsteps)
 
 
-# ------------------------------------------------------------------------------------ plots
+# --- plots
 def plot_loss_curves(ax, losses: torch.Tensor, positions: torch.Tensor | None = None, color=None, alpha: float = 0.3,
                      label: str | None = None, median: bool = True, max_curves: int = 100, log: bool = False):
     """Loss curves (P, T) against path position on ``ax``: thin lines for up to ``max_curves`` pairs, a thick median."""

@@ -138,6 +138,39 @@ def default_layers(model: nn.Module) -> list[str]:
     return [prefix + n for n in names]
 
 
+def pre_activation(model: nn.Module, layer: str) -> str | None:
+    """Name of the module whose output the ReLU ``layer`` reads -- the code *before* the activation -- or None.
+
+    ``layer`` an ``nn.ReLU`` inside an ``nn.Sequential``: its preceding sibling (mclib's CNN: ``"1.1"`` ->
+    ``"1.0"``, the first convolution); ``layer`` an ``nn.Sequential`` ending in an ``nn.ReLU``: its second-last
+    child (a ResNet stem ``conv, bn, relu``: ``"1.stem"`` -> ``"1.stem.1"``, the BatchNorm); another ``nn.ReLU``
+    module: the module the forward pass calls just before it (torchvision's ResNet-18: ``"1.relu"`` ->
+    ``"1.bn1"``). Anything else (a functional ReLU, a residual block) has no separate pre-activation module: None.
+    """
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(f"layer {layer!r} is not a module of the model; names look like: "
+                         f"{', '.join(list(n for n in modules if n)[:12])}, ...")
+    mod = modules[layer]
+    if isinstance(mod, nn.Sequential) and len(mod) >= 2 and isinstance(mod[-1], nn.ReLU):
+        return f"{layer}.{len(mod) - 2}"
+    parent, _, last = layer.rpartition(".")
+    if isinstance(mod, nn.ReLU) and isinstance(modules.get(parent), nn.Sequential) and last.isdigit() and int(last) > 0:
+        return f"{parent}.{int(last) - 1}" if parent else str(int(last) - 1)
+    if isinstance(mod, nn.ReLU):
+        # a ReLU module used outside a Sequential (torchvision's ResNet stem, relu after bn1): the module the
+        # forward pass calls just before it, from the torch.fx call order, unless that is the ReLU's second call
+        prefix, body = _body(model)
+        try:
+            order = _call_order(body)
+        except ValueError:
+            return None
+        name = layer[len(prefix):]
+        i = order.index(name) if name in order else 0
+        return prefix + order[i - 1] if i > 0 else None
+    return None
+
+
 @torch.no_grad()
 def activations(
     model: nn.Module,
@@ -488,9 +521,7 @@ def fit_layers(acts: Mapping[str, torch.Tensor], labels: torch.Tensor, progress:
     return LayerCodes(list(acts), soms, bmus, pd.DataFrame(rows).set_index("layer"))
 
 
-
-
-# --------------------------------------------------------------------------- plots
+# --- plots
 def plot_layer_metrics(tables: Mapping[str, "object"], metrics: Iterable[str] = ("purity", "nmi", "bmu_entropy_norm",
                        "within_class_spread", "quantization_error", "topographic_error"), axes=None):
     """Per-layer metric curves, input to output, one line per model (``tables``: name -> metrics frame)."""
@@ -538,7 +569,7 @@ def plot_som_map(ax, som: SOM, bmus: torch.Tensor, labels: torch.Tensor, n_class
     return ax
 
 
-def class_legend(fig, n_classes: int = 10, **kw):
+def plot_class_legend(fig, n_classes: int = 10, **kw):
     """A figure legend with the class colours used by :func:`plot_som_map`."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -549,37 +580,3 @@ def class_legend(fig, n_classes: int = 10, **kw):
     kw.setdefault("ncols", n_classes)
     kw.setdefault("title", "majority class")
     return fig.legend(handles=handles, **kw)
-
-
-
-def pre_activation(model: nn.Module, layer: str) -> str | None:
-    """Name of the module whose output the ReLU ``layer`` reads -- the code *before* the activation -- or None.
-
-    ``layer`` an ``nn.ReLU`` inside an ``nn.Sequential``: its preceding sibling (mclib's CNN: ``"1.1"`` ->
-    ``"1.0"``, the first convolution); ``layer`` an ``nn.Sequential`` ending in an ``nn.ReLU``: its second-last
-    child (a ResNet stem ``conv, bn, relu``: ``"1.stem"`` -> ``"1.stem.1"``, the BatchNorm); another ``nn.ReLU``
-    module: the module the forward pass calls just before it (torchvision's ResNet-18: ``"1.relu"`` ->
-    ``"1.bn1"``). Anything else (a functional ReLU, a residual block) has no separate pre-activation module: None.
-    """
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        raise ValueError(f"layer {layer!r} is not a module of the model; names look like: "
-                         f"{', '.join(list(n for n in modules if n)[:12])}, ...")
-    mod = modules[layer]
-    if isinstance(mod, nn.Sequential) and len(mod) >= 2 and isinstance(mod[-1], nn.ReLU):
-        return f"{layer}.{len(mod) - 2}"
-    parent, _, last = layer.rpartition(".")
-    if isinstance(mod, nn.ReLU) and isinstance(modules.get(parent), nn.Sequential) and last.isdigit() and int(last) > 0:
-        return f"{parent}.{int(last) - 1}" if parent else str(int(last) - 1)
-    if isinstance(mod, nn.ReLU):
-        # a ReLU module used outside a Sequential (torchvision's ResNet stem, relu after bn1): the module the
-        # forward pass calls just before it, from the torch.fx call order, unless that is the ReLU's second call
-        prefix, body = _body(model)
-        try:
-            order = _call_order(body)
-        except ValueError:
-            return None
-        name = layer[len(prefix):]
-        i = order.index(name) if name in order else 0
-        return prefix + order[i - 1] if i > 0 else None
-    return None

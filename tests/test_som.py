@@ -140,6 +140,7 @@ def test_activation_shapes_cnn_and_channel_means():
     assert layers == ["1.1", "1.4", "1.8", "1.9"]  # conv1 ReLU, conv2 ReLU, dense ReLU, logits
     acts = S.activations(model, X, batch_size=2)
     assert [tuple(acts[n].shape) for n in layers] == [(5, 16), (5, 32), (5, 128), (5, 10)]
+    assert not any(a.requires_grad for a in acts.values())   # codes are data: no autograd graph behind them
     with torch.no_grad():
         conv1 = model[1][1](model[1][0](model[0](X)))
         logits = model(X)
