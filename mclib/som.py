@@ -386,7 +386,7 @@ def fit_som(
     With ``standardize`` each code dimension is z-scored first (dimensions of a layer can differ in
     scale by orders of magnitude); the returned SOM then lives in that standardised space, and
     ``som.info["mean"], som.info["std"]`` hold the transform; map new codes with :func:`standardise`
-    before :meth:`SOM.bmu` (:func:`fit_layers` and :func:`bmu_change` do this for you).
+    before :meth:`SOM.bmu` (:func:`fit_layers` and :func:`mclib.studies.codes.bmu_change` do this for you).
     """
     X = check_codes(X)
     if backend not in BACKENDS:

@@ -1,4 +1,4 @@
-"""The chapters' studies: what the book measures, built from the concept modules of :mod:`mclib`.
+"""The chapters' studies: what the book measures, built from the concept modules of ``mclib``.
 
 A concept module (:mod:`mclib.paths`, :mod:`mclib.curves`, :mod:`mclib.hessian`, :mod:`mclib.som`,
 :mod:`mclib.detect`, :mod:`mclib.repair`, ...) holds one idea of the papers and nothing chapter-specific. A study
