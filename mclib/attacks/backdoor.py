@@ -314,7 +314,7 @@ def optimise_trigger(curve_or_models, X: torch.Tensor, y: torch.Tensor, trigger:
     if not is_curve and not models:
         raise ValueError("curve_or_models must be a Curve or a non-empty list of models")
     ref = curve_or_models if is_curve else models[0]
-    device = next(iter(ref.buffers() if is_curve else ref.parameters())).device
+    device = device_of(ref)
     start = _start_pattern(init, trig, X.shape[1], generator)
     p = start.clone().to(device).requires_grad_(True)
     opt = torch.optim.Adam([p], lr=lr)
