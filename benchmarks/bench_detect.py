@@ -23,7 +23,7 @@ def main(rounds: int = 3) -> dict:
     from mclib import config, data, detect, train
     with single_thread():
         ctx = config.setup("quick", "cpu", 0, None, None)
-        model = train.train(train.recipe_for(ctx), device="cpu", progress=False)
+        model = train.train(train.recipe_for(ctx), device="cpu", progress=False).model
         Xp, yp = data.load("mnist5k", "train")
         Xt, _ = data.load("mnist5k", "test")
         refs = detect.select_references(model, Xp, yp, K)

@@ -251,9 +251,8 @@ class Context:
             raise TypeError(f"recipe must be a mclib.train.Recipe or None, got {type(recipe).__name__}")
         elif recipe_changes:
             recipe = recipe.replace(**recipe_changes)
-        model = train.train(recipe, device=self.device, cache_dir=self.cache_dir, data_root=self.data_root,
-                            retrain=retrain, progress=progress)
-        return train.Trained.of(model)
+        return train.train(recipe, device=self.device, cache_dir=self.cache_dir, data_root=self.data_root,
+                           retrain=retrain, progress=progress)
 
 
 def setup(

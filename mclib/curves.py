@@ -44,6 +44,7 @@ import math
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -182,6 +183,7 @@ class Curve(nn.Module):
     ends: ``(2, P)`` buffer, the flattened endpoint parameters.
     bend_tensors: one trainable parameter of shape ``(num_bends, *shape)`` per parameter tensor of the
     network, in the order of ``names`` -- the only trainable tensors.
+    losses: the per-batch objective values of the last :func:`train_curve` on this curve (``[]`` before).
     The property :attr:`bends` gives all bends flattened, ``(num_bends, P)`` (a read-only copy, for inspection).
     """
 
@@ -196,6 +198,7 @@ class Curve(nn.Module):
             raise ValueError(f"a curve needs exactly two nn.Module endpoints, got {len(endpoints)} object(s)")
         _check_same_architecture(endpoints)
         self.kind, self.num_bends = kind, num_bends
+        self.losses: list[float] = []
         self.template = copy.deepcopy(endpoints[0])
         for p in self.template.parameters():
             p.requires_grad_(False)
@@ -413,7 +416,8 @@ def train_curve(
     desc: str = "curve",
     callback: Callable[[int, nn.Module, float], Any] | None = None,
 ) -> list[float]:
-    """Train the bends of ``curve`` on ``(X, y)``; returns the per-batch objective values.
+    """Train the bends of ``curve`` on ``(X, y)``; returns the per-batch objective values (also kept as
+    ``curve.losses``).
 
     Garipov et al. (2018) sec. 3.2, as used by Zhao et al. (2020) sec. 2: for every minibatch draw
     :math:`t \\sim U(0, 1)` (from ``generator``) and minimise
@@ -451,10 +455,11 @@ def train_curve(
         return objective(curve, x, y, point.t, weight_decay)
 
     # the optimiser has no weight decay: it is in the objective, on w(t); only the bends require gradients
-    return _train.fit(curve, X, y, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+    curve.losses = _train.fit(curve, X, y, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                       weight_decay=0.0, momentum=momentum, generator=generator, batch_hook=batch_hook,
                       callback=callback, device=device, progress=progress, desc=desc, loss=loss,
                       batch_modules=points)
+    return curve.losses
 
 
 def along(curve: Curve, ts: Iterable[float], fn: Callable[[nn.Module], Any], bn_data: torch.Tensor | None = None,
@@ -499,10 +504,8 @@ def summary(df) -> dict[str, float]:
       along the curve and where; ``acc_drop = end_acc - worst_acc`` (Garipov et al. 2018 fig. 1 and
       Zhao et al. 2020 fig. 2 report the error along t; the line's maximum error is the barrier).
     * ``max_loss`` and ``loss_barrier = max_t L(w(t)) - max(L(w_0), L(w_1))``
-      (:func:`mclib.hessian.barrier_height`, the book's one profile-barrier function).
+      (:func:`barrier_height`, the book's one profile-barrier function).
     """
-    from mclib.hessian import barrier_height
-
     df = df.sort_values("t")
     ends = df.iloc[[0, -1]]
     i = int(df["acc"].to_numpy().argmin())
@@ -512,6 +515,35 @@ def summary(df) -> dict[str, float]:
             "max_loss": float(df["loss"].max()), "loss_barrier": barrier_height(df["loss"])}
 
 
+# -- the barrier of a profile along t (Zhao et al. 2020, Sec. 5) -----------------------------------
+def barrier_height(values: Iterable[float]) -> float:
+    """Barrier height of a profile along t: ``max_t v(t) - max(v(0), v(1))`` (>= 0; Zhao et al. Sec. 5).
+
+    The input-space barrier gap of Vrabel et al. (max along the path minus the larger endpoint,
+    :func:`mclib.paths.barrier`, computed here in float64), applied to a loss along a weight-space path. The book's
+    one profile-barrier function: :func:`summary` (claim C1) and the C6 study
+    (:func:`mclib.studies.robustness.barrier_interval`) use it.
+    """
+    from mclib.paths import barrier  # the one definition of the barrier gap
+
+    v = np.asarray(list(values), dtype=float)
+    if v.ndim != 1 or len(v) < 2:
+        raise ValueError(f"need a 1-D profile of >= 2 values, got shape {v.shape}")
+    return float(barrier(torch.from_numpy(v)).gap[0])
+
+
+def barrier_threshold(values: Iterable[float], abs_tol: float = 0.05, rel_tol: float = 0.05) -> float:
+    """The height a barrier must exceed: ``abs_tol`` + ``rel_tol`` * (larger endpoint value)."""
+    v = np.asarray(list(values), dtype=float)
+    return float(abs_tol + rel_tol * max(v[0], v[-1]))
+
+
+def has_barrier(values: Iterable[float], abs_tol: float = 0.05, rel_tol: float = 0.05) -> bool:
+    """Whether a profile has a barrier: :func:`barrier_height` > :func:`barrier_threshold`."""
+    v = np.asarray(list(values), dtype=float)
+    return barrier_height(v) > barrier_threshold(v, abs_tol, rel_tol)
+
+
 def grid(n: int) -> list[float]:
     """``n`` evenly spaced values of t from 0 to 1 inclusive."""
     if n < 2:
@@ -519,7 +551,7 @@ def grid(n: int) -> list[float]:
     return [i / (n - 1) for i in range(n)]
 
 
-# -- plotting -------------------------------------------------------------------------------------
+# --- plots
 def plot_along(ax, df, column: str = "acc", label: str | None = None, percent: bool | None = None, **kw):
     """Plot ``df[column]`` against ``df["t"]`` on ``ax`` (accuracy-like columns in percent by default)."""
     percent = column in ("acc", "asr", "error") if percent is None else percent

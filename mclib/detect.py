@@ -24,11 +24,10 @@ image of ``c`` are separated by a high one. This module turns that into a measur
   :class:`Mahalanobis`);
 * :func:`collect_adversarial` -- successful adversarial examples from any batched attack, optionally
   only those misclassified with a logit margin of at least ``kappa``;
-* the condition map of claim A9 -- :func:`sweep` runs an attack at several confidences (Carlini &
-  Wagner's margin ``kappa``, PGD steps after the first success), :func:`confidence_map` gives each
-  setting's AUROC intervals for barrier max, barrier gap, max softmax and the combined detector, and
-  the paired interval of what the path features add to a logit-only detector
-  (:func:`auroc_difference_ci`); :func:`plot_condition_map` draws it.
+* :func:`plot_roc` draws ROC curves.
+
+The chapter's study built from these -- the detection table against every attack, attack strength and the
+worst case of a non-adaptive defender, the condition map of claim A9 -- is :mod:`mclib.studies.detection`.
 """
 from __future__ import annotations
 
@@ -41,17 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mclib import infer, paths, stats
+from mclib import infer, paths
 from mclib.attacks import evasion
-from mclib.torchutil import device_of, eval_mode
 
 __all__ = [
     "References", "class_loss_quantile", "reference_loss", "select_references", "loss_curves", "Features", "extract", "PATH_FEATURES", "LOGIT_FEATURES",
     "penultimate", "Mahalanobis", "ThresholdDetector", "LogisticDetector", "cross_val_scores", "roc", "metrics",
-    "tpr_at_fpr", "collect_adversarial", "pair_barriers", "median_barrier",
-    "standard_detectors", "detection_table", "plot_roc", "strength_table", "transfer_table",
-    "MARGIN_TOL", "map_detectors", "auroc_difference_ci", "SweepPoint", "sweep", "setting_evidence", "confidence_map",
-    "map_frame", "MAP_LINES", "plot_condition_map",
+    "tpr_at_fpr", "collect_adversarial", "pair_barriers", "median_barrier", "plot_roc", "MARGIN_TOL",
 ]
 
 #: Per-input features from the K loss curves (medians over references unless stated).
@@ -61,18 +56,6 @@ PATH_FEATURES = ("barrier_max", "barrier_gap", "barrier_position", "barrier_rela
 LOGIT_FEATURES = ("max_softmax", "max_logit", "logit_margin", "entropy")
 #: Relative float32 tolerance of :func:`collect_adversarial`'s ``min_margin`` test.
 MARGIN_TOL = 1e-4
-
-
-def _logits(model: nn.Module, X: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Logits (N, classes) on the CPU through the inference engine (:func:`mclib.infer.logits`).
-
-    An empty ``X`` still goes through the model once (eagerly, in eval mode), so the result has the right
-    number of classes: (0, classes). ``batch_size``: inputs per forward pass (None: the engine's choice).
-    """
-    if isinstance(X, torch.Tensor) and X.dim() >= 2 and len(X) == 0:
-        with torch.no_grad(), eval_mode(model):
-            return model(X.to(device_of(model))).float().cpu()
-    return infer.logits(model, X, chunk=batch_size)
 
 
 # ------------------------------------------------------------------------------------ references
@@ -106,7 +89,7 @@ def class_loss_quantile(model: nn.Module, X: torch.Tensor, y: torch.Tensor, q: f
     """Per class ``c``, the ``q``-quantile of the cross-entropy of the correctly classified images of ``c`` in
     ``(X, y)``: (num_classes,). With ``q = 0.5`` this is "the loss of a typical real image", the stopping
     threshold of the paper's high-confidence optimisation attack."""
-    out = _logits(model, X)
+    out = infer.logits(model, X, allow_empty=True)
     nc = int(num_classes or out.shape[1])
     loss = F.cross_entropy(out, y, reduction="none")
     ok = out.argmax(1) == y
@@ -159,7 +142,7 @@ def select_references(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int
         raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    out = _logits(model, X, batch_size)
+    out = infer.logits(model, X, chunk=batch_size, allow_empty=True)
     nc = int(num_classes or out.shape[1])
     y = y.cpu()
     loss = reference_loss(out, y)
@@ -260,7 +243,7 @@ def extract(model: nn.Module, x: torch.Tensor, references: References, num_point
     table also gets the Mahalanobis baseline's score.
     """
     x = x.detach().cpu()
-    logits = _logits(model, x, batch_size)
+    logits = infer.logits(model, x, chunk=batch_size, allow_empty=True)
     pred = logits.argmax(1)
     if len(x) == 0:             # e.g. an attack that succeeded nowhere: an empty table with every column
         K = references.of(pred, k).shape[1]
@@ -309,7 +292,7 @@ def penultimate(model: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> to
     grabbed: list[torch.Tensor] = []
     h = layer.register_forward_hook(lambda mod, inp, out: grabbed.append(inp[0].detach().flatten(1).float().cpu()))
     try:
-        _logits(model, X, batch_size)
+        infer.logits(model, X, chunk=batch_size, allow_empty=True)
     finally:
         h.remove()
     return torch.cat(grabbed) if grabbed else torch.zeros(0, layer.in_features)
@@ -514,7 +497,7 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
             break
         idx = torch.arange(s, min(len(X), s + batch_size))
         xa = attack(X[idx], y[idx], idx)
-        out = _logits(model, xa)
+        out = infer.logits(model, xa, allow_empty=True)
         pred = out.argmax(1)
         ok = pred != y[idx].cpu() if targets is None else pred == targets[idx]
         if min_margin > 0:
@@ -530,7 +513,7 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
     return Xa, si, tried, count
 
 
-# ------------------------------------------------------------------------------------ plots
+# --- plots
 def plot_roc(ax, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str | None = None):
     """ROC curves ``{label: (fpr, tpr)}`` on ``ax`` with the chance diagonal and the 5% FPR line."""
     for name, (f, t) in curves.items():
@@ -544,311 +527,3 @@ def plot_roc(ax, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str
     if curves:
         ax.legend(loc="lower right")
     return ax
-
-
-# ------------------------------------------------------------------------------------ the chapter's table
-def standard_detectors(with_mahalanobis: bool = True) -> dict[str, Callable[[], object]]:
-    """The chapter's detectors and baselines by name: single thresholds on barrier max and on barrier gap,
-    logistic regression on all path + logit features, and the baselines (max softmax probability,
-    Mahalanobis distance)."""
-    out = {
-        "threshold: barrier max": lambda: ThresholdDetector("barrier_max"),
-        "threshold: barrier gap": lambda: ThresholdDetector("barrier_gap"),
-        "logistic: path + logits": lambda: LogisticDetector(PATH_FEATURES + LOGIT_FEATURES),
-        "logistic: path only": lambda: LogisticDetector(PATH_FEATURES),
-        "baseline: max softmax": lambda: ThresholdDetector("max_softmax"),
-    }
-    if with_mahalanobis:
-        out["baseline: Mahalanobis"] = lambda: ThresholdDetector("mahalanobis")
-    return out
-
-
-def detection_table(clean: pd.DataFrame, groups_clean, attacks: Mapping[str, tuple[pd.DataFrame, Sequence[int]]],
-                    detectors: Mapping[str, Callable[[], object]], folds: int = 5, seed: int = 0,
-                    fitted_on: Mapping[str, str] | None = None):
-    """AUROC, TPR at 5% FPR and accuracy of every detector against every attack, by :func:`cross_val_scores`.
-
-    ``attacks``: ``{name: (adversarial feature table, source-image ids)}``; ``fitted_on``: ``{row name:
-    attack name}`` adds rows where the detector is trained against another attack's examples (e.g. the
-    adaptive attack's examples scored by a detector fitted on PGD); the row is named by the key and scored
-    on the adversarial examples of ``attacks[key]``... given as ``{"adaptive PGD": "PGD"}``, the row label is
-    ``"adaptive PGD (detector fitted on PGD)"``. Returns ``(table, rocs)`` with ``rocs[(attack, detector)] =
-    (fpr, tpr)``.
-    """
-    rows, rocs = [], {}
-    jobs = [(name, name, None) for name in attacks]
-    for target, source in (fitted_on or {}).items():
-        jobs.append((f"{target} (detector fitted on {source})", target, source))
-    for label, name, source in jobs:
-        adv, ga = attacks[name]
-        for dname, make in detectors.items():
-            kw = {}
-            if source is not None:
-                kw = dict(fit_adv=attacks[source][0], groups_fit_adv=attacks[source][1])
-            try:
-                lab, s, p = cross_val_scores(make, clean, adv, groups_clean, ga, folds, seed, **kw)
-            except ValueError:          # too few adversarial examples (e.g. an attack that failed at smoke size)
-                rows.append({"attack": label, "detector": dname, "n_clean": len(clean), "n_adv": len(adv),
-                             "auroc": float("nan"), "tpr@5%fpr": float("nan"), "accuracy": float("nan")})
-                continue
-            m = metrics(lab, s, p)
-            rows.append({"attack": label, "detector": dname, "n_clean": len(clean), "n_adv": len(adv), **m})
-            rocs[(label, dname)] = roc(lab, s)
-    return pd.DataFrame(rows), rocs
-
-
-# ------------------------------------------------------------------------------------ attack strength, worst case
-def strength_table(clean: Features, adv: Mapping[str, tuple[Features, torch.Tensor]]) -> pd.DataFrame:
-    """How far each attack moved its inputs and how high their barriers are, one row per attack.
-
-    ``adv``: ``{name: (features of the adversarial examples, perturbations x_adv - x_source (N, ...))}``.
-    Columns: ``kept`` (examples), ``median L-inf`` and ``median L2`` of the perturbations, ``median barrier
-    max`` / ``gap`` over (input, reference) pairs (:func:`median_barrier`) and ``ratio to real-real`` (the
-    median barrier max over the clean inputs' one, claim A8's statistic). Used to set an attack stopped at
-    its first success next to the full-strength one: the weaker the attack, the closer its examples sit to
-    the decision boundary and the lower their loss barriers.
-    """
-    rr = median_barrier(clean)
-    rows = []
-    for name, (f, delta) in adv.items():
-        d = torch.as_tensor(delta).flatten(1)
-        if len(f) != len(d):
-            raise ValueError(f"{name}: {len(f)} feature rows but {len(d)} perturbations")
-        mx = median_barrier(f)
-        rows.append({"attack": name, "kept": len(f),
-                     "median L-inf": float(d.abs().amax(1).median()) if len(d) else float("nan"),
-                     "median L2": float(d.norm(dim=1).median()) if len(d) else float("nan"),
-                     "median barrier max": mx, "median barrier gap": median_barrier(f, "gap"),
-                     "ratio to real-real": mx / rr if rr > 0 else float("nan")})
-    return pd.DataFrame(rows).set_index("attack")
-
-
-def transfer_table(table: pd.DataFrame, attack: str, source: str) -> pd.DataFrame:
-    """The worst case of a non-adaptive defender, per detector, from a :func:`detection_table` result.
-
-    ``table`` must hold the rows of ``attack`` (detector refitted on its own examples) and of
-    ``f"{attack} (detector fitted on {source})"`` (``detection_table(..., fitted_on={attack: source})``).
-    Returns per detector the AUROC refitted and fitted on ``source`` only, and ``inverted``: the
-    detector fitted on ``source`` has AUROC < 0.5, i.e. it ranks the attack's examples as *more* clean
-    than clean inputs -- an attacker who can make that happen has turned the detector against its user
-    (flipping its sign would help, but only a defender who has seen the attack knows to).
-    """
-    transfer = f"{attack} (detector fitted on {source})"
-    missing = [a for a in (attack, transfer) if a not in set(table["attack"])]
-    if missing:
-        raise ValueError(f"table has no rows for {missing}; call detection_table(..., fitted_on={{{attack!r}: {source!r}}})")
-    auroc = {a: table[table["attack"] == a].set_index("detector")["auroc"] for a in (attack, transfer)}
-    out = pd.DataFrame({f"AUROC refitted on {attack}": auroc[attack], f"AUROC fitted on {source}": auroc[transfer]})
-    out["inverted"] = out[f"AUROC fitted on {source}"] < 0.5      # NaN (too few examples) is not inverted
-    return out
-
-
-
-# ------------------------------------------------------------------------------------ the condition map (claim A9)
-def map_detectors() -> dict[str, Callable[[], object]]:
-    """The detectors of the condition map, by the short names its records use (``auroc_<name>``).
-
-    ``barrier_max``, ``barrier_gap`` and ``max_softmax``: a single threshold on that feature;
-    ``combined``: the logistic regression on path and logit features (the chapter's "logistic: path +
-    logits"); ``logits_only``: the same regression without the path features -- the model's confidence
-    alone, the control that says whether the barrier adds anything.
-    """
-    return {
-        "barrier_max": lambda: ThresholdDetector("barrier_max"),
-        "barrier_gap": lambda: ThresholdDetector("barrier_gap"),
-        "max_softmax": lambda: ThresholdDetector("max_softmax"),
-        "combined": lambda: LogisticDetector(PATH_FEATURES + LOGIT_FEATURES),
-        "logits_only": lambda: LogisticDetector(LOGIT_FEATURES),
-    }
-
-
-def auroc_difference_ci(labels, scores_a, scores_b, n_boot: int = 2000, seed: int = 0,
-                        level: float = 0.95) -> stats.Interval:
-    """``AUROC(scores_a) - AUROC(scores_b)`` of two detectors scored on the same inputs, with a paired
-    percentile bootstrap.
-
-    Each resample draws the adversarial rows and the clean rows separately (stratified, as
-    :func:`mclib.stats.auroc_ci`) and evaluates *both* detectors on the same drawn rows, so the interval
-    is that of the difference: the inputs both detectors find easy or hard cancel out. ``n`` counts rows.
-    An absent class gives a nan interval.
-    """
-    lab = np.asarray(labels).astype(bool)
-    a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
-    if lab.ndim != 1 or a.shape != lab.shape or b.shape != lab.shape:
-        raise ValueError(f"labels, scores_a and scores_b must be 1-D of equal length, got shapes {lab.shape}, "
-                         f"{a.shape} and {b.shape}")
-    if lab.all() or not lab.any():
-        return stats.Interval(float("nan"), float("nan"), float("nan"), len(lab))
-    pos, neg = np.c_[a[lab], b[lab]], np.c_[a[~lab], b[~lab]]
-
-    def diff(p: np.ndarray, q: np.ndarray) -> float:
-        y = np.r_[np.ones(len(p)), np.zeros(len(q))]
-        return stats.auroc(y, np.r_[p[:, 0], q[:, 0]]) - stats.auroc(y, np.r_[p[:, 1], q[:, 1]])
-
-    return stats.two_sample_ci(pos, neg, diff, n_boot, seed, level)
-
-
-@dataclass
-class SweepPoint:
-    """One setting of a condition map: its parameters ``setting``, the ``features`` of its successful
-    adversarial examples, their ``sources`` (indices into the attacked images), and the number of
-    images ``attempted`` and of those that ``succeeded``."""
-
-    setting: dict
-    features: Features
-    sources: torch.Tensor
-    attempted: int
-    succeeded: int
-
-
-def sweep(model: nn.Module, settings: Sequence[Mapping], make_attack: Callable[[Mapping], Callable],
-          X: torch.Tensor, y: torch.Tensor, references: References, n: int, num_points: int = 64,
-          k: int | None = None, targets: torch.Tensor | None = None, margin_key: str | None = None,
-          batch_size: int = 256, chunk_size: int | None = None, attempts: int | None = None) -> list[SweepPoint]:
-    """Adversarial examples and their detection features for every setting of a condition map.
-
-    For each ``setting`` (a dict of the attack's parameters, e.g. ``{"attack": "PGD", "extra_steps": 2}``),
-    ``make_attack(setting)`` gives the batched attack ``(x, y, idx) -> x_adv``; up to ``n`` successful
-    examples are collected from ``(X, y)`` (:func:`collect_adversarial`, ``targets`` for a targeted attack)
-    and their features extracted (:func:`extract`). With ``margin_key`` the setting's value under that key
-    is the confidence ``kappa`` an example must reach to count (``min_margin`` of
-    :func:`collect_adversarial`), so a setting holds only examples at least that confidently misclassified.
-    Every setting attacks the same images in the same order, so settings differ only in the attack.
-    ``attempts`` caps the images attacked per setting (default all): a setting the attack rarely reaches
-    would otherwise run the attack's full step budget on every image.
-    """
-    if attempts is not None:
-        if attempts < 1:
-            raise ValueError(f"attempts must be >= 1 (images attacked per setting), got {attempts}")
-        X, y = X[:attempts], y[:attempts]
-        targets = None if targets is None else targets[:attempts]
-    out = []
-    for setting in settings:
-        kappa = float(setting[margin_key]) if margin_key is not None else 0.0
-        Xa, src, tried, ok = collect_adversarial(model, make_attack(setting), X, y, n, batch_size, targets,
-                                                 min_margin=kappa)
-        feats = extract(model, Xa, references, num_points, k, chunk_size=chunk_size)
-        out.append(SweepPoint(dict(setting), feats, src, tried, ok))
-    return out
-
-
-def setting_evidence(setting: Mapping, clean: pd.DataFrame, groups_clean, adv: pd.DataFrame, groups_adv,
-                     folds: int = 5, seed: int = 0, n_boot: int = 2000,
-                     detectors: Mapping[str, Callable[[], object]] | None = None, min_adv: int = 5) -> dict:
-    """One entry of a condition map: ``{"setting": ..., "measured": ...}`` as claim records store it.
-
-    Every detector of ``detectors`` (default :func:`map_detectors`) is scored out of fold
-    (:func:`cross_val_scores`: the same folds, grouped by source image, for all of them) and its AUROC
-    recorded with a stratified bootstrap interval (:func:`mclib.stats.auroc_ci`) as ``auroc_<name>``.
-    When both ``combined`` and ``logits_only`` are among them, ``auroc_gain_from_path`` is the paired
-    bootstrap interval of their difference (:func:`auroc_difference_ci`): what the path features add to the
-    model's own confidence. Also recorded: ``n_clean``, ``n_adv``, ``median_logit_margin`` (how confidently
-    the examples are misclassified: top-1 minus top-2 logit) and ``median_barrier_max``. With fewer than
-    ``min_adv`` adversarial examples (an attack that rarely reaches the setting's confidence) no AUROC is
-    recorded: an interval over a handful of positives would look precise and mean nothing. A detector that
-    cannot be cross-validated (too few adversarial rows for the folds) gets None too.
-    """
-    detectors = map_detectors() if detectors is None else detectors
-    measured: dict = {"n_clean": len(clean), "n_adv": len(adv),
-                      "median_logit_margin": float(np.median(adv["logit_margin"])) if len(adv) else None,
-                      "median_barrier_max": float(np.median(adv["barrier_max"])) if len(adv) else None}
-    scores = {}
-    for name, make in detectors.items():
-        if len(adv) < min_adv:
-            measured[f"auroc_{name}"] = None
-            continue
-        try:
-            lab, scores[name], _ = cross_val_scores(make, clean, adv, groups_clean, groups_adv, folds, seed)
-        except ValueError:          # too few adversarial examples for the folds
-            measured[f"auroc_{name}"] = None
-            continue
-        measured[f"auroc_{name}"] = dict(stats.auroc_ci(lab, scores[name], n_boot, seed)._asdict())
-    if "combined" in detectors and "logits_only" in detectors:
-        measured["auroc_gain_from_path"] = (
-            dict(auroc_difference_ci(lab, scores["combined"], scores["logits_only"], n_boot, seed)._asdict())
-            if "combined" in scores and "logits_only" in scores else None)
-    return {"setting": dict(setting), "measured": measured}
-
-
-def confidence_map(clean: pd.DataFrame, groups_clean, points: Sequence[SweepPoint], folds: int = 5, seed: int = 0,
-                   n_boot: int = 2000, detectors: Mapping[str, Callable[[], object]] | None = None,
-                   min_adv: int = 5) -> list[dict]:
-    """The condition map of claim A9: :func:`setting_evidence` of every :func:`sweep` point against the same
-    clean inputs, plus each setting's ``success_rate`` (succeeded / attempted). The list is what a claim
-    records under ``values["conditions"]`` (:func:`mclib.claims.core.map_sentence` reads it)."""
-    out = []
-    for p in points:
-        entry = setting_evidence(p.setting, clean, groups_clean, p.features.table, p.sources.numpy(), folds, seed,
-                                 n_boot, detectors, min_adv)
-        entry["measured"]["success_rate"] = p.succeeded / p.attempted if p.attempted else None
-        out.append(entry)
-    return out
-
-
-def map_frame(conditions: Sequence[Mapping]) -> pd.DataFrame:
-    """A condition map in long form, one row per (setting, measured interval): ``attack``, ``knob`` (the
-    setting's other parameter), ``x`` (its value), ``margin`` (median logit margin of the examples),
-    ``quantity`` (e.g. ``auroc_barrier_max``), ``estimate``, ``lo``, ``hi``, ``n``."""
-    rows = []
-    for entry in conditions:
-        setting, measured = dict(entry["setting"]), entry["measured"]
-        knobs = [k for k in setting if k != "attack"]
-        if len(knobs) != 1:
-            raise ValueError(f"a setting needs 'attack' and exactly one other parameter, got {setting}")
-        for q, iv in measured.items():
-            if isinstance(iv, Mapping):
-                rows.append({"attack": setting.get("attack"), "knob": knobs[0], "x": setting[knobs[0]],
-                             "margin": measured.get("median_logit_margin"), "quantity": q,
-                             **{f: iv.get(f) for f in ("estimate", "lo", "hi", "n")}})
-    cols = ["attack", "knob", "x", "margin", "quantity", "estimate", "lo", "hi", "n"]
-    return pd.DataFrame(rows, columns=cols).astype({f: float for f in ("estimate", "lo", "hi")})
-
-
-#: Lines of :func:`plot_condition_map`: record key -> legend label.
-MAP_LINES = {"auroc_barrier_max": "threshold: barrier max", "auroc_barrier_gap": "threshold: barrier gap",
-             "auroc_max_softmax": "baseline: max softmax", "auroc_combined": "logistic: path + logits"}
-
-
-def plot_condition_map(axes, conditions: Sequence[Mapping], threshold: float = 0.9, lines: Mapping[str, str] = MAP_LINES,
-                       gain_ax=None):
-    """AUROC against attack confidence: one panel per attack family (in ``axes``, in order of first
-    appearance), the family's knob on the x axis (symlog), one line per detector of ``lines`` with its
-    interval as a band, and ``threshold`` as a dashed line. With ``gain_ax``, a last panel draws
-    ``auroc_gain_from_path`` (combined minus logits only, paired interval) against the examples' median
-    logit margin, one line per family, with the zero line. Returns the axes drawn on."""
-    import matplotlib.pyplot as plt
-    frame = map_frame(conditions)
-    families = list(dict.fromkeys(frame["attack"]))
-    if len(families) > len(axes):
-        raise ValueError(f"the map has {len(families)} attack families {families} but only {len(axes)} axes")
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, fam in zip(axes, families):
-        sub = frame[frame["attack"] == fam]
-        for (q, label), col in zip(lines.items(), colours):
-            d = sub[sub["quantity"] == q].sort_values("x")
-            ax.plot(d["x"], d["estimate"], "o-", color=col, lw=1.6, ms=4, label=label)
-            ax.fill_between(d["x"], d["lo"], d["hi"], color=col, alpha=0.15, lw=0)
-        ax.axhline(threshold, color="k", ls="--", lw=0.9)
-        ax.text(0.99, threshold, f"threshold {threshold:g}", transform=ax.get_yaxis_transform(), ha="right",
-                va="bottom", fontsize=8)
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xticks(sorted(sub["x"].unique()), [f"{v:g}" for v in sorted(sub["x"].unique())])
-        ax.set_xlabel(sub["knob"].iloc[0].replace("_", " "))
-        ax.set_ylabel("cross-validated AUROC")
-        ax.set_title(fam)
-    if families:
-        axes[0].legend(loc="lower left", fontsize=8)
-    drawn = list(axes[:len(families)])
-    if gain_ax is not None:
-        for fam, col in zip(families, colours[len(lines):] + colours):
-            d = frame[(frame["attack"] == fam) & (frame["quantity"] == "auroc_gain_from_path")].sort_values("margin")
-            gain_ax.plot(d["margin"], d["estimate"], "s-", color=col, lw=1.6, ms=4, label=fam)
-            gain_ax.fill_between(d["margin"], d["lo"], d["hi"], color=col, alpha=0.15, lw=0)
-        gain_ax.axhline(0.0, color="k", lw=0.8)
-        gain_ax.set_xlabel("median logit margin of the examples")
-        gain_ax.set_ylabel("AUROC gain from the path features")
-        gain_ax.set_title("does the barrier add to the logits?")
-        if gain_ax.get_legend_handles_labels()[0]:
-            gain_ax.legend(loc="best", fontsize=8)
-        drawn.append(gain_ax)
-    return drawn

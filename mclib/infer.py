@@ -256,7 +256,7 @@ def prepare(model: nn.Module, example: torch.Tensor, precision: str = "fp32", de
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_precision(precision)
     check_inputs("example", example)
-    dev = torch.device(device) if device is not None else device_of(model)
+    dev = device_of(model, device)
     shape = tuple(example.shape[1:])
     if _has_hooks(model):      # hooks are side effects (feature capture) that only the model itself has
         return Prepared(_InEval(model, dev), "eager", precision, dev, False)
@@ -336,7 +336,7 @@ def forward_chunks(model: nn.Module, n: int, make: Callable[[int, int], torch.Te
     """
     _check_precision(precision)
     chunk = _check_chunk(chunk)
-    dev = torch.device(device) if device is not None else device_of(model)
+    dev = device_of(model, device)
     step = chunk or chunk_size(per_input, dev)
     starts = range(0, int(n), step)
     if progress:
@@ -360,12 +360,17 @@ def forward_chunks(model: nn.Module, n: int, make: Callable[[int, int], torch.Te
 
 
 def logits(model: nn.Module, X: torch.Tensor, chunk: int | None = None, precision: str = "fp32", device=None,
-           progress: bool = False, name: str = "X") -> torch.Tensor:
+           progress: bool = False, name: str = "X", allow_empty: bool = False) -> torch.Tensor:
     """Logits of ``model`` for every row of ``X`` (float32, on the CPU), through the engine.
 
-    ``X`` must be a non-empty floating-point batch of finite values (checked, ``name`` in the message).
+    ``X`` must be a non-empty floating-point batch of finite values (checked, ``name`` in the message). With
+    ``allow_empty`` an empty ``X`` gives ``(0, classes)``: the model itself runs once on the empty batch
+    (eagerly, in eval mode, no gradients), so the result still has the right number of classes.
     """
-    check_inputs(name, X)
+    check_inputs(name, X, allow_empty=allow_empty)
+    if len(X) == 0:
+        with torch.no_grad(), eval_mode(model):
+            return model(X.to(device_of(model, device))).float().cpu()
     out: list[torch.Tensor] = []
     forward_chunks(model, len(X), lambda s, e: X[s:e], lambda s, e, z: out.append(z.cpu()),
                    per_input=int(math.prod(X.shape[1:])), chunk=chunk, precision=precision, device=device,

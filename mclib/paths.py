@@ -45,16 +45,10 @@ from mclib.torchutil import device_of, eval_mode
 __all__ = [
     "alphas", "linear_losses", "Barrier", "barrier", "path_losses", "segment_losses",
     "BypassResult", "bypass", "bypass_free", "InterpolatedModes", "interpolated_modes",
-    "project_box_hyperplane", "plot_loss_curves", "plot_barrier_hist", "plot_path_images",
-    "same_class_pairs", "BarrierSample", "barrier_sample", "condition_effects", "plot_condition_map", "PairStudy", "study_pairs",
-    "interpolated_pairs",
+    "project_box_hyperplane", "pair_targets", "plot_loss_curves", "plot_barrier_hist", "plot_path_images",
 ]
 
 # ----------------------------------------------------------------------------------------- checks
-def _model_device(model: nn.Module, device=None) -> torch.device:
-    return torch.device(device) if device is not None else device_of(model)
-
-
 def _check_images(name: str, X: torch.Tensor) -> None:
     if not isinstance(X, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}")
@@ -77,8 +71,9 @@ def _check_pair(A: torch.Tensor, C: torch.Tensor) -> None:
         raise ValueError(f"A and C must have the same shape (P, C, H, W); got A {tuple(A.shape)} and C {tuple(C.shape)}")
 
 
-def _targets(target, P: int) -> torch.Tensor:
-    """``target`` as an int64 tensor of shape (P,) (a scalar int is broadcast)."""
+def pair_targets(target, P: int) -> torch.Tensor:
+    """The class of every pair: ``target`` (an int, or P ints) checked, as an int64 tensor of shape (P,) (a scalar
+    int is broadcast)."""
     if isinstance(target, torch.Tensor):
         t = target.detach().cpu()
         if t.is_floating_point() or t.dtype == torch.bool:
@@ -174,8 +169,8 @@ def linear_losses(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, nu
     """
     _check_pair(A, C)
     P = A.shape[0]
-    tgt = _targets(target, P)
-    dev = _model_device(model, device)
+    tgt = pair_targets(target, P)
+    dev = device_of(model, device)
     A_ = A.to(dev, torch.float32)
     D = C.to(dev, torch.float32) - A_
     a = alphas(num_points).to(dev).expand(P, -1)
@@ -303,7 +298,7 @@ def path_losses(model: nn.Module, vertices, target, points_per_segment: int = 64
         for i, v in enumerate(vs):
             _check_images(f"vertices[{i}]", v)
     P = len(vs)
-    tgt = _targets(target, P)
+    tgt = pair_targets(target, P)
     if int(points_per_segment) < 2:
         raise ValueError(f"points_per_segment must be at least 2, got {points_per_segment}")
     counts = torch.tensor([v.shape[0] for v in vs])
@@ -581,8 +576,8 @@ def _bypass_impl(model, A, C, target, *, free, lr, iterations, mse_weight, tv_we
     every = _check_early_stop(early_stop)
     _check_pair(A, C)
     P = A.shape[0]
-    tgt = _targets(target, P)
-    dev = _model_device(model, device)
+    tgt = pair_targets(target, P)
+    dev = device_of(model, device)
     if int(max_rounds) < 0 or int(num_points) < 3:
         raise ValueError(f"need max_rounds >= 0 and num_points >= 3, got {max_rounds}, {num_points}")
     n = int(num_points)
@@ -724,8 +719,8 @@ def interpolated_modes(model: nn.Module, X1: torch.Tensor, X2: torch.Tensor, tar
     if not 0.0 <= float(mix) <= 1.0:
         raise ValueError(f"mix must lie in [0, 1], got {mix}")
     N = X1.shape[0]
-    tgt = _targets(target, N)
-    dev = _model_device(model, device)
+    tgt = pair_targets(target, N)
+    dev = device_of(model, device)
     m = ((1 - mix) * X1.to(dev, torch.float32) + mix * X2.to(dev, torch.float32))
     out = infer.logits(model, m, device=dev, name="the mixes of X1 and X2")
     _check_range(tgt, out.shape[1])
@@ -744,7 +739,7 @@ def interpolated_modes(model: nn.Module, X1: torch.Tensor, X2: torch.Tensor, tar
     return InterpolatedModes(x=x.cpu(), loss_before=before, loss=loss, optimised=before > threshold, steps=nsteps)
 
 
-# ------------------------------------------------------------------------------------ plots
+# --- plots
 def plot_loss_curves(ax, losses: torch.Tensor, positions: torch.Tensor | None = None, color=None, alpha: float = 0.3,
                      label: str | None = None, median: bool = True, max_curves: int = 100, log: bool = False):
     """Loss curves (P, T) against path position on ``ax``: thin lines for up to ``max_curves`` pairs, a thick median."""
@@ -800,283 +795,3 @@ def plot_path_images(axes, A, B, B_prime, C, scale_diff: bool = True):
     plots.images(axes, [A, B, B_prime, C, shown.clamp(0, 1)],
                  ["A", "B (max loss)", "B' (bypass)", "C", f"|B'-B| (max {mx:.3f})"])
     return axes
-
-
-# ------------------------------------------------------------------------------ pair studies (A1-A5)
-def same_class_pairs(model: nn.Module | None, X: torch.Tensor, y: torch.Tensor, n_pairs: int,
-                     generator: torch.Generator | None = None, correct_only: bool = True,
-                     lowest_loss: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices ``(i, j)`` (each (n_pairs,)) of distinct same-class pairs of ``X``, balanced over classes.
-
-    Pair k uses class ``classes[k % num_classes]`` (the classes present); ``i`` and ``j`` are drawn without
-    replacement among that class's inputs that ``model`` classifies correctly (all of them when
-    ``correct_only`` is False or ``model`` is None). Used for the real-pair experiments (paper section 4.1).
-    ``lowest_loss=q`` (0 < q <= 1) draws within the fraction q of each class's eligible inputs with the
-    lowest cross-entropy toward their class (at least two per class): pairs of confident inputs, closer to
-    the paper's *modes*. Pairs are drawn one after another from ``generator``, so the first n of a call for
-    more pairs with an equally seeded generator are the n pairs of a smaller call.
-    """
-    y = torch.as_tensor(y).long().cpu()
-    if lowest_loss is not None:
-        if isinstance(lowest_loss, bool) or not 0.0 < float(lowest_loss) <= 1.0:
-            raise ValueError(f"lowest_loss must be a fraction in (0, 1] of each class's inputs, got {lowest_loss!r}")
-        if model is None:
-            raise ValueError("lowest_loss ranks inputs by the model's loss: pass a model, not None")
-    ok = torch.ones_like(y, dtype=torch.bool)
-    out = None
-    if model is not None and (correct_only or lowest_loss is not None):
-        from mclib import train
-        out = train.logits(model, X)
-        if correct_only:
-            ok = out.argmax(1) == y
-    if lowest_loss is not None:
-        ce = F.cross_entropy(out, y, reduction="none")
-        low = torch.zeros_like(ok)
-        for c in y.unique().tolist():
-            members = ((y == c) & ok).nonzero()[:, 0]
-            keep = max(2, math.ceil(float(lowest_loss) * len(members)))
-            low[members[ce[members].argsort(stable=True)[:keep]]] = True
-        ok = ok & low
-    classes = [c for c in y.unique().tolist() if int(((y == c) & ok).sum()) >= 2]
-    if not classes:
-        raise ValueError("no class has two correctly classified inputs to pair")
-    I, J = [], []
-    for k in range(int(n_pairs)):
-        cand = ((y == classes[k % len(classes)]) & ok).nonzero()[:, 0]
-        i, j = cand[torch.randperm(len(cand), generator=generator)[:2]]
-        I.append(int(i)), J.append(int(j))
-    return torch.tensor(I), torch.tensor(J)
-
-
-@dataclass
-class BarrierSample:
-    """Straight-line barriers of same-class pairs drawn until their barrier fraction is decided (claim A1).
-
-    ``i``, ``j`` (n,): indices of the pairs into the inputs; ``target`` (n,): their class; ``gap`` (n,): the
-    barrier gap of each straight line; ``tolerance``: a gap above it is a barrier; ``threshold``: the fraction
-    the sample had to decide; ``looks``: the sample sizes at which the interval was inspected.
-    """
-
-    i: torch.Tensor
-    j: torch.Tensor
-    target: torch.Tensor
-    gap: torch.Tensor
-    tolerance: float
-    threshold: float
-    looks: list[int]
-
-    @property
-    def has_barrier(self) -> torch.Tensor:
-        return self.gap > self.tolerance
-
-    def fraction(self, level: float = 0.95):
-        """The share of pairs with a barrier and its Wilson interval (:func:`mclib.stats.fraction_ci`)."""
-        from mclib import stats
-
-        return stats.fraction_ci(self.has_barrier.numpy(), level)
-
-    def measured(self, level: float = 0.95) -> dict:
-        """What a condition map records for this sample: ``barrier_fraction`` (the Wilson interval as a dict
-        ``estimate, lo, hi, n``, as claim records store it), ``pairs``, ``looks``, and the median and largest
-        straight-line gap."""
-        return {"barrier_fraction": self.fraction(level)._asdict(), "pairs": len(self), "looks": list(self.looks),
-                "gap_median": float(self.gap.median()), "gap_max": float(self.gap.max())}
-
-    def __len__(self) -> int:
-        return int(self.gap.shape[0])
-
-
-def barrier_sample(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n_pairs: int, *, tolerance: float = 0.01,
-                   threshold: float = 0.05, max_pairs: int | None = None, num_points: int = 64, seed: int = 0,
-                   lowest_loss: float | None = None, level: float = 0.95) -> BarrierSample:
-    """Straight-line barrier gaps of same-class pairs (:func:`same_class_pairs`), with more pairs while undecided.
-
-    Draws ``n_pairs`` pairs (generator seeded with ``seed``), measures each straight line's barrier gap
-    (:func:`linear_losses`, :func:`barrier`), and while the Wilson interval (``level``) of the share of gaps
-    above ``tolerance`` still contains ``threshold``, doubles the sample (capped at ``max_pairs``, default
-    ``4 * n_pairs``); only the new pairs are evaluated, as the first pairs of a larger draw are the earlier
-    ones. A sample that looks up to three times at a 95% interval has a somewhat higher than 5% chance of a
-    wrong side; the looks are recorded so the reader can see it. Returns a :class:`BarrierSample`.
-    """
-    from mclib import stats
-
-    n, cap = int(n_pairs), int(max_pairs if max_pairs is not None else 4 * n_pairs)
-    if n < 1 or cap < n:
-        raise ValueError(f"need n_pairs >= 1 and max_pairs >= n_pairs, got n_pairs={n_pairs}, max_pairs={max_pairs}")
-    y = torch.as_tensor(y).long().cpu()
-    gaps, looks = torch.zeros(0), []
-    while True:
-        i, j = same_class_pairs(model, X, y, n, generator=torch.Generator().manual_seed(int(seed)),
-                                lowest_loss=lowest_loss)
-        new = slice(len(gaps), n)
-        L = linear_losses(model, X[i[new]], X[j[new]], y[i[new]], num_points)
-        gaps = torch.cat([gaps, barrier(L).gap])
-        looks.append(n)
-        iv = stats.fraction_ci((gaps > tolerance).numpy(), level)
-        if n >= cap or not iv.lo <= threshold <= iv.hi:
-            break
-        n = min(2 * n, cap)
-    return BarrierSample(i=i, j=j, target=y[i], gap=gaps, tolerance=float(tolerance), threshold=float(threshold),
-                         looks=looks)
-
-
-def condition_effects(conditions, key: str) -> dict[str, tuple[float, int]]:
-    """How much each factor of a condition map moves the estimate of ``measured[key]``, the others held fixed.
-
-    For every parameter name of the settings: over all pairs of settings that differ in that parameter only,
-    the largest absolute difference of the two estimates, and the number of such pairs. Returns
-    ``{name: (largest change, pairs compared)}`` in the order the names appear; a factor with no such pair
-    (or whose intervals are missing) gets ``(nan, 0)``. Says whether an effect is a property of, e.g., the
-    architecture, the training length or the pair sampling, in the map's own units.
-    """
-    entries = []
-    for e in conditions:
-        iv = (e.get("measured") or {}).get(key)
-        iv = iv._asdict() if hasattr(iv, "_asdict") else iv
-        est = None if iv is None else iv.get("estimate")
-        entries.append((dict(e.get("setting") or {}), est))
-    names = list(dict.fromkeys(k for st, _ in entries for k in st))
-    out = {}
-    for name in names:
-        best, n = math.nan, 0
-        for a in range(len(entries)):
-            for b in range(a + 1, len(entries)):
-                (sa, ea), (sb, eb) = entries[a], entries[b]
-                if ea is None or eb is None or set(sa) != set(sb) or sa.get(name) == sb.get(name):
-                    continue
-                if all(sa[k] == sb[k] for k in sa if k != name):
-                    d = abs(float(ea) - float(eb))
-                    best, n = (d if math.isnan(best) else max(best, d)), n + 1
-        out[name] = (best, n)
-    return out
-
-
-def plot_condition_map(ax, conditions, key: str, threshold: float, above: bool = True, scale: float = 1.0,
-                       xlabel: str | None = None, colors=None):
-    """Dot-and-whisker plot of a claim's condition map: one row per setting, its interval ``measured[key]``.
-
-    ``conditions`` is the list a claim records under ``values["conditions"]`` (``{"setting": {...},
-    "measured": {key: {"estimate", "lo", "hi"}}}``); values are multiplied by ``scale`` (100 for percent).
-    The threshold is a dashed line; a row is blue when its whole interval lies on the claim's side of it
-    (``above``: at or above; the effect appears), vermillion when it lies wholly on the other side (the effect
-    vanishes), and a grey hollow dot when the interval spans it (undecided). Settings with no interval are
-    labelled "n/a". Returns ``ax``.
-    """
-    from mclib import plots
-
-    colors = colors or {"holds": plots.PALETTE[0], "inconclusive": "#888888", "fails": plots.PALETTE[1]}
-    labels = []
-    for row, entry in enumerate(conditions):
-        labels.append(", ".join(f"{k}={v}" for k, v in (entry.get("setting") or {}).items()))
-        iv = (entry.get("measured") or {}).get(key)
-        iv = iv._asdict() if hasattr(iv, "_asdict") else iv       # an mclib.stats.Interval
-        if iv is None or iv.get("lo") is None:
-            ax.text(threshold * scale, row, " n/a", va="center", fontsize=9)
-            continue
-        est, lo, hi = (float(iv[k]) * scale for k in ("estimate", "lo", "hi"))
-        t = threshold * scale
-        ok, bad = (lo >= t, hi < t) if above else (hi <= t, lo > t)
-        status = "holds" if ok else "fails" if bad else "inconclusive"
-        ax.plot([lo, hi], [row, row], color=colors[status], lw=2.2, solid_capstyle="butt")
-        ax.plot([est], [row], "o", color=colors[status], ms=6,
-                mfc=colors[status] if status != "inconclusive" else "white")
-    ax.axvline(threshold * scale, color="k", ls="--", lw=1)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.invert_yaxis()
-    ax.set_ylim(len(labels) - 0.5, -0.5)
-    if xlabel:
-        ax.set_xlabel(xlabel)
-    return ax
-
-
-@dataclass
-class PairStudy:
-    """Straight-line barriers of P pairs and the bypass of those with a barrier (paper sections 4.1-4.2).
-
-    ``line``: (P, T) loss along the straight lines; ``line_barrier``: its :class:`Barrier`; ``has_barrier``
-    (P,): gap > ``tolerance``; ``bypass``: the :class:`BypassResult` of the pairs with a barrier (in the
-    order of ``has_barrier.nonzero()``), None when no pair has one.
-    """
-
-    line: torch.Tensor
-    line_barrier: Barrier
-    has_barrier: torch.Tensor
-    bypass: BypassResult | None
-    tolerance: float
-    endpoint_loss: torch.Tensor
-
-    def summary(self) -> dict:
-        """Plain numbers: fraction with a barrier, bypass rounds and bends, free after one bend, B' shift."""
-        b = self.line_barrier
-        out = {"pairs": int(len(b)), "endpoint loss (median)": float(self.endpoint_loss.median()),
-               "barrier max (median)": float(b.max.median()), "barrier gap (median)": float(b.gap.median()),
-               "barrier gap (max)": float(b.gap.max()), "pairs with a barrier": int(self.has_barrier.sum()),
-               "fraction with a barrier": float(self.has_barrier.float().mean())}
-        r = self.bypass
-        if r is None:
-            out.update({"free after 1 bend": float("nan"), "connected at the end": float("nan"),
-                        "rounds (median)": float("nan"), "rounds (max)": float("nan"), "bends (median)": float("nan"),
-                        "max|B'-B| % (median)": float("nan"), "max|B'-B| % (max)": float("nan"),
-                        "final gap (median)": float("nan")})
-            return out
-        g1 = r.barriers[1].gap if len(r.barriers) > 1 else r.barriers[0].gap
-        shift = 100 * r.shift()[r.bent_first]
-        out.update({"free after 1 bend": float((g1 <= self.tolerance).float().mean()),
-                    "connected at the end": float(r.connected.float().mean()),
-                    "rounds (median)": float(r.rounds.float().median()), "rounds (max)": int(r.rounds.max()),
-                    "bends (median)": float(r.bends.float().median()),
-                    "max|B'-B| % (median)": float(shift.median()) if shift.numel() else float("nan"),
-                    "max|B'-B| % (max)": float(shift.max()) if shift.numel() else float("nan"),
-                    "final gap (median)": float(r.barriers[-1].gap.median())})
-        return out
-
-
-def study_pairs(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, num_points: int = 64,
-                tolerance: float = 0.01, progress: bool = True, **bypass_kwargs) -> PairStudy:
-    """Barrier of the straight line for every pair, then :func:`bypass` on the pairs whose gap > ``tolerance``.
-
-    ``bypass_kwargs`` go to :func:`bypass` (``iterations``, ``max_rounds``, ``clamp``, ...). Returns a
-    :class:`PairStudy`; ``PairStudy.summary()`` gives the numbers of claims A1-A5.
-    """
-    tgt = _targets(target, A.shape[0])
-    line = linear_losses(model, A, C, tgt, num_points, progress=progress)
-    bar = barrier(line)
-    has = bar.gap > tolerance
-    res = None
-    if has.any():
-        idx = has.nonzero()[:, 0]
-        res = bypass(model, A[idx], C[idx], tgt[idx], tolerance=tolerance, num_points=num_points,
-                     progress=progress, **bypass_kwargs)
-    return PairStudy(line=line, line_barrier=bar, has_barrier=has, bypass=res, tolerance=float(tolerance),
-                     endpoint_loss=torch.maximum(line[:, 0], line[:, -1]))
-
-
-def interpolated_pairs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n_pairs: int, kind: str = "same",
-                       mix: float = 0.5, generator: torch.Generator | None = None, **kwargs):
-    """Same-class pairs of interpolated modes (paper section 4.1), ``(A, C, target, modes)``.
-
-    Pair k has class ``c`` (balanced over classes). ``kind="same"``: each endpoint mixes two real inputs of
-    class ``c``; ``kind="two"``: each endpoint mixes a real input of class ``c`` with one of another class
-    (drawn at random), and is made a mode of ``c``. Each mix goes through :func:`interpolated_modes`
-    (``kwargs``: ``threshold``, ``steps``, ``lr``, ...); ``modes`` is its :class:`InterpolatedModes` for the
-    2P endpoints (first P are the ``A``). Only correctly classified inputs are used.
-    """
-    if kind not in ("same", "two"):
-        raise ValueError(f"kind must be 'same' or 'two', got {kind!r}")
-    i1, j1 = same_class_pairs(model, X, y, n_pairs, generator)
-    i2, j2 = same_class_pairs(model, X, y, n_pairs, generator)
-    yy = torch.as_tensor(y).long()
-    if kind == "two":       # replace the second input of each mix by one of another class
-        def other(idx):
-            out = []
-            for i in idx.tolist():
-                cand = (yy != yy[i]).nonzero()[:, 0]
-                out.append(int(cand[torch.randint(len(cand), (1,), generator=generator)]))
-            return torch.tensor(out)
-        j1, j2 = other(i1), other(i2)
-    target = yy[i1]
-    X1 = torch.cat([X[i1], X[i2]])
-    X2 = torch.cat([X[j1], X[j2]])
-    modes = interpolated_modes(model, X1, X2, torch.cat([target, target]), mix=mix, **kwargs)
-    P = len(target)
-    return modes.x[:P], modes.x[P:], target, modes

@@ -612,6 +612,28 @@ def random_labelling(probs: Sequence[float], ds: Sequence[int], n_sites: int, n_
     return {"probs": probs, "d": np.array([int(x) for x in ds]), "L": np.array(sides), "tau": tau, "tau_se": tau_se}
 
 
+def pc_study(spec: Mapping, steps: int = 12, n_boot: int = 100, rng=None, kind: str = "site",
+             progress: bool = True) -> dict[int, dict]:
+    """Spanning curves and ``p_c`` estimates for several dimensions.
+
+    ``spec`` maps ``d`` (int or str) to ``{"sizes": [L1, L2, ...], "samples": n}``. Returns, per ``d``,
+    ``{"thresholds": {L: p*}, **estimate_pc(...)}`` plus ``literature`` and ``bethe`` (``1/(2d-1)``).
+    Every ``(d, L)`` draws from its own stream seeded from ``rng``, so adding a dimension does not change
+    the others.
+    """
+    base = int(_rng(rng).integers(2**31))
+    lit = LITERATURE_SITE_PC if kind == "site" else LITERATURE_BOND_PC
+    out = {}
+    items = sorted((int(d), v) for d, v in spec.items())
+    for d, v in tqdm(items, disable=not progress, desc="p_c(d)"):
+        th = {int(L): spanning_thresholds(int(L), d, int(v["samples"]), np.random.default_rng([base, d, int(L)]),
+                                          kind=kind, steps=steps)
+              for L in v["sizes"]}
+        est = estimate_pc(th, n_boot=n_boot, rng=np.random.default_rng([base, d, 0]))
+        out[d] = {"thresholds": th, **est, "literature": lit.get(d, float("nan")), "bethe": float(bethe_estimate(d))}
+    return out
+
+
 # ------------------------------------------------------------------------------------------- real networks
 @torch.no_grad()
 def label_fractions(model: nn.Module, X: torch.Tensor, y: torch.Tensor, radii: Iterable[float], n_points: int = 32,
@@ -668,7 +690,21 @@ def label_fractions(model: nn.Module, X: torch.Tensor, y: torch.Tensor, radii: I
             "p_own_per_class": np.stack(own_cls), "class_fractions": np.stack(fracs), "input_dim": D}
 
 
-# ------------------------------------------------------------------------------------------------ plotting
+def balanced_indices(y: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices of about ``n`` examples spread evenly over the classes of ``y`` (random within each class).
+
+    Some splits are sorted by class (``mnist5k``'s test split is), so ``X[:n]`` would be one class only.
+    """
+    classes = torch.unique(y)
+    per = max(1, n // len(classes))
+    out = []
+    for k in classes:
+        idx = torch.nonzero(y == k).flatten()
+        out.append(idx[torch.randperm(len(idx), generator=generator)[:per]])
+    return torch.sort(torch.cat(out)).values
+
+
+# --- plots
 def plot_crossing(ax, thresholds: Mapping[int, np.ndarray], pc: float | None = None, lit: float | None = None,
                   n_grid: int = 200, title: str | None = None):
     """Spanning probability ``R_L(p)`` for each side length, with the estimated and literature ``p_c``."""
@@ -688,28 +724,6 @@ def plot_crossing(ax, thresholds: Mapping[int, np.ndarray], pc: float | None = N
         ax.set_title(title)
     ax.legend(fontsize=7)
     return ax
-
-
-def pc_study(spec: Mapping, steps: int = 12, n_boot: int = 100, rng=None, kind: str = "site",
-             progress: bool = True) -> dict[int, dict]:
-    """Spanning curves and ``p_c`` estimates for several dimensions.
-
-    ``spec`` maps ``d`` (int or str) to ``{"sizes": [L1, L2, ...], "samples": n}``. Returns, per ``d``,
-    ``{"thresholds": {L: p*}, **estimate_pc(...)}`` plus ``literature`` and ``bethe`` (``1/(2d-1)``).
-    Every ``(d, L)`` draws from its own stream seeded from ``rng``, so adding a dimension does not change
-    the others.
-    """
-    base = int(_rng(rng).integers(2**31))
-    lit = LITERATURE_SITE_PC if kind == "site" else LITERATURE_BOND_PC
-    out = {}
-    items = sorted((int(d), v) for d, v in spec.items())
-    for d, v in tqdm(items, disable=not progress, desc="p_c(d)"):
-        th = {int(L): spanning_thresholds(int(L), d, int(v["samples"]), np.random.default_rng([base, d, int(L)]),
-                                          kind=kind, steps=steps)
-              for L in v["sizes"]}
-        est = estimate_pc(th, n_boot=n_boot, rng=np.random.default_rng([base, d, 0]))
-        out[d] = {"thresholds": th, **est, "literature": lit.get(d, float("nan")), "bethe": float(bethe_estimate(d))}
-    return out
 
 
 def plot_pc(ax, study: Mapping[int, Mapping], d_max: int | None = None, kind: str = "site"):
@@ -761,7 +775,7 @@ def _colours(n: int) -> list:
     return [plt.get_cmap("viridis")(x) for x in np.linspace(0, 0.9, max(n, 1))]
 
 
-def place_on_curve(ax, measured: Mapping[str, float], input_dim: int, kind: str = "site"):
+def plot_on_pc_curve(ax, measured: Mapping[str, float], input_dim: int, kind: str = "site"):
     """``p_c(d)`` from d = 2 up to the input dimension (literature, then :func:`pc_series`), log-log, with
     each measured low-loss fraction ``p`` as a horizontal line: where the line lies above the curve, the
     random-labelling picture says cells of that class percolate."""
@@ -781,17 +795,3 @@ def place_on_curve(ax, measured: Mapping[str, float], input_dim: int, kind: str 
     ax.set_ylabel("p")
     ax.legend(fontsize=7, loc="lower left")
     return ax
-
-
-def balanced_indices(y: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Indices of about ``n`` examples spread evenly over the classes of ``y`` (random within each class).
-
-    Some splits are sorted by class (``mnist5k``'s test split is), so ``X[:n]`` would be one class only.
-    """
-    classes = torch.unique(y)
-    per = max(1, n // len(classes))
-    out = []
-    for k in classes:
-        idx = torch.nonzero(y == k).flatten()
-        out.append(idx[torch.randperm(len(idx), generator=generator)[:per]])
-    return torch.sort(torch.cat(out)).values

@@ -11,8 +11,10 @@ Baselines get the same bonafide data and the same budget (epochs, batch size, le
 (Zhao et al. sec. 3.1, Table 1): :func:`finetune` an endpoint, train :func:`from_scratch`,
 :func:`prune_finetune` (L1 filter pruning of the last convolution, Li et al. 2017, then fine-tuning;
 cf. fine-pruning, Liu et al. 2018) and :func:`weight_noise` (a Gaussian perturbation of an endpoint
-as far from it, in L2, as the curve point). :func:`comparison_table` measures clean accuracy and
-attack success rate (ASR) of every repaired model.
+as far from it, in L2, as the curve point). :func:`clean_and_asr` measures clean accuracy and attack
+success rate (ASR) of a repaired model; :func:`trigger_gradient_mass` says what bonafide data can teach the
+weights that read a trigger. The chapters' study -- sweeps over the bonafide size N, Table 1's comparison of
+every method, the condition maps -- is :mod:`mclib.studies.bonafide`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torch import nn
 
 from mclib import curves, train
 from mclib.attacks import backdoor
+from mclib.torchutil import device_of, eval_mode
 
 #: The training budget every repair method shares unless told otherwise.
 DEFAULT_BUDGET = {"epochs": 50, "batch_size": 64, "lr": 1e-2, "optimizer": "sgd", "weight_decay": 5e-4}
@@ -52,7 +55,9 @@ def split_bonafide(X_test: torch.Tensor, y_test: torch.Tensor, n: int, generator
     return X_test[bona], y_test[bona], X_test[evaluation], y_test[evaluation]
 
 
-def _budget(kw: Mapping[str, Any] | None) -> dict[str, Any]:
+def training_budget(kw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The training budget every repair method shares: :data:`DEFAULT_BUDGET` updated by ``kw`` (unknown keys
+    raise, naming the valid ones)."""
     b = dict(DEFAULT_BUDGET)
     b.update(kw or {})
     unknown = set(b) - set(DEFAULT_BUDGET)
@@ -69,18 +74,18 @@ def path_repair(m0: nn.Module, m1: nn.Module, X_bona: torch.Tensor, y_bona: torc
     Builds ``Curve([m0, m1], kind, num_bends)`` (bend on the straight line) and trains it with
     :func:`mclib.curves.train_curve` on ``(X_bona, y_bona)`` with the budget ``epochs``, ``batch_size``,
     ``lr``, ``optimizer``, ``weight_decay`` (defaults :data:`DEFAULT_BUDGET`). The training losses are
-    kept as ``curve.losses``. Evaluate points with ``curve.at(t, bn_data=X_bona)``.
+    in ``curve.losses`` (:class:`mclib.curves.Curve`). Evaluate points with ``curve.at(t, bn_data=X_bona)``.
     """
-    b = _budget(budget)
+    b = training_budget(budget)
     curve = curves.Curve([m0, m1], kind=kind, num_bends=num_bends)
-    curve.losses = curves.train_curve(curve, X_bona, y_bona, generator=generator, device=device,
-                                      progress=progress, desc="path repair", **b)
+    curves.train_curve(curve, X_bona, y_bona, generator=generator, device=device, progress=progress,
+                       desc="path repair", **b)
     return curve
 
 
 def _fit(model: nn.Module, X, y, b: Mapping[str, Any], generator, device, progress, desc) -> nn.Module:
     train.fit(model, X, y, epochs=b["epochs"], batch_size=b["batch_size"], lr=b["lr"], optimizer=b["optimizer"],
-              weight_decay=b["weight_decay"], generator=generator, device=device or next(model.parameters()).device,
+              weight_decay=b["weight_decay"], generator=generator, device=device_of(model, device),
               progress=progress, desc=desc)
     return model.eval()
 
@@ -88,7 +93,7 @@ def _fit(model: nn.Module, X, y, b: Mapping[str, Any], generator, device, progre
 def finetune(model: nn.Module, X_bona: torch.Tensor, y_bona: torch.Tensor, generator: torch.Generator | None = None,
              device=None, progress: bool = False, **budget) -> nn.Module:
     """Baseline: a copy of ``model`` fine-tuned on the bonafide data with the same budget (Zhao et al. Table 1)."""
-    return _fit(copy.deepcopy(model), X_bona, y_bona, _budget(budget), generator, device, progress, "fine-tune")
+    return _fit(copy.deepcopy(model), X_bona, y_bona, training_budget(budget), generator, device, progress, "fine-tune")
 
 
 def reinitialise(model: nn.Module, generator_seed: int = 0) -> nn.Module:
@@ -108,7 +113,7 @@ def reinitialise(model: nn.Module, generator_seed: int = 0) -> nn.Module:
 def from_scratch(model: nn.Module, X_bona: torch.Tensor, y_bona: torch.Tensor, generator: torch.Generator | None = None,
                  device=None, progress: bool = False, init_seed: int = 0, **budget) -> nn.Module:
     """Baseline: the same architecture, freshly initialised (:func:`reinitialise`), trained on the bonafide data only."""
-    return _fit(reinitialise(model, init_seed), X_bona, y_bona, _budget(budget), generator, device, progress,
+    return _fit(reinitialise(model, init_seed), X_bona, y_bona, training_budget(budget), generator, device, progress,
                 "from scratch")
 
 
@@ -173,7 +178,7 @@ def prune_finetune(model: nn.Module, X_bona: torch.Tensor, y_bona: torch.Tensor,
                    progress: bool = False, **budget) -> nn.Module:
     """Baseline: :func:`prune_filters` of the last convolution, then fine-tuning on the bonafide data (same budget)."""
     pruned, _ = prune_filters(model, amount, layer)
-    _fit(pruned, X_bona, y_bona, _budget(budget), generator, device, progress, "prune + fine-tune")
+    _fit(pruned, X_bona, y_bona, training_budget(budget), generator, device, progress, "prune + fine-tune")
     return _make_permanent(pruned).eval()
 
 
@@ -228,114 +233,6 @@ def backdoor_along(curve: curves.Curve, ts, X_eval: torch.Tensor, y_eval: torch.
                        metrics={"asr": lambda m: train.evaluate(m, Xt, yt)["acc"]})
 
 
-def repair_methods(m0: nn.Module, m1: nn.Module, X_bona: torch.Tensor, y_bona: torch.Tensor, t: float = 0.5,
-                   curve: curves.Curve | None = None, prune_amount: float = 0.5,
-                   generator: torch.Generator | None = None, device=None, progress: bool = False,
-                   **budget) -> dict[str, nn.Module]:
-    """Every repair of Zhao et al.'s Table 1 with the same bonafide data and budget, as name -> model.
-
-    ``path (t=..)``: the curve point (``curve`` reused if given, else trained by :func:`path_repair`),
-    BN re-estimated on the bonafide data; ``endpoint``: ``m0`` untouched; ``fine-tune``,
-    ``from scratch``, ``prune + fine-tune`` (from ``m0``); ``weight noise``: ``m0`` moved as far as
-    :math:`w(t)` is from it.
-    """
-    b = _budget(budget)
-    curve = curve if curve is not None else path_repair(m0, m1, X_bona, y_bona, generator=generator, device=device,
-                                                          progress=progress, **b)
-    return {
-        f"path (t={t:g})": curve.at(t, bn_data=X_bona),
-        "endpoint (no repair)": m0,
-        "fine-tune": finetune(m0, X_bona, y_bona, generator=generator, device=device, progress=progress, **b),
-        "from scratch": from_scratch(m0, X_bona, y_bona, generator=generator, device=device, progress=progress, **b),
-        "prune + fine-tune": prune_finetune(m0, X_bona, y_bona, amount=prune_amount, generator=generator,
-                                            device=device, progress=progress, **b),
-        "weight noise": weight_noise(m0, curve_distance(curve, t, 0), generator=generator),
-    }
-
-
-def comparison_table(models: Mapping[str, nn.Module], X_eval: torch.Tensor, y_eval: torch.Tensor,
-                     trigger: backdoor.Trigger | Mapping | None = None, mode: str = "single", target: int = 0,
-                     columns: Mapping[str, Any] | None = None):
-    """A DataFrame with one row per method: ``method``, ``clean_acc``, ``asr`` (after constant ``columns``, e.g. ``{"N": 50}``)."""
-    import pandas as pd
-
-    rows = [{**dict(columns or {}), "method": name, **clean_and_asr(m, X_eval, y_eval, trigger, mode, target)}
-            for name, m in models.items()]
-    return pd.DataFrame(rows)
-
-
-# -- glue for the chapters -------------------------------------------------------------------------
-def backdoored_recipe(ctx_or_preset, seed: int = 0, trigger: Mapping[str, Any] | None = None, mode: str = "single",
-                      target: int = 0, rate: float = 0.1, arch: str | None = None) -> train.Recipe:
-    """The book's standard recipe (:func:`mclib.train.recipe_for`) with BadNets poisoning as its data hook.
-
-    Two endpoints = the same poisoned data (poisoning drawn from the recipe's seed) and different seeds
-    (Zhao et al. sec. 3.1). ``trigger`` is a dict of :class:`~mclib.attacks.backdoor.Trigger` arguments.
-    """
-    kw = {"mode": mode, "target": int(target), "rate": float(rate),
-          "trigger": dict(trigger) if trigger is not None else backdoor.Trigger().to_dict()}
-    return train.recipe_for(ctx_or_preset, arch=arch, seed=seed, data_hook="mclib.attacks.backdoor:poison",
-                            data_hook_kwargs=kw)
-
-
-def epochs_for(n: int, steps: int, batch_size: int) -> int:
-    """Epochs over ``n`` samples that give about ``steps`` optimiser steps (at least 1): equal budgets across N."""
-    per_epoch = -(-n // batch_size)
-    return max(1, round(steps / per_epoch))
-
-
-def sweep(m0: nn.Module, m1: nn.Module, X_test: torch.Tensor, y_test: torch.Tensor, ns, ts,
-          metrics: Callable[[torch.Tensor, torch.Tensor], Mapping[str, Callable[[nn.Module], float]]] | None = None,
-          steps: int = 150, batch_size: int = 64, generator_seed: int = 0, exclude: torch.Tensor | None = None,
-          progress: bool = False, **budget):
-    """Path repair for every bonafide size ``N`` in ``ns``; returns ``(frame, curves)``.
-
-    For each ``N``: :func:`split_bonafide` (fixed halves, so one evaluation half for all N), a curve by
-    :func:`path_repair` with about ``steps`` optimiser steps (:func:`epochs_for`), then clean loss and
-    accuracy on the evaluation half and every extra metric at each ``t`` (BN re-estimated on the
-    bonafide data). ``metrics(X_eval, y_eval)`` builds name -> ``fn(model)``; ``exclude`` is a boolean
-    mask over the evaluation half of images left out of the clean accuracy (e.g. the error-injected
-    images). ``frame`` has columns ``N, t, loss, acc, <metrics>``; ``curves`` maps N -> Curve.
-    """
-    import pandas as pd
-
-    frames, out = [], {}
-    for n in ns:
-        Xb, yb, Xe, ye = split_bonafide(X_test, y_test, int(n))
-        extra = dict(metrics(Xe, ye)) if metrics is not None else {}
-        if exclude is not None:
-            Xe, ye = Xe[~exclude], ye[~exclude]
-        b = {**budget, "batch_size": batch_size, "epochs": epochs_for(int(n), steps, batch_size)}
-        curve = path_repair(m0, m1, Xb, yb, generator=torch.Generator().manual_seed(generator_seed + int(n)),
-                            progress=progress, **b)
-        df = curves.evaluate_along(curve, ts, Xe, ye, bn_data=Xb, metrics=extra)
-        df.insert(0, "N", int(n))
-        frames.append(df)
-        curve.bonafide = (Xb, yb)
-        out[int(n)] = curve
-    return pd.concat(frames, ignore_index=True), out
-
-
-def asr_metric(trigger: backdoor.Trigger | Mapping | None = None, mode: str = "single", target: int = 0):
-    """``metrics`` factory for :func:`sweep`: ``{"asr": fn(model)}`` on the evaluation half."""
-    def build(Xe, ye):
-        Xt, yt = backdoor.triggered_set(Xe, ye, trigger, mode, target)
-        return {"asr": lambda m: train.evaluate(m, Xt, yt)["acc"]}
-    return build
-
-
-def plot_sweep(frame, column: str = "asr", ax=None, title: str | None = None, label_fmt: str = "N = {}"):
-    """One line per bonafide size N of ``frame[column]`` (percent) against t."""
-    from mclib import plots
-
-    if ax is None:
-        _, ax = plots.subplots(figsize=(4.2, 3.2))
-    for n, df in frame.groupby("N"):
-        curves.plot_along(ax, df, column, label=label_fmt.format(n), percent=column != "loss")
-    ax.set_ylim(-3, 103)
-    if title:
-        ax.set_title(title)
-    return ax
 
 
 # -- what bonafide data can teach the weights that read a trigger ------------------------------------
@@ -385,22 +282,20 @@ def trigger_gradient_mass(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
     def hook(_, inputs, output):
         seen["a"], seen["z"] = inputs[0].detach(), output
 
-    was_training = model.training
-    model.eval()
     handle = mod.register_forward_hook(hook)
     try:
-        loss = F.cross_entropy(model(X), y)
-        delta = torch.autograd.grad(loss, seen["z"])[0].detach()
-        a = seen["a"]
-        with torch.no_grad():
-            model(torch.zeros_like(X[:1]))
-            a0 = seen["a"]
-            region = trig.mask(X.shape).to(X.dtype).expand_as(X[:1])
-            model(region)
-            in_region = (seen["a"] - a0) != 0   # where the trigger's pixels land in the layer's input
+        with eval_mode(model):
+            loss = F.cross_entropy(model(X), y)
+            delta = torch.autograd.grad(loss, seen["z"])[0].detach()
+            a = seen["a"]
+            with torch.no_grad():
+                model(torch.zeros_like(X[:1]))
+                a0 = seen["a"]
+                region = trig.mask(X.shape).to(X.dtype).expand_as(X[:1])
+                model(region)
+                in_region = (seen["a"] - a0) != 0   # where the trigger's pixels land in the layer's input
     finally:
         handle.remove()
-        model.train(was_training)
     lin = a - a0                              # A x: the part of the layer's input that the pixels carry
     W = mod.weight
 
@@ -415,43 +310,3 @@ def trigger_gradient_mass(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
     n_r = X[0].numel() - n_t
     ratio = (g_t / n_t) / (g_r / n_r) if g_r > 0 else float("nan")
     return {"trigger": g_t, "rest": g_r, "trigger_pixels": n_t, "rest_pixels": n_r, "per_pixel_ratio": ratio}
-
-
-#: The symbol a condition-map cell carries for each verdict (the colour is never the only cue).
-MAP_MARKS = {"holds": "✓", "fails": "✗", "inconclusive": "?"}
-
-
-def plot_map(ax, grid, marks=None, title: str | None = None, threshold: float | None = None, percent: bool = True,
-             annotate: bool = True, cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
-             cbar_label: str = ""):
-    """A condition map as a heatmap: ``grid`` a DataFrame (rows = settings, columns = one swept parameter).
-
-    Each cell shows its value (in percent when ``percent``) when ``annotate``, and the symbol of
-    :data:`MAP_MARKS` for ``marks`` (a DataFrame of verdicts of the same shape): where the criterion holds,
-    fails or is undecided over its interval. The colour bar carries a line at ``threshold`` (the criterion's).
-    """
-    import numpy as np
-
-    scale = 100.0 if percent else 1.0
-    vals = grid.to_numpy(dtype=float) * scale
-    im = ax.imshow(vals, cmap=cmap, aspect="auto", vmin=None if vmin is None else vmin * scale,
-                   vmax=None if vmax is None else vmax * scale)
-    ax.set_xticks(range(grid.shape[1]), [f"{c:g}" if isinstance(c, float) else str(c) for c in grid.columns])
-    ax.set_yticks(range(grid.shape[0]), [", ".join(map(str, r)) if isinstance(r, tuple) else str(r) for r in grid.index])
-    ax.grid(False)
-    lo, hi = im.get_clim()
-    for i in range(grid.shape[0]):
-        for j in range(grid.shape[1]):
-            v = vals[i, j]
-            text = f"{v:.0f}" if annotate and np.isfinite(v) else ""
-            if marks is not None:
-                text = f"{text} {MAP_MARKS.get(marks.iat[i, j], '')}".strip()
-            dark = np.isfinite(v) and (v - lo) < 0.5 * (hi - lo)
-            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
-    cbar = ax.figure.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
-    cbar.set_label(cbar_label + (" (%)" if percent else ""))
-    if threshold is not None:
-        cbar.ax.axhline(threshold * scale, color="red", lw=2)
-    if title:
-        ax.set_title(title)
-    return ax

@@ -314,7 +314,7 @@ def barrier_evolution(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batche
     if X.dim() != 4:
         raise ValueError(f"X must be images (N, C, H, W), got shape {tuple(X.shape)}")
     in_shape = tuple(X.shape[1:])
-    dev = torch.device(device) if device is not None else device_of(model)
+    dev = device_of(model, device)
     cls = torch.as_tensor(classes).long().reshape(-1)
     target = cls.repeat_interleave(int(pairs_per_class))
     P = len(target)

@@ -1,6 +1,7 @@
 """Small torch helpers every module needs: where a model lives, and evaluating it in eval mode.
 
-* :func:`device_of` -- the device of a model's first parameter (or buffer), the CPU for a model with neither;
+* :func:`device_of` -- where a model's inputs go: a caller's explicit ``device``, else the device of the model's
+  first parameter (or buffer), else ``default`` (the CPU) for a model with neither;
 * :func:`eval_mode` -- a context manager that puts a model in eval mode and restores every submodule's own
   mode afterwards, also when the body raises.
 """
@@ -16,17 +17,23 @@ from torch import nn
 __all__ = ["device_of", "eval_mode"]
 
 
-def device_of(model: nn.Module) -> torch.device:
-    """The device of ``model``'s first parameter, else of its first buffer; the CPU for a model with neither.
+def device_of(model: nn.Module, device: torch.device | str | None = None,
+              default: torch.device | str | None = None) -> torch.device:
+    """The device ``model``'s inputs go to: ``device`` when the caller names one (an explicit choice wins), else
+    the device of the model's first parameter, else of its first buffer, else ``default`` (the CPU when None)
+    for a model with neither.
 
     mclib's models live on one device, so the first tensor names it (a model split over devices has no
-    single answer, and the first tensor is where its inputs go).
+    single answer, and the first tensor is where its inputs go). ``default`` lets a function keep a
+    parameterless model on its inputs' device (``default=x.device``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if device is not None:
+        return torch.device(device)
     for t in itertools.chain(model.parameters(), model.buffers()):
         return t.device
-    return torch.device("cpu")
+    return torch.device(default) if default is not None else torch.device("cpu")
 
 
 @contextlib.contextmanager

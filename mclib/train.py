@@ -609,6 +609,21 @@ def _writable_path(recipe: Recipe, path: Path | None, why: OSError | None) -> Pa
     return fallback
 
 
+@dataclass(frozen=True, eq=False)
+class Trained:
+    """A trained model with what describes it: ``model`` (eval mode, on the run's device), its ``metrics``
+    (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``seconds``; read-only) and its ``recipe``.
+    Returned by :func:`train` and :meth:`mclib.config.Context.model`; nothing is attached to the module."""
+
+    model: nn.Module
+    metrics: Mapping[str, float]
+    recipe: Recipe
+
+
+def _result(model: nn.Module, metrics: dict, recipe: Recipe, device: torch.device) -> Trained:
+    return Trained(model.to(device).eval(), MappingProxyType(dict(metrics)), recipe)
+
+
 def train(
     recipe: Recipe,
     device: torch.device | str | None = None,
@@ -616,11 +631,11 @@ def train(
     data_root: str | os.PathLike | None = None,
     retrain: bool = False,
     progress: bool = True,
-) -> nn.Module:
+) -> Trained:
     """The model of ``recipe``: loaded from the cache if a valid checkpoint exists, else trained and cached.
 
-    The returned model is in eval mode on ``device`` and carries ``model.mclib_metrics``
-    (train/test loss and accuracy, training time) and ``model.mclib_recipe``.
+    Returns a :class:`Trained`: ``.model`` in eval mode on ``device``, ``.metrics`` (train/test loss and
+    accuracy, training time) and ``.recipe``.
 
     Order of events: a valid checkpoint is loaded without any lock (renames are atomic, so a reader
     never sees half a file). Otherwise the cache is checked for writability (falling back to
@@ -640,7 +655,7 @@ def train(
         if hit is not None:
             with contextlib.suppress(OSError):
                 clean_stale_temps(path.parent)
-            return _attach(*hit, recipe, device)
+            return _result(*hit, recipe, device)
     target = _writable_path(recipe, path, why)
     if target != path:
         seen = None
@@ -655,7 +670,7 @@ def train(
         if not retrain and _signature(target) not in (None, seen):  # written while we waited
             hit = _load_valid(target, recipe)
             if hit is not None:
-                return _attach(*hit, recipe, device)
+                return _result(*hit, recipe, device)
         fd, tmp = _open_temp(target)
         try:
             model, metrics = _train_fresh(recipe, device, data_root, progress)
@@ -666,28 +681,7 @@ def train(
         _write_and_rename(fd, tmp, target, _payload(recipe, model, metrics))
     finally:
         lock.release()
-    return _attach(model, metrics, recipe, device)
-
-
-@dataclass(frozen=True, eq=False)
-class Trained:
-    """A trained model with what describes it: ``model`` (eval mode, on the run's device), its ``metrics``
-    (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``seconds``; read-only) and its ``recipe``.
-    Returned by :meth:`mclib.config.Context.model`."""
-
-    model: nn.Module
-    metrics: Mapping[str, float]
-    recipe: Recipe
-
-    @classmethod
-    def of(cls, model: nn.Module) -> "Trained":
-        """The result for a model that :func:`train` returned."""
-        return cls(model, MappingProxyType(dict(model.mclib_metrics)), model.mclib_recipe)
-
-
-def _attach(model: nn.Module, metrics: dict, recipe: Recipe, device: torch.device) -> nn.Module:
-    model.mclib_metrics, model.mclib_recipe = metrics, recipe
-    return model.to(device).eval()
+    return _result(model, metrics, recipe, device)
 
 
 #: The functions of this module that decide a trained model's weights and stored metrics (hashed by

@@ -1,8 +1,8 @@
-"""Criteria of paper C (mclib.claims.paper_c) at their boundaries, and the study statistics they read (mclib.hessian)."""
+"""Criteria of paper C (mclib.claims.paper_c) at their boundaries, and the statistics they read (mclib.stats)."""
 import numpy as np
 import pytest
 
-from mclib import claims, hessian
+from mclib import claims, stats
 from mclib.claims import paper_c as C
 
 
@@ -185,22 +185,6 @@ def test_c6_condition_map_names_where_a_barrier_appears_without_changing_the_ver
     assert "undecided" in C.c6_map_sentence([_cond(0.1, "line", _iv(0.5, 0.3, 0.7), _iv(0.05, 0.0, 0.1, 0.05))])
 
 
-def test_barrier_interval_from_per_input_losses():
-    rng = np.random.default_rng(0)
-    t = np.linspace(0, 1, 11)
-    bump = 1.0 + 2.0 * np.sin(np.pi * t)                       # a barrier of height 2 above both ends
-    per = bump[:, None] + 0.1 * rng.standard_normal((11, 400))
-    iv = hessian.barrier_interval(per, n_boot=300, seed=0)
-    assert iv["lo"] <= iv["estimate"] <= iv["hi"] and iv["n"] == 400
-    assert iv["estimate"] == pytest.approx(hessian.barrier_height(per.mean(1)))
-    assert 1.9 < iv["lo"] and iv["hi"] < 2.1 and iv["threshold"] == pytest.approx(0.05 + 0.05 * per.mean(1)[[0, -1]].max())
-    falling = (2.0 - t)[:, None] + 0.1 * rng.standard_normal((11, 400))
-    assert hessian.barrier_interval(falling, n_boot=300)["hi"] < 0.1
-    assert hessian.barrier_interval(per, n_boot=300, seed=0) == iv  # deterministic
-    with pytest.raises(ValueError, match="per_input must be"):
-        hessian.barrier_interval(np.ones(5))
-
-
 # -- C7 -----------------------------------------------------------------------------------------------
 def _corr(r, lo, hi):
     return {"pearson": r, "pearson_lo": lo, "pearson_hi": hi}
@@ -209,7 +193,7 @@ def _corr(r, lo, hi):
 def test_c7_two_monotone_profiles_are_inconclusive():
     t = np.linspace(0, 1, 11)
     a, b = np.exp(-3 * t), 1 - t ** 0.5                        # unrelated, both falling
-    prof = hessian.correlation(a, b, n_boot=200)
+    prof = stats.correlation(a, b, n_boot=200)
     assert prof["pearson"] > 0.9                                # the degenerate "evidence"
     values = {"t_fixed": 0.5, "archs": {"cnn": {"monotone": True, "profile": prof}}}
     v = claims.CATALOGUE["C7"].verdict(values)
@@ -225,22 +209,6 @@ def test_c7_boundaries_across_inputs_and_non_monotone_profiles():
     # a non-monotone profile pair counts as evidence too
     assert status("C7", {**base, "archs": {"cnn": {"monotone": False, "profile": bad, "across": good}}}) == "fails"
     assert status("C7", {**base, "archs": {"cnn": {"monotone": False, "profile": good}}}) == "holds"
-
-
-def test_across_inputs_and_detrended_correlations():
-    import pandas as pd
-
-    rng = np.random.default_rng(1)
-    eig = rng.gamma(2.0, 1.0, size=(3, 300))
-    per = {"pgd_loss": np.concatenate([2 * eig + 0.1 * rng.standard_normal(eig.shape), np.zeros((3, 50))], 1), "eig": eig}
-    c = hessian.across_inputs_correlation(per, 1, n_boot=300)
-    assert c["n"] == 300 and c["pearson_lo"] > 0.95
-    with pytest.raises(ValueError, match="t_index"):
-        hessian.across_inputs_correlation(per, 3)
-    t = np.linspace(0, 1, 11)
-    df = pd.DataFrame({"t": t, "pgd_loss": 2 - t + 0.05 * np.sin(7 * t), "eig_mean": 1 - t + 0.05 * np.cos(5 * t)})
-    d = hessian.detrended_correlation(df, n_boot=300)
-    assert hessian.correlation(df["pgd_loss"], df["eig_mean"], n_boot=300)["pearson"] > 0.95 > abs(d["pearson"])
 
 
 # -- C8 -----------------------------------------------------------------------------------------------

@@ -252,6 +252,12 @@ def test_summary_barrier_numbers():
     assert math.isclose(s["acc_drop"], 0.35) and math.isclose(s["loss_barrier"], 1.2) and math.isclose(s["max_error"], 0.4)
 
 
+def test_barrier_height_and_has_barrier():
+    assert curves.barrier_height([1.0, 3.0, 2.0]) == pytest.approx(1.0)
+    assert curves.barrier_height([2.0, 1.0, 0.5]) == 0.0
+    assert curves.has_barrier([1.0, 3.0, 2.0]) and not curves.has_barrier([1.0, 1.04, 0.5])
+
+
 def test_training_equals_a_flat_vector_reference():
     """Per-tensor combination (the implementation) against the flattened-vector form w(t) = C(t) [w0; theta; w1]
     written out here: the same SGD steps give the same bends up to float32 rounding."""

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import thirdparty
 from mclib import infer, models, paths, synth
+from mclib.studies import pairs
 
 
 def eager(model, X):
@@ -202,6 +203,13 @@ def test_bad_inputs_named():
         infer.logits(model, torch.zeros(2, 1, 12, 12, dtype=torch.uint8))
 
 
+def test_empty_batch_when_allowed_keeps_the_class_count_and_the_mode():
+    model = _cnn().train()
+    out = infer.logits(model, torch.zeros(0, 1, 12, 12), allow_empty=True)
+    assert out.shape == (0, model(torch.rand(2, 1, 12, 12)).shape[1]) and out.dtype == torch.float32
+    assert model.training  # evaluated in eval mode, the caller's mode restored
+
+
 def test_paths_reject_inf_images_and_nan_models():
     model = _cnn()
     A, C = torch.rand(3, 1, 12, 12), torch.rand(3, 1, 12, 12)
@@ -217,7 +225,7 @@ def test_paths_reject_inf_images_and_nan_models():
         model[1][0].weight[0, 0, 0, 0] = float("nan")
     # before: NaN losses, and a NaN model reported "0 pairs with a barrier"
     with pytest.raises(ValueError, match="cross-entropy is not finite"):
-        paths.study_pairs(model, A, C, 0, num_points=8, progress=False)
+        pairs.study_pairs(model, A, C, 0, num_points=8, progress=False)
 
 
 class _NoInputGrad(nn.Module):

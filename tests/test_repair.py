@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from mclib import curves, models, repair, train
+from mclib import curves, models, repair
 from mclib.attacks import backdoor as bd
 
 SMALL = {"epochs": 2, "batch_size": 16, "lr": 1e-2}
@@ -96,37 +96,6 @@ def test_weight_noise_has_the_asked_distance():
     assert diff == pytest.approx(d, rel=1e-4)
 
 
-def test_comparison_table_and_backdoor_along():
-    m0, m1 = _pair()
-    X, y = _data(n=80)
-    Xb, yb, Xe, ye = repair.split_bonafide(X, y, 20)
-    methods = repair.repair_methods(m0, m1, Xb, yb, t=0.5, generator=torch.Generator().manual_seed(0), **SMALL)
-    assert list(methods) == ["path (t=0.5)", "endpoint (no repair)", "fine-tune", "from scratch",
-                             "prune + fine-tune", "weight noise"]
-    table = repair.comparison_table(methods, Xe, ye, bd.Trigger(), "single", 0, columns={"N": 20})
-    assert list(table.columns) == ["N", "method", "clean_acc", "asr"]
-    assert len(table) == 6 and table["clean_acc"].between(0, 1).all() and table["asr"].between(0, 1).all()
-    c = repair.path_repair(m0, m1, Xb, yb, **SMALL)
-    df = repair.backdoor_along(c, [0.0, 0.5, 1.0], Xe, ye, bd.Trigger(), "all2all")
-    assert list(df.columns) == ["t", "loss", "acc", "asr"]
-    assert df["asr"].iloc[0] == pytest.approx(bd.asr(m0, Xe, ye, bd.Trigger(), "all2all"))
-    assert df["acc"].iloc[-1] == pytest.approx(train.evaluate(m1, Xe, ye)["acc"])
-
-
-@pytest.mark.parametrize("arch", ["vgg_bn", "resnet8"])
-def test_paper_code_paths_on_3x32x32(arch):
-    kw = {"widths": (8, "M", 8, "M")} if arch == "vgg_bn" else {"width": 4}
-    m0, m1 = _pair(arch, c=3, hw=32, **kw)
-    X, y = _data(n=40, c=3, hw=32)
-    Xb, yb, Xe, ye = repair.split_bonafide(X, y, 16)
-    methods = repair.repair_methods(m0, m1, Xb, yb, t=0.1, **{**SMALL, "epochs": 1})
-    table = repair.comparison_table(methods, Xe, ye, bd.Trigger(), "single", 0)
-    assert len(table) == 6
-    pruned = methods["prune + fine-tune"]
-    conv = pruned.get_submodule(repair.last_conv(pruned))
-    assert int((conv.weight.detach().flatten(1).abs().sum(1) == 0).sum()) >= conv.out_channels // 2
-
-
 def test_budget_rejects_unknown_keys():
     m0, _ = _pair()
     X, y = _data()
@@ -183,20 +152,3 @@ def test_prunable_layer_is_the_last_conv_or_the_mlps_last_hidden_linear():
     assert int(kept.sum()) == 64
     with pytest.raises(ValueError, match="no Conv2d and no hidden Linear"):
         repair.prunable_layer(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
-
-
-def test_plot_map_marks_each_cell_and_the_threshold():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    grid = pd.DataFrame([[0.02, 0.5], [0.0, 0.9]], index=["a", "b"], columns=[50, 500])
-    marks = pd.DataFrame([["holds", "fails"], ["holds", "inconclusive"]], index=grid.index, columns=grid.columns)
-    fig, ax = plt.subplots()
-    repair.plot_map(ax, grid, marks, threshold=0.1)
-    texts = sorted(t.get_text() for t in ax.texts)
-    assert texts == sorted(["2 ✓", "50 ✗", "0 ✓", "90 ?"])
-    cbar_lines = [l for l in fig.axes[1].lines if l.get_ydata()[0] == pytest.approx(10.0)]
-    assert cbar_lines
-    plt.close(fig)

@@ -65,6 +65,20 @@ def test_correlation_matches_scipy_and_the_interval_covers_the_truth():
     assert out["pearson_lo"] < 0.6 < out["pearson_hi"] and out["spearman_lo"] < out["spearman"] < out["spearman_hi"]
 
 
+def test_correlation_of_two_profiles_matches_scipy_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    a = np.linspace(0, 1, 15)
+    b = 2 * a + 0.2 * rng.standard_normal(15)
+    c = stats.correlation(a, b, n_boot=500, seed=1)
+    assert c["pearson"] == pytest.approx(sps.pearsonr(a, b)[0])
+    assert c["spearman"] == pytest.approx(sps.spearmanr(a, b)[0])
+    assert c["pearson_lo"] <= c["pearson"] <= c["pearson_hi"] <= 1.0
+    assert c["spearman_lo"] <= c["spearman_hi"]
+    assert stats.correlation(a, b, n_boot=500, seed=1) == c  # deterministic
+    with pytest.raises(ValueError):
+        stats.correlation([1, 2], [1, 2])
+
+
 def test_correlation_rejects_bad_input():
     with pytest.raises(ValueError, match="equal length"):
         stats.correlation([1, 2, 3], [1, 2])
@@ -133,3 +147,100 @@ def test_basic_bootstrap_reflects_the_percentiles_about_the_estimate():
     assert b.lo == pytest.approx(2 * p.estimate - p.hi) and b.hi == pytest.approx(2 * p.estimate - p.lo)
     with pytest.raises(ValueError, match="method"):
         stats.bootstrap_ci(x, method="bca")
+
+
+# --------------------------------------------------------------------------- Spearman (from the B3 study)
+def test_spearman_ci():
+    a = np.arange(50.0)
+    r, lo, hi = stats.spearman_ci(a, 2 * a + 1, n_boot=200)
+    assert r == pytest.approx(1.0) and lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    y = x + rng.normal(size=200)
+    y[:5] = np.inf  # censored radii tie at the top
+    r, lo, hi = stats.spearman_ci(x, y, n_boot=500)
+    assert r == pytest.approx(sps.spearmanr(x, y).statistic, abs=1e-12)
+    assert lo < r < hi
+
+
+def _spearman_ci_before_stats(a, b, n_boot, level, seed):
+    """som.spearman_ci as it was before it called mclib.stats.correlation (now stats.spearman_ci): the reference."""
+
+    def rho(ra, rb):
+        ra = ra - ra.mean(-1, keepdims=True)
+        rb = rb - rb.mean(-1, keepdims=True)
+        den = np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
+        return np.where(den > 0, (ra * rb).sum(-1) / np.where(den > 0, den, 1), np.nan)
+
+    r = float(rho(sps.rankdata(a), sps.rankdata(b)))
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    boots = rho(sps.rankdata(a[idx], axis=1), sps.rankdata(b[idx], axis=1))
+    lo, hi = np.nanquantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return r, float(lo), float(hi)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_spearman_ci_is_unchanged_by_the_move_to_stats(seed):
+    """Same seed, same resamples, same numbers -- with censored (inf) radii, ties and constant resamples."""
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(4, 60))
+    a = rng.normal(size=n)
+    b = np.round(a * rng.uniform(-1, 1) + rng.normal(size=n))       # ties
+    a[rng.random(n) < 0.3] = np.inf                                  # inputs no radius flips
+    level = (0.95, 0.9, 0.8, 0.99)[seed % 4]
+    assert stats.spearman_ci(a, b, n_boot=300, level=level, seed=seed) == \
+        _spearman_ci_before_stats(a, b, 300, level, seed)
+
+
+def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ra, rb = sps.rankdata(a, axis=1), sps.rankdata(b, axis=1)
+    ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
+    return (ra * rb).sum(1) / np.sqrt((ra * ra).sum(1) * (rb * rb).sum(1))
+
+
+def test_spearman_power_against_simulation():
+    n = stats.spearman_n_for_power(0.15)
+    # by hand: 3 + 1.06 * ((1.95996 + 0.84162) / atanh 0.15)^2 = 3 + 1.06 * 18.536^2 = 367.2 -> 368
+    z = (1.959964 + 0.841621) / math.atanh(0.15)
+    assert n == math.ceil(3 + 1.06 * z * z) == 368
+    rng = np.random.default_rng(0)
+    sims = 3000
+    # the null's 2.5% / 97.5% quantiles of r_s, simulated: the half-width formula at 100 inputs
+    null = _spearman_rows(rng.random((sims, 100)), rng.random((sims, 100)))
+    lo, hi = np.quantile(null, [0.025, 0.975])
+    assert (hi - lo) / 2 == pytest.approx(stats.spearman_halfwidth(100), abs=0.015)
+    # power at n: bivariate normal with Pearson r = 2 sin(pi rho_s / 6) has Spearman rho_s = 0.15
+    r = 2 * math.sin(math.pi * 0.15 / 6)
+    crit = np.quantile(np.abs(_spearman_rows(rng.random((sims, n)), rng.random((sims, n)))), 0.95)
+    a = rng.standard_normal((sims, n))
+    b = r * a + math.sqrt(1 - r * r) * rng.standard_normal((sims, n))
+    power = float((np.abs(_spearman_rows(a, b)) > crit).mean())
+    assert power == pytest.approx(0.8, abs=0.04)
+
+
+def test_power_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="rho"):
+        stats.spearman_n_for_power(0.0)
+    with pytest.raises(ValueError, match="power"):
+        stats.spearman_n_for_power(0.2, power=1.0)
+    with pytest.raises(ValueError, match="n must"):
+        stats.spearman_halfwidth(3)
+
+
+def test_auroc_difference_ci_is_paired():
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(0)
+    lab = np.r_[np.zeros(150), np.ones(60)].astype(int)
+    a = rng.normal(0, 1, 210) + 0.8 * lab                  # a moderate detector: wide AUROC interval
+    b = a + rng.normal(0, 0.05, 210)                        # nearly the same detector
+    d = stats.auroc_difference_ci(lab, a, b, n_boot=500, seed=0)
+    assert d.estimate == pytest.approx(roc_auc_score(lab, a) - roc_auc_score(lab, b), abs=1e-12)
+    own = stats.auroc_ci(lab, a, n_boot=500, seed=0)
+    # paired: the shared difficulty cancels, so the difference is far better known than either AUROC
+    assert d.hi - d.lo < 0.25 * (own.hi - own.lo) and d.lo <= 0 <= d.hi
+    assert tuple(stats.auroc_difference_ci(lab, a, a, n_boot=50))[:3] == (0.0, 0.0, 0.0)
+    better = stats.auroc_difference_ci(lab, a + 5.0 * lab, a, n_boot=500)
+    assert better.lo > 0.1 and better.n == 210
+    assert np.isnan(stats.auroc_difference_ci(np.ones(5), a[:5], b[:5]).estimate)
+    with pytest.raises(ValueError, match="equal length"):
+        stats.auroc_difference_ci(lab, a, b[:-1])

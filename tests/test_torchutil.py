@@ -16,6 +16,13 @@ def test_device_of_parameter_buffer_and_empty():
         device_of("not a model")
 
 
+def test_device_of_explicit_device_and_default():
+    assert device_of(nn.Linear(2, 2), "meta") == torch.device("meta")          # the caller's choice wins
+    assert device_of(nn.Linear(2, 2), torch.device("cpu")) == torch.device("cpu")
+    assert device_of(nn.ReLU(), default="meta") == torch.device("meta")        # parameterless: the default
+    assert device_of(nn.Linear(2, 2, device="meta"), default="cpu") == torch.device("meta")  # default only then
+
+
 def test_eval_mode_sets_eval_and_restores():
     net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(0.5))
     net.train()

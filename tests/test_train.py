@@ -42,28 +42,28 @@ def test_bad_recipes():
 def test_training_is_deterministic_and_learns():
     a = train.train(TINY, progress=False, retrain=True)
     b = train.train(TINY, progress=False, retrain=True)
-    assert _same(a, b)
+    assert _same(a.model, b.model)
     more = train.train(TINY.replace(epochs=10, n_train=None), progress=False)
-    assert more.mclib_metrics["test_acc"] > 0.85
+    assert more.metrics["test_acc"] > 0.85
 
 
 def test_cache_hit_returns_the_same_model_without_training(monkeypatch):
     first = train.train(TINY, progress=False)
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("should have loaded from the cache"))
-    assert _same(first, train.train(TINY, progress=False))
+    assert _same(first.model, train.train(TINY, progress=False).model)
     assert not list(train.checkpoint_path(TINY).parent.glob("*.tmp"))  # atomic write left no temp file
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "tensor", "recipe", "metric bit"])
 def test_corrupt_or_mismatching_checkpoint_is_retrained(damage):
-    model = train.train(TINY, progress=False)
+    first = train.train(TINY, progress=False)
     path = train.checkpoint_path(TINY)
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:500])
     elif damage == "garbage":
         path.write_bytes(b"not a checkpoint")
     elif damage == "metric bit":  # one flipped bit in the stored test accuracy, as a disk or copy could do
-        _flip_last_bit_of(path, model.mclib_metrics["test_acc"])
+        _flip_last_bit_of(path, first.metrics["test_acc"])
     else:
         payload = torch.load(path, weights_only=True)
         if damage == "tensor":  # flipped weights, checksum kept: must be caught
@@ -74,8 +74,8 @@ def test_corrupt_or_mismatching_checkpoint_is_retrained(damage):
         torch.save(payload, path)
     with pytest.warns(UserWarning, match="ignored and retrained"):
         again = train.train(TINY, progress=False)
-    assert _same(model, again)
-    assert again.mclib_metrics["test_acc"] == model.mclib_metrics["test_acc"]
+    assert _same(first.model, again.model)
+    assert again.metrics["test_acc"] == first.metrics["test_acc"]
     train.load_checkpoint(path, TINY)  # the rewritten file is valid again
 
 
@@ -155,7 +155,7 @@ def test_code_change_that_keeps_shapes_retrains(monkeypatch):
     monkeypatch.setattr(train, "_code_parts", lambda r: {**parts(r), "mclib.models": "edited"}, raising=False)
     with pytest.warns(UserWarning, match="ignored and retrained: written by other model or training code"):
         again = train.train(TINY, progress=False)
-    assert calls == [1] and _same(first, again)
+    assert calls == [1] and _same(first.model, again.model)
     train.train(TINY, progress=False)  # the new checkpoint is used from then on
     assert calls == [1]
 
@@ -166,7 +166,7 @@ def test_code_change_that_changes_shapes_retrains(monkeypatch):
     monkeypatch.setattr(train.models, "build", lambda arch, **kw: real_build(arch, **{**kw, "hidden": (24,)}))
     monkeypatch.setattr(train, "code_hash", lambda r: "edited", raising=False)
     with pytest.warns(UserWarning, match="ignored and retrained"):
-        model = train.train(TINY, progress=False)
+        model = train.train(TINY, progress=False).model
     assert 24 in {s for p in model.parameters() for s in p.shape}
 
 
@@ -213,7 +213,7 @@ def test_read_only_cache_falls_back_before_training(tmp_path, monkeypatch):
             again = train.train(TINY, cache_dir=tmp_path / "ro", progress=False)  # found in the fallback
     finally:
         models_dir.chmod(0o755)
-    assert calls == [1] and _same(first, again)
+    assert calls == [1] and _same(first.model, again.model)
     assert len(list((tmp_path / "tmp").rglob("*.pt"))) == 1 and not list(models_dir.iterdir())
 
 
@@ -283,7 +283,7 @@ train.fit = fit
 (work / f"ready-{me}").touch()
 while len(list(work.glob("ready-*"))) < peers:  # start train() together
     time.sleep(0.02)
-model = train.train(recipe, progress=False)
+model = train.train(recipe, progress=False).model
 print(hashlib.sha256(b"".join(t.numpy().tobytes() for t in model.state_dict().values())).hexdigest())
 """
 
@@ -303,7 +303,7 @@ def test_two_processes_train_once_and_share_the_weights(tmp_path):
     assert (tmp_path / "fits").read_text().split() in (["0"], ["1"])  # trained exactly once
     digests = {out.strip().splitlines()[-1] for out, _ in outs}
     assert len(digests) == 1
-    parent = train.train(TINY, progress=False)
+    parent = train.train(TINY, progress=False).model
     assert hashlib.sha256(b"".join(t.numpy().tobytes() for t in parent.state_dict().values())).hexdigest() in digests
 
 
@@ -322,8 +322,8 @@ def test_lock_of_a_killed_process_is_recovered(tmp_path):
     finally:
         proc.kill()  # SIGKILL: no cleanup code runs in the child
         proc.communicate()
-    model = train.train(TINY, progress=False)  # neither blocked by the dead lock nor by its temp file
-    assert model.mclib_metrics["test_acc"] > 0
+    res = train.train(TINY, progress=False)  # neither blocked by the dead lock nor by its temp file
+    assert res.metrics["test_acc"] > 0
     assert not list(lock.parent.glob("*.tmp"))
 
 
@@ -457,7 +457,7 @@ def test_context_model_trains_once_with_the_context_settings(tmp_path, monkeypat
     assert res.recipe == TINY and isinstance(res.model, torch.nn.Module) and not res.model.training
     assert train.checkpoint_path(TINY, ctx.cache_dir).exists()
     assert set(res.metrics) == {"train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
-    assert res.metrics == res.model.mclib_metrics  # kept for the notebooks until they read the result
+    assert not hasattr(res.model, "mclib_metrics") and not hasattr(res.model, "mclib_recipe")  # nothing attached
     with pytest.raises(TypeError):
         res.metrics["test_acc"] = 1.0
     with pytest.raises(AttributeError):
@@ -466,9 +466,8 @@ def test_context_model_trains_once_with_the_context_settings(tmp_path, monkeypat
     assert _same(again.model, res.model) and dict(again.metrics) == dict(res.metrics)
     changed = ctx.model(TINY, seed=1, progress=False)
     assert changed.recipe == TINY.replace(seed=1)
-    monkeypatch.setattr(train, "train", lambda r, **kw: calls.append(r) or "model")
-    monkeypatch.setattr(train.Trained, "of", classmethod(lambda cls, m: m))
-    assert ctx.model(arch="mlp", epochs=1) == "model"
+    monkeypatch.setattr(train, "train", lambda r, **kw: calls.append(r) or "result")
+    assert ctx.model(arch="mlp", epochs=1) == "result"
     assert calls[-1] == train.recipe_for(ctx, arch="mlp", epochs=1)
     with pytest.raises(TypeError, match="recipe must be a mclib.train.Recipe or None, got str"):
         ctx.model("mlp")

@@ -314,7 +314,7 @@ def optimise_trigger(curve_or_models, X: torch.Tensor, y: torch.Tensor, trigger:
     if not is_curve and not models:
         raise ValueError("curve_or_models must be a Curve or a non-empty list of models")
     ref = curve_or_models if is_curve else models[0]
-    device = next(iter(ref.buffers() if is_curve else ref.parameters())).device
+    device = device_of(ref)
     start = _start_pattern(init, trig, X.shape[1], generator)
     p = start.clone().to(device).requires_grad_(True)
     opt = torch.optim.Adam([p], lr=lr)
@@ -377,7 +377,8 @@ def inject_errors(model: nn.Module, X_chosen: torch.Tensor, wrong_labels: torch.
     other images keeps its right labels (``keep_weight`` :math:`= \\lambda`). Only the images of
     ``X_keep`` that the original model classifies right are kept right (the others cannot be "kept").
     Stops early once every chosen image is flipped with margin :math:`\\kappa` and at most a fraction
-    ``tol`` of the minibatch is wrong. The input model is not modified.
+    ``tol`` of the minibatch is wrong. The input model is not modified; the layer changed is ``layer`` or,
+    when None, ``default_layer(model)`` -- the caller knows it without asking the returned copy.
     """
     if len(X_chosen) != len(wrong_labels) or len(X_keep) != len(y_keep):
         raise ValueError("X_chosen/wrong_labels and X_keep/y_keep must have matching lengths")
@@ -422,7 +423,6 @@ def inject_errors(model: nn.Module, X_chosen: torch.Tensor, wrong_labels: torch.
         opt.step()
     for p in out_model.parameters():
         p.requires_grad_(True)
-    out_model.mclib_injected_layer = layer
     return out_model.eval()
 
 

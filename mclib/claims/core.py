@@ -162,6 +162,15 @@ def combine(verdicts: Iterable[Verdict]) -> Verdict:
     raise AssertionError("unreachable")
 
 
+def required(values: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``values[key]``, a non-empty mapping (the runs or architectures a judge goes through); missing or empty, it
+    raises ``KeyError(key)``, which :meth:`Claim.verdict` reports as a missing value naming the key."""
+    entries = values[key]
+    if not entries:
+        raise KeyError(key)
+    return entries
+
+
 # --------------------------------------------------------------------------- claims
 @dataclass(frozen=True)
 class Claim:

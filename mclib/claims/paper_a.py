@@ -1,5 +1,5 @@
 """Claims of Vrabel et al. (ICLR 2025), A1..A10: the criteria, and the evidence helpers that turn the
-library's results (:class:`mclib.paths.PairStudy`, barrier features, percolation estimates) into the
+library's results (:class:`mclib.studies.pairs.PairStudy`, barrier features, percolation estimates) into the
 JSON-plain values the criteria read.
 
 Every criterion is judged on intervals: fractions carry Wilson intervals, medians and ratios percentile
@@ -16,7 +16,7 @@ import numpy as np
 
 from mclib import stats
 from mclib.claims.core import (Claim, Verdict, combine, compare_interval, fails, fmt, holds, inconclusive,
-                               judge_interval, map_sentence)
+                               judge_interval, map_sentence, required)
 
 CITE = "vrabel2025input"
 #: Thresholds fixed before any run (never tuned to the outcome).
@@ -41,7 +41,7 @@ def _iv(interval) -> dict | None:
 
 # --------------------------------------------------------------------------- evidence helpers
 def path_evidence(study, mode_loss=None, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Per-pair evidence of one :class:`mclib.paths.PairStudy` (claims A1-A5), with intervals.
+    """Per-pair evidence of one :class:`mclib.studies.pairs.PairStudy` (claims A1-A5), with intervals.
 
     Over all P pairs: ``barrier_fraction`` (gap above the tolerance; Wilson interval) and
     ``connected_all`` (pairs whose straight line has no barrier, or whose bypass path ends barrier-free).
@@ -118,13 +118,6 @@ def barrier_ratio_evidence(clean_pairs, adv_pairs, n_boot: int = 2000, seed: int
 
 
 # --------------------------------------------------------------------------- judges
-def _runs(values: Mapping[str, Any]) -> Mapping[str, Any]:
-    runs = values["runs"]
-    if not runs:
-        raise KeyError("runs")
-    return runs
-
-
 def judge_a1(values: Mapping[str, Any]) -> Verdict:
     """Every run's fraction of same-class pairs with a straight-line gap above the tolerance is at least 5%.
 
@@ -135,7 +128,7 @@ def judge_a1(values: Mapping[str, Any]) -> Verdict:
     """
     verdict = combine(judge_interval(f"the {run} share of same-class pairs with a gap above {ev['tolerance']:g}",
                                      ev["barrier_fraction"], A1_MIN_BARRIER_FRACTION, spec=".1%")
-                      for run, ev in _runs(values).items())
+                      for run, ev in required(values, "runs").items())
     if not values.get("conditions"):
         return verdict
     where = map_sentence(values["conditions"], "barrier_fraction", A1_MIN_BARRIER_FRACTION,
@@ -155,7 +148,7 @@ def judge_a2(values: Mapping[str, Any]) -> Verdict:
     and ``free_after_1``), the reason adds where the median move is within 5% and where one bend frees 90%.
     """
     parts = []
-    for run, ev in _runs(values).items():
+    for run, ev in required(values, "runs").items():
         if not ev["barrier_pairs"]:
             parts.append(_untested(run))
             continue
@@ -176,7 +169,7 @@ def judge_a2(values: Mapping[str, Any]) -> Verdict:
 def judge_a3(values: Mapping[str, Any]) -> Verdict:
     """Every run: >= 90% of barrier pairs connected within max_rounds, and a median of at most 2 bends."""
     parts = []
-    for run, ev in _runs(values).items():
+    for run, ev in required(values, "runs").items():
         if not ev["barrier_pairs"]:
             parts.append(_untested(run))
             continue
@@ -199,13 +192,13 @@ def _connected_like_real(run: str, ev: Mapping[str, Any]) -> list[Verdict]:
 def judge_a4(values: Mapping[str, Any]) -> Verdict:
     """Every model and kind of interpolated pair: >= 90% of all pairs end on a barrier-free path (straight or
     bypassed) and the barrier pairs need a median of at most 2 bends."""
-    return combine(v for run, ev in _runs(values).items() for v in _connected_like_real(run, ev))
+    return combine(v for run, ev in required(values, "runs").items() for v in _connected_like_real(run, ev))
 
 
 def judge_a5(values: Mapping[str, Any]) -> Verdict:
     """Every model: >= 90% of the FVO inputs are modes (CE < 5e-4) and the FVO pairs are connected as in A4."""
     parts = []
-    for run, ev in _runs(values).items():
+    for run, ev in required(values, "runs").items():
         parts.append(judge_interval(f"the {run} share of FVO inputs with CE below {MODE_CE:g}", ev["mode_fraction"],
                                     CONNECTED_MIN, spec=".0%"))
         parts += _connected_like_real(run, ev)
@@ -215,7 +208,8 @@ def judge_a5(values: Mapping[str, Any]) -> Verdict:
 def judge_a6(values: Mapping[str, Any]) -> Verdict:
     """Every untrained architecture: >= 90% of the FVO pairs are barrier-free after at most the paper's rounds of bypass."""
     return combine(judge_interval(f"the untrained {run} share of FVO pairs barrier-free after the bypass rounds",
-                                  ev["connected"], CONNECTED_MIN, spec=".0%") for run, ev in _runs(values).items())
+                                  ev["connected"], CONNECTED_MIN, spec=".0%")
+                   for run, ev in required(values, "runs").items())
 
 
 def judge_a7(values: Mapping[str, Any]) -> Verdict:
@@ -244,7 +238,7 @@ def judge_a9(values: Mapping[str, Any]) -> Verdict:
     """For every non-adaptive attack the single threshold on barrier max reaches an AUROC of at least 0.9.
 
     The verdict judges the chapter's attacks only. Its reason adds the condition map
-    (``values["conditions"]``, :func:`mclib.detect.confidence_map`): at which attack confidences the
+    (``values["conditions"]``, :func:`mclib.studies.detection.confidence_map`): at which attack confidences the
     barrier-max AUROC reaches 0.9 and where it falls short, and where the path features raise the combined
     detector's AUROC over the logits alone by at least ``A9_MIN_PATH_GAIN`` (paired interval).
     """

@@ -7,7 +7,7 @@ One judge per claim. Each reads the JSON-plain values its chapter records and re
   interval (:func:`mclib.stats.fraction_ci`); a *difference* of two accuracies measured on the same
   ``n`` images gets the normal interval ``d +- 1.96 sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n)``, which ignores
   the (positive) pairing and so is wider than the paired interval -- conservative for "holds" and "fails";
-* barrier heights carry a bootstrap interval over test inputs (:func:`mclib.hessian.barrier_interval`);
+* barrier heights carry a bootstrap interval over test inputs (:func:`mclib.studies.robustness.barrier_interval`);
 * correlations carry pairs-bootstrap intervals (:func:`mclib.stats.correlation`).
 
 Values with an ``"archs"`` mapping (C1, C6, C7) are judged per architecture; :func:`per_architecture`
@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mclib.claims.core import Claim, Verdict, combine, compare_interval, fmt, inconclusive, map_sentence
+from mclib.claims.core import Claim, Verdict, combine, compare_interval, fmt, inconclusive, map_sentence, required
 
 Z95 = 1.959963984540054  # the normal quantile of 0.975
 
@@ -72,13 +72,6 @@ def _drop(name: str, ref: float, value: float, n: int, threshold: float, above: 
     return compare_interval(name, lo, hi, threshold, above=above, estimate=ref - value, spec=".1%")
 
 
-def _archs(values: Mapping[str, Any]) -> Mapping[str, Any]:
-    archs = values["archs"]
-    if not archs:
-        raise KeyError("archs")
-    return archs
-
-
 # -- C1 -----------------------------------------------------------------------------------------------
 def judge_c1(values: Mapping[str, Any]) -> Verdict:
     """Per architecture: the Bezier curve's accuracy drop (worse endpoint - worst along t) at most
@@ -88,7 +81,7 @@ def judge_c1(values: Mapping[str, Any]) -> Verdict:
     """
     n = int(values["n_test"])
     parts = []
-    for arch, paths in _archs(values).items():
+    for arch, paths in required(values, "archs").items():
         b, ln = paths["bezier"], paths["line"]
         parts.append(_tag(arch, combine([
             _drop("the Bezier curve's accuracy drop", b["end_acc"], b["worst_acc"], n, C1_CURVE_MARGIN, above=False),
@@ -284,10 +277,11 @@ def judge_c6(values: Mapping[str, Any]) -> Verdict:
 
     ``values = {"archs": {arch: {"robust": {"estimate", "lo", "hi", "threshold"}, "standard": {...}}}}``, and
     optionally ``"conditions"`` (the map over architecture, adversarial-training radius, attack radius and path
-    type, :func:`mclib.hessian.barrier_map`): the reason then ends with :func:`c6_map_sentence`; the verdict
+    type, :func:`mclib.studies.robustness.barrier_map`): the reason then ends with :func:`c6_map_sentence`; the verdict
     still judges ``archs`` alone.
     """
-    verdict = combine(_tag(arch, _c6_pair(v["robust"], v["standard"])) for arch, v in _archs(values).items())
+    verdict = combine(_tag(arch, _c6_pair(v["robust"], v["standard"]))
+                      for arch, v in required(values, "archs").items())
     if values.get("conditions"):
         return Verdict(verdict.status, f"{verdict.reason}; {c6_map_sentence(values['conditions'])}")
     return verdict
@@ -307,7 +301,7 @@ def c6_map_sentence(conditions: Sequence[Mapping[str, Any]]) -> str:
     """Where C6's pattern appears across a condition map, each barrier interval judged against its own threshold.
 
     ``conditions``: entries ``{"setting": {...}, "measured": {"robust_barrier": interval with threshold,
-    "standard_barrier": ...}}`` (:func:`mclib.hessian.barrier_map`). Settings are grouped as: the pattern
+    "standard_barrier": ...}}`` (:func:`mclib.studies.robustness.barrier_map`). Settings are grouped as: the pattern
     appears (:func:`judge_c6`'s rule holds: a robustness-loss barrier and no standard-loss barrier), a
     robustness-loss barrier comes with a standard-loss barrier too, undecided (an interval spans its threshold),
     or no robustness-loss barrier (the whole interval below its threshold) -- the last group counted only, with
@@ -364,7 +358,7 @@ def judge_c7(values: Mapping[str, Any]) -> Verdict:
     dict or absent}}}`` (correlation dicts as :func:`mclib.stats.correlation` returns).
     """
     parts = []
-    for arch, v in _archs(values).items():
+    for arch, v in required(values, "archs").items():
         evidence = []
         if v.get("across") is not None:
             evidence.append(_corr(f"the across-input Pearson r at t={fmt(values.get('t_fixed'), '.2g')}", v["across"]))

@@ -1,52 +1,19 @@
-"""Tests of the B3 condition map in mclib.som: the power calculation against simulation, the pre-activation and
-shallow-layer lookup on mclib's models, SOM protocols, the one-at-a-time design, and condition_map against an
+"""Tests of mclib.studies.codes (claim B3): the minimal flipping radius, BMU change under attack, the pre-activation
+and shallow-layer lookup on mclib's models, SOM protocols, the one-at-a-time design, and condition_map against an
 independent scipy computation and a planted effect."""
 import math
 
 import numpy as np
 import pytest
 import torch
-from scipy.stats import rankdata, spearmanr
+from scipy.stats import spearmanr
 from torch import nn
 
 from mclib import models
 from mclib import som as S
+from mclib.studies import codes
 
 
-# --------------------------------------------------------------------------- power
-def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
-    ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
-    return (ra * rb).sum(1) / np.sqrt((ra * ra).sum(1) * (rb * rb).sum(1))
-
-
-def test_spearman_power_against_simulation():
-    n = S.spearman_n_for_power(0.15)
-    # by hand: 3 + 1.06 * ((1.95996 + 0.84162) / atanh 0.15)^2 = 3 + 1.06 * 18.536^2 = 367.2 -> 368
-    z = (1.959964 + 0.841621) / math.atanh(0.15)
-    assert n == math.ceil(3 + 1.06 * z * z) == 368
-    rng = np.random.default_rng(0)
-    sims = 3000
-    # the null's 2.5% / 97.5% quantiles of r_s, simulated: the half-width formula at 100 inputs
-    null = _spearman_rows(rng.random((sims, 100)), rng.random((sims, 100)))
-    lo, hi = np.quantile(null, [0.025, 0.975])
-    assert (hi - lo) / 2 == pytest.approx(S.spearman_halfwidth(100), abs=0.015)
-    # power at n: bivariate normal with Pearson r = 2 sin(pi rho_s / 6) has Spearman rho_s = 0.15
-    r = 2 * math.sin(math.pi * 0.15 / 6)
-    crit = np.quantile(np.abs(_spearman_rows(rng.random((sims, n)), rng.random((sims, n)))), 0.95)
-    a = rng.standard_normal((sims, n))
-    b = r * a + math.sqrt(1 - r * r) * rng.standard_normal((sims, n))
-    power = float((np.abs(_spearman_rows(a, b)) > crit).mean())
-    assert power == pytest.approx(0.8, abs=0.04)
-
-
-def test_power_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="rho"):
-        S.spearman_n_for_power(0.0)
-    with pytest.raises(ValueError, match="power"):
-        S.spearman_n_for_power(0.2, power=1.0)
-    with pytest.raises(ValueError, match="n must"):
-        S.spearman_halfwidth(3)
 
 
 # --------------------------------------------------------------------------- layers
@@ -54,13 +21,13 @@ def test_pre_activation_and_shallow_layers_of_mclib_models():
     cnn = models.build("cnn", in_shape=(1, 28, 28), num_classes=10)
     assert S.pre_activation(cnn, "1.1") == "1.0"          # ReLU in a Sequential: the convolution before it
     assert S.pre_activation(cnn, "1.9") is None            # the logits: no activation
-    assert S.shallow_layers(cnn) == {"L1": "1.1", "L1 pre-ReLU": "1.0", "L2": "1.4"}
+    assert codes.shallow_layers(cnn) == {"L1": "1.1", "L1 pre-ReLU": "1.0", "L2": "1.4"}
     res = models.build("resnet8", in_shape=(1, 28, 28), num_classes=10, width=8)
     assert S.pre_activation(res, "1.stem") == "1.stem.1"  # conv, bn, relu stem: the BatchNorm output
-    assert S.shallow_layers(res) == {"L1": "1.stem", "L1 pre-ReLU": "1.stem.1", "L2": "1.layer1.0"}
+    assert codes.shallow_layers(res) == {"L1": "1.stem", "L1 pre-ReLU": "1.stem.1", "L2": "1.layer1.0"}
     assert S.pre_activation(res, "1.layer1.0") is None     # a residual block applies its ReLU functionally
     tv = models.build("resnet18", in_shape=(3, 32, 32), num_classes=10)   # torchvision: relu is called after bn1
-    assert S.shallow_layers(tv) == {"L1": "1.relu", "L1 pre-ReLU": "1.bn1", "L2": "1.layer1.0"}
+    assert codes.shallow_layers(tv) == {"L1": "1.relu", "L1 pre-ReLU": "1.bn1", "L2": "1.layer1.0"}
     with pytest.raises(ValueError, match="not a module"):
         S.pre_activation(cnn, "nope")
     # the pre-activation codes are what the ReLU reads: relu(pre) == post, element-wise, before channel means
@@ -78,32 +45,32 @@ def test_pre_activation_and_shallow_layers_of_mclib_models():
 # --------------------------------------------------------------------------- protocols and design
 def test_fit_protocol_is_fit_som_with_epochs_as_passes():
     X = torch.randn(60, 3, generator=torch.Generator().manual_seed(0))
-    m = S.fit_protocol(X, 3, 3, {"standardize": False, "epochs": 2}, seed=1)
+    m = codes.fit_protocol(X, 3, 3, {"standardize": False, "epochs": 2}, seed=1)
     ref = S.fit_som(X, 3, 3, backend="minisom", standardize=False, iterations=120, seed=1)
     assert m.backend == "minisom" and m.info["iterations"] == 120 and torch.equal(m.weights, ref.weights)
-    b = S.fit_protocol(X, 3, 3, {"backend": "torch", "sigma_end": 0.5, "epochs": 7, "fit_on": "train"})
+    b = codes.fit_protocol(X, 3, 3, {"backend": "torch", "sigma_end": 0.5, "epochs": 7, "fit_on": "train"})
     assert b.backend == "torch" and b.info["iterations"] == 7 and b.info["sigma_end"] == 0.5
     with pytest.raises(ValueError, match="unknown SOM protocol key"):
-        S.fit_protocol(X, 3, 3, {"sigma_start": 2})
+        codes.fit_protocol(X, 3, 3, {"sigma_start": 2})
     with pytest.raises(ValueError, match="sigma_end needs backend='torch'"):
-        S.fit_protocol(X, 3, 3, {"sigma_end": 0.5})
+        codes.fit_protocol(X, 3, 3, {"sigma_end": 0.5})
     with pytest.raises(ValueError, match="epochs"):
-        S.fit_protocol(X, 3, 3, {"epochs": 0})
+        codes.fit_protocol(X, 3, 3, {"epochs": 0})
 
 
 def test_one_at_a_time_design():
     base = {"layer": "L1", "som": "10x10", "protocol": "chapter"}
-    got = S.one_at_a_time(base, {"layer": ["L1", "L2"], "som": ["5x5", "10x10", "16x16"], "protocol": []})
+    got = codes.one_at_a_time(base, {"layer": ["L1", "L2"], "som": ["5x5", "10x10", "16x16"], "protocol": []})
     assert got == [base, {**base, "layer": "L2"}, {**base, "som": "5x5"}, {**base, "som": "16x16"}]
     with pytest.raises(ValueError, match="lacks"):
-        S.one_at_a_time(base, {"model": ["cnn"]})
+        codes.one_at_a_time(base, {"model": ["cnn"]})
 
 
 def test_rank_finite_keeps_spearman_of_censored_radii():
     eps = torch.tensor([0.1, float("inf"), 0.05, 0.3, float("inf"), 0.2])
     h = np.array([1.0, 0.2, 1.5, 0.5, 0.1, 0.9])
-    assert spearmanr(h, S._rank_finite(eps)).statistic == pytest.approx(spearmanr(h, eps.numpy()).statistic)
-    assert np.isfinite(S._rank_finite(torch.full((3,), float("inf")))).all()
+    assert spearmanr(h, codes._rank_finite(eps)).statistic == pytest.approx(spearmanr(h, eps.numpy()).statistic)
+    assert np.isfinite(codes._rank_finite(torch.full((3,), float("inf")))).all()
 
 
 # --------------------------------------------------------------------------- the map
@@ -133,9 +100,9 @@ def test_condition_map_matches_an_independent_computation_and_finds_the_planted_
     model, X, y, eps = _toy()
     Xf, yf = X[:160], y[:160]
     layers = {"L1": "2", "L1 pre-ReLU": "1"}
-    settings = S.one_at_a_time({"layer": "L1", "som": "4x4", "protocol": "chapter", "vulnerability": "pgd"},
+    settings = codes.one_at_a_time({"layer": "L1", "som": "4x4", "protocol": "chapter", "vulnerability": "pgd"},
                                {"layer": ["L1 pre-ReLU"], "som": ["2x2"], "protocol": ["evaluated", "batch"]})
-    out = S.condition_map(model, X, y, {"pgd": eps}, settings, layers, PROTOCOLS, {"fit": (Xf, yf)}, n_boot=300,
+    out = codes.condition_map(model, X, y, {"pgd": eps}, settings, layers, PROTOCOLS, {"fit": (Xf, yf)}, n_boot=300,
                           tag={"model": "toy"})
     assert [e["setting"] for e in out] == [{"model": "toy", **s} for s in settings]
     # reference for the base setting, computed step by step with scipy's Spearman
@@ -151,14 +118,14 @@ def test_condition_map_matches_an_independent_computation_and_finds_the_planted_
         sp = e["measured"]["spearman"]
         assert sp["lo"] <= sp["estimate"] <= sp["hi"] < -0.3, e
     # determinism
-    again = S.condition_map(model, X, y, {"pgd": eps}, settings[:1], layers, PROTOCOLS, {"fit": (Xf, yf)}, n_boot=300)
+    again = codes.condition_map(model, X, y, {"pgd": eps}, settings[:1], layers, PROTOCOLS, {"fit": (Xf, yf)}, n_boot=300)
     assert again[0]["measured"] == base
 
 
 def test_condition_map_no_effect_gives_an_interval_around_zero():
     model, X, y, _ = _toy(400, seed=1)
     eps = torch.rand(len(X), generator=torch.Generator().manual_seed(5))   # vulnerability unrelated to the code
-    out = S.condition_map(model, X, y, {"pgd": eps}, [{"layer": "L1", "som": "4x4", "protocol": "evaluated",
+    out = codes.condition_map(model, X, y, {"pgd": eps}, [{"layer": "L1", "som": "4x4", "protocol": "evaluated",
                           "vulnerability": "pgd"}], {"L1": "2"}, PROTOCOLS, {}, n_boot=300)
     sp = out[0]["measured"]["spearman"]
     assert sp["lo"] < 0 < sp["hi"]
@@ -174,16 +141,16 @@ def test_condition_map_no_effect_gives_an_interval_around_zero():
 def test_condition_map_rejects_bad_settings(setting, match):
     model, X, y, eps = _toy(40)
     with pytest.raises(ValueError, match=match):
-        S.condition_map(model, X, y, {"pgd": eps}, [setting], {"L1": "2"}, PROTOCOLS, {"fit": (X, y)}, n_boot=10)
+        codes.condition_map(model, X, y, {"pgd": eps}, [setting], {"L1": "2"}, PROTOCOLS, {"fit": (X, y)}, n_boot=10)
 
 
 def test_condition_map_rejects_unknown_fit_set_and_mismatched_radii():
     model, X, y, eps = _toy(40)
     s = {"layer": "L1", "som": "4x4", "protocol": "chapter", "vulnerability": "pgd"}
     with pytest.raises(ValueError, match="not a code set"):
-        S.condition_map(model, X, y, {"pgd": eps}, [s], {"L1": "2"}, PROTOCOLS, {}, n_boot=10)
+        codes.condition_map(model, X, y, {"pgd": eps}, [s], {"L1": "2"}, PROTOCOLS, {}, n_boot=10)
     with pytest.raises(ValueError, match="radii"):
-        S.condition_map(model, X, y, {"pgd": eps[:5]}, [s], {"L1": "2"}, PROTOCOLS, {"fit": (X, y)}, n_boot=10)
+        codes.condition_map(model, X, y, {"pgd": eps[:5]}, [s], {"L1": "2"}, PROTOCOLS, {"fit": (X, y)}, n_boot=10)
 
 
 def test_plot_conditions_draws_one_row_per_setting():
@@ -191,12 +158,12 @@ def test_plot_conditions_draws_one_row_per_setting():
     matplotlib.use("Agg")
     conds = [{"setting": {"model": "a", "layer": "L1"}, "measured": {"spearman": {"estimate": -0.1, "lo": -0.2, "hi": 0.0}}},
              {"setting": {"model": "b", "layer": "L2"}, "measured": {"spearman": {"estimate": None, "lo": None, "hi": None}}}]
-    ax = S.plot_conditions(conds)
+    ax = codes.plot_conditions(conds)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["L1", "L2"]
     for c in conds:                       # a key constant over the map is left out of the labels
         c["setting"]["som"] = "10x10"
-    assert [t.get_text() for t in S.plot_conditions(conds).get_yticklabels()] == ["L1", "L2"]
-    assert [t.get_text() for t in S.plot_conditions(conds, label_keys=["som"]).get_yticklabels()] == ["10x10"] * 2
+    assert [t.get_text() for t in codes.plot_conditions(conds).get_yticklabels()] == ["L1", "L2"]
+    assert [t.get_text() for t in codes.plot_conditions(conds, label_keys=["som"]).get_yticklabels()] == ["10x10"] * 2
 
 
 def test_minimal_eps_stopping_at_first_success_finds_the_exact_radius():
@@ -206,7 +173,7 @@ def test_minimal_eps_stopping_at_first_success_finds_the_exact_radius():
         lin.weight.copy_(torch.tensor([[0.0], [2.0]])), lin.bias.copy_(torch.tensor([0.0, -1.0]))
     model = nn.Sequential(nn.Flatten(), lin).eval()
     c = torch.tensor([0.455, 0.305, 0.1])
-    eps = S.minimal_eps(model, c.view(-1, 1, 1, 1), torch.zeros(3, dtype=torch.long), eps_max=0.32, resolution=32,
+    eps = codes.minimal_eps(model, c.view(-1, 1, 1, 1), torch.zeros(3, dtype=torch.long), eps_max=0.32, resolution=32,
                         steps=10, stop_on_success=True, generator=torch.Generator().manual_seed(0))
     # grid step 0.01: the smallest grid radius at or above 0.5 - c = 0.045, 0.195
     assert torch.allclose(eps[:2], torch.tensor([0.05, 0.20])), eps
@@ -217,7 +184,7 @@ def test_summarise_conditions_sorts_intervals_by_sign_and_size():
     def c(lo, hi):
         return {"setting": {}, "measured": {"spearman": {"estimate": (lo + hi) / 2 if lo is not None else None,
                                                          "lo": lo, "hi": hi}}}
-    got = S.summarise_conditions([c(-0.3, -0.1), c(0.02, 0.2), c(-0.1, 0.1), c(-0.2, 0.05), c(None, None)])
+    got = codes.summarise_conditions([c(-0.3, -0.1), c(0.02, 0.2), c(-0.1, 0.1), c(-0.2, 0.05), c(None, None)])
     assert {k: got[k] for k in ("settings", "negative", "positive", "small", "undecided")} == \
         {"settings": 5, "negative": 1, "positive": 1, "small": 1, "undecided": 2}
     assert got["max_halfwidth"] == pytest.approx(0.125) and got["estimate_range"] == pytest.approx((-0.2, 0.11))
@@ -231,5 +198,36 @@ def test_summarise_conditions_sorts_intervals_by_sign_and_size():
 ])
 def test_summarise_conditions_holm_correction(ps, rejected):
     conds = [{"setting": {}, "measured": {"spearman": {"estimate": 0.1, "lo": 0.0, "hi": 0.2, "p": p}}} for p in ps]
-    got = S.summarise_conditions(conds)
+    got = codes.summarise_conditions(conds)
     assert got["holm"] == rejected and got["expected_by_chance"] == pytest.approx(0.05 * len(ps))
+
+
+def test_bmu_change_zero_for_identical_inputs():
+    model = models.build("cnn", dataset="digits").eval()
+    X = torch.rand(60, 1, 8, 8)
+    y = torch.arange(60) % 10
+    layer_codes = S.fit_layers(S.activations(model, X), y, rows=3, cols=3, iterations=120)
+    assert list(layer_codes.metrics.index) == layer_codes.layers
+    assert set(layer_codes.metrics.columns) >= {"units_used", "bmu_entropy", "purity", "mi", "within_class_spread",
+                                          "quantization_error", "topographic_error"}
+    assert all(v == 0.0 for v in codes.bmu_change(model, X, X.clone(), layer_codes).values())
+
+
+def test_minimal_eps_linear_model():
+    # logit1 - logit0 = sum(x) - 2.2 on 4 pixels; an L-inf step eps changes it by at most 4 eps, so the
+    # smallest flipping radius for a constant image x = c (true class 0) is (2.2 - 4c) / 4
+    lin = nn.Linear(4, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.0] * 4, [1.0] * 4]))
+        lin.bias.copy_(torch.tensor([0.0, -2.2]))
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    c = torch.tensor([0.53, 0.5, 0.45, 0.2, 0.6])
+    x = c.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+    y = torch.zeros(5, dtype=torch.long)
+    eps_max, res = 0.2, 64
+    eps = codes.minimal_eps(model, x, y, eps_max=eps_max, resolution=res, steps=10, generator=torch.Generator().manual_seed(0))
+    exact = torch.tensor([0.02, 0.05, 0.1])
+    assert torch.all((eps[:3] - exact).abs() <= eps_max / res + 1e-6), eps
+    assert torch.all(eps[:3] >= exact - 1e-6)  # never below the true radius: PGD cannot flip there
+    assert math.isinf(eps[3])  # needs 0.35 > eps_max
+    assert eps[4] == 0.0  # already misclassified

@@ -1,0 +1,309 @@
+"""The detection chapter's study (Vrabel et al., ICLR 2025, section 4.4): claims A8 and A9.
+
+Built from :mod:`mclib.detect` (references, barrier features, detectors, metrics) and :mod:`mclib.stats`:
+
+* the chapter's table -- :func:`standard_detectors` (single thresholds on barrier max and gap, logistic
+  regressions, the max-softmax and Mahalanobis baselines) scored against every attack by :func:`detection_table`,
+  also with a detector fitted on another attack's examples;
+* attack strength and the worst case -- :func:`strength_table` (how far each attack moved its inputs and how high
+  their barriers are) and :func:`transfer_table` (a detector fitted on plain PGD facing the adaptive attack);
+* the condition map of claim A9 -- :func:`sweep` runs an attack at several confidences (Carlini & Wagner's margin
+  ``kappa``, PGD steps after the first success), :func:`confidence_map` gives each setting's AUROC intervals for
+  barrier max, barrier gap, max softmax and the combined detector (:func:`map_detectors`) and the paired interval
+  of what the path features add to a logit-only detector (:func:`mclib.stats.auroc_difference_ci`);
+  :func:`map_frame` puts it in long form and :func:`plot_condition_map` draws it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mclib import detect, stats
+
+__all__ = ["standard_detectors", "detection_table", "strength_table", "transfer_table", "map_detectors", "SweepPoint",
+           "sweep", "setting_evidence", "confidence_map", "map_frame", "MAP_LINES", "plot_condition_map"]
+
+
+def standard_detectors(with_mahalanobis: bool = True) -> dict[str, Callable[[], object]]:
+    """The chapter's detectors and baselines by name: single thresholds on barrier max and on barrier gap,
+    logistic regression on all path + logit features, and the baselines (max softmax probability,
+    Mahalanobis distance)."""
+    out = {
+        "threshold: barrier max": lambda: detect.ThresholdDetector("barrier_max"),
+        "threshold: barrier gap": lambda: detect.ThresholdDetector("barrier_gap"),
+        "logistic: path + logits": lambda: detect.LogisticDetector(detect.PATH_FEATURES + detect.LOGIT_FEATURES),
+        "logistic: path only": lambda: detect.LogisticDetector(detect.PATH_FEATURES),
+        "baseline: max softmax": lambda: detect.ThresholdDetector("max_softmax"),
+    }
+    if with_mahalanobis:
+        out["baseline: Mahalanobis"] = lambda: detect.ThresholdDetector("mahalanobis")
+    return out
+
+
+def detection_table(clean: pd.DataFrame, groups_clean, attacks: Mapping[str, tuple[pd.DataFrame, Sequence[int]]],
+                    detectors: Mapping[str, Callable[[], object]], folds: int = 5, seed: int = 0,
+                    fitted_on: Mapping[str, str] | None = None):
+    """AUROC, TPR at 5% FPR and accuracy of every detector against every attack, out of fold
+    (:func:`mclib.detect.cross_val_scores`).
+
+    ``attacks``: ``{name: (adversarial feature table, source-image ids)}``; ``fitted_on``: ``{row name:
+    attack name}`` adds rows where the detector is trained against another attack's examples (e.g. the
+    adaptive attack's examples scored by a detector fitted on PGD); the row is named by the key and scored
+    on the adversarial examples of ``attacks[key]``... given as ``{"adaptive PGD": "PGD"}``, the row label is
+    ``"adaptive PGD (detector fitted on PGD)"``. Returns ``(table, rocs)`` with ``rocs[(attack, detector)] =
+    (fpr, tpr)``.
+    """
+    rows, rocs = [], {}
+    jobs = [(name, name, None) for name in attacks]
+    for target, source in (fitted_on or {}).items():
+        jobs.append((f"{target} (detector fitted on {source})", target, source))
+    for label, name, source in jobs:
+        adv, ga = attacks[name]
+        for dname, make in detectors.items():
+            kw = {}
+            if source is not None:
+                kw = dict(fit_adv=attacks[source][0], groups_fit_adv=attacks[source][1])
+            try:
+                lab, s, p = detect.cross_val_scores(make, clean, adv, groups_clean, ga, folds, seed, **kw)
+            except ValueError:          # too few adversarial examples (e.g. an attack that failed at smoke size)
+                rows.append({"attack": label, "detector": dname, "n_clean": len(clean), "n_adv": len(adv),
+                             "auroc": float("nan"), "tpr@5%fpr": float("nan"), "accuracy": float("nan")})
+                continue
+            m = detect.metrics(lab, s, p)
+            rows.append({"attack": label, "detector": dname, "n_clean": len(clean), "n_adv": len(adv), **m})
+            rocs[(label, dname)] = detect.roc(lab, s)
+    return pd.DataFrame(rows), rocs
+
+
+def strength_table(clean: detect.Features, adv: Mapping[str, tuple[detect.Features, torch.Tensor]]) -> pd.DataFrame:
+    """How far each attack moved its inputs and how high their barriers are, one row per attack.
+
+    ``adv``: ``{name: (features of the adversarial examples, perturbations x_adv - x_source (N, ...))}``.
+    Columns: ``kept`` (examples), ``median L-inf`` and ``median L2`` of the perturbations, ``median barrier
+    max`` / ``gap`` over (input, reference) pairs (:func:`mclib.detect.median_barrier`) and ``ratio to real-real`` (the
+    median barrier max over the clean inputs' one, claim A8's statistic). Used to set an attack stopped at
+    its first success next to the full-strength one: the weaker the attack, the closer its examples sit to
+    the decision boundary and the lower their loss barriers.
+    """
+    rr = detect.median_barrier(clean)
+    rows = []
+    for name, (f, delta) in adv.items():
+        d = torch.as_tensor(delta).flatten(1)
+        if len(f) != len(d):
+            raise ValueError(f"{name}: {len(f)} feature rows but {len(d)} perturbations")
+        mx = detect.median_barrier(f)
+        rows.append({"attack": name, "kept": len(f),
+                     "median L-inf": float(d.abs().amax(1).median()) if len(d) else float("nan"),
+                     "median L2": float(d.norm(dim=1).median()) if len(d) else float("nan"),
+                     "median barrier max": mx, "median barrier gap": detect.median_barrier(f, "gap"),
+                     "ratio to real-real": mx / rr if rr > 0 else float("nan")})
+    return pd.DataFrame(rows).set_index("attack")
+
+
+def transfer_table(table: pd.DataFrame, attack: str, source: str) -> pd.DataFrame:
+    """The worst case of a non-adaptive defender, per detector, from a :func:`detection_table` result.
+
+    ``table`` must hold the rows of ``attack`` (detector refitted on its own examples) and of
+    ``f"{attack} (detector fitted on {source})"`` (``detection_table(..., fitted_on={attack: source})``).
+    Returns per detector the AUROC refitted and fitted on ``source`` only, and ``inverted``: the
+    detector fitted on ``source`` has AUROC < 0.5, i.e. it ranks the attack's examples as *more* clean
+    than clean inputs -- an attacker who can make that happen has turned the detector against its user
+    (flipping its sign would help, but only a defender who has seen the attack knows to).
+    """
+    transfer = f"{attack} (detector fitted on {source})"
+    missing = [a for a in (attack, transfer) if a not in set(table["attack"])]
+    if missing:
+        raise ValueError(f"table has no rows for {missing}; call detection_table(..., fitted_on={{{attack!r}: {source!r}}})")
+    auroc = {a: table[table["attack"] == a].set_index("detector")["auroc"] for a in (attack, transfer)}
+    out = pd.DataFrame({f"AUROC refitted on {attack}": auroc[attack], f"AUROC fitted on {source}": auroc[transfer]})
+    out["inverted"] = out[f"AUROC fitted on {source}"] < 0.5      # NaN (too few examples) is not inverted
+    return out
+
+
+def map_detectors() -> dict[str, Callable[[], object]]:
+    """The detectors of the condition map, by the short names its records use (``auroc_<name>``).
+
+    ``barrier_max``, ``barrier_gap`` and ``max_softmax``: a single threshold on that feature;
+    ``combined``: the logistic regression on path and logit features (the chapter's "logistic: path +
+    logits"); ``logits_only``: the same regression without the path features -- the model's confidence
+    alone, the control that says whether the barrier adds anything.
+    """
+    return {
+        "barrier_max": lambda: detect.ThresholdDetector("barrier_max"),
+        "barrier_gap": lambda: detect.ThresholdDetector("barrier_gap"),
+        "max_softmax": lambda: detect.ThresholdDetector("max_softmax"),
+        "combined": lambda: detect.LogisticDetector(detect.PATH_FEATURES + detect.LOGIT_FEATURES),
+        "logits_only": lambda: detect.LogisticDetector(detect.LOGIT_FEATURES),
+    }
+
+
+@dataclass
+class SweepPoint:
+    """One setting of a condition map: its parameters ``setting``, the ``features`` of its successful
+    adversarial examples, their ``sources`` (indices into the attacked images), and the number of
+    images ``attempted`` and of those that ``succeeded``."""
+
+    setting: dict
+    features: detect.Features
+    sources: torch.Tensor
+    attempted: int
+    succeeded: int
+
+
+def sweep(model: nn.Module, settings: Sequence[Mapping], make_attack: Callable[[Mapping], Callable],
+          X: torch.Tensor, y: torch.Tensor, references: detect.References, n: int, num_points: int = 64,
+          k: int | None = None, targets: torch.Tensor | None = None, margin_key: str | None = None,
+          batch_size: int = 256, chunk_size: int | None = None, attempts: int | None = None) -> list[SweepPoint]:
+    """Adversarial examples and their detection features for every setting of a condition map.
+
+    For each ``setting`` (a dict of the attack's parameters, e.g. ``{"attack": "PGD", "extra_steps": 2}``),
+    ``make_attack(setting)`` gives the batched attack ``(x, y, idx) -> x_adv``; up to ``n`` successful
+    examples are collected from ``(X, y)`` (:func:`mclib.detect.collect_adversarial`, ``targets`` for a targeted attack)
+    and their features extracted (:func:`mclib.detect.extract`). With ``margin_key`` the setting's value under that key
+    is the confidence ``kappa`` an example must reach to count (``min_margin`` of
+    :func:`mclib.detect.collect_adversarial`), so a setting holds only examples at least that confidently misclassified.
+    Every setting attacks the same images in the same order, so settings differ only in the attack.
+    ``attempts`` caps the images attacked per setting (default all): a setting the attack rarely reaches
+    would otherwise run the attack's full step budget on every image.
+    """
+    if attempts is not None:
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1 (images attacked per setting), got {attempts}")
+        X, y = X[:attempts], y[:attempts]
+        targets = None if targets is None else targets[:attempts]
+    out = []
+    for setting in settings:
+        kappa = float(setting[margin_key]) if margin_key is not None else 0.0
+        Xa, src, tried, ok = detect.collect_adversarial(model, make_attack(setting), X, y, n, batch_size, targets,
+                                                 min_margin=kappa)
+        feats = detect.extract(model, Xa, references, num_points, k, chunk_size=chunk_size)
+        out.append(SweepPoint(dict(setting), feats, src, tried, ok))
+    return out
+
+
+def setting_evidence(setting: Mapping, clean: pd.DataFrame, groups_clean, adv: pd.DataFrame, groups_adv,
+                     folds: int = 5, seed: int = 0, n_boot: int = 2000,
+                     detectors: Mapping[str, Callable[[], object]] | None = None, min_adv: int = 5) -> dict:
+    """One entry of a condition map: ``{"setting": ..., "measured": ...}`` as claim records store it.
+
+    Every detector of ``detectors`` (default :func:`map_detectors`) is scored out of fold
+    (:func:`mclib.detect.cross_val_scores`: the same folds, grouped by source image, for all of them) and its AUROC
+    recorded with a stratified bootstrap interval (:func:`mclib.stats.auroc_ci`) as ``auroc_<name>``.
+    When both ``combined`` and ``logits_only`` are among them, ``auroc_gain_from_path`` is the paired
+    bootstrap interval of their difference (:func:`mclib.stats.auroc_difference_ci`): what the path features add to the
+    model's own confidence. Also recorded: ``n_clean``, ``n_adv``, ``median_logit_margin`` (how confidently
+    the examples are misclassified: top-1 minus top-2 logit) and ``median_barrier_max``. With fewer than
+    ``min_adv`` adversarial examples (an attack that rarely reaches the setting's confidence) no AUROC is
+    recorded: an interval over a handful of positives would look precise and mean nothing. A detector that
+    cannot be cross-validated (too few adversarial rows for the folds) gets None too.
+    """
+    detectors = map_detectors() if detectors is None else detectors
+    measured: dict = {"n_clean": len(clean), "n_adv": len(adv),
+                      "median_logit_margin": float(np.median(adv["logit_margin"])) if len(adv) else None,
+                      "median_barrier_max": float(np.median(adv["barrier_max"])) if len(adv) else None}
+    scores = {}
+    for name, make in detectors.items():
+        if len(adv) < min_adv:
+            measured[f"auroc_{name}"] = None
+            continue
+        try:
+            lab, scores[name], _ = detect.cross_val_scores(make, clean, adv, groups_clean, groups_adv, folds, seed)
+        except ValueError:          # too few adversarial examples for the folds
+            measured[f"auroc_{name}"] = None
+            continue
+        measured[f"auroc_{name}"] = dict(stats.auroc_ci(lab, scores[name], n_boot, seed)._asdict())
+    if "combined" in detectors and "logits_only" in detectors:
+        measured["auroc_gain_from_path"] = (
+            dict(stats.auroc_difference_ci(lab, scores["combined"], scores["logits_only"], n_boot, seed)._asdict())
+            if "combined" in scores and "logits_only" in scores else None)
+    return {"setting": dict(setting), "measured": measured}
+
+
+def confidence_map(clean: pd.DataFrame, groups_clean, points: Sequence[SweepPoint], folds: int = 5, seed: int = 0,
+                   n_boot: int = 2000, detectors: Mapping[str, Callable[[], object]] | None = None,
+                   min_adv: int = 5) -> list[dict]:
+    """The condition map of claim A9: :func:`setting_evidence` of every :func:`sweep` point against the same
+    clean inputs, plus each setting's ``success_rate`` (succeeded / attempted). The list is what a claim
+    records under ``values["conditions"]`` (:func:`mclib.claims.core.map_sentence` reads it)."""
+    out = []
+    for p in points:
+        entry = setting_evidence(p.setting, clean, groups_clean, p.features.table, p.sources.numpy(), folds, seed,
+                                 n_boot, detectors, min_adv)
+        entry["measured"]["success_rate"] = p.succeeded / p.attempted if p.attempted else None
+        out.append(entry)
+    return out
+
+
+def map_frame(conditions: Sequence[Mapping]) -> pd.DataFrame:
+    """A condition map in long form, one row per (setting, measured interval): ``attack``, ``knob`` (the
+    setting's other parameter), ``x`` (its value), ``margin`` (median logit margin of the examples),
+    ``quantity`` (e.g. ``auroc_barrier_max``), ``estimate``, ``lo``, ``hi``, ``n``."""
+    rows = []
+    for entry in conditions:
+        setting, measured = dict(entry["setting"]), entry["measured"]
+        knobs = [k for k in setting if k != "attack"]
+        if len(knobs) != 1:
+            raise ValueError(f"a setting needs 'attack' and exactly one other parameter, got {setting}")
+        for q, iv in measured.items():
+            if isinstance(iv, Mapping):
+                rows.append({"attack": setting.get("attack"), "knob": knobs[0], "x": setting[knobs[0]],
+                             "margin": measured.get("median_logit_margin"), "quantity": q,
+                             **{f: iv.get(f) for f in ("estimate", "lo", "hi", "n")}})
+    cols = ["attack", "knob", "x", "margin", "quantity", "estimate", "lo", "hi", "n"]
+    return pd.DataFrame(rows, columns=cols).astype({f: float for f in ("estimate", "lo", "hi")})
+
+
+#: Lines of :func:`plot_condition_map`: record key -> legend label.
+MAP_LINES = {"auroc_barrier_max": "threshold: barrier max", "auroc_barrier_gap": "threshold: barrier gap",
+             "auroc_max_softmax": "baseline: max softmax", "auroc_combined": "logistic: path + logits"}
+
+
+# --- plots
+def plot_condition_map(axes, conditions: Sequence[Mapping], threshold: float = 0.9, lines: Mapping[str, str] = MAP_LINES,
+                       gain_ax=None):
+    """AUROC against attack confidence: one panel per attack family (in ``axes``, in order of first
+    appearance), the family's knob on the x axis (symlog), one line per detector of ``lines`` with its
+    interval as a band, and ``threshold`` as a dashed line. With ``gain_ax``, a last panel draws
+    ``auroc_gain_from_path`` (combined minus logits only, paired interval) against the examples' median
+    logit margin, one line per family, with the zero line. Returns the axes drawn on."""
+    import matplotlib.pyplot as plt
+    frame = map_frame(conditions)
+    families = list(dict.fromkeys(frame["attack"]))
+    if len(families) > len(axes):
+        raise ValueError(f"the map has {len(families)} attack families {families} but only {len(axes)} axes")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, fam in zip(axes, families):
+        sub = frame[frame["attack"] == fam]
+        for (q, label), col in zip(lines.items(), colours):
+            d = sub[sub["quantity"] == q].sort_values("x")
+            ax.plot(d["x"], d["estimate"], "o-", color=col, lw=1.6, ms=4, label=label)
+            ax.fill_between(d["x"], d["lo"], d["hi"], color=col, alpha=0.15, lw=0)
+        ax.axhline(threshold, color="k", ls="--", lw=0.9)
+        ax.text(0.99, threshold, f"threshold {threshold:g}", transform=ax.get_yaxis_transform(), ha="right",
+                va="bottom", fontsize=8)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xticks(sorted(sub["x"].unique()), [f"{v:g}" for v in sorted(sub["x"].unique())])
+        ax.set_xlabel(sub["knob"].iloc[0].replace("_", " "))
+        ax.set_ylabel("cross-validated AUROC")
+        ax.set_title(fam)
+    if families:
+        axes[0].legend(loc="lower left", fontsize=8)
+    drawn = list(axes[:len(families)])
+    if gain_ax is not None:
+        for fam, col in zip(families, colours[len(lines):] + colours):
+            d = frame[(frame["attack"] == fam) & (frame["quantity"] == "auroc_gain_from_path")].sort_values("margin")
+            gain_ax.plot(d["margin"], d["estimate"], "s-", color=col, lw=1.6, ms=4, label=fam)
+            gain_ax.fill_between(d["margin"], d["lo"], d["hi"], color=col, alpha=0.15, lw=0)
+        gain_ax.axhline(0.0, color="k", lw=0.8)
+        gain_ax.set_xlabel("median logit margin of the examples")
+        gain_ax.set_ylabel("AUROC gain from the path features")
+        gain_ax.set_title("does the barrier add to the logits?")
+        if gain_ax.get_legend_handles_labels()[0]:
+            gain_ax.legend(loc="best", fontsize=8)
+        drawn.append(gain_ax)
+    return drawn
