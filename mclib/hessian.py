@@ -75,6 +75,7 @@ C6 and C7) is :mod:`mclib.studies.robustness`.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -83,6 +84,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mclib.torchutil import device_of, eval_mode
+
+
+def _import_forward_mode() -> None:
+    # torch.func's forward mode (jvp, hessian) registers its decompositions with the deprecated
+    # torch.jit.script the first time it is imported, and that FutureWarning would land on a book page
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            import torch._decomp.decompositions_for_jvp  # noqa: F401
+        except ImportError:  # a torch without this private module warns nothing either
+            pass
 
 METHODS = ("auto", "exact", "lanczos", "power")
 BACKENDS = ("autograd", "func")
@@ -170,6 +182,7 @@ def input_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backend: str =
     if reduction != "sum":
         raise ValueError("backend='func' computes per-example Hessians; use backend='autograd' for reduction='mean'")
     from torch.func import functional_call, grad, jvp, vmap
+    _import_forward_mode()
 
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
@@ -579,6 +592,7 @@ def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     """Reference: the full per-example input Hessians (B, D, D) by ``torch.func.hessian`` (small D only)."""
     check_batch(x, y)
     from torch.func import functional_call, hessian, vmap
+    _import_forward_mode()
 
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
