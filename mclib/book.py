@@ -391,9 +391,10 @@ def rerun_box(nb: Path, params: dict) -> str:
     opts = f"--preset {params['preset']}" + "".join(
         f" --{k.replace('_', '-')} {params[k]}" for k, v in defaults.items() if params.get(k, v) != v)
     cli = ".venv/bin/python -m mclib.book"
+    # named here, not "in the cell below": a page may hide its parameters cell (the report does)
+    used = ", ".join(f"`{k}={params.get(k)!r}`" for k in ("preset", "seed", "device") if k in params)
     return (":::{admonition} Rerun this page\n:class: tip mclib-rerun\n"
-            "This page was executed with the parameters in the cell below. To rerun it from a fresh clone of "
-            "the repository:\n\n"
+            f"This page was executed with {used}. To rerun it from a fresh clone of the repository:\n\n"
             f"```bash\nmake setup   # once: creates .venv with mclib and its notebook kernel\n"
             f"{cli} run {nb.as_posix()} {opts}\n```\n\n"
             f"The executed copy is written to `_build/src/{nb.as_posix()}`; `{cli} build --only {nb.stem} {opts}` "

@@ -62,7 +62,10 @@ def bootstrap_ci(samples, statistic: Callable[[np.ndarray], float] = np.mean, n_
 
     ``method="basic"`` gives the reverse-percentile interval ``[2 theta - q_hi, 2 theta - q_lo]``, which
     corrects a statistic that resampling shifts by a constant (plug-in mutual information, which duplicates in
-    a resample inflate); ``"percentile"`` suits unbiased statistics such as means and medians.
+    a resample inflate); ``"percentile"`` suits unbiased statistics such as means and medians. With
+    ``"basic"`` the estimate is bias-corrected the same way, ``2 theta - median(replicates)`` (the bootstrap's
+    estimate of the bias is ``median - theta``): the interval is built around it, and a plug-in ``theta``
+    whose bias exceeds the spread would otherwise lie outside its own interval.
     """
     if method not in ("percentile", "basic"):
         raise ValueError(f"method must be 'percentile' or 'basic', got {method!r}")
@@ -75,7 +78,9 @@ def bootstrap_ci(samples, statistic: Callable[[np.ndarray], float] = np.mean, n_
     lo, hi = _percentiles(boot, level)
     est = float(statistic(x))
     if method == "basic":
-        lo, hi = 2 * est - hi, 2 * est - lo
+        finite = boot[np.isfinite(boot)]
+        centre = float(np.median(finite)) if finite.size else math.nan
+        lo, hi, est = 2 * est - hi, 2 * est - lo, 2 * est - centre
     return Interval(est, lo, hi, len(x))
 
 

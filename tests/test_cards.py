@@ -181,6 +181,9 @@ def test_rerun_box_gives_a_command_that_works_from_a_fresh_clone():
     assert "papermill" not in box
     other = book.rerun_box(Path("notebooks/a1.ipynb"), book.parameters("smoke", "cpu", 3, "/data", None))
     assert _rerun_command(other).endswith("--preset smoke --device cpu --seed 3 --data-root /data")
+    # the box names the values itself: the report hides its parameters cell, so "the cell below" would point nowhere
+    assert "`preset='smoke'`" in other and "`seed=3`" in other and "`device='cpu'`" in other
+    assert "cell below" not in other
 
 
 def _executed(tmp_path):

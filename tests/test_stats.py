@@ -143,8 +143,14 @@ def test_basic_bootstrap_reflects_the_percentiles_about_the_estimate():
     x = np.random.default_rng(2).exponential(size=50)
     p = stats.bootstrap_ci(x, np.max, n_boot=300, seed=1)
     b = stats.bootstrap_ci(x, np.max, n_boot=300, seed=1, method="basic")
-    assert b.estimate == p.estimate
-    assert b.lo == pytest.approx(2 * p.estimate - p.hi) and b.hi == pytest.approx(2 * p.estimate - p.lo)
+    theta = float(np.max(x))
+    assert p.estimate == theta
+    assert b.lo == pytest.approx(2 * theta - p.hi) and b.hi == pytest.approx(2 * theta - p.lo)
+    # the estimate is bias-corrected, 2 theta - median(replicates), and lies inside its own interval
+    rng = np.random.default_rng(1)
+    reps = np.array([np.max(x[i]) for i in rng.integers(0, len(x), size=(300, len(x)))])
+    assert b.estimate == pytest.approx(2 * theta - np.median(reps))
+    assert b.lo <= b.estimate <= b.hi
     with pytest.raises(ValueError, match="method"):
         stats.bootstrap_ci(x, method="bca")
 
