@@ -22,7 +22,7 @@ do: the endpoints' part :math:`c_0 w_{0,j} + c_n w_{1,j}` needs no gradient, eac
 scaled add, and the backward pass writes each bend's gradient straight into its own tensor -- no
 concatenation of, and no matrix product over, one flattened vector of all P parameters (that cost
 about 10% of a VGG-16 step; ``benchmarks/bench_curves.py``). The point and the squared norm of the
-weight-decay term are one autograd node with a written-out backward (:class:`_CurvePoint`): on VGG-16
+weight-decay term are one autograd node with a written-out backward (``_CurvePoint``): on VGG-16
 (15M parameters) that took the curve step from 1.25x to 1.12x a plain step (1 thread, paired medians).
 
 Training (:func:`train_curve`) follows Garipov et al. sec. 3.2: every minibatch draws
@@ -256,7 +256,7 @@ class Curve(nn.Module):
 
     def _point(self, t: float | torch.Tensor, square: bool) -> list[torch.Tensor]:
         """The tensors of :math:`w(t)` in the order of :attr:`names`, then :math:`\\lVert w(t) \\rVert^2` if
-        ``square``; one autograd node (:class:`_CurvePoint`) when there are bends."""
+        ``square``; one autograd node (``_CurvePoint``) when there are bends."""
         c = self.coefficients(t).tolist()  # Python floats: scalar arguments, cast to the weights' dtype
         e0, e1 = self.ends[0].split(self.numels), self.ends[1].split(self.numels)
         if self.num_bends:

@@ -15,7 +15,7 @@ one model without gradients. They all go through :func:`forward_chunks` (or :fun
 2. on the CPU in fp32, **the second call with unchanged weights freezes the copy into a graph** (trace,
    freeze, ``optimize_for_inference``: constant-folded weights, oneDNN layout kept between layers, and
    max-pooling moved before ReLU -- exact, and it spares the ReLU three quarters of its work:
-   :func:`_pool_before_relu`). Freezing costs about a second, so a model evaluated once (one probe of a
+   ``_pool_before_relu``). Freezing costs about a second, so a model evaluated once (one probe of a
    model that trains in between) is not frozen; a model evaluated repeatedly (a trained model in a chapter) is.
    TorchScript is deprecated in current torch, whose replacement (``torch.compile``, freezing) costs
    14-49 s on the first call -- far too slow for the quick book. The frozen graph is used only if it
@@ -213,7 +213,7 @@ def _pool_before_relu(graph) -> None:
 def _freeze(module: nn.Module, example: torch.Tensor):
     """Trace, freeze and optimise ``module`` for inference on ``example`` (channels-last), or raise.
 
-    Between freezing and oneDNN's optimisation, max-pooling is moved before ReLU (:func:`_pool_before_relu`).
+    Between freezing and oneDNN's optimisation, max-pooling is moved before ReLU (``_pool_before_relu``).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                    # TorchScript's deprecation notices
