@@ -152,6 +152,7 @@ return {
     links: Array.from(t.querySelectorAll('tbody tr')).map(r => {
       const a = r.cells.length ? r.cells[0].querySelector('a[href]') : null; return a ? a.href : '';
     }),
+    heights: Array.from(t.querySelectorAll('tbody tr')).map(r => Math.round(r.getBoundingClientRect().height)),
   })),
   cut_off: Array.from(main.querySelectorAll('table, pre, img, figure, .mclib-card, code'))
     .filter(e => e.getBoundingClientRect().right > right + 1 && !scrollable(e))
@@ -269,6 +270,17 @@ def test_report_links_every_claim_to_its_chapter(pages):
     rows = {i: link for t in _report(pages)["tables"] for i, link in zip(t["ids"], t["links"])}
     unlinked = [i for i, link in rows.items() if not re.search(r"/notebooks/[a-z0-9_]+\.html(#.*)?$", link)]
     assert rows and not unlinked, f"report rows whose id does not link to a chapter: {unlinked}"
+
+
+#: the tallest report row a reader should meet at desktop width: about 15 lines of the table's text
+MAX_REPORT_ROW_PX = 400
+
+
+def test_report_rows_stay_short_enough_to_scan(pages):
+    # long measured values and reasons fold into <details>: a row of a whole paragraph per column made the
+    # report 11,857 px tall at 1400 px, the A1 row alone about 1,700 px
+    tall = {i: h for t in _report(pages)["tables"] for i, h in zip(t["ids"], t["heights"]) if h > MAX_REPORT_ROW_PX}
+    assert not tall, f"report rows taller than {MAX_REPORT_ROW_PX} px at 1400 px: {tall}"
 
 
 def _counts(html_dir: Path) -> dict[str, int]:

@@ -428,3 +428,19 @@ def test_map_sentence_groups_settings_by_the_claims_own_rule():
     assert "arch=mlp, epochs=8" in vanishes
     assert "arch=mlp, epochs=2" in undecided and "arch=cnn, epochs=2" in undecided  # spans / too few units
     assert map_sentence([], "f", 0.05) == "no condition map was recorded"
+
+
+def test_report_cells_fold_long_text_at_a_clause_never_inside_an_interval():
+    from mclib.claims.core import _fold
+
+    assert _fold("short text") == "short text"
+    parts = [f"model {k}: share 2.9% [1.9%, 4.3%], short of 5% over the whole interval" for k in range(6)]
+    folded = _fold("; ".join(parts))
+    head, rest = folded.split(" <details><summary>more</summary>")
+    assert head == parts[0] and rest.endswith("</details>")
+    assert rest[: -len("</details>")] == "; ".join(parts[1:])          # nothing lost
+    # no "; " to cut at: the cut falls on a comma outside brackets, never in "[0.48, 0.55]"
+    commas = "gain " + ", ".join(f"x{k} 0.52 [0.48, 0.55]" for k in range(12))
+    head = _fold(commas).split(" <details>")[0]
+    assert head.count("[") == head.count("]") and len(head) <= 120
+    assert "|" not in _fold("a|b " * 60).replace("\\|", "")               # pipes stay escaped for the table

@@ -394,6 +394,39 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+#: characters of a long measured value or reason shown before the rest folds away in the report's table
+FOLD_AT = 120
+
+
+def _fold(text: str, at: int = FOLD_AT) -> str:
+    """A table cell that shows the first clause of a long sentence and folds the rest into ``<details>``.
+
+    The cut is at the first ``"; "`` (the records join one part per model or setting that way) between
+    ``at / 2`` and ``2 * at`` characters, else after the last comma (or space) before ``at``; short text is returned
+    as is. A reader sees the first part whole and opens the rest on demand, so a table row stays a few
+    lines tall.
+    """
+    text = _cell(text)
+    if len(text) <= at + 20:             # nothing worth folding
+        return text
+    def outside_brackets(sep: str, lo: int, hi: int) -> list[int]:
+        # never inside an interval "[0.48, 0.55]" or a parenthesis
+        out, depth = [], 0
+        for i, ch in enumerate(text[:hi]):
+            depth += (ch in "[(") - (ch in "])")
+            if i >= lo and depth == 0 and text.startswith(sep, i):
+                out.append(i)
+        return out
+
+    semis = outside_brackets("; ", at // 2, 2 * at)   # a head of at least half a fold: "gain; NMI" is no summary
+    commas = outside_brackets(", ", at // 2, at)
+    cut = semis[0] if semis else commas[-1] if commas else text.rfind(" ", 0, at)
+    if cut <= 0 or len(text) - cut < 20:
+        return text
+    head, rest = text[:cut], text[cut:].lstrip(";, ")
+    return f"{head} <details><summary>more</summary>{rest}</details>"
+
+
 def counts_markdown(records: Mapping[str, dict] | None = None) -> str:
     """``"**8** hold, **5** fail, **2** inconclusive, **6** not run (of 21 claims)."``"""
     s = summary(records)
@@ -430,9 +463,11 @@ def report_markdown(records: Mapping[str, dict] | None = None) -> str:
                 # outputs are parsed as MyST (nb_render_markdown_format: myst), so Sphinx resolves and checks
                 # this link; it is relative to notebooks/, where the report notebook lives
                 cid = f"[{cid}]({Path(row['chapter']).stem}.ipynb)"
-            verdict = f"{_MARKS[row['status']]}: {row['reason']}" if row["status"] != NOT_RUN else _MARKS[NOT_RUN]
+            # the verdict word stands apart in bold; long reasons and measured values fold (see _fold)
+            verdict = (f"**{_MARKS[row['status']]}**: {_fold(row['reason'])}" if row["status"] != NOT_RUN
+                       else _MARKS[NOT_RUN])
             paper = row["paper's value"]
-            out.append(f"| {cid} | {_cell(row['claim'])} | {_cell(paper)} | {_cell(row['measured'])} | {_cell(verdict)} |")
+            out.append(f"| {cid} | {_cell(row['claim'])} | {_cell(paper)} | {_fold(row['measured'])} | {verdict} |")
         out.append("")
     return "\n".join(out)
 
