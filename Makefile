@@ -5,8 +5,9 @@ PRESET ?= quick
 DEVICE ?= auto
 # Chapters run as local jobs, one per core (at most 4), each job with its share of the threads
 # (OMP_NUM_THREADS = cores // jobs). Small nets gain little from a second intra-op thread: on the 2-core
-# reference machine two one-thread chapters at a time built the quick book in 8.5 minutes, one two-thread
-# chapter at a time in about 24. EXECUTOR=sequential runs every chapter in this process, one after another.
+# reference machine two one-thread chapters at a time built the quick book in 8.5 minutes; one two-thread
+# chapter at a time took 24 (with other work on the machine; 28 alone with OMP_WAIT_POLICY=PASSIVE).
+# EXECUTOR=sequential runs every chapter in this process, one after another.
 EXECUTOR ?= local
 JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 PY     := $(VENV)/bin/python
