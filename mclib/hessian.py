@@ -88,7 +88,8 @@ from mclib.torchutil import device_of, eval_mode
 
 def _import_forward_mode() -> None:
     # torch.func's forward mode (jvp, hessian) registers its decompositions with the deprecated
-    # torch.jit.script the first time it is imported, and that FutureWarning would land on a book page
+    # torch.jit.script the first time it is imported; that FutureWarning would land in every executed
+    # notebook's output and in a library user's console
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         try:

@@ -409,6 +409,7 @@ def _fold(text: str, at: int = FOLD_AT) -> str:
     text = _cell(text)
     if len(text) <= at + 20:             # nothing worth folding
         return text
+
     def outside_brackets(sep: str, lo: int, hi: int) -> list[int]:
         # never inside an interval "[0.48, 0.55]" or a parenthesis
         out, depth = [], 0
