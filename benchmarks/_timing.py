@@ -30,9 +30,11 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
-__all__ = ["Ratio", "paired", "single_thread", "environment", "measure"]
+__all__ = ["Ratio", "paired", "single_thread", "environment", "measure", "cpu_model", "gemm_reference",
+           "forward_flops"]
 
 
 @dataclass
@@ -149,4 +151,72 @@ def environment() -> dict:
     return {"load_average_1_5_15min": [round(x, 2) for x in load], "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__}
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__, "cpu": cpu_model()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its widest vector extensions (what a ratio against eager code depends on).
+
+    Ratios against an eager or per-example reference move with the hardware: on one machine a reference can
+    run at a third of the core's peak, on another at half, so the same candidate shows 4x there and 2.7x
+    here. Every run therefore prints the CPU next to its ratios (and :func:`gemm_reference` gives the
+    core's peak in the same run).
+    """
+    import platform
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(isa) if isa else 'no AVX2'})"
+
+
+def gemm_reference(n: int = 1024) -> tuple[Callable[[], object], float]:
+    """``(fn, flops)``: an ``n x n`` fp32 matrix product and its ``2 n^3`` floating-point operations.
+
+    What one core can do, measured in the same run: a dense matrix product is the best case of the CPU's
+    vector units (oneDNN/MKL keep the FMA pipes full), so ``flops / time`` of a candidate over that of this
+    reference is the fraction of the core's attainable peak the candidate reaches.
+    """
+    import torch
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    return (lambda: torch.mm(a, b)), 2.0 * n ** 3
+
+
+def forward_flops(model, x) -> float:
+    """Floating-point operations (2 per multiply-add) of the convolutions and linear layers of ``model(x)``.
+
+    Counted with forward hooks on ``nn.Conv*d`` and ``nn.Linear``: ``out.numel() * (in_channels / groups *
+    prod(kernel))`` and ``out.numel() * in_features`` multiply-adds. Pooling, activations and
+    normalisation are left out (they are not FMA work), so the fraction of peak computed from this count
+    is a lower bound on how busy the core is.
+    """
+    import math
+
+    import torch
+    from torch import nn
+    macs = [0]
+
+    def hook(mod, inp, out):
+        if isinstance(mod, nn.Linear):
+            macs[0] += out.numel() * mod.in_features
+        else:
+            macs[0] += out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return 2.0 * macs[0]

@@ -10,6 +10,11 @@ and must give the same losses (to 1e-4) before they are timed.
    ``paths.linear_losses`` (prepared once per model: frozen channels-last graph, larger chunks). Target 4x.
 2. ``linear_paths_engine_vs_eager_resnet32``: the same for a third-party-style CIFAR ResNet on 3x32x32
    inputs (16 pairs x 64 points) with the old default chunk of ``2**16 / 3072 = 21`` images (issue 20 item 6).
+   ``linear_paths_engine_fraction_of_gemm_peak_cnn28``: the engine's rate in convolution/linear FLOPs per CPU
+   second (``_timing.forward_flops``) over the rate of a 1024 x 1024 fp32 matrix product timed in the same
+   rounds (``_timing.gemm_reference``): how close to the core's attainable peak the engine runs, whatever the
+   CPU. Target 0.5. The ratio against eager code above depends on how efficient eager code is on the machine
+   (its fraction of peak is printed next to it), this one does not.
 3. ``bypass_batched_vs_single``: one bypass round (the same reduced number of Adam iterations on both sides)
    for 32 pairs; ``paths.bypass`` on all pairs at once against 32 calls on one pair each. Target 5x.
 """
@@ -19,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from _timing import paired, single_thread
+from _timing import forward_flops, gemm_reference, paired, single_thread
 from mclib import models, paths
 
 
@@ -80,6 +85,19 @@ def cifar_resnet(n: int = 1, num_classes: int = 10) -> nn.Module:
     return Net()
 
 
+def _peak_fraction(name, model, shape, P, T, rounds, target):
+    """The engine's FLOP rate on ``linear_losses`` over a same-run GEMM's (see the module docstring)."""
+    g = torch.Generator().manual_seed(0)
+    A, C = torch.rand(P, *shape, generator=g), torch.rand(P, *shape, generator=g)
+    t = torch.randint(0, 10, (P,), generator=g)
+    flops = forward_flops(model, A[:1]) * P * T
+    gemm, gemm_flops = gemm_reference()
+    r = paired(name, gemm, lambda: paths.linear_losses(model, A, C, t, T), rounds=rounds, target=target,
+               reference_scale=flops / gemm_flops,
+               note=f"{flops / 1e9:.1f} GFLOP per call; GEMM 1024^3 scaled to the same FLOPs")
+    return r
+
+
 def _engine_ratio(name, model, shape, P, T, old_chunk, rounds, target=None):
     g = torch.Generator().manual_seed(0)
     A, C = torch.rand(P, *shape, generator=g), torch.rand(P, *shape, generator=g)
@@ -101,6 +119,9 @@ def main(iterations: int = 32, rounds: int = 5) -> dict:
         cnn = models.build("cnn", in_shape=(1, 28, 28), num_classes=10).eval()
         r = _engine_ratio("linear_paths_engine_vs_eager_cnn28", cnn, (1, 28, 28), 32, 200, 2 ** 16 // 784, rounds, 4.0)
         out[r.name] = r
+        peak = _peak_fraction("linear_paths_engine_fraction_of_gemm_peak_cnn28", cnn, (1, 28, 28), 32, 200, rounds, 0.5)
+        out[peak.name] = peak
+        print(f"    eager reference at {peak.cpu / r.cpu:.2f} of the GEMM peak, the engine at {peak.cpu:.2f}", flush=True)
         torch.manual_seed(0)
         net = cifar_resnet().eval()
         r = _engine_ratio("linear_paths_engine_vs_eager_resnet32", net, (3, 32, 32), 16, 64, 2 ** 16 // 3072, rounds)

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     env_start = environment()
     print(f"threads: torch {env_start['torch_threads']}, OMP_NUM_THREADS={env_start['OMP_NUM_THREADS']}, "
           f"OMP_WAIT_POLICY={env_start['OMP_WAIT_POLICY']}; load average {env_start['load_average_1_5_15min']} "
-          f"on {env_start['cpu_count']} CPUs", flush=True)
+          f"on {env_start['cpu_count']} CPUs\ncpu: {env_start['cpu']}", flush=True)
     results, failed = {}, []
     t0 = time.perf_counter()
     for path in sorted(HERE.glob("bench_*.py")):
@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     print(f"\n== summary ({time.perf_counter() - t0:.0f} s): ratio = reference time / candidate time, paired median "
           f"of interleaved rounds; torch threads {env_end['torch_threads']}, OMP_NUM_THREADS="
           f"{env_end['OMP_NUM_THREADS']}, OMP_WAIT_POLICY={env_end['OMP_WAIT_POLICY']}; load average "
-          f"{env_start['load_average_1_5_15min']} at start, {env_end['load_average_1_5_15min']} at end")
+          f"{env_start['load_average_1_5_15min']} at start, {env_end['load_average_1_5_15min']} at end; "
+          f"cpu {env_end['cpu']}")
     print(f"  {'ratio':<52} {'cpu':>9} {'wall':>9}  target")
     for stem, rs in results.items():
         for name, r in rs.items():

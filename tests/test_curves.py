@@ -374,7 +374,7 @@ def test_train_curve_callback_and_errors():
 
 
 @pytest.mark.parametrize("kind,num_bends", [("bezier", 1), ("bezier", 2), ("polychain", 3)])
-def test_fused_objective_gradient_equals_autograd_of_the_plain_formula(kind, num_bends):
+def test_fused_objective_gradient_equals_autograd_of_the_plain_formula(kind, num_bends, point_path):
     """objective's one-node point and weight decay (_CurvePoint: hand-written backward) against autograd of
     CE(f_w(t)(x), y) + wd/2 sum_j ||w_j||^2 with w_j = sum_k c_k p_kj written with plain tensor ops (float64)."""
     from torch.func import functional_call
@@ -406,3 +406,84 @@ def test_fused_objective_gradient_equals_autograd_of_the_plain_formula(kind, num
     expect = torch.autograd.grad(3.0 * sum((v ** 2).sum() for v in w.values()), bends)
     for B, e in zip(c.bend_parameters(), expect):
         torch.testing.assert_close(B.grad, e, rtol=1e-10, atol=1e-12)
+
+
+def _point_reference(c: curves.Curve, t: float) -> list[torch.Tensor]:
+    """w_j(t) = sum_k c_k p_kj from the control points, with plain tensor ops (no buffers, no custom node)."""
+    co = c.coefficients(t)
+    e0, e1 = c.ends[0].split(c.numels), c.ends[1].split(c.numels)
+    return [(co[0] * a.view(B.shape[1:]) + sum(co[k + 1] * B[k] for k in range(B.shape[0]))
+             + co[-1] * b.view(B.shape[1:])).detach()
+            for a, b, B in zip(e0, e1, c.bend_tensors)]
+
+
+@pytest.fixture(params=["buffers", "foreach"])
+def point_path(request, monkeypatch):
+    """Both ways _CurvePoint forms a tensor of w(t): into a reused buffer (large tensors) or by foreach calls
+    into fresh tensors (small ones); the test models are small, so the threshold is moved."""
+    monkeypatch.setattr(curves, "_BUFFER_MIN", 0 if request.param == "buffers" else 2 ** 62)
+    return request.param
+
+
+def test_point_buffers_are_never_overwritten_while_held(point_path):
+    """_CurvePoint writes w(t) into per-curve buffers reused between steps; a point someone still holds (a
+    live graph, a user's dict) must keep its values, and each graph must still give its own gradient."""
+    m0, m1 = (m.double() for m in _pair())
+    c = curves.Curve([m0, m1], num_bends=1).double()
+    _perturb_bends(c)
+    held = c.weights(0.3)                           # a user's dict, no graph
+    first = c._point(0.3, square=True)              # graph alive
+    second = c._point(0.8, square=True)             # another graph alive: may not reuse first's storage
+    assert {w.data_ptr() for w in first[:-1]}.isdisjoint(w.data_ptr() for w in second[:-1])
+    for got, ref in zip(first[:-1], _point_reference(c, 0.3)):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-15)  # float64, three-term sums
+    for got, ref in zip(held.values(), _point_reference(c, 0.3)):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-15)  # float64, three-term sums
+    for t, point in ((0.3, first), (0.8, second)):   # each graph's gradient of its own squared norm
+        (grad,) = torch.autograd.grad(point[-1], c.bend_tensors[:1], retain_graph=True)
+        co = c.coefficients(t)[1]
+        torch.testing.assert_close(grad[0], 2 * co * _point_reference(c, t)[0], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.skipif(not hasattr(torch.Tensor, "_use_count"), reason="buffer reuse needs Tensor._use_count")
+def test_point_buffers_are_reused_once_released(monkeypatch):
+    monkeypatch.setattr(curves, "_BUFFER_MIN", 0)
+    m0, m1 = _pair()
+    c = curves.Curve([m0, m1], num_bends=1)
+    curves.objective(c, torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]), 0.4).backward()
+    ptrs = [b.data_ptr() for b in curves._POINT_BUFFERS[c]]
+    curves.objective(c, torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]), 0.6).backward()
+    assert [b.data_ptr() for b in curves._POINT_BUFFERS[c]] == ptrs
+
+
+def test_upstream_gradient_of_the_caller_is_left_alone(point_path):
+    """The bend gradient is formed in place in the upstream gradient only when nothing else holds it."""
+    m0, m1 = (m.double() for m in _pair())
+    c = curves.Curve([m0, m1], num_bends=1).double()
+    ws = c._point(0.25, square=True)
+    upstream = [torch.ones_like(w) for w in ws[:-1]]
+    kept = [u.clone() for u in upstream]
+    torch.autograd.backward(ws, upstream + [torch.tensor(0.5, dtype=torch.float64)])
+    for u, k in zip(upstream, kept):
+        assert torch.equal(u, k)
+    co = c.coefficients(0.25)[1]
+    for B, w in zip(c.bend_tensors, _point_reference(c, 0.25)):
+        torch.testing.assert_close(B.grad[0], co * (1 + 2 * 0.5 * w), rtol=1e-12, atol=1e-15)
+
+
+def test_foreach_and_buffer_paths_are_bit_identical(monkeypatch):
+    """Small tensors (foreach calls) and large ones (buffers, one call per op) run the same arithmetic in the
+    same order: w(t), its squared norm and the bends' gradients agree bit for bit."""
+    m0, m1 = _pair()
+    c = curves.Curve([m0, m1], num_bends=1)
+    _perturb_bends(c)
+    x, y = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 0])
+    runs = []
+    for threshold in (0, 2 ** 62):
+        monkeypatch.setattr(curves, "_BUFFER_MIN", threshold)
+        point = [w.detach().clone() for w in c._point(0.3, square=True)]
+        c.zero_grad()
+        curves.objective(c, x, y, 0.3, weight_decay=0.01).backward()
+        runs.append((point, [b.grad.clone() for b in c.bend_tensors]))
+    for a, b in zip(*(p + g for p, g in runs)):
+        assert torch.equal(a, b)
