@@ -227,7 +227,7 @@ def lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, iters
     B, D = v0.shape
     k_max = min(int(iters), D)
     dtype, dev = v0.dtype, v0.device
-    Q = torch.zeros(B, k_max + 1, D, dtype=dtype, device=dev)
+    Q = torch.empty(B, k_max + 1, D, dtype=dtype, device=dev)  # row j is written before it is read
     alpha = torch.zeros(B, k_max, dtype=torch.float64, device=dev)
     beta = torch.zeros(B, k_max, dtype=torch.float64, device=dev)
     Q[:, 0] = _unit(v0)
@@ -245,7 +245,9 @@ def lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, iters
             w = w - beta[:, j - 1, None].to(dtype) * Q[:, j - 1]
         basis = Q[:, : j + 1]
         for _ in range(2):  # full re-orthogonalisation, twice ("twice is enough")
-            w = w - torch.einsum("bk,bkd->bd", torch.einsum("bkd,bd->bk", basis, w), basis)
+            # products and sums rather than einsum: these (B, j, D) x (B, D) contractions are batched
+            # matrix-vector products, which bmm runs at a third of the speed (256 x 8 x 784: 2.1 vs 0.6 ms)
+            w = w - ((basis * w[:, None]).sum(2)[:, :, None] * basis).sum(1)
         b = w.norm(dim=1)
         alpha[:, j] = a.double()
         # Ritz values of the (j+1) x (j+1) tridiagonal matrix
@@ -268,7 +270,7 @@ def lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, iters
             break
         beta[:, j] = torch.where(done, torch.zeros_like(b.double()), b.double())
         nxt = w / b.clamp_min(torch.finfo(dtype).tiny)[:, None]
-        Q[:, j + 1] = torch.where(done[:, None], torch.zeros_like(nxt), nxt)
+        Q[:, j + 1] = nxt.masked_fill_(done[:, None], 0.0)
     return theta.to(dtype), {"iters": steps, "converged": conv, "residual": resid.to(dtype)}
 
 
