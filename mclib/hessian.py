@@ -214,13 +214,22 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
 
 
 def lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, iters: int = 64, tol: float = 1e-5,
-            progress: bool = False) -> tuple[torch.Tensor, dict]:
+            progress: bool = False,
+            restrict: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
+            ) -> tuple[torch.Tensor, dict]:
     """Largest algebraic eigenvalue of B symmetric operators by Lanczos with full re-orthogonalisation.
 
     ``hvp(V)`` applies the B operators row-wise to ``V (B, D)``; ``v0 (B, D)`` are the start vectors.
     Example i stops when the Ritz residual beta_j abs(s_j) <= ``tol`` * max_k abs(theta_k) (its spectral
     scale estimate), at breakdown, or after ``min(iters, D)`` steps. Returns ``(theta (B,), info)``
     with ``info = {"iters": (B,) steps used, "converged": (B,) bool, "residual": (B,)}``.
+
+    ``restrict(rows)`` (optional) returns the operator of the examples ``rows`` alone (indices into the B
+    examples). A batched HVP costs about the same per example whether that example is still running or
+    not, so without it the finished examples are paid for until the slowest one converges; with it, once
+    at most a quarter of the working examples are running, the solver goes on with those alone (every
+    example's arithmetic is row-wise, so its result does not depend on which others share the batch, up
+    to the float rounding of a batched HVP of another size).
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
@@ -236,6 +245,8 @@ def lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, iters
     steps = torch.zeros(B, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     conv = torch.zeros(B, dtype=torch.bool, device=dev)
+    rows = torch.arange(B, device=dev)          # the examples of the working batch (all, until compacted)
+    out = [theta.clone(), resid.clone(), steps.clone(), conv.clone()]
     for j in tqdm(range(k_max), desc="lanczos", disable=not progress, leave=False):
         q = Q[:, j]
         w = hvp(q)
@@ -266,11 +277,21 @@ def lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, iters
         ok = live & (r <= tol * scale)
         conv |= ok
         done |= ok | (j + 1 == k_max)
+        for o, v in zip(out, (theta, resid, steps, conv)):
+            o[rows] = v
         if bool(done.all()):
             break
         beta[:, j] = torch.where(done, torch.zeros_like(b.double()), b.double())
         nxt = w / b.clamp_min(torch.finfo(dtype).tiny)[:, None]
         Q[:, j + 1] = nxt.masked_fill_(done[:, None], 0.0)
+        if restrict is not None:
+            keep = (~done).nonzero().squeeze(1)
+            if len(keep) <= len(rows) // 4:    # compact: the running examples alone from here on
+                rows = rows[keep]
+                Q, alpha, beta = Q[keep], alpha[keep], beta[keep]
+                theta, resid, steps, done, conv = (v[keep] for v in (theta, resid, steps, done, conv))
+                hvp = restrict(rows)
+    theta, resid, steps, conv = out
     return theta.to(dtype), {"iters": steps, "converged": conv, "residual": resid.to(dtype)}
 
 
@@ -339,9 +360,9 @@ def _start(shape: tuple[int, int], generator: torch.Generator | None, dtype, dev
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
 
 
-def _solve(hvp, v0, method, iters, tol, progress):
+def _solve(hvp, v0, method, iters, tol, progress, restrict=None):
     if method == "lanczos":
-        return lanczos(hvp, v0, iters=iters, tol=tol, progress=progress)
+        return lanczos(hvp, v0, iters=iters, tol=tol, progress=progress, restrict=restrict)
     if method == "power":
         return power_iteration(hvp, v0, iters=iters, tol=tol, progress=progress)
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
@@ -540,7 +561,9 @@ def top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: in
                 m, xb = wide.get(), xb.double()
             hvp = input_hvp(m, xb, yb, backend=backend)
             v0 = _start((xb.shape[0], xb[0].numel()), generator, xb.dtype, dev)
-            lam, info = _solve(hvp, v0, method, iters, tol, progress)
+            # the slow examples go on alone once the others have converged (lanczos' ``restrict``)
+            restrict = lambda rows, m=m, xb=xb, yb=yb: input_hvp(m, xb[rows], yb[rows], backend=backend)  # noqa: E731
+            lam, info = _solve(hvp, v0, method, iters, tol, progress, restrict)
             vals.append(lam.detach().to(x.dtype))
             info = {k: (v.to(x.dtype) if v.is_floating_point() else v) for k, v in info.items()}
             info["exact"] = torch.zeros(len(xb), dtype=torch.bool, device=dev)

@@ -341,3 +341,29 @@ def test_bad_input_gives_one_clear_error(method):
         H.top_eigenvalue(model, x, torch.tensor([0, 1, 2]), method=method, precision="half")
     with pytest.raises(ValueError, match="integer class labels"):
         H.top_eigenvalue(model, x, torch.tensor([0.0, 1.0, 2.0]), method=method)
+
+
+def test_lanczos_goes_on_with_the_slow_examples_alone():
+    """lanczos(restrict=...): once at most a quarter of the examples run, the rest are dropped from the batched
+    operator; every example's result equals the uncompacted solve (row-wise arithmetic), and the eigenvalues
+    are those of the operators (diagonal here: the largest entry)."""
+    g = torch.Generator().manual_seed(0)
+    B, D = 16, 40
+    d = torch.rand(B, D, generator=g, dtype=torch.float64)
+    d[:12] = d[:12] ** 12          # twelve quickly converging spectra (one dominant entry), four slow ones
+    d[:12, 0] = 3.0
+    v0 = torch.randn(B, D, generator=g, dtype=torch.float64)
+    calls = []
+
+    def restrict(rows):
+        calls.append(rows.clone())
+        return lambda v: v * d[rows]
+
+    full, info_full = H.lanczos(lambda v: v * d, v0, iters=40, tol=1e-10)
+    comp, info_comp = H.lanczos(lambda v: v * d, v0, iters=40, tol=1e-10, restrict=restrict)
+    assert calls and set(calls[0].tolist()) <= set(range(12, 16))
+    torch.testing.assert_close(comp, full, rtol=1e-12, atol=0)
+    for k in ("iters", "converged"):
+        assert torch.equal(info_comp[k], info_full[k])
+    torch.testing.assert_close(full, d.amax(1), rtol=1e-8, atol=0)
+    assert int(info_full["iters"][:12].max()) < int(info_full["iters"][12:].min())
