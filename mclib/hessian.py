@@ -69,10 +69,12 @@ Where the time goes (quick CNN, 256 inputs of 1x28x28, one thread, AMD EPYC): a 
 60-90 ms, of which the first convolution's input gradient (one input channel) takes 18-26 ms -- oneDNN
 runs that shape at a few percent of the core's peak, and so does every equivalent formulation tried
 (transposed convolution, flipped forward convolution, the native im2col kernels, channels-last); an
-unfold/matmul/fold form is faster for one input channel but slower for three. Batching 256 inputs
+unfold/matmul/fold input gradient is 3x faster as a single op for one input channel, slower for three,
+and made neither the HVP nor the Jacobian faster as a custom autograd function. Batching 256 inputs
 makes an HVP only 2.2-2.6x cheaper per input than one at a time, which, with the Lanczos bookkeeping a
-loop pays per call, bounds the batched-versus-loop speed-up at about 4x there. Examples that converge
-early leave the batch (``lanczos``' ``restrict``) so the slowest ones are not paid for by all.
+loop pays per call, bounds the batched-versus-loop speed-up at about 4-4.5x there. Examples that
+converge early leave the batch (the ``restrict`` argument of :func:`lanczos`), so the slowest ones are
+not paid for by all.
 
 :func:`batch_top_eigenvalue` is the paper's variant: the Hessian of the *batch-mean* loss with
 respect to the whole input batch (a BD x BD matrix). With no cross-example coupling it equals
