@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["Ratio", "paired", "single_thread", "environment", "measure", "cpu_model", "gemm_reference",
-           "forward_flops"]
+           "forward_flops", "peak_fraction"]
 
 
 @dataclass
@@ -163,15 +163,11 @@ def cpu_model() -> str:
     core's peak in the same run).
     """
     import platform
-    name, flags = platform.processor() or platform.machine(), set()
+    name, flags = platform.machine(), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
+        info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in
+                                                      Path("/proc/cpuinfo").read_text().splitlines())}
+        name, flags = info.get("model name", name), set(info.get("flags", "").split())
     except OSError:
         pass
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
@@ -220,3 +216,14 @@ def forward_flops(model, x) -> float:
         for h in handles:
             h.remove()
     return 2.0 * macs[0]
+
+
+def peak_fraction(name: str, candidate: Callable[[], object], flops: float, *, rounds: int, target: float,
+                  note: str = "") -> Ratio:
+    """The fraction of the core's attainable peak ``candidate`` reaches: its rate in ``flops`` per CPU second
+    over that of :func:`gemm_reference`, timed in the same interleaved rounds (:func:`paired`, with the
+    GEMM's times scaled to ``flops``)."""
+    gemm, gemm_flops = gemm_reference()
+    return paired(name, gemm, candidate, rounds=rounds, target=target, reference_scale=flops / gemm_flops,
+                  note=f"{flops / 1e9:.1f} GFLOP per call; GEMM 1024^3 scaled to the same FLOPs"
+                       + (f"; {note}" if note else ""))

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from _timing import forward_flops, gemm_reference, paired, single_thread
+from _timing import forward_flops, paired, peak_fraction, single_thread
 from mclib import models, paths
 
 
@@ -90,12 +90,8 @@ def _peak_fraction(name, model, shape, P, T, rounds, target):
     g = torch.Generator().manual_seed(0)
     A, C = torch.rand(P, *shape, generator=g), torch.rand(P, *shape, generator=g)
     t = torch.randint(0, 10, (P,), generator=g)
-    flops = forward_flops(model, A[:1]) * P * T
-    gemm, gemm_flops = gemm_reference()
-    r = paired(name, gemm, lambda: paths.linear_losses(model, A, C, t, T), rounds=rounds, target=target,
-               reference_scale=flops / gemm_flops,
-               note=f"{flops / 1e9:.1f} GFLOP per call; GEMM 1024^3 scaled to the same FLOPs")
-    return r
+    return peak_fraction(name, lambda: paths.linear_losses(model, A, C, t, T), forward_flops(model, A[:1]) * P * T,
+                         rounds=rounds, target=target)
 
 
 def _engine_ratio(name, model, shape, P, T, old_chunk, rounds, target=None):

@@ -196,7 +196,7 @@ class _CurvePoint(torch.autograd.Function):
         fused = [j for j in sorted(small) if grads[j] is not None]
         if fused:                           # small tensors, one bend: c_1 (g_j + k w_j) by foreach calls
             gs = [grads[j] for j in fused]
-            if ws[0] is not None:
+            if g_s is not None:
                 gs = torch._foreach_add(gs, [ws[j] for j in fused], alpha=k)
                 torch._foreach_mul_(gs, c[1])
             else:
@@ -329,7 +329,7 @@ class Curve(nn.Module):
         ref = self.bend_tensors[0]
         bufs = _POINT_BUFFERS.get(self)
         big = [b for b in bufs or () if b is not None]
-        if (bufs is None or any(b.device != ref.device or b.dtype != ref.dtype for b in big[:1])
+        if (bufs is None or (big and (big[0].device != ref.device or big[0].dtype != ref.dtype))
                 or not all(_sole_owner(b) for b in big)):
             bufs = _POINT_BUFFERS[self] = [
                 torch.empty(b.shape[1:], dtype=b.dtype, device=b.device) if b[0].numel() >= _BUFFER_MIN else None

@@ -572,8 +572,8 @@ def top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: in
                 m, xb = wide.get(), xb.double()
             hvp = input_hvp(m, xb, yb, backend=backend)
             v0 = _start((xb.shape[0], xb[0].numel()), generator, xb.dtype, dev)
-            # the slow examples go on alone once the others have converged (lanczos' ``restrict``)
-            restrict = lambda rows, m=m, xb=xb, yb=yb: input_hvp(m, xb[rows], yb[rows], backend=backend)  # noqa: E731
+            # the slow examples go on alone once the others have converged (lanczos' restrict argument)
+            restrict = lambda rows: input_hvp(m, xb[rows], yb[rows], backend=backend)  # noqa: E731
             lam, info = _solve(hvp, v0, method, iters, tol, progress, restrict)
             vals.append(lam.detach().to(x.dtype))
             info = {k: (v.to(x.dtype) if v.is_floating_point() else v) for k, v in info.items()}
