@@ -181,8 +181,8 @@ def _claim_ids(nb: Path) -> list[str]:
             rec = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue
-        if str(rec.get("chapter") or "").endswith(Path(nb).name):
-            ids.append(rec.get("id", path.stem))
+        if isinstance(rec, dict) and str(rec.get("chapter") or "").endswith(Path(nb).name):
+            ids.append(path.stem)
     return ids
 
 
@@ -192,7 +192,7 @@ def _write_run_record(build_dir: Path, nb: Path, params: dict, root: Path, secon
            "device": str(config.get_device(params["device"])), "torch_threads": _kernel_threads(),
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "source_hash": source_hash(root, nb),
            "seconds": round(seconds, 1), "status": status, "claims": _claim_ids(nb) if status == "ok" else [],
-           "date": date.today().isoformat()}
+           "date": date.today().isoformat(), "build_id": os.environ.get("MCLIB_BUILD_ID")}
     if error:
         rec["error"] = error
     path = run_record_path(build_dir, nb)
@@ -232,21 +232,164 @@ def stale_reason(root: Path, build_dir: Path, nb: Path, params: dict, claims_nee
         lost = sorted(set(rec.get("claims", [])) - set(_claim_ids(nb)))
         if not rec.get("claims") or lost:
             return f"its claims {lost} are missing" if lost else "it recorded no claims"
+        for cid in rec["claims"]:
+            try:
+                claims.load_record(claims.claims_dir() / f"{cid}.json")
+            except claims.DamagedRecord as err:
+                return str(err).split(";")[0]
     return None
 
 
+def _previous(build_dir: Path, nb: Path) -> Path:
+    return build_dir / "previous" / Path(nb).stem
+
+
+def _set_aside(build_dir: Path, nb: Path) -> None:
+    """Move a chapter's last results (run record, executed copy, claim records) aside before it runs again.
+
+    They come back if the new run is interrupted (:func:`_restore`), so Ctrl-C never costs a finished chapter;
+    they are dropped once the new run has finished or failed (a failed run's results replace them: the failure
+    is what this code does now).
+    """
+    keep = _previous(build_dir, nb)
+    shutil.rmtree(keep, ignore_errors=True)
+    keep.mkdir(parents=True)
+    moves = [(run_record_path(build_dir, nb), keep / "run.json"), (build_dir / "src" / nb, keep / "copy.ipynb")]
+    moves += [(claims.claims_dir() / f"{cid}.json", keep / "claims" / f"{cid}.json") for cid in _claim_ids(nb)]
+    for src, dst in moves:
+        if src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+
+
+def _restore(build_dir: Path, nb: Path) -> bool:
+    """Put back what :func:`_set_aside` moved (after an interrupted run), replacing the partial results; whether
+    there was a finished run to put back."""
+    keep = _previous(build_dir, nb)
+    if not (keep / "run.json").exists():  # nothing finished before: the partial run stays, with its record
+        shutil.rmtree(keep, ignore_errors=True)
+        return False
+    for cid in _claim_ids(nb):  # claims the interrupted run wrote
+        (claims.claims_dir() / f"{cid}.json").unlink(missing_ok=True)
+    for src in (keep / "claims").glob("*.json") if (keep / "claims").exists() else []:
+        os.replace(src, claims.claims_dir() / src.name)
+    if (keep / "copy.ipynb").exists():
+        os.replace(keep / "copy.ipynb", build_dir / "src" / nb)
+    os.replace(keep / "run.json", run_record_path(build_dir, nb))
+    shutil.rmtree(keep, ignore_errors=True)
+    return True
+
+
 def run_chapter(nb: Path, root: Path, build_dir: Path, params: dict, progress: bool = True) -> float:
-    """Execute one chapter into ``<build>/src`` and write its run record (also when it fails)."""
-    run_record_path(build_dir, nb).unlink(missing_ok=True)  # no record while running: a killed run leaves none
+    """Execute one chapter into ``<build>/src`` and write its run record (also when it fails).
+
+    The chapter's previous results are set aside while it runs and restored if it is interrupted (Ctrl-C, a
+    cancelled job), so an interrupted build loses no finished chapter and ``--resume`` reuses them.
+    """
+    _set_aside(build_dir, nb)  # no record while running: a killed run leaves none
     start = time.perf_counter()
     try:
         seconds = execute(nb, build_dir / "src" / nb, params, root, progress=progress)
-    except (NotebookFailed, KeyboardInterrupt) as err:
-        _write_run_record(build_dir, nb, params, root, time.perf_counter() - start,
-                          "interrupted" if isinstance(err, KeyboardInterrupt) else "failed", error=str(err))
+    except KeyboardInterrupt as err:
+        _write_run_record(build_dir, nb, params, root, time.perf_counter() - start, "interrupted",
+                          error="interrupted")
+        if _restore(build_dir, nb):
+            raise Interrupted(f"interrupted while executing {nb}; its results from the last finished run are kept "
+                              f"(python -m mclib.book build --resume goes on from there)") from None
+        raise err
+    except NotebookFailed as err:
+        _write_run_record(build_dir, nb, params, root, time.perf_counter() - start, "failed", error=str(err))
+        shutil.rmtree(_previous(build_dir, nb), ignore_errors=True)
         raise
     _write_run_record(build_dir, nb, params, root, seconds, "ok")
+    shutil.rmtree(_previous(build_dir, nb), ignore_errors=True)
     return seconds
+
+
+# --- chapters that read other chapters' claims ---------------------------------------------------------
+
+def chapter_needs(chapters: list[Path]) -> dict[str, set[str]]:
+    """For each chapter (stem), the chapters whose claims it reads, from the claims' ``needs`` declarations.
+
+    A claim with ``needs`` (C8 reads C1..C7) makes its chapter depend on the chapters that record the needed
+    claims; every executor runs a chapter only after those finished in the same build. Raises ``ValueError``
+    on a cycle.
+    """
+    stems = {nb.stem for nb in chapters}
+    out: dict[str, set[str]] = {s: set() for s in stems}
+    for claim in claims.CATALOGUE.values():
+        me = Path(claim.chapter).stem
+        if me in stems:
+            out[me] |= {Path(claims.get(cid).chapter).stem for cid in claim.needs} & stems - {me}
+    order_chapters(chapters, out)  # raises on a cycle
+    return out
+
+
+def order_chapters(chapters: list[Path], needs: dict[str, set[str]], seconds: dict[str, float] | None = None
+                   ) -> list[Path]:
+    """``chapters`` in an order that runs every chapter after those it needs.
+
+    Among the chapters whose needs are met, the longest first by ``seconds`` (the last run records' times:
+    with several jobs the longest chapter then does not start last), else the table-of-contents order.
+    """
+    seconds = seconds or {}
+    left, done, order = list(chapters), set(), []
+    in_build = {nb.stem for nb in chapters}
+    while left:
+        ready = [nb for nb in left if not (needs.get(nb.stem, set()) & in_build) - done]
+        if not ready:
+            raise ValueError(f"the chapters' claim needs form a cycle: {sorted(nb.stem for nb in left)}")
+        nb = max(ready, key=lambda n: (seconds.get(n.stem, 0.0), -left.index(n)))
+        order.append(nb)
+        done.add(nb.stem)
+        left.remove(nb)
+    return order
+
+
+def last_seconds(build_dir: Path, chapters: list[Path]) -> dict[str, float]:
+    """Each chapter's seconds in its last run record (for longest-first ordering); missing ones are left out."""
+    out = {}
+    for nb in chapters:
+        rec = read_run_record(build_dir, nb) or (json.loads((_previous(build_dir, nb) / "run.json").read_text())
+                                                 if (_previous(build_dir, nb) / "run.json").exists() else None)
+        if rec and isinstance(rec.get("seconds"), (int, float)):
+            out[nb.stem] = float(rec["seconds"])
+    return out
+
+
+def _adopt(build_dir: Path, nb: Path) -> None:
+    """Mark a reused chapter's run record as part of this build (``--resume``, ``--only``): checked publishable
+    by the caller, so a chapter that needs it may read its claims (:func:`mclib.claims.load_needed`)."""
+    rec = read_run_record(build_dir, nb)
+    if rec is not None:
+        rec["build_id"] = os.environ.get("MCLIB_BUILD_ID")
+        run_record_path(build_dir, nb).write_text(json.dumps(rec, indent=2) + "\n")
+
+
+class BuildLocked(RuntimeError):
+    """Another build is using the same build folder."""
+
+
+@contextlib.contextmanager
+def build_lock(build_dir: Path):
+    """Hold ``<build>/.lock`` for the whole build; a second build on the same folder is refused, naming the PID
+    of the one that holds it (two builds writing one folder would mix their claims)."""
+    from filelock import FileLock, Timeout
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(str(build_dir / ".lock")), build_dir / ".lock.pid"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        pid = owner.read_text().strip() if owner.exists() else "unknown"
+        raise BuildLocked(f"another build (PID {pid}) is using {build_dir}; wait for it to finish, or build into "
+                          "another folder with MCLIB_BUILD_DIR=...") from None
+    try:
+        owner.write_text(f"{os.getpid()}\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
 
 
 def write_meta(build_dir: Path, chapters: list[Path]) -> dict:
@@ -483,34 +626,67 @@ def build(preset: str = "quick", device: str = "auto", seed: int = 0, data_root:
     build_dir = Path(os.environ.get("MCLIB_BUILD_DIR") or root / "_build")
     os.environ["MCLIB_BUILD_DIR"] = str(build_dir)  # the kernels inherit it: claims land here
     params = parameters(preset, device, seed, data_root, cache_dir)
+    import uuid
+
+    old_id = os.environ.get("MCLIB_BUILD_ID")
+    with build_lock(build_dir):
+        # one id for this build, inherited by every kernel and job: a chapter that reads other chapters' claims
+        # accepts only records whose run finished in this build (mclib.claims.load_needed)
+        os.environ["MCLIB_BUILD_ID"] = uuid.uuid4().hex
+        try:
+            return _build(root, build_dir, params, only, html, progress, resume, executor)
+        finally:
+            if old_id is None:
+                os.environ.pop("MCLIB_BUILD_ID", None)
+            else:
+                os.environ["MCLIB_BUILD_ID"] = old_id
+
+
+def _build(root: Path, build_dir: Path, params: dict, only, html: bool, progress: bool, resume: bool,
+           executor) -> dict:
+    preset, seed = params["preset"], params["seed"]
     kernel_environment()
     ensure_kernel()
     every = notebooks(root)
     chapters = [nb for nb in every if nb.stem != "report"]
     report = [nb for nb in every if nb.stem == "report"]  # summarises every claim: runs last, always
+    needs = chapter_needs(chapters)
     if only:
         wanted = {Path(o).stem for o in only}
         unknown = wanted - {nb.stem for nb in every}
         if unknown:
             raise ValueError(f"--only names notebooks not in _toc.yml: {sorted(unknown)}; known: {[nb.stem for nb in every]}")
         todo = [nb for nb in chapters if nb.stem in wanted]
-        if html:
-            stale = {nb.stem: why for nb in chapters if nb not in todo
-                     and (why := stale_reason(root, build_dir, nb, params))}
-            if stale:
-                listing = "; ".join(f"{k} ({v})" for k, v in stale.items())
-                raise StaleChapters(
-                    f"--only would publish chapters not run with preset {preset}, seed {seed} and this source: "
-                    f"{listing}.\n  Rerun them too: python -m mclib.book build --only {' '.join(nb.stem for nb in every if nb.stem in wanted | set(stale))} "
-                    f"--preset {preset} --seed {seed}   (or a full build, or --resume)")
+        # a chapter run alone still reads the claims it needs: those chapters must be current, whether or not
+        # the HTML is built
+        required = {d for nb in todo for d in needs[nb.stem]} - wanted
+        check = [nb for nb in chapters if nb not in todo and (html or nb.stem in required)]
+        stale = {nb.stem: why for nb in check if (why := stale_reason(root, build_dir, nb, params))}
+        if stale:
+            listing = "; ".join(f"{k} ({v})" for k, v in stale.items())
+            raise StaleChapters(
+                f"--only would {'publish' if html else 'read the claims of'} chapters not run with preset {preset}, "
+                f"seed {seed} and this source: {listing}.\n  Rerun them too: python -m mclib.book build --only "
+                f"{' '.join(nb.stem for nb in every if nb.stem in wanted | set(stale))} "
+                f"--preset {preset} --seed {seed}   (or a full build, or --resume)")
+        for nb in chapters:
+            if nb not in todo and nb.stem in required:
+                _adopt(build_dir, nb)
     else:
+        # a full build keeps the last results until each chapter's new run replaces them (run_chapter), so an
+        # interrupted build loses nothing that --resume could reuse
         todo = list(chapters)
-        if not resume:  # a full build reports only what this run measured
-            for old in [*(build_dir / "claims").glob("*.json"), *(build_dir / "runs").glob("*.json")]:
-                old.unlink()
     skipped = [nb for nb in todo if resume and stale_reason(root, build_dir, nb, params, claims_needed=True) is None]
-    todo = [nb for nb in todo if nb not in skipped]
+    # a chapter that reads a chapter run again must run again too (in the same build, after it)
+    changed = True
+    while changed:
+        rerun = {nb.stem for nb in todo if nb not in skipped}
+        back = [nb for nb in skipped if needs[nb.stem] & rerun]
+        skipped = [nb for nb in skipped if nb not in back]
+        changed = bool(back)
+    todo = order_chapters([nb for nb in todo if nb not in skipped], needs, last_seconds(build_dir, chapters))
     for nb in skipped:
+        _adopt(build_dir, nb)
         print(f"       {nb}: reused (--resume: run with the same preset, seed and source)", flush=True)
     start = time.perf_counter()
     if executor is None or executor.executor == "sequential":
@@ -518,7 +694,7 @@ def build(preset: str = "quick", device: str = "auto", seed: int = 0, data_root:
     else:
         from mclib import jobs
 
-        times = jobs.run_chapters(todo, root, build_dir, params, executor)
+        times = jobs.run_chapters(todo, root, build_dir, params, executor, needs=needs)
     write_meta(build_dir, chapters)
     for nb in report:
         print(f"[report] {nb}", flush=True)
@@ -600,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = execute(nb, out, params, root)
             else:  # into the build: leaves a run record, so a failed copy is never published
                 out = build_dir / "src" / nb
-                seconds = run_chapter(nb, root, build_dir, params)
+                with build_lock(build_dir):
+                    seconds = run_chapter(nb, root, build_dir, params)
             print(f"{nb} executed in {seconds:.1f} s -> {out}")
             return 0
         options = jobs.options_from_args(args)

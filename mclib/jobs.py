@@ -183,6 +183,8 @@ def job_environment(options: Options, slot: int, gpus: list[int], cores: int) ->
     """Environment for the job in ``slot``: its GPU, its share of the cores (so jobs never oversubscribe the
     host), and the user's OpenMP wait policy if one is set (see :func:`mclib.book.kernel_environment`)."""
     env = {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]} if os.environ.get("OMP_WAIT_POLICY") else {}
+    if os.environ.get("MCLIB_BUILD_ID"):  # the build this job belongs to (see mclib.claims.load_needed)
+        env["MCLIB_BUILD_ID"] = os.environ["MCLIB_BUILD_ID"]
     if options.executor == "local":
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
@@ -260,10 +262,13 @@ def _slot_free(slots: dict[int, str | None]) -> int:
 
 
 def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, options: Options,
-                 out=None) -> dict[str, float]:
+                 out=None, needs: dict[str, set[str]] | None = None) -> dict[str, float]:
     """Run each chapter of ``todo`` as one job, at most ``options.jobs`` at a time; return their seconds.
 
-    Every chapter runs even when one fails (unless ``fail_fast``: the others are then cancelled and
+    Chapters start in the order of ``todo`` (see :func:`mclib.book.order_chapters`), but a chapter whose
+    ``needs`` (chapter stems, see :func:`mclib.book.chapter_needs`) are in ``todo`` starts only after they all
+    finished; if one of them failed it is not started and is reported with the chapter it waited for.
+    Every other chapter runs even when one fails (unless ``fail_fast``: the others are then cancelled and
     the rest not started); afterwards a :class:`mclib.book.NotebookFailed` names every failed chapter
     and its cell, exactly as the sequential runner does, and the failed executed copies are kept.
     """
@@ -277,13 +282,24 @@ def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, op
     cores = os.cpu_count() or 1
     progress = Progress([nb.stem for nb in todo], out)
     pending, running, failures, times = list(todo), {}, {}, {}
+    in_build = {nb.stem for nb in todo}
+    waits = {nb.stem: (needs or {}).get(nb.stem, set()) & in_build for nb in todo}
     slots: dict[int, str | None] = {i: None for i in range(options.jobs)}
     print(f"{len(todo)} chapters as {options.executor} jobs, {options.jobs} at a time "
           f"({'GPUs ' + ','.join(map(str, gpus)) if gpus else 'CPU'}):", file=progress.out, flush=True)
     try:
         while pending or running:
-            while pending and len(running) < options.jobs and not (failures and options.fail_fast):
-                nb, slot = pending.pop(0), _slot_free(slots)
+            for nb in [nb for nb in pending if waits[nb.stem] & set(failures)]:  # what it reads failed
+                pending.remove(nb)
+                failures[nb.stem] = (f"{nb}: not run, since it reads the claims of "
+                                     f"{', '.join(sorted(waits[nb.stem] & set(failures)))}, which failed")
+                progress.set(nb.stem, "failed")
+            while len(running) < options.jobs and not (failures and options.fail_fast):
+                ready = [nb for nb in pending if waits[nb.stem] <= {Path(k).stem for k in times}]
+                if not ready:
+                    break
+                nb, slot = ready[0], _slot_free(slots)
+                pending.remove(nb)
                 env = job_environment(options, slot, gpus, cores)
                 if options.executor == "slurm":
                     ex.update_parameters(job_name=f"mclib-{nb.stem}")
@@ -316,7 +332,13 @@ def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, op
     except KeyboardInterrupt:
         for job, _ in running.values():
             job.cancel(check=False)
-        raise book.Interrupted(f"interrupted; cancelled the running chapters {sorted(nb.stem for nb in running)}") from None
+        deadline = time.monotonic() + 30
+        while any(not job.done() for job, _ in running.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for nb in running:  # their last finished results come back (see mclib.book.run_chapter)
+            book._restore(build_dir, nb)
+        raise book.Interrupted(f"interrupted; cancelled the running chapters {sorted(nb.stem for nb in running)}; "
+                               "chapters that had finished before keep their results (--resume reuses them)") from None
     if failures:
         raise book.NotebookFailed("\n".join(failures.values())
                                   + (f"\n  (--fail-fast: the other chapters were cancelled)" if options.fail_fast else ""))

@@ -7,9 +7,9 @@ functions of :mod:`mclib.claims.core` are re-exported here (``claims.record``, `
 """
 # the core's names are re-exported: notebooks call claims.record, claims.report, ...
 from mclib.claims.core import (  # noqa: F401
-    NOT_RUN, PAPERS, PROVENANCE, VERDICTS, Claim, Verdict, claims_dir, combine, compare_interval, condition_label,
+    NOT_RUN, PAPERS, PROVENANCE, VERDICTS, Claim, DamagedRecord, StaleRecords, Verdict, checksum, claims_dir, combine, compare_interval, condition_label,
     counts_markdown, map_sentence,
-    fails, fmt, fmt_interval, get, holds, inconclusive, judge_interval, load_all, meta, mixed_runs, provenance,
+    fails, fmt, fmt_interval, get, holds, inconclusive, judge_interval, load_all, load_needed, load_record, meta, mixed_runs, provenance,
     provenance_markdown, provenance_table, record, report, report_markdown, result_markdown, source_hash, summary)
 from mclib.claims import paper_a, paper_b, paper_c  # noqa: E402
 

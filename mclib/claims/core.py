@@ -188,6 +188,9 @@ class Claim:
     criterion: str
     judge: Callable[[Mapping[str, Any]], Verdict]
     chapter: str
+    #: ids of the claims whose records this claim's judge reads (C8 reads C1..C7): the runner runs the chapters
+    #: that record them first, in the same build, and :func:`load_needed` refuses records from another run
+    needs: tuple[str, ...] = ()
 
     def verdict(self, values: Mapping[str, Any]) -> Verdict:
         """The verdict for ``values`` (made JSON-plain first); a missing value raises naming the claim and key."""
@@ -310,24 +313,128 @@ def record(id: str, values: Mapping[str, Any], measured: str, chapter: str | Non
         "chapter": chapter,
         **provenance(chapter),
     }
+    rec["checksum"] = checksum(rec)
     (claims_dir() / f"{id}.json").write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
     return rec
 
 
+class DamagedRecord(ValueError):
+    """A claim record that cannot be trusted: unreadable, incomplete, renamed, or edited after it was written."""
+
+
+#: the fields every record holds (a record lacking one was not written by :func:`record`)
+RECORD_FIELDS = ("id", "statement", "criterion", "measured", "status", "reason", "values", "chapter", "checksum")
+
+
+def checksum(rec: Mapping[str, Any]) -> str:
+    """sha256 (16 hex digits) of a record's canonical JSON without its own ``checksum`` field.
+
+    :func:`record` stores it; :func:`load_record` recomputes it, so a record edited by hand (a status changed,
+    a value nudged) is refused rather than published.
+    """
+    body = {k: v for k, v in rec.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_record(path: str | Path) -> dict:
+    """One claim record, checked and re-judged: raises :class:`DamagedRecord` naming the file when it is not
+    valid JSON, lacks a field of :data:`RECORD_FIELDS`, holds another claim's id than its file name, or fails its
+    checksum. The verdict (``status``, ``reason``) is recomputed from the recorded ``values`` with today's judge,
+    so the report never shows a verdict its own criterion would not give."""
+    path = Path(path)
+    rerun = "rerun the chapter that records it (python -m mclib.book build --only <chapter>) or delete the file"
+    try:
+        rec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DamagedRecord(f"claim record {path} is not valid JSON ({err}); {rerun}") from None
+    if not isinstance(rec, dict):
+        raise DamagedRecord(f"claim record {path} holds a {type(rec).__name__}, not a record; {rerun}")
+    missing = [k for k in RECORD_FIELDS if k not in rec]
+    if missing:
+        raise DamagedRecord(f"claim record {path} lacks {missing}; {rerun}")
+    if rec["id"] != path.stem:
+        raise DamagedRecord(f"claim record {path} holds claim {rec['id']!r}, not {path.stem!r}; {rerun}")
+    if rec["checksum"] != checksum(rec):
+        raise DamagedRecord(f"claim record {path} was changed after it was written (its checksum does not match); "
+                            f"{rerun}")
+    try:
+        verdict = get(rec["id"]).verdict(rec["values"])
+    except ValueError as err:
+        raise DamagedRecord(f"claim record {path}: {err}; {rerun}") from None
+    rec["status"], rec["reason"] = verdict.status, verdict.reason
+    return rec
+
+
 def load_all() -> dict[str, dict]:
-    """Every recorded claim, by id."""
+    """Every recorded claim, by id, each checked and re-judged by :func:`load_record`."""
     out = {}
     for p in sorted(claims_dir().glob("*.json")):
         if not p.name.startswith("_"):
-            rec = json.loads(p.read_text())
+            rec = load_record(p)
             out[rec["id"]] = rec
+    return out
+
+
+class StaleRecords(ValueError):
+    """Records a claim needs are missing or were made by another run; the message names the chapters."""
+
+
+def load_needed(id: str) -> dict[str, dict]:
+    """The records claim ``id`` reads (its :attr:`Claim.needs`), each made by this run's code and settings.
+
+    Each needed record must exist and pass :func:`load_record`; its preset, seed, device, torch and mclib sources
+    must equal this run's (:func:`provenance`), and its ``source_hash`` must equal the hash of its chapter as it
+    is now. Inside a build (the runner sets ``MCLIB_BUILD_ID``) the chapter's run record must also say that it
+    finished in this same build. Otherwise :class:`StaleRecords` names every chapter to run first and why.
+    """
+    import os
+
+    claim = get(id)
+    here = provenance()
+    build_id = os.environ.get("MCLIB_BUILD_ID")
+    out, problems = {}, {}
+    for cid in claim.needs:
+        need = get(cid)
+        path = claims_dir() / f"{cid}.json"
+        if not path.exists():
+            problems.setdefault(need.chapter, []).append(f"{cid} was not recorded")
+            continue
+        rec = load_record(path)
+        differ = [k for k in ("preset", "seed", "device", "torch", "mclib_hash") if rec.get(k) != here[k]]
+        if differ:
+            problems.setdefault(rec["chapter"], []).append(
+                f"{cid} was made with another {', '.join(differ)} ({', '.join(f'{k} {rec.get(k)!r}' for k in differ)})")
+            continue
+        if rec.get("source_hash") != source_hash(rec["chapter"]):
+            problems.setdefault(rec["chapter"], []).append(f"{cid} was made by another version of its notebook")
+            continue
+        if build_id:
+            run = config.build_dir() / "runs" / f"{Path(rec['chapter']).stem}.json"
+            try:
+                ran = json.loads(run.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                ran = {}
+            if ran.get("status") != "ok" or ran.get("build_id") != build_id:
+                problems.setdefault(rec["chapter"], []).append(f"{cid} was not made in this build")
+                continue
+        out[cid] = rec
+    if problems:
+        listing = "; ".join(f"{Path(ch).stem} ({', '.join(why)})" for ch, why in problems.items())
+        raise StaleRecords(f"claim {id} reads claims that this run did not make: {listing}. Run those chapters "
+                           f"first in the same build: python -m mclib.book build (the runner orders them).")
     return out
 
 
 def meta() -> dict:
     """The build's preset, device, seed and date (written by the runner), or {} outside a build."""
     path = claims_dir() / "_meta.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DamagedRecord(f"the build's metadata {path} is not valid JSON ({err}); rebuild the book "
+                            "(python -m mclib.book build) or delete the file") from None
 
 
 def _order(cid: str) -> tuple[str, int]:

@@ -479,5 +479,5 @@ CLAIMS = [
     Claim("C8", "These hold across architectures and datasets", "VGG/ResNet, CIFAR-10/SVHN", "zhao2020bridging",
           "Every claim C1-C7 is measured on at least two architectures and holds on each (the same criteria, per "
           "architecture); a failure on any architecture fails, a single architecture is inconclusive.",
-          judge_c8, _CH["c8"]),
+          judge_c8, _CH["c8"], needs=("C1", "C2", "C3", "C4", "C5", "C6", "C7")),
 ]

@@ -1,0 +1,222 @@
+"""What the runner promises about whose results a build reads and keeps (issues 26 and 32).
+
+* a chapter that reads other chapters' claims (C8 reads C1-C7) runs after them under every executor, and never reads
+  a record another run made;
+* an interrupted build loses no finished chapter; a second build on the same folder is refused;
+* a claim record edited by hand, truncated, renamed or incomplete is refused, naming the file, and every verdict
+  shown is recomputed from the recorded values.
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mclib import book, claims, jobs
+from mclib.claims import core
+from test_book import _notebook, tiny_book  # noqa: F401 - the fixture is used by name
+
+
+def _holds(values):
+    return core.holds(f"x is {values['x']}")
+
+
+@pytest.fixture
+def reader_book(tiny_book, tmp_path, monkeypatch):  # noqa: F811
+    """A tiny book whose first chapter ('reader') reads the claim that the slow last chapter ('slow') records."""
+    monkeypatch.setitem(core.PAPERS, "Z", "a test paper")
+    monkeypatch.setitem(claims.CATALOGUE, "Z1", core.Claim("Z1", "z1", "-", "k", "x", _holds, "notebooks/slow.ipynb"))
+    monkeypatch.setitem(claims.CATALOGUE, "Z2", core.Claim("Z2", "z2", "-", "k", "x", _holds, "notebooks/reader.ipynb",
+                                                          needs=("Z1",)))
+    marker = tmp_path / "slow-finished"
+    (tiny_book / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nparts:\n  - caption: P\n    chapters:\n"
+        "      - file: notebooks/reader\n      - file: notebooks/good\n      - file: notebooks/slow\n")
+    _notebook(tiny_book / "notebooks" / "reader.ipynb",
+              f"import pathlib\nassert pathlib.Path({str(marker)!r}).exists(), 'reader ran before slow finished'")
+    _notebook(tiny_book / "notebooks" / "slow.ipynb",
+              f"import pathlib, time\ntime.sleep(4)\npathlib.Path({str(marker)!r}).touch()")
+    return tiny_book
+
+
+def test_needs_come_from_the_catalogue_and_c8_reads_c1_to_c7():
+    chapters = [nb for nb in book.notebooks() if nb.stem != "report"]
+    needs = book.chapter_needs(chapters)
+    assert needs["c8_across_architectures"] == {"c1_curves", "c2_backdoor_repair", "c4_error_injection",
+                                                "c6_robustness_hessian"}
+    order = [nb.stem for nb in book.order_chapters(chapters, needs, {"c8_across_architectures": 1e9})]
+    assert order.index("c8_across_architectures") > order.index("c6_robustness_hessian")  # even if the longest
+
+
+def test_longest_chapter_starts_first_among_those_ready():
+    nbs = [Path(f"notebooks/{n}.ipynb") for n in ("a", "b", "c")]
+    order = book.order_chapters(nbs, {"a": set(), "b": set(), "c": {"a"}}, {"a": 5.0, "b": 50.0, "c": 500.0})
+    assert [nb.stem for nb in order] == ["b", "a", "c"]
+    with pytest.raises(ValueError, match="cycle"):
+        book.order_chapters(nbs, {"a": {"c"}, "b": set(), "c": {"a"}})
+
+
+def test_a_reader_waits_for_what_it_reads_under_two_local_jobs(reader_book):
+    """On the old runner the first chapter in the table of contents started at once, beside the slow one."""
+    book.build("smoke", html=False, root=reader_book, progress=False,
+               executor=jobs.Options(executor="local", jobs=2, poll_s=0.3))
+    build = Path(os.environ["MCLIB_BUILD_DIR"])
+    assert book.read_run_record(build, Path("notebooks/reader.ipynb"))["status"] == "ok"
+
+
+def test_a_reader_waits_for_what_it_reads_in_sequence(reader_book):
+    result = book.build("smoke", html=False, root=reader_book, progress=False)
+    assert list(result["notebooks"]).index("notebooks/reader.ipynb") > list(result["notebooks"]).index(
+        "notebooks/slow.ipynb")
+
+
+def test_only_a_reader_refuses_what_it_reads_when_stale(reader_book):
+    with pytest.raises(book.StaleChapters, match=r"read the claims of chapters .*slow \(never executed\)"):
+        book.build("smoke", only=["reader"], html=False, root=reader_book, progress=False)
+
+
+def _record_z1(monkeypatch, **changes):
+    monkeypatch.setitem(core.PAPERS, "Z", "a test paper")
+    monkeypatch.setitem(claims.CATALOGUE, "Z1", core.Claim("Z1", "z1", "-", "k", "x", _holds, "notebooks/z1.ipynb"))
+    monkeypatch.setitem(claims.CATALOGUE, "Z2", core.Claim("Z2", "z2", "-", "k", "x", _holds, "notebooks/z2.ipynb",
+                                                          needs=("Z1",)))
+    rec = claims.record("Z1", values={"x": 1}, measured="x = 1")
+    if changes:
+        rec.update(changes)
+        rec["checksum"] = core.checksum(rec)
+        (claims.claims_dir() / "Z1.json").write_text(json.dumps(rec))
+    return rec
+
+
+def test_load_needed_accepts_this_runs_records(monkeypatch):
+    _record_z1(monkeypatch)
+    assert claims.load_needed("Z2")["Z1"]["values"] == {"x": 1}
+
+
+@pytest.mark.parametrize("changes, why", [({"seed": 7}, "another seed"), ({"mclib_hash": "0" * 64}, "another mclib_hash"),
+                                          ({"source_hash": "f" * 64}, "another version of its notebook")])
+def test_load_needed_refuses_a_record_of_another_run_naming_the_chapter(monkeypatch, changes, why):
+    _record_z1(monkeypatch, **changes)
+    with pytest.raises(claims.StaleRecords, match=f"z1 \\(Z1 was made .*{why}"):
+        claims.load_needed("Z2")
+
+
+def test_load_needed_inside_a_build_wants_the_same_build(monkeypatch):
+    _record_z1(monkeypatch)
+    monkeypatch.setenv("MCLIB_BUILD_ID", "this-build")
+    with pytest.raises(claims.StaleRecords, match="Z1 was not made in this build"):
+        claims.load_needed("Z2")
+    run = Path(os.environ["MCLIB_BUILD_DIR"]) / "runs" / "z1.json"
+    run.parent.mkdir(parents=True, exist_ok=True)
+    run.write_text(json.dumps({"status": "ok", "build_id": "an-earlier-build"}))
+    with pytest.raises(claims.StaleRecords, match="not made in this build"):
+        claims.load_needed("Z2")
+    run.write_text(json.dumps({"status": "ok", "build_id": "this-build"}))
+    assert set(claims.load_needed("Z2")) == {"Z1"}
+    (claims.claims_dir() / "Z1.json").unlink()
+    with pytest.raises(claims.StaleRecords, match=r"z1 \(Z1 was not recorded\)"):
+        claims.load_needed("Z2")
+
+
+# --- records trusted only when intact, verdicts recomputed ---------------------------------------------------
+
+def _a1_record():
+    values = {"runs": {"cnn": {"tolerance": 0.01,
+                               "barrier_fraction": {"estimate": 0.1, "lo": 0.06, "hi": 0.15, "n": 200}}}}
+    return claims.record("A1", values=values, measured="m")
+
+
+def _edit(path: Path, fn):
+    rec = json.loads(path.read_text())
+    fn(rec)
+    path.write_text(json.dumps(rec))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: _edit(p, lambda r: r.update(status="fails")), "changed after it was written"),
+    (lambda p: _edit(p, lambda r: r["values"]["runs"]["cnn"].update(tolerance=0.5)), "changed after it was written"),
+    (lambda p: _edit(p, lambda r: r.pop("reason")), r"lacks \['reason'\]"),
+    (lambda p: _edit(p, lambda r: r.update(id="A2")), "holds claim 'A2', not 'A1'"),
+    (lambda p: p.write_text(p.read_text()[:40]), "is not valid JSON"),
+])
+def test_a_damaged_or_edited_record_is_refused_naming_the_file(damage, message):
+    _a1_record()
+    path = claims.claims_dir() / "A1.json"
+    damage(path)
+    with pytest.raises(claims.DamagedRecord, match=message) as err:
+        claims.load_all()
+    assert str(path) in str(err.value)
+    with pytest.raises(claims.DamagedRecord):
+        claims.report_markdown()
+
+
+def test_the_shown_verdict_is_the_judges_verdict_of_the_recorded_values(monkeypatch):
+    import dataclasses
+
+    rec = _a1_record()
+    assert claims.load_all()["A1"]["status"] == rec["status"] == "holds"
+    # a judge that changed since the record was written: the report shows today's verdict, not the stored one
+    today = dataclasses.replace(claims.CATALOGUE["A1"], judge=lambda values: core.fails("today's judge says no"))
+    monkeypatch.setitem(claims.CATALOGUE, "A1", today)
+    assert claims.load_all()["A1"]["status"] == "fails"
+    assert "today's judge says no" in claims.report_markdown()
+
+
+def test_a_broken_meta_file_is_named():
+    (claims.claims_dir() / "_meta.json").write_text("{")
+    with pytest.raises(claims.DamagedRecord, match="_meta.json is not valid JSON"):
+        claims.meta()
+
+
+def test_resume_does_not_reuse_an_edited_record(tiny_book):  # noqa: F811
+    _notebook(tiny_book / "notebooks" / "bad.ipynb", "pass")
+    recorder = ("from mclib import claims\nclaims.record('A1', values={'runs': {'cnn': {'tolerance': 0.01, "
+                "'barrier_fraction': {'estimate': 0.1, 'lo': 0.06, 'hi': 0.15, 'n': 200}}}}, measured='m', "
+                "chapter='notebooks/good.ipynb')")
+    _notebook(tiny_book / "notebooks" / "good.ipynb", recorder)
+    book.build("smoke", html=False, root=tiny_book, progress=False)
+    build = Path(os.environ["MCLIB_BUILD_DIR"])
+    _edit(build / "claims" / "A1.json", lambda r: r.update(status="fails"))
+    again = book.build("smoke", html=False, root=tiny_book, progress=False, resume=True)
+    assert "notebooks/good.ipynb" in again["notebooks"]  # rerun, not reused
+    claims.load_all()  # and the record is whole again
+
+
+# --- nothing lost, one build at a time -----------------------------------------------------------------------
+
+def test_an_interrupted_build_keeps_every_finished_chapter(tiny_book, monkeypatch):  # noqa: F811
+    """The old runner deleted every claim and run record when a full build started, so Ctrl-C lost them all."""
+    _notebook(tiny_book / "notebooks" / "bad.ipynb", "pass")
+    recorder = ("from mclib import claims\nclaims.record('A1', values={'runs': {'cnn': {'tolerance': 0.01, "
+                "'barrier_fraction': {'estimate': 0.1, 'lo': 0.06, 'hi': 0.15, 'n': 200}}}}, measured='m', "
+                "chapter='notebooks/good.ipynb')")
+    _notebook(tiny_book / "notebooks" / "good.ipynb", recorder)
+    book.build("smoke", html=False, root=tiny_book, progress=False)
+    build = Path(os.environ["MCLIB_BUILD_DIR"])
+    before = {p.name: p.read_bytes() for p in (build / "claims").glob("A1.json")}
+    real = book.execute
+
+    def interrupted(nb, out, params, root, progress=True):
+        if Path(nb).stem == "good":  # Ctrl-C while the chapter that holds the claim reruns
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("partial")
+            (claims.claims_dir() / "A1.json").write_text("half-written")
+            raise KeyboardInterrupt
+        return real(nb, out, params, root, progress)
+
+    monkeypatch.setattr(book, "execute", interrupted)
+    with pytest.raises(book.Interrupted, match="results from the last finished run are kept"):
+        book.build("smoke", html=False, root=tiny_book, progress=False)
+    assert {p.name: p.read_bytes() for p in (build / "claims").glob("A1.json")} == before
+    assert "partial" not in (build / "src" / "notebooks" / "good.ipynb").read_text()
+    monkeypatch.setattr(book, "execute", real)
+    again = book.build("smoke", html=False, root=tiny_book, progress=False, resume=True)
+    assert "notebooks/good.ipynb" in again["skipped"]
+
+
+def test_a_second_build_on_the_same_folder_is_refused_naming_the_pid(tiny_book):  # noqa: F811
+    build = Path(os.environ["MCLIB_BUILD_DIR"])
+    with book.build_lock(build):
+        with pytest.raises(book.BuildLocked, match=f"another build \\(PID {os.getpid()}\\) is using {build}"):
+            book.build("smoke", html=False, root=tiny_book, progress=False)
+    assert not (build / ".lock.pid").exists()
