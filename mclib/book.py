@@ -436,8 +436,9 @@ def _running_cell(executed: Path) -> int | None:
         cells = nbformat.read(executed, as_version=4).cells
     except Exception:  # noqa: BLE001 - no readable copy: the caller names the notebook only
         return None
-    # papermill marks the cell "completed" even when its kernel died: it is the last one not pending
-    started = [i for i, c in enumerate(cells) if c.metadata.get("papermill", {}).get("status", "pending") != "pending"]
+    # when the kernel dies papermill marks every later cell "completed" too, but only the cells that started
+    # have a start time: the running cell is the last of those
+    started = [i for i, c in enumerate(cells) if c.metadata.get("papermill", {}).get("start_time")]
     return started[-1] if started else None
 
 

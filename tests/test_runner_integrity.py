@@ -220,3 +220,17 @@ def test_a_second_build_on_the_same_folder_is_refused_naming_the_pid(tiny_book):
         with pytest.raises(book.BuildLocked, match=f"another build \\(PID {os.getpid()}\\) is using {build}"):
             book.build("smoke", html=False, root=tiny_book, progress=False)
     assert not (build / ".lock.pid").exists()
+
+
+def test_a_killed_kernel_is_reported_at_the_running_cell_not_the_last_one(tiny_book):  # noqa: F811
+    """papermill marks the cells after a dead kernel "completed"; the old runner named the notebook's last cell."""
+    import nbformat
+
+    path = tiny_book / "notebooks" / "bad.ipynb"
+    _notebook(path, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells += [nbformat.v4.new_markdown_cell("## after"), nbformat.v4.new_code_cell("y = 2"),
+                 nbformat.v4.new_markdown_cell("## the end")]
+    nbformat.write(nb, path)
+    with pytest.raises(book.NotebookFailed, match=r"the kernel died at cell 4 \(counting from 1, `import os, signal`\)"):
+        book.build("smoke", html=False, root=tiny_book, progress=False)
