@@ -84,15 +84,22 @@ def bootstrap_ci(samples, statistic: Callable[[np.ndarray], float] = np.mean, n_
     return Interval(est, lo, hi, len(x))
 
 
-def fraction_ci(flags, level: float = 0.95) -> Interval:
-    """A fraction ``k/n`` of true ``flags`` with its Wilson score interval.
+def fraction_ci(flags, level: float = 0.95, method: str = "wilson") -> Interval:
+    """A fraction ``k/n`` of true ``flags`` with its Wilson score interval (or the exact one).
 
     With ``z`` the normal quantile of ``(1+level)/2`` and ``p = k/n``:
     ``centre = (p + z^2/(2n)) / (1 + z^2/n)``, ``half = z/(1 + z^2/n) * sqrt(p(1-p)/n + z^2/(4n^2))``.
     Unlike a bootstrap of the flags, it does not collapse to a point when ``k = 0`` or ``k = n``: 0 of 20
     pairs gives ``[0, 0.16]``, not certainty. An empty ``flags`` gives a nan estimate and ``[0, 1]``.
+
+    ``method="exact"`` gives the Clopper-Pearson interval ``[B(a/2; k, n-k+1), B(1-a/2; k+1, n-k)]`` (``B`` the
+    beta quantile, ``a = 1 - level``), whose coverage is at least ``level`` for every true fraction; the
+    sequential designs of :mod:`mclib.sequential` use it, since their error bound adds up the looks' coverages.
     """
-    from scipy.stats import norm
+    from scipy.stats import beta, norm
+
+    if method not in ("wilson", "exact"):
+        raise ValueError(f"method must be 'wilson' or 'exact', got {method!r}")
 
     f = np.asarray(flags)
     if f.ndim != 1:
@@ -103,6 +110,11 @@ def fraction_ci(flags, level: float = 0.95) -> Interval:
     n, k = int(f.size), int(np.count_nonzero(f))
     if n == 0:
         return Interval(math.nan, 0.0, 1.0, 0)
+    if method == "exact":
+        a = 1 - level
+        lo = float(beta.ppf(a / 2, k, n - k + 1)) if k > 0 else 0.0
+        hi = float(beta.ppf(1 - a / 2, k + 1, n - k)) if k < n else 1.0
+        return Interval(k / n, lo, hi, n)
     z = float(norm.ppf((1 + level) / 2))
     p = k / n
     denom = 1 + z * z / n

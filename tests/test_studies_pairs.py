@@ -106,3 +106,18 @@ def test_condition_effects_compare_settings_that_differ_in_one_factor():
     assert eff["epochs"][0] == pytest.approx(0.15) and eff["epochs"][1] == 2   # cnn 8 vs 2
     lone = pairs.condition_effects([e("cnn", 8, 0.1)], "f")
     assert math.isnan(lone["arch"][0]) and lone["arch"][1] == 0
+
+
+def test_barrier_sample_draws_on_until_enough_pairs_have_a_barrier(bump_pair):
+    """A decided A1 still draws more pairs (within the budget) when A2/A3 would judge too few barrier pairs."""
+    model, A, C = bump_pair
+    noise = 0.01 * torch.rand(20, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    X = torch.cat([A.expand(10, -1, -1, -1), C.expand(10, -1, -1, -1)]) + noise
+    y = torch.zeros(20, dtype=torch.long)
+    first = pairs.barrier_sample(model, X, y, 20, threshold=0.05, max_pairs=80, num_points=32, seed=0)
+    k = int(first.has_barrier.sum())
+    more = pairs.barrier_sample(model, X, y, 20, threshold=0.05, max_pairs=80, num_points=32, seed=0,
+                                min_barrier_pairs=k + 1)
+    assert more.looks[:2] == [20, 40] and int(more.has_barrier.sum()) > k
+    rec = more.measured()["barrier_fraction"]
+    assert rec["planned"] == [20, 40, 80] and rec["level"] == pytest.approx(1 - 0.05 / 3) and rec["looks"] == more.looks

@@ -143,7 +143,18 @@ def judge_interval(name: str, iv: Mapping[str, Any] | None, threshold: float, ab
         return inconclusive(f"{name} was not measured")
     if iv.get("n") is not None and iv["n"] < MIN_UNITS:
         return inconclusive(f"{name} rests on {iv['n']} unit(s), fewer than the {MIN_UNITS} an interval needs")
-    return compare_interval(name, iv.get("lo"), iv.get("hi"), threshold, above, iv.get("estimate"), spec)
+    verdict = compare_interval(name, iv.get("lo"), iv.get("hi"), threshold, above, iv.get("estimate"), spec)
+    if verdict.status == "inconclusive" and _finite(iv.get("lo"), iv.get("hi")):
+        # what would decide it: the interval's width shrinks as 1/sqrt(n) (mclib.sequential.units_to_decide)
+        from mclib import sequential
+
+        needed = iv.get("needed") or sequential.units_to_decide(iv, threshold)
+        if needed:
+            verdict = inconclusive(f"{verdict.reason} (from {iv['n']} units; about {needed:,} would decide it at "
+                                   "this spread)")
+        elif iv.get("n"):
+            verdict = inconclusive(f"{verdict.reason} (its estimate sits on the threshold: no sample size decides it)")
+    return verdict
 
 
 def combine(verdicts: Iterable[Verdict]) -> Verdict:

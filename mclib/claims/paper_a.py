@@ -40,7 +40,8 @@ def _iv(interval) -> dict | None:
 
 
 # --------------------------------------------------------------------------- evidence helpers
-def path_evidence(study, mode_loss=None, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+def path_evidence(study, mode_loss=None, n_boot: int = 2000, seed: int = 0,
+                  barrier_fraction: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Per-pair evidence of one :class:`mclib.studies.pairs.PairStudy` (claims A1-A5), with intervals.
 
     Over all P pairs: ``barrier_fraction`` (gap above the tolerance; Wilson interval) and
@@ -49,13 +50,15 @@ def path_evidence(study, mode_loss=None, n_boot: int = 2000, seed: int = 0) -> d
     ``connected`` (barrier-free after at most max_rounds rounds), ``bends_median`` (bootstrap interval of
     the median number of bends), ``shift_median`` (bootstrap interval of the median ``max|B'-B|`` in % of
     the max pixel of ``B``). ``mode_loss`` (optional, the endpoints' CE) adds ``mode_fraction``: endpoints
-    with CE below ``MODE_CE``. None where there is nothing to measure (no barrier pair).
+    with CE below ``MODE_CE``. None where there is nothing to measure (no barrier pair). ``barrier_fraction``
+    (an interval dict) replaces the Wilson interval of the pairs' barrier share: A1 passes its sequential
+    sample's (:meth:`mclib.studies.pairs.BarrierSample.measured`), whose error is controlled over its looks.
     """
     has = np.asarray(study.line_barrier.gap > study.tolerance)
     gap = np.asarray(study.line_barrier.gap, dtype=float)
     out: dict[str, Any] = {
         "pairs": int(len(has)), "barrier_pairs": int(has.sum()), "tolerance": float(study.tolerance),
-        "barrier_fraction": _iv(stats.fraction_ci(has)),
+        "barrier_fraction": dict(barrier_fraction) if barrier_fraction is not None else _iv(stats.fraction_ci(has)),
         "gap_median": float(np.median(gap)), "gap_max": float(gap.max()),
         "max_median": float(np.median(np.asarray(study.line_barrier.max, dtype=float))),
         "endpoint_loss_median": float(np.median(np.asarray(study.endpoint_loss, dtype=float))),

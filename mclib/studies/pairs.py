@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mclib import paths, stats, train
+from mclib import paths, sequential, stats, train
 
 __all__ = ["same_class_pairs", "BarrierSample", "barrier_sample", "condition_effects", "PairStudy", "study_pairs",
            "interpolated_pairs", "plot_condition_map"]
@@ -71,11 +71,13 @@ def same_class_pairs(model: nn.Module | None, X: torch.Tensor, y: torch.Tensor, 
 
 @dataclass
 class BarrierSample:
-    """Straight-line barriers of same-class pairs drawn until their barrier fraction is decided (claim A1).
+    """Straight-line barriers of same-class pairs, drawn on a sequential design until their barrier fraction is
+    decided (claim A1).
 
     ``i``, ``j`` (n,): indices of the pairs into the inputs; ``target`` (n,): their class; ``gap`` (n,): the
     barrier gap of each straight line; ``tolerance``: a gap above it is a barrier; ``threshold``: the fraction
-    the sample had to decide; ``looks``: the sample sizes at which the interval was inspected.
+    the sample had to decide; ``sample``: the :class:`mclib.sequential.Sample` (looks taken, the interval at each,
+    at the design's level, so that the error over all looks stays at most ``alpha``).
     """
 
     i: torch.Tensor
@@ -84,21 +86,26 @@ class BarrierSample:
     gap: torch.Tensor
     tolerance: float
     threshold: float
-    looks: list[int]
+    sample: sequential.Sample
+
+    @property
+    def looks(self) -> list[int]:
+        """The sample sizes at which the interval was inspected."""
+        return list(self.sample.looks)
 
     @property
     def has_barrier(self) -> torch.Tensor:
         return self.gap > self.tolerance
 
-    def fraction(self, level: float = 0.95):
-        """The share of pairs with a barrier and its Wilson interval (:func:`mclib.stats.fraction_ci`)."""
-        return stats.fraction_ci(self.has_barrier.numpy(), level)
+    def fraction(self):
+        """The share of pairs with a barrier and its exact interval at the design's level (the last look's)."""
+        return self.sample.interval
 
-    def measured(self, level: float = 0.95) -> dict:
-        """What a condition map records for this sample: ``barrier_fraction`` (the Wilson interval as a dict
-        ``estimate, lo, hi, n``, as claim records store it), ``pairs``, ``looks``, and the median and largest
-        straight-line gap."""
-        return {"barrier_fraction": self.fraction(level)._asdict(), "pairs": len(self), "looks": list(self.looks),
+    def measured(self) -> dict:
+        """What a condition map records for this sample: ``barrier_fraction`` (the last look's interval as a dict
+        ``estimate, lo, hi, n`` with ``level``, ``looks``, ``planned`` and ``needed``, see
+        :meth:`mclib.sequential.Sample.record`), ``pairs``, ``looks``, and the median and largest straight-line gap."""
+        return {"barrier_fraction": self.sample.record(), "pairs": len(self), "looks": self.looks,
                 "gap_median": float(self.gap.median()), "gap_max": float(self.gap.max())}
 
     def __len__(self) -> int:
@@ -107,34 +114,41 @@ class BarrierSample:
 
 def barrier_sample(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n_pairs: int, *, tolerance: float = 0.01,
                    threshold: float = 0.05, max_pairs: int | None = None, num_points: int = 64, seed: int = 0,
-                   lowest_loss: float | None = None, level: float = 0.95) -> BarrierSample:
-    """Straight-line barrier gaps of same-class pairs (:func:`same_class_pairs`), with more pairs while undecided.
+                   lowest_loss: float | None = None, alpha: float = 0.05,
+                   min_barrier_pairs: int = 0) -> BarrierSample:
+    """Straight-line barrier gaps of same-class pairs (:func:`same_class_pairs`), on a sequential design.
 
-    Draws ``n_pairs`` pairs (generator seeded with ``seed``), measures each straight line's barrier gap
-    (:func:`mclib.paths.linear_losses`, :func:`mclib.paths.barrier`), and while the Wilson interval (``level``)
-    of the share of gaps above ``tolerance`` still contains ``threshold``, doubles the sample (capped at
-    ``max_pairs``, default ``4 * n_pairs``); only the new pairs are evaluated, as the first pairs of a larger
-    draw are the earlier ones. A sample that looks up to three times at a 95% interval has a somewhat higher than 5% chance of a
-    wrong side; the looks are recorded so the reader can see it. Returns a :class:`BarrierSample`.
+    The looks are declared before any pair is drawn: ``n_pairs, 2 n_pairs, ...`` up to ``max_pairs`` (default
+    ``4 * n_pairs``; :meth:`mclib.sequential.Design.doubling`), each look's exact (Clopper-Pearson) interval of the
+    share of gaps above ``tolerance`` at level ``1 - alpha / K`` (:mod:`mclib.sequential`), so a decision against
+    ``threshold`` is wrong with probability at most ``alpha`` whichever look takes it. Sampling goes on to the next
+    look while the interval spans ``threshold``, or while fewer than ``min_barrier_pairs`` pairs have a barrier
+    (claims A2-A3 judge the barrier pairs: a bound on the looks covers any rule for stopping among them). Each look
+    evaluates only its new pairs: the first pairs of a larger draw are the earlier ones (generator seeded with
+    ``seed``). Returns a :class:`BarrierSample`.
     """
     n, cap = int(n_pairs), int(max_pairs if max_pairs is not None else 4 * n_pairs)
     if n < 1 or cap < n:
         raise ValueError(f"need n_pairs >= 1 and max_pairs >= n_pairs, got n_pairs={n_pairs}, max_pairs={max_pairs}")
     y = torch.as_tensor(y).long().cpu()
-    gaps, looks = torch.zeros(0), []
-    while True:
-        i, j = same_class_pairs(model, X, y, n, generator=torch.Generator().manual_seed(int(seed)),
+    design = sequential.Design.doubling(n, cap, alpha)
+    drawn = {"gaps": torch.zeros(0)}
+
+    def measure(size: int, level: float):
+        i, j = same_class_pairs(model, X, y, size, generator=torch.Generator().manual_seed(int(seed)),
                                 lowest_loss=lowest_loss)
-        new = slice(len(gaps), n)
+        new = slice(len(drawn["gaps"]), size)
         L = paths.linear_losses(model, X[i[new]], X[j[new]], y[i[new]], num_points)
-        gaps = torch.cat([gaps, paths.barrier(L).gap])
-        looks.append(n)
-        iv = stats.fraction_ci((gaps > tolerance).numpy(), level)
-        if n >= cap or not iv.lo <= threshold <= iv.hi:
-            break
-        n = min(2 * n, cap)
-    return BarrierSample(i=i, j=j, target=y[i], gap=gaps, tolerance=float(tolerance), threshold=float(threshold),
-                         looks=looks)
+        drawn.update(gaps=torch.cat([drawn["gaps"], paths.barrier(L).gap]), i=i, j=j)
+        return stats.fraction_ci((drawn["gaps"] > tolerance).numpy(), level, method="exact")
+
+    def enough(iv) -> bool:
+        return (sequential.decision(iv, threshold) is not None
+                and int((drawn["gaps"] > tolerance).sum()) >= int(min_barrier_pairs))
+
+    sample = sequential.run(design, measure, threshold, stop=enough)
+    return BarrierSample(i=drawn["i"], j=drawn["j"], target=y[drawn["i"]], gap=drawn["gaps"],
+                         tolerance=float(tolerance), threshold=float(threshold), sample=sample)
 
 
 def condition_effects(conditions, key: str) -> dict[str, tuple[float, int]]:
