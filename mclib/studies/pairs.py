@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from mclib import paths, sequential, stats, train
 
-__all__ = ["same_class_pairs", "BarrierSample", "barrier_sample", "condition_effects", "PairStudy", "study_pairs",
+__all__ = ["same_class_pairs", "BarrierSample", "barrier_sample", "GrownPairs", "until_barriers", "condition_effects",
+           "PairStudy", "study_pairs",
            "interpolated_pairs", "plot_condition_map"]
 
 
@@ -149,6 +150,51 @@ def barrier_sample(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n_pairs: 
     sample = sequential.run(design, measure, threshold, stop=enough)
     return BarrierSample(i=drawn["i"], j=drawn["j"], target=y[drawn["i"]], gap=drawn["gaps"],
                          tolerance=float(tolerance), threshold=float(threshold), sample=sample)
+
+
+@dataclass
+class GrownPairs:
+    """Pairs drawn in growing batches until enough of them have a straight-line barrier (see :func:`until_barriers`).
+
+    ``A``, ``C`` (P, ...) endpoints, ``target`` (P,), ``mode_loss`` (2P,) the endpoints' own losses as the drawing
+    function reported them (first P are the ``A``), ``looks`` the pair counts after each draw, ``barrier_pairs`` how many
+    straight lines have a gap above the tolerance.
+    """
+
+    A: torch.Tensor
+    C: torch.Tensor
+    target: torch.Tensor
+    mode_loss: torch.Tensor
+    looks: list[int]
+    barrier_pairs: int
+
+
+def until_barriers(model: nn.Module, draw, first: int, budget: int, min_barrier_pairs: int, *, num_points: int,
+                   tolerance: float) -> GrownPairs:
+    """Draw pairs until at least ``min_barrier_pairs`` of them have a straight-line barrier, or ``budget`` pairs.
+
+    Claims A3-A5 judge the pairs *with* a barrier (bends, connection after bypass); when barriers are rare a fixed
+    sample leaves two or three such pairs, too few for an interval. ``draw(k, part)`` returns ``(A, C, target,
+    mode_loss)`` for about ``k`` NEW pairs (``part`` = 0, 1, ... numbers the draw, to seed an independent stream; the
+    first draw is the fixed sample of old); the pair counts double from ``first`` (the looks of
+    :meth:`mclib.sequential.Design.doubling`) until enough barrier pairs or the budget. The rule reads only the
+    barrier count, never the outcome the claims judge, so the claims' intervals keep their meaning. Only the new
+    pairs' straight lines are evaluated at each step.
+    """
+    planned = sequential.Design.doubling(int(first), max(int(first), int(budget))).looks
+    parts, looks, bars = [], [], 0
+    for part, size in enumerate(planned):
+        have = looks[-1] if looks else 0
+        A, C, t, m = draw(size - have, part)
+        parts.append((A.cpu(), C.cpu(), torch.as_tensor(t).long().cpu(), torch.as_tensor(m).reshape(2, -1).cpu()))
+        gaps = paths.barrier(paths.linear_losses(model, A, C, t, num_points)).gap
+        bars += int((gaps > tolerance).sum())
+        looks.append(have + len(t))
+        if bars >= int(min_barrier_pairs) or looks[-1] >= planned[-1]:
+            break
+    A, C, t = (torch.cat([q[k] for q in parts]) for k in range(3))
+    m = torch.cat([q[3] for q in parts], 1).reshape(-1)
+    return GrownPairs(A=A, C=C, target=t, mode_loss=m, looks=looks, barrier_pairs=bars)
 
 
 def condition_effects(conditions, key: str) -> dict[str, tuple[float, int]]:
