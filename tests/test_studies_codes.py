@@ -231,3 +231,33 @@ def test_minimal_eps_linear_model():
     assert torch.all(eps[:3] >= exact - 1e-6)  # never below the true radius: PGD cannot flip there
     assert math.isinf(eps[3])  # needs 0.35 > eps_max
     assert eps[4] == 0.0  # already misclassified
+
+
+def test_sequential_inputs_attacks_only_new_inputs_and_stops_when_the_sign_is_decided(monkeypatch):
+    """B3's inputs grow on the declared looks while the base rho interval spans 0; each input is attacked once."""
+    class Fixed(nn.Module):  # classifies every input correctly: its logit is the label read off the first pixel
+        def forward(self, x):
+            return nn.functional.one_hot(x.flatten(1)[:, 0].long(), 3).float()
+
+    X = torch.zeros(40, 1, 2, 2)
+    y = torch.arange(40) % 3
+    X[:, 0, 0, 0] = y.float()
+    attacked = []
+
+    def fake_eps(model, x, yy, **kw):
+        attacked.append(len(x))
+        return torch.linspace(0.1, 0.2, len(x))
+
+    spans = iter([(-0.3, 0.1), (-0.3, -0.05)])  # undecided at the first look, negative at the second
+
+    def fake_map(model, Xe, ye, eps, settings, *a, level=0.95, **kw):
+        lo, hi = next(spans)
+        return [{"measured": {"spearman": {"estimate": (lo + hi) / 2, "lo": lo, "hi": hi, "n": len(Xe), "level": level}}}]
+
+    monkeypatch.setattr(codes, "minimal_eps", fake_eps)
+    monkeypatch.setattr(codes, "condition_map", fake_map)
+    base = {"layer": "L1", "som": "2x2", "protocol": "p", "vulnerability": "v"}
+    idx, eps, sample = codes.sequential_inputs(Fixed(), X, y, 10, 40, {"v": {}}, base, {}, {}, {}, resolution=4)
+    assert sample.looks == [10, 20] and sample.design.looks == (10, 20, 40) and sample.status == "holds"
+    assert attacked == [10, 10] and len(eps["v"]) == 20 and idx.tolist() == list(range(20))
+    assert sample.design.level == pytest.approx(1 - 0.05 / 3)

@@ -30,7 +30,7 @@ from mclib.attacks import pgd
 from mclib.torchutil import device_of, eval_mode
 
 __all__ = ["minimal_eps", "bmu_change", "PROTOCOL_KEYS", "shallow_layers", "fit_protocol", "one_at_a_time",
-           "homogeneity", "condition_map", "summarise_conditions", "plot_conditions"]
+           "homogeneity", "condition_map", "sequential_inputs", "summarise_conditions", "plot_conditions"]
 
 
 @torch.no_grad()
@@ -212,7 +212,8 @@ def homogeneity(A_fit: torch.Tensor, y_fit: torch.Tensor, A_eval: torch.Tensor, 
 def condition_map(model: nn.Module, X_eval: torch.Tensor, y_eval: torch.Tensor, eps: Mapping[str, torch.Tensor],
                   settings: Sequence[Mapping], layers: Mapping[str, str], protocols: Mapping[str, Mapping],
                   fit_sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]], n_boot: int = 2000, seed: int = 0,
-                  batch_size: int = 256, tag: Mapping | None = None, progress: bool = False) -> list[dict]:
+                  batch_size: int = 256, tag: Mapping | None = None, progress: bool = False,
+                  level: float = 0.95) -> list[dict]:
     """Spearman's rho between shallow-code homogeneity and vulnerability, for each setting of a condition map.
 
     Each setting is a mapping with ``layer`` (a key of ``layers``, which maps it to a module name), ``som``
@@ -221,7 +222,8 @@ def condition_map(model: nn.Module, X_eval: torch.Tensor, y_eval: torch.Tensor, 
     per evaluated input from :func:`minimal_eps`, computed once and shared by all settings). Per setting: the
     layer's codes of the fitting set get a SOM; each evaluated input's homogeneity is the label entropy at its
     BMU among the fitting set's inputs (:func:`mclib.som.bmu_homogeneity`); rho is :func:`mclib.stats.correlation`'s
-    Spearman estimate with its pairs-bootstrap interval, inputs not flipped within the search ranked last.
+    Spearman estimate with its pairs-bootstrap interval at ``level``, inputs not flipped within the search ranked
+    last.
 
     Returns one entry per setting, ``{"setting": {**tag, **setting}, "measured": {"spearman": {estimate, lo, hi,
     n, p}, "module", "censored", "units_used", "quantization_error", "topographic_error"}}``, the form claims
@@ -254,14 +256,55 @@ def condition_map(model: nn.Module, X_eval: torch.Tensor, y_eval: torch.Tensor, 
         h, m, Z = homogeneity(codes[fit_on][module], sets[fit_on][1], codes["evaluated"][module], s["som"], proto,
                               seed, n_classes=int(max(torch.as_tensor(sets[fit_on][1]).max(), y_eval.max())) + 1)
         e = eps[s["vulnerability"]]
-        c = stats.correlation(h.double().numpy(), _rank_finite(e), n_boot=n_boot, seed=seed)
+        c = stats.correlation(h.double().numpy(), _rank_finite(e), n_boot=n_boot, seed=seed, level=level)
         out.append({"setting": {**(tag or {}), **s}, "measured": {
             "spearman": {"estimate": c["spearman"], "lo": c["spearman_lo"], "hi": c["spearman_hi"], "n": c["n"],
-                         "p": c["spearman_p"]},
+                         "p": c["spearman_p"], "level": level},
             "module": module, "censored": int(torch.isinf(torch.as_tensor(e)).sum()),
             "units_used": int(m.bmu(Z).unique().numel()), "quantization_error": m.quantization_error(Z),
             "topographic_error": m.topographic_error(Z)}})
     return out
+
+
+def sequential_inputs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, first: int, budget: int,
+                      vulnerability: Mapping[str, Mapping], base: Mapping, layers: Mapping[str, str],
+                      protocols: Mapping[str, Mapping], fit_sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]], *,
+                      resolution: int, generator: torch.Generator | None = None, n_boot: int = 2000, seed: int = 0,
+                      batch_size: int = 256, alpha: float = 0.05):
+    """B3's evaluated inputs on a sequential design: more correctly classified inputs while the base setting's rho
+    interval spans 0.
+
+    The looks are declared first (:meth:`mclib.sequential.Design.doubling` from ``first`` to ``budget``, both capped at
+    the correctly classified inputs available), each look's interval at level ``1 - alpha / K``, so a decision on
+    the sign of rho is wrong with probability at most ``alpha`` over all looks. At each look only the new inputs get
+    their minimal flipping radius (:func:`minimal_eps`, per measure in ``vulnerability``), and the base setting's rho
+    is measured by :func:`condition_map`. Returns ``(idx, eps, sample)``: the indices into ``X`` of the evaluated
+    inputs, their radii per measure, and the :class:`mclib.sequential.Sample`; the caller measures the whole
+    condition map on these inputs at ``sample.design.level``.
+    """
+    from mclib import sequential
+
+    correct = (_predict(model, X) == torch.as_tensor(y).to(X.device)).nonzero().flatten().cpu()
+    if len(correct) < 3:
+        raise ValueError(f"B3 needs at least 3 correctly classified inputs, the model has {len(correct)}")
+    cap = len(correct)
+    design = sequential.Design.doubling(min(int(first), cap), min(max(int(budget), int(first)), cap), alpha)
+    eps = {name: torch.zeros(0) for name in vulnerability}
+
+    def measure(n: int, level: float):
+        idx, new = correct[:n], correct[len(eps[base["vulnerability"]]):n]
+        for name, kw in vulnerability.items():
+            found = minimal_eps(model, X[new], y[new], resolution=resolution, stop_on_success=True,
+                                generator=generator, **kw)
+            eps[name] = torch.cat([eps[name], found.cpu()])
+        e = {base["vulnerability"]: eps[base["vulnerability"]]}
+        entry = condition_map(model, X[idx], y[idx], e, [base], layers, protocols, fit_sets, n_boot=n_boot, seed=seed,
+                              batch_size=batch_size, level=level)[0]
+        sp = entry["measured"]["spearman"]
+        return stats.Interval(sp["estimate"], sp["lo"], sp["hi"], sp["n"])
+
+    sample = sequential.run(design, measure, 0.0, above=False)
+    return correct[:sample.looks[-1]], eps, sample
 
 
 def summarise_conditions(conditions: Sequence[Mapping], key: str = "spearman", effect: float = 0.15,
