@@ -75,8 +75,10 @@ def _check_value(where: str, key: str, value: Any) -> None:
             raise ValueError(f"{where} {key} = {value!r}: preset numbers are sizes, counts and rates; "
                              "allowed: a finite number >= 0")
         last = key.split(".")[-1]
-        if (last.startswith("n_") or last.endswith(_POSITIVE_COUNTS)) and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{where} {key} = {value!r}: a count ({last}); allowed: an integer >= 1")
+        if last.startswith("n_") and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{where} {key} = {value!r}: a count (n_...); allowed: an integer >= 1")
+        if last.endswith(_POSITIVE_COUNTS) and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{where} {key} = {value!r}: allowed: an integer >= 1 ({last} is a count)")
 
 
 def check_preset_file(path: Path) -> dict[str, dict[str, Any]]:
