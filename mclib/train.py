@@ -282,7 +282,7 @@ def fit(
     if len(X) == 0:
         raise ValueError("X is empty: fit needs at least one training input")
     epochs, batch_size = check.positive_int(epochs, "epochs"), check.positive_int(batch_size, "batch_size")
-    lr = check.positive_float(lr, "lr")
+    lr = check.non_negative_float(lr, "lr")       # 0 is allowed here: a probe of the gradients (tests)
     if loss is cross_entropy_loss:
         y = check.labels(y, "y", n=len(X))
     device = torch.device(device)
