@@ -154,8 +154,8 @@ def _checksum(tensors: list[torch.Tensor]) -> tuple[float, ...]:
 
 def _signature(model: nn.Module) -> tuple:
     """Changes whenever the function the model computes can have changed: a parameter or buffer modified in
-    place (``_version``), replaced (storage) or written through ``.data`` (values: :func:`_checksum`), or the
-    module tree changed (:func:`_structure`)."""
+    place (``_version``), replaced (storage) or written through ``.data`` (values: ``_checksum``), or the
+    module tree changed (``_structure``)."""
     tensors = list(model.parameters()) + list(model.buffers())
     return (tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in tensors), _structure(model),
             _checksum(tensors))

@@ -106,7 +106,7 @@ def _check_d(d, name: str = "d") -> None:
 
 def _check_sites(n_sites: float, bytes_per_site: float, what: str) -> None:
     """One clear error, before anything is allocated, if ``n_sites`` sites at ``bytes_per_site`` bytes each
-    (the arrays a labelling holds at once) exceed the memory available (:func:`mclib._check.fits_in_memory`)."""
+    (the arrays a labelling holds at once) exceed the memory available (``mclib._check.fits_in_memory``)."""
     check.fits_in_memory(float(n_sites) * bytes_per_site, f"{what} ({float(n_sites):.3g} sites)")
 
 

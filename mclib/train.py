@@ -26,9 +26,15 @@ The model cache (:func:`train`) promises:
   first trains, the others wait and then load its checkpoint. The OS releases the lock when its holder
   dies, however it dies (``kill -9``, node reboot on a local disk), so a killed job never blocks others;
   a process that *hangs* while training does keep others waiting.
-* **No lost training.** Writability of the cache is checked before training; a read-only cache makes
-  :func:`train` warn and cache into a per-user temporary folder instead (``--cache-dir`` or
-  ``$MCLIB_CACHE`` choose a writable one).
+* **No lost training.** Writability of the cache and its free space (against the checkpoint's size,
+  :func:`checkpoint_bytes`) are checked before training; a read-only or full cache makes :func:`train` warn
+  and cache into a per-user temporary folder instead (``--cache-dir`` or ``$MCLIB_CACHE`` choose a writable
+  one), and stops before training if that cannot take it either. A save that still fails after training
+  (the disk filled up meanwhile: ``ENOSPC``, a quota) goes to that temporary folder, or else the trained
+  model is kept in memory for the rest of the run, with one warning naming the path that could not be
+  written -- the weights are never dropped.
+* **Formats side by side.** The checkpoint format is part of the file name (:func:`checkpoint_path`), so
+  mclib versions with different formats share a cache without evicting each other's checkpoints.
 """
 from __future__ import annotations
 
@@ -421,7 +427,7 @@ def _checksum(record: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> s
 def checkpoint_path(recipe: Recipe, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where :func:`train` caches ``recipe``'s model: ``models/<arch>-<dataset>-<recipe key>-f<format>.pt``.
 
-    The checkpoint format (:data:`CHECKPOINT_FORMAT`) is part of the name, so mclib versions that write
+    The checkpoint format (``CHECKPOINT_FORMAT``) is part of the name, so mclib versions that write
     different formats keep their checkpoints side by side in one shared cache instead of each discarding
     (and retraining over) the other's.
     """

@@ -16,13 +16,13 @@ NORMS = ("linf", "l2")
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:
     """Raise one clear error unless ``x`` is a floating-point batch of finite pixels in [0, 1]
-    (:func:`mclib._check.pixels`: a 0-255 image would be silently clamped into an all-white image, and an
+    (``mclib._check.pixels``: a 0-255 image would be silently clamped into an all-white image, and an
     integer image would make every random start and step round away)."""
     check.pixels(x, name)
 
 
 def check_labels(y: torch.Tensor, num_classes: int, name: str = "y") -> torch.Tensor:
-    """``y`` as int64 class labels in ``[0, num_classes)`` (:func:`mclib._check.labels`), or one clear error."""
+    """``y`` as int64 class labels in ``[0, num_classes)`` (``mclib._check.labels``), or one clear error."""
     return check.labels(y, name, num_classes=num_classes)
 
 
@@ -37,7 +37,7 @@ def _check(x: torch.Tensor, y, eps: float, norm: str, name: str = "y") -> torch.
 
 
 def _first_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
-    """The first forward pass of an attack, checked (:func:`mclib._check.model_call`: dtypes, input shape,
+    """The first forward pass of an attack, checked (``mclib._check.model_call``: dtypes, input shape,
     a model that returns a tuple or dict) and the labels ``y`` (called ``name``) checked against the model's
     number of outputs."""
     logits = check.model_call(model, x, "x")
