@@ -56,8 +56,14 @@ def _kind(value: Any) -> str:
     return {str: "string", list: "list", dict: "table"}.get(type(value), type(value).__name__)
 
 
+#: Preset keys (by ending) that are counts of at least one, like ``n_...``: a batch of 0 inputs or 0 epochs
+#: would train or attack nothing, silently.
+_POSITIVE_COUNTS = ("batch_size", "_batch", "epochs")
+
+
 def _check_value(where: str, key: str, value: Any) -> None:
-    """Every number in a preset (at any depth) is a finite size, count or rate: not negative, not NaN/inf."""
+    """Every number in a preset (at any depth) is a finite size, count or rate: not negative, not NaN/inf;
+    counts (``n_...``, ``..._batch_size``, ``..._batch``, ``...epochs``) are integers >= 1."""
     if isinstance(value, dict):
         for k, v in value.items():
             _check_value(where, f"{key}.{k}", v)
@@ -68,8 +74,11 @@ def _check_value(where: str, key: str, value: Any) -> None:
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{where} {key} = {value!r}: preset numbers are sizes, counts and rates; "
                              "allowed: a finite number >= 0")
-        if key.split(".")[-1].startswith("n_") and (not isinstance(value, int) or value < 1):
+        last = key.split(".")[-1]
+        if last.startswith("n_") and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{where} {key} = {value!r}: a count (n_...); allowed: an integer >= 1")
+        if last.endswith(_POSITIVE_COUNTS) and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{where} {key} = {value!r}: allowed: an integer >= 1 ({last} is a count)")
 
 
 def check_preset_file(path: Path) -> dict[str, dict[str, Any]]:

@@ -9,9 +9,11 @@ one model without gradients. They all go through :func:`forward_chunks` (or :fun
    NHWC kernels (the eager NCHW ``max_pool2d_with_indices`` took 62% of a path evaluation on the quick CNN).
    The user's model is never modified (its mode, weights and memory format stay as they were); a model
    with forward hooks (feature capture) runs itself, eagerly, so its hooks fire. The copy is
-   cached per (model object, parameter/buffer versions and storage, input shape, precision, device), so
-   repeated calls do not prepare again, and a model trained in place in between (``barrier_evolution``)
-   gets a fresh copy;
+   cached per (model object, parameter/buffer versions, storage and values, module tree, input shape,
+   precision, device), so repeated calls do not prepare again, and a model trained in place in between
+   (``barrier_evolution``), written through ``.data`` or given a new submodule gets a fresh copy (the
+   values are checked by a sum and a norm per tensor: about 0.1 ms per call for the quick CNN, see
+   ``_checksum``);
 2. on the CPU in fp32, **the second call with unchanged weights freezes the copy into a graph** (trace,
    freeze, ``optimize_for_inference``: constant-folded weights, oneDNN layout kept between layers, and
    max-pooling moved before ReLU -- exact, and it spares the ReLU three quarters of its work:
@@ -127,9 +129,36 @@ def chunk_size(per_input: int, device: torch.device | str = "cpu") -> int:
 
 
 # ------------------------------------------------------------------------------------ preparation
+def _structure(model: nn.Module) -> tuple:
+    """The module tree: every submodule's name, class, identity and settings (``extra_repr``: a layer's
+    slope, stride, eps, ...). Changes when a submodule is swapped (``m[1][1] = nn.Tanh()``) or reconfigured."""
+    return tuple((name, type(m), id(m), m.extra_repr()) for name, m in model.named_modules())
+
+
+@torch.no_grad()
+def _checksum(tensors: list[torch.Tensor]) -> tuple[float, ...]:
+    """Per tensor its sum and sum of squares (float64), in one reduction per kind over all tensors.
+
+    Writes through ``.data`` (``w.data.mul_(0)``, ``w.data.copy_(v)``) change a tensor's values without
+    bumping its version counter or moving its storage; the checksum sees them (a write that keeps both the
+    sum and the sum of squares of every tensor -- a permutation of a tensor's entries -- is the blind spot).
+    """
+    if not tensors:
+        return ()
+    sums = torch.stack([t.detach().sum(dtype=torch.float64) for t in tensors if not t.is_complex()])
+    floats = [t.detach() for t in tensors if t.is_floating_point()]
+    norms = torch.stack(torch._foreach_norm(floats)).double() if floats else sums.new_zeros(0)
+    values = torch.cat([sums, norms.to(sums.device)]).tolist()
+    return tuple(v if v == v else "nan" for v in values)      # NaN != NaN would never match
+
+
 def _signature(model: nn.Module) -> tuple:
-    """Changes whenever a parameter or buffer is modified in place (``_version``) or replaced (storage)."""
-    return tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in list(model.parameters()) + list(model.buffers()))
+    """Changes whenever the function the model computes can have changed: a parameter or buffer modified in
+    place (``_version``), replaced (storage) or written through ``.data`` (values: ``_checksum``), or the
+    module tree changed (``_structure``)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return (tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in tensors), _structure(model),
+            _checksum(tensors))
 
 
 class Prepared:

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mclib import _check
 from mclib import infer
 from mclib.optim import RowAdam, check_input_grad, total_variation
 from mclib.torchutil import device_of, eval_mode
@@ -578,9 +579,12 @@ def _bypass_impl(model, A, C, target, *, free, lr, iterations, mse_weight, tv_we
     P = A.shape[0]
     tgt = pair_targets(target, P)
     dev = device_of(model, device)
-    if int(max_rounds) < 0 or int(num_points) < 3:
-        raise ValueError(f"need max_rounds >= 0 and num_points >= 3, got {max_rounds}, {num_points}")
-    n = int(num_points)
+    max_rounds, n = _check.non_negative_int(max_rounds, "max_rounds"), _check.positive_int(num_points, "num_points")
+    if n < 3:
+        raise ValueError(f"num_points must be >= 3 (a segment's two ends and a point between), got {num_points}")
+    tolerance = _check.non_negative_float(tolerance, "tolerance")
+    lr, iterations = _check.positive_float(lr, "lr"), _check.non_negative_int(iterations, "iterations")
+    mse_weight, tv_weight = _check.non_negative_float(mse_weight, "mse_weight"), _check.non_negative_float(tv_weight, "tv_weight")
     bshape = (-1,) + (1,) * (A.dim() - 1)
     paths = [torch.stack([A[p], C[p]]).to(dev, torch.float32) for p in range(P)]
     rounds = torch.zeros(P, dtype=torch.long)

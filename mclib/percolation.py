@@ -58,6 +58,7 @@ from scipy.sparse import csgraph
 from torch import nn
 from tqdm.auto import tqdm
 
+from mclib import _check as check
 from mclib.torchutil import device_of, eval_mode
 
 #: Site-percolation thresholds of the hypercubic lattice, to four digits (2D Newman & Ziff 2000; 3D the
@@ -101,6 +102,12 @@ def _check_d(d, name: str = "d") -> None:
     a = np.asarray(d)
     if a.size and (not np.issubdtype(a.dtype, np.integer) or (a < 1).any()):
         raise ValueError(f"{name} must be integer dimensions >= 1, got {d}")
+
+
+def _check_sites(n_sites: float, bytes_per_site: float, what: str) -> None:
+    """One clear error, before anything is allocated, if ``n_sites`` sites at ``bytes_per_site`` bytes each
+    (the arrays a labelling holds at once) exceed the memory available (``mclib._check.fits_in_memory``)."""
+    check.fits_in_memory(float(n_sites) * bytes_per_site, f"{what} ({float(n_sites):.3g} sites)")
 
 
 def _rng(rng) -> np.random.Generator:
@@ -373,13 +380,16 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 def random_sites(shape: Sequence[int], p: float, rng=None) -> np.ndarray:
     """A site-percolation configuration: each site open independently with probability ``p``."""
     _check_p(p)
-    return _rng(rng).random(tuple(shape)) < p
+    shape = tuple(check.positive_int(n, "shape entries") for n in shape)
+    _check_sites(math.prod(shape), 9, "random_sites")
+    return _rng(rng).random(shape) < p
 
 
 def random_bonds(shape: Sequence[int], p: float, rng=None) -> np.ndarray:
     """A bond-percolation configuration ``(d, *shape)``: each bond open independently with probability ``p``."""
     _check_p(p)
-    shape = tuple(shape)
+    shape = tuple(check.positive_int(n, "shape entries") for n in shape)
+    _check_sites(len(shape) * math.prod(shape), 9, "random_bonds")
     return _rng(rng).random((len(shape),) + shape) < p
 
 
@@ -420,11 +430,15 @@ def spanning_thresholds(L: int, d: int, n_samples: int, rng=None, kind: str = "s
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; valid: {', '.join(KINDS)}")
-    if L < 2 or d < 1 or n_samples < 1:
-        raise ValueError(f"need L >= 2, d >= 1, n_samples >= 1; got L={L}, d={d}, n_samples={n_samples}")
+    L, d = check.positive_int(L, "L"), check.positive_int(d, "d")
+    n_samples, steps = check.positive_int(n_samples, "n_samples"), check.positive_int(steps, "steps")
+    max_sites = check.positive_int(max_sites, "max_sites")
+    if L < 2:
+        raise ValueError(f"L must be >= 2 (a lattice with two faces), got {L}")
+    per_sample = L**d * (d if kind == "bond" else 1)
+    _check_sites(min(n_samples, max(1, max_sites // per_sample)) * per_sample, 24, f"spanning_thresholds L={L}, d={d}")
     gen = _rng(rng)
     periodic = (False,) + (bool(transverse_periodic),) * (d - 1)
-    per_sample = L**d * (d if kind == "bond" else 1)
     chunk = max(1, min(n_samples, max_sites // per_sample))
     out = np.empty(n_samples)
     for start in tqdm(range(0, n_samples, chunk), disable=not progress, desc=f"span L={L} d={d}", leave=False):
@@ -442,9 +456,17 @@ def spanning_thresholds(L: int, d: int, n_samples: int, rng=None, kind: str = "s
 
 
 def crossing_probability(thresholds: np.ndarray, p: np.ndarray | float) -> np.ndarray:
-    """``R_L(p)``: the fraction of samples whose spanning threshold is ``<= p`` (empirical CDF)."""
-    t = np.sort(np.asarray(thresholds, dtype=float))
-    return np.searchsorted(t, np.asarray(p, dtype=float), side="right") / t.size
+    """``R_L(p)``: the fraction of samples whose spanning threshold is ``<= p`` (empirical CDF).
+
+    ``thresholds`` must be a non-empty 1-D array of finite thresholds and ``p`` finite: an empty sample
+    has no fraction (it would be ``0/0 = nan``) and a NaN threshold would sort as above every ``p``.
+    """
+    t = check.finite(thresholds, "thresholds", "finite spanning thresholds (spanning_thresholds)")
+    if t.ndim != 1 or t.size == 0:
+        raise ValueError(f"thresholds must be a non-empty 1-D array (one spanning threshold per sample), "
+                         f"got shape {t.shape}")
+    p = check.finite(p, "p", "finite occupation probabilities")
+    return np.searchsorted(np.sort(t), p, side="right") / t.size
 
 
 def _smooth_cdf(t: np.ndarray, grid: np.ndarray, h: float) -> np.ndarray:
@@ -538,6 +560,7 @@ def cluster_stats(labels: np.ndarray, batch: bool = False) -> dict[str, np.ndarr
 def side_for(d: int, n_sites: int) -> int:
     """Side length ``L = round(n_sites ** (1/d))`` (at least 3) of a ``d``-dimensional lattice of about ``n_sites``."""
     _check_d(d)
+    n_sites = check.positive_int(n_sites, "n_sites")
     return max(3, int(round(n_sites ** (1.0 / d))))
 
 
@@ -550,8 +573,13 @@ def connection_surface(ps: Sequence[float], ds: Sequence[int], n_sites: int, n_s
     ``tau`` and ``tau_se`` (mean and standard error over samples, shape ``(len(ds), len(ps))``),
     ``largest`` (largest cluster's share of sites), ``L`` (sides) and the inputs.
     """
-    _check_p(ps, "ps")
+    _check_p(check.finite(ps, "ps", "probabilities in [0, 1]"), "ps")
     _check_d(ds, "ds")
+    n_sites, n_samples = check.positive_int(n_sites, "n_sites"), check.positive_int(n_samples, "n_samples")
+    max_sites = check.positive_int(max_sites, "max_sites")
+    for d in ds:
+        sites = side_for(d, n_sites) ** int(d)
+        _check_sites(sites, 4 + 16 * min(len(ps), max(1, max_sites // sites)), f"connection_surface d={int(d)}")
     gen = _rng(rng)
     ps, ds = np.asarray(ps, dtype=float), [int(d) for d in ds]
     tau = np.full((len(ds), len(ps)), np.nan)
@@ -590,10 +618,13 @@ def random_labelling(probs: Sequence[float], ds: Sequence[int], n_sites: int, n_
     ``(len(ds), K)``: the probability that two random cells of class ``k`` are connected through cells of
     class ``k`` (mean over samples), its standard error ``tau_se``, and the sides ``L``.
     """
-    probs = np.asarray(probs, dtype=float)
+    probs = check.finite(probs, "probs", "a probability vector summing to 1")
     if probs.ndim != 1 or (probs < 0).any() or abs(probs.sum() - 1) > 1e-6:
         raise ValueError(f"probs must be a probability vector summing to 1, got {probs}")
     _check_d(ds, "ds")
+    n_sites, n_samples = check.positive_int(n_sites, "n_sites"), check.positive_int(n_samples, "n_samples")
+    for d in ds:
+        _check_sites(side_for(d, n_sites) ** int(d), 16 + 17 * probs.size, f"random_labelling d={int(d)}")
     gen = _rng(rng)
     edges = np.cumsum(probs)[:-1]
     K = probs.size
@@ -652,9 +683,14 @@ def label_fractions(model: nn.Module, X: torch.Tensor, y: torch.Tensor, radii: I
     * ``class_fractions`` (len(radii), K): the share of all sampled points labelled ``k`` (the ``p_k``);
     * ``radii``, ``input_dim`` (D).
     """
-    if X.ndim < 2 or len(X) != len(y):
-        raise ValueError(f"X must be a batch of inputs matching y; got X {tuple(X.shape)}, y {tuple(y.shape)}")
-    radii = [float(r) for r in radii]
+    check.pixels(X, "X")
+    if X.ndim < 2:
+        raise ValueError(f"X must be a batch of inputs (N, ...), got shape {tuple(X.shape)}")
+    y = check.labels(y, "y", n=len(X))
+    radii = [check.non_negative_float(r, "radii entries") for r in radii]
+    n_points, batch_size = check.positive_int(n_points, "n_points"), check.positive_int(batch_size, "batch_size")
+    if threshold is not None:
+        threshold = check.positive_float(threshold, "threshold")
     device = device_of(model)
     n, D = len(X), int(np.prod(X.shape[1:]))
     yy = y.repeat_interleave(n_points)
@@ -669,7 +705,10 @@ def label_fractions(model: nn.Module, X: torch.Tensor, y: torch.Tensor, radii: I
                 pts = pts.clamp(0, 1)
             preds, hits = [], []
             for i in range(0, len(pts), batch_size):
-                out = model(pts[i:i + batch_size].to(device)).float().cpu()
+                xb = pts[i:i + batch_size].to(device)
+                out = (check.model_call(model, xb, "X") if i == 0 else model(xb)).float().cpu()
+                if i == 0 and K is None:
+                    check.labels(y, "y", num_classes=out.shape[1])
                 preds.append(out.argmax(1))
                 if threshold is not None:
                     hits.append(F.cross_entropy(out, yy[i:i + batch_size], reduction="none") < threshold)

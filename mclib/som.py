@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mclib import _check as check
 from mclib.torchutil import device_of, eval_mode
 
 REDUCTIONS = ("mean", "max", "flatten")
@@ -391,9 +392,14 @@ def fit_som(
     X = check_codes(X)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    if rows < 1 or cols < 1 or rows * cols < 2:
+    rows, cols = check.positive_int(rows, "rows"), check.positive_int(cols, "cols")
+    if rows * cols < 2:
         raise ValueError(f"a SOM needs at least 2 units, got {rows}x{cols}")
-    sigma = max(rows, cols) / 2 if sigma is None else float(sigma)
+    sigma = max(rows, cols) / 2 if sigma is None else check.positive_float(sigma, "sigma")
+    sigma_end = check.positive_float(sigma_end, "sigma_end")
+    learning_rate = check.positive_float(learning_rate, "learning_rate")
+    if iterations is not None:
+        iterations = check.positive_int(iterations, "iterations")
     info = {"rows": rows, "cols": cols, "sigma": sigma, "iterations": iterations, "seed": seed}
     if standardize:
         mean, std = X.mean(0), X.std(0).clamp_min(1e-8)
@@ -429,10 +435,17 @@ def _entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def contingency(bmus: torch.Tensor, labels: torch.Tensor, n_units: int, n_classes: int | None = None) -> torch.Tensor:
-    """Counts ``(n_units, n_classes)``: how many inputs of each class have each unit as BMU."""
-    bmus, labels = torch.as_tensor(bmus).long(), torch.as_tensor(labels).long()
-    if bmus.shape != labels.shape:
-        raise ValueError(f"bmus and labels differ in shape: {tuple(bmus.shape)} vs {tuple(labels.shape)}")
+    """Counts ``(n_units, n_classes)``: how many inputs of each class have each unit as BMU.
+
+    ``bmus`` must be units in ``0..n_units - 1`` and ``labels`` classes in ``0..n_classes - 1`` (one per
+    BMU; ``n_classes`` defaults to the largest label + 1): a label outside would be counted in a
+    neighbouring unit's cell, so it raises.
+    """
+    n_units = check.positive_int(n_units, "n_units")
+    bmus = check.labels(bmus, "bmus", num_classes=n_units)
+    if n_classes is not None:
+        n_classes = check.positive_int(n_classes, "n_classes")
+    labels = check.labels(labels, "labels", n=len(bmus), num_classes=n_classes)
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
     return torch.bincount(bmus * n_classes + labels, minlength=n_units * n_classes).view(n_units, n_classes).double()
 
@@ -505,7 +518,7 @@ def fit_layers(acts: Mapping[str, torch.Tensor], labels: torch.Tensor, progress:
     quantisation and topographic error for each; returns a :class:`LayerCodes`."""
     import pandas as pd
 
-    labels = torch.as_tensor(labels).long()
+    labels = check.labels(labels, "labels")
     n_classes = int(labels.max()) + 1
     soms, bmus, rows = {}, {}, []
     for depth, (name, A) in enumerate(tqdm(acts.items(), desc="SOMs", disable=not progress, leave=False)):

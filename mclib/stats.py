@@ -66,6 +66,10 @@ def bootstrap_ci(samples, statistic: Callable[[np.ndarray], float] = np.mean, n_
     ``"basic"`` the estimate is bias-corrected the same way, ``2 theta - median(replicates)`` (the bootstrap's
     estimate of the bias is ``median - theta``): the interval is built around it, and a plug-in ``theta``
     whose bias exceeds the spread would otherwise lie outside its own interval.
+
+    A statistic that is not finite on the full sample (``np.mean`` of samples holding a NaN) gives a nan
+    interval, never an interval from the resamples that happened to miss the NaN: a verdict on it is
+    inconclusive.
     """
     if method not in ("percentile", "basic"):
         raise ValueError(f"method must be 'percentile' or 'basic', got {method!r}")
@@ -77,6 +81,8 @@ def bootstrap_ci(samples, statistic: Callable[[np.ndarray], float] = np.mean, n_
     boot = np.array([statistic(x[i]) for i in idx], dtype=float)
     lo, hi = _percentiles(boot, level)
     est = float(statistic(x))
+    if not math.isfinite(est):
+        return Interval(est, math.nan, math.nan, len(x))
     if method == "basic":
         finite = boot[np.isfinite(boot)]
         centre = float(np.median(finite)) if finite.size else math.nan
@@ -305,15 +311,27 @@ def two_sample_ci(a, b, statistic: Callable[[np.ndarray, np.ndarray], float], n_
     return Interval(float(statistic(a, b)), lo, hi, len(a) + len(b))
 
 
+def _roc_inputs(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` as booleans and ``scores`` as floats, checked: 1-D, equal length, labels 0/1, scores finite."""
+    raw, s = np.asarray(labels), np.asarray(scores, dtype=float)
+    if raw.shape != s.shape or raw.ndim != 1:
+        raise ValueError(f"labels and scores must be 1-D of equal length, got shapes {raw.shape} and {s.shape}")
+    if raw.size and raw.dtype != bool and not np.isin(raw, (0, 1)).all():
+        raise ValueError(f"labels must be 0/1 or booleans (1 = positive), got values {np.unique(raw)[:5].tolist()}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"scores hold {int((~np.isfinite(s)).sum())} NaN/Inf value(s) of {s.size}; "
+                         f"allowed: finite scores")
+    return raw.astype(bool), s
+
+
 def auroc(labels, scores) -> float:
     """Area under the ROC curve: ``P(score of a positive > score of a negative) + P(tie) / 2`` (Mann-Whitney U / n1 n0).
 
-    nan when one class is absent.
+    ``labels`` are 0/1 or booleans (1 = positive), ``scores`` finite (a NaN score has no rank). nan when one
+    class is absent (or both): the AUROC is undefined there, and :func:`auroc_ci` gives a nan interval, which
+    a verdict judges inconclusive.
     """
-    lab = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=float)
-    if lab.shape != s.shape or lab.ndim != 1:
-        raise ValueError(f"labels and scores must be 1-D of equal length, got shapes {lab.shape} and {s.shape}")
+    lab, s = _roc_inputs(labels, scores)
     n1, n0 = int(lab.sum()), int((~lab).sum())
     if n1 == 0 or n0 == 0:
         return math.nan
@@ -323,11 +341,8 @@ def auroc(labels, scores) -> float:
 
 def auroc_ci(labels, scores, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
     """:func:`auroc` with a percentile bootstrap interval; positives and negatives are resampled separately
-    (stratified), so every resample keeps both classes at their sizes."""
-    lab = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=float)
-    if lab.shape != s.shape or lab.ndim != 1:
-        raise ValueError(f"labels and scores must be 1-D of equal length, got shapes {lab.shape} and {s.shape}")
+    (stratified), so every resample keeps both classes at their sizes. One class absent: a nan interval."""
+    lab, s = _roc_inputs(labels, scores)
     pos, neg = s[lab], s[~lab]
     if len(pos) == 0 or len(neg) == 0:
         return Interval(math.nan, math.nan, math.nan, len(s))

@@ -26,15 +26,22 @@ The model cache (:func:`train`) promises:
   first trains, the others wait and then load its checkpoint. The OS releases the lock when its holder
   dies, however it dies (``kill -9``, node reboot on a local disk), so a killed job never blocks others;
   a process that *hangs* while training does keep others waiting.
-* **No lost training.** Writability of the cache is checked before training; a read-only cache makes
-  :func:`train` warn and cache into a per-user temporary folder instead (``--cache-dir`` or
-  ``$MCLIB_CACHE`` choose a writable one).
+* **No lost training.** Writability of the cache and its free space (against the checkpoint's size,
+  :func:`checkpoint_bytes`) are checked before training; a read-only or full cache makes :func:`train` warn
+  and cache into a per-user temporary folder instead (``--cache-dir`` or ``$MCLIB_CACHE`` choose a writable
+  one), and stops before training if that cannot take it either. A save that still fails after training
+  (the disk filled up meanwhile: ``ENOSPC``, a quota) goes to that temporary folder, or else the trained
+  model is kept in memory for the rest of the run, with one warning naming the path that could not be
+  written -- the weights are never dropped.
+* **Formats side by side.** The checkpoint format is part of the file name (:func:`checkpoint_path`), so
+  mclib versions with different formats share a cache without evicting each other's checkpoints.
 """
 from __future__ import annotations
 
 import ast
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import importlib
@@ -44,6 +51,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -60,6 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mclib import _check as check
 from mclib import config, data, infer, models
 
 OPTIMIZERS = ("adam", "sgd")
@@ -101,6 +110,14 @@ class Recipe:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         data.info(self.dataset)
+        config.check_seed(self.seed)
+        check.positive_int(self.epochs, "Recipe epochs")       # 0 steps would cache an untrained model
+        check.positive_int(self.batch_size, "Recipe batch_size")
+        check.positive_float(self.lr, "Recipe lr")
+        check.non_negative_float(self.weight_decay, "Recipe weight_decay")
+        check.probability(self.momentum, "Recipe momentum")
+        if self.n_train is not None:
+            check.positive_int(self.n_train, "Recipe n_train")
         for name in ("arch_kwargs", "data_hook_kwargs", "batch_hook_kwargs"):
             value = getattr(self, name)
             if isinstance(value, Mapping):
@@ -211,7 +228,7 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The default training loss of :func:`fit`: mean cross-entropy :math:`\\mathrm{CE}(f(x), y)`."""
-    return F.cross_entropy(model(x), y)
+    return F.cross_entropy(check.model_call(model, x, "X"), y)
 
 
 def make_optimizer(params: list[nn.Parameter], optimizer: str, lr: float, weight_decay: float, momentum: float,
@@ -268,6 +285,12 @@ def fit(
     """
     if len(X) != len(y):
         raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
+    if len(X) == 0:
+        raise ValueError("X is empty: fit needs at least one training input")
+    epochs, batch_size = check.positive_int(epochs, "epochs"), check.positive_int(batch_size, "batch_size")
+    lr = check.non_negative_float(lr, "lr")       # 0 is allowed here: a probe of the gradients (tests)
+    if loss is cross_entropy_loss:
+        y = check.labels(y, "y", n=len(X))
     device = torch.device(device)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -402,8 +425,14 @@ def _checksum(record: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> s
 
 
 def checkpoint_path(recipe: Recipe, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where :func:`train` caches ``recipe``'s model."""
-    return config.cache_dir(cache_dir) / "models" / f"{recipe.arch}-{recipe.dataset}-{recipe.key}.pt"
+    """Where :func:`train` caches ``recipe``'s model: ``models/<arch>-<dataset>-<recipe key>-f<format>.pt``.
+
+    The checkpoint format (``CHECKPOINT_FORMAT``) is part of the name, so mclib versions that write
+    different formats keep their checkpoints side by side in one shared cache instead of each discarding
+    (and retraining over) the other's.
+    """
+    name = f"{recipe.arch}-{recipe.dataset}-{recipe.key}-f{CHECKPOINT_FORMAT}.pt"
+    return config.cache_dir(cache_dir) / "models" / name
 
 
 def lock_path(path: Path) -> Path:
@@ -542,10 +571,12 @@ def _train_fresh(recipe: Recipe, device: torch.device, data_root, progress: bool
         hook = lambda m, xb, yb: fn(m, xb, yb, **kw)  # noqa: E731
     model = recipe.build()
     start = time.perf_counter()
-    fit(model, X, y, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
+    losses = fit(model, X, y, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
         weight_decay=recipe.weight_decay, momentum=recipe.momentum, generator=gen, batch_hook=hook,
         device=device, progress=progress, desc=f"train {recipe.arch}/{recipe.dataset} seed {recipe.seed}")
     seconds = time.perf_counter() - start
+    if not losses:        # never cache (or return) a model that took no step as if it were trained
+        raise RuntimeError(f"training {recipe.arch}/{recipe.dataset} took no optimiser step; nothing to cache")
     model.cpu()
     Xt, yt = data.load(recipe.dataset, "test", data_root=data_root)
     tr, te = evaluate(model, X[:2000], y[:2000]), evaluate(model, Xt, yt)
@@ -588,25 +619,98 @@ def fallback_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"mclib-cache-{user}"
 
 
-def _writable_path(recipe: Recipe, path: Path | None, why: OSError | None) -> Path:
-    """``path`` if its folder is writable, else the fallback cache's path (with a warning naming the fix)."""
+def checkpoint_bytes(recipe: Recipe) -> int:
+    """The disk space a checkpoint of ``recipe`` needs, over-estimated: its tensors' bytes plus 5% and 1 MiB
+    for the archive's own records (a fresh model of the recipe is built to count them)."""
+    state = recipe.build().state_dict()
+    return int(1.05 * sum(t.numel() * t.element_size() for t in state.values())) + 2 ** 20
+
+
+def _check_space(folder: Path, need: int) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``folder`` unless it has ``need`` bytes free (checked before training:
+    an empty probe file can still be created on a full disk)."""
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"only {free / 2**20:.1f} MiB free, the checkpoint needs about "
+                                    f"{need / 2**20:.1f} MiB", str(folder))
+
+
+def _writable_path(recipe: Recipe, path: Path | None, why: OSError | None, need: int = 0) -> Path:
+    """``path`` if its folder is writable and has ``need`` bytes free, else the fallback cache's path (with a
+    warning naming the fix)."""
     if why is None:
         try:
             _check_writable(path.parent)
+            _check_space(path.parent, need)
             return path
         except OSError as err:
             why = err
     where = path.parent.parent if path is not None else "the configured cache folder"
-    fix = "pass a writable --cache-dir (cache_dir=...) or set MCLIB_CACHE"
+    fix = "pass a writable --cache-dir (cache_dir=...) with free space or set MCLIB_CACHE"
     try:
         fallback = checkpoint_path(recipe, fallback_cache_dir())
         _check_writable(fallback.parent)
+        _check_space(fallback.parent, need)
     except OSError as err:
-        raise PermissionError(f"cannot cache the model of {recipe.arch}/{recipe.dataset}: {where} is not writable "
-                              f"({why}) and neither is {fallback_cache_dir()} ({err}); {fix}") from None
+        cls = PermissionError if isinstance(why, PermissionError) and isinstance(err, PermissionError) else OSError
+        raise cls(f"cannot cache the model of {recipe.arch}/{recipe.dataset}: {where} is not writable "
+                  f"({why}) and neither is {fallback_cache_dir()} ({err}); {fix}") from None
     warnings.warn(f"model cache {where} is not writable ({why}); caching {fallback.name} in {fallback.parent} "
                   f"instead, which is temporary; {fix}", stacklevel=3)
     return fallback
+
+
+#: Models trained in this process whose checkpoint could not be written (full disk): kept for the run, so a
+#: later :func:`train` of the same recipe returns them instead of training again. Keyed by checkpoint path,
+#: recipe and code hash; values are ``(state_dict, metrics)`` on the CPU.
+_UNSAVED: dict[tuple[str, str, str], tuple[dict[str, torch.Tensor], dict]] = {}
+_UNSAVED_WARNED: set[str] = set()
+
+
+def _unsaved_key(recipe: Recipe, path: Path) -> tuple[str, str, str]:
+    return str(path), recipe.to_json(), code_hash(recipe)
+
+
+def _from_unsaved(recipe: Recipe, path: Path | None) -> tuple[nn.Module, dict] | None:
+    """The model of ``recipe`` kept in memory by an earlier failed save in this process, or None."""
+    if path is None:
+        return None
+    kept = _UNSAVED.get(_unsaved_key(recipe, path))
+    if kept is None:
+        return None
+    model = recipe.build()
+    model.load_state_dict(kept[0])
+    return model.eval(), dict(kept[1])
+
+
+def _save_elsewhere(recipe: Recipe, failed: Path, model: nn.Module, metrics: dict, err: OSError) -> bool:
+    """After the checkpoint ``failed`` could not be written: save into the fallback cache instead (as for a
+    read-only cache), with a warning naming both; False if that is the same place or cannot be written either."""
+    fallback = checkpoint_path(recipe, fallback_cache_dir())
+    if fallback == failed:
+        return False
+    try:
+        _check_writable(fallback.parent)
+        _check_space(fallback.parent, checkpoint_bytes(recipe))
+        with filelock.FileLock(lock_path(fallback)):
+            save_checkpoint(fallback, recipe, model, metrics)
+    except OSError:
+        return False
+    warnings.warn(f"could not write the checkpoint {failed} ({err.strerror or err}); cached it in {fallback} "
+                  f"instead, which is temporary: free space there or pass a writable --cache-dir (cache_dir=...)",
+                  stacklevel=3)
+    return True
+
+
+def _keep_unsaved(recipe: Recipe, path: Path, model: nn.Module, metrics: dict, err: OSError) -> None:
+    """Keep a trained model whose checkpoint ``path`` could not be written, and say so once per path."""
+    _UNSAVED[_unsaved_key(recipe, path)] = ({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                                            dict(metrics))
+    if str(path) not in _UNSAVED_WARNED:
+        _UNSAVED_WARNED.add(str(path))
+        warnings.warn(f"could not write the checkpoint {path} ({err.strerror or err}); the trained model is kept "
+                      f"in memory for this run only and will be trained again next run: free space there or "
+                      f"pass a writable --cache-dir (cache_dir=...)", stacklevel=3)
 
 
 @dataclass(frozen=True, eq=False)
@@ -656,7 +760,10 @@ def train(
             with contextlib.suppress(OSError):
                 clean_stale_temps(path.parent)
             return _result(*hit, recipe, device)
-    target = _writable_path(recipe, path, why)
+    kept = None if retrain else _from_unsaved(recipe, path)
+    if kept is not None:                        # trained earlier in this run, its checkpoint could not be written
+        return _result(*kept, recipe, device)
+    target = _writable_path(recipe, path, why, checkpoint_bytes(recipe))
     if target != path:
         seen = None
     lock = filelock.FileLock(lock_path(target))
@@ -678,7 +785,11 @@ def train(
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
-        _write_and_rename(fd, tmp, target, _payload(recipe, model, metrics))
+        try:
+            _write_and_rename(fd, tmp, target, _payload(recipe, model, metrics))
+        except OSError as err:                  # a full disk (ENOSPC), a quota, an I/O error: keep the weights
+            if not _save_elsewhere(recipe, target, model, metrics, err):
+                _keep_unsaved(recipe, path if path is not None else target, model, metrics, err)
     finally:
         lock.release()
     return _result(model, metrics, recipe, device)

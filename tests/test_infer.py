@@ -234,14 +234,16 @@ class _NoInputGrad(nn.Module):
         self.lin = nn.Linear(16, 3)
 
     def forward(self, x):
-        return self.lin(x.detach().flatten(1))
+        x = x.detach()      # and a loss barrier toward class 0 half-way between dark and bright inputs
+        bump = 10 * torch.exp(-((x.mean((1, 2, 3)) - 0.5) / 0.1) ** 2)
+        return self.lin(x.flatten(1)) + bump[:, None] * torch.tensor([0.0, 1.0, 0.0])
 
 
 def test_no_input_gradient_is_a_clear_error():
     model = _NoInputGrad()
-    A, C = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+    A, C = 0.1 * torch.rand(2, 1, 4, 4), 0.9 + 0.1 * torch.rand(2, 1, 4, 4)
     with pytest.raises(ValueError, match="no gradient with respect to its input.*bypass"):
-        paths.bypass(model, A, C, 0, iterations=2, tolerance=-1.0, max_rounds=1, num_points=4, progress=False)
+        paths.bypass(model, A, C, 0, iterations=2, max_rounds=1, num_points=5, progress=False)
     with pytest.raises(ValueError, match="no gradient with respect to its input.*fvo"):
         synth.fvo(model, [0, 1], (1, 4, 4), steps=2, progress=False)
 

@@ -385,8 +385,8 @@ def inject_errors(model: nn.Module, X_chosen: torch.Tensor, wrong_labels: torch.
     with torch.no_grad():       # labels are checked against the model's outputs before any training
         n_out = _predict_logits_width(model, X_chosen[:1])
     from mclib.attacks.evasion import check_labels
-    check_labels(wrong_labels, n_out, "wrong_labels")
-    check_labels(y_keep, n_out, "y_keep")
+    wrong_labels = check_labels(wrong_labels, n_out, "wrong_labels")
+    y_keep = check_labels(y_keep, n_out, "y_keep")
     layer = layer or default_layer(model)
     out_model = copy.deepcopy(model).eval()
     try:

@@ -7,64 +7,55 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mclib.optim import RowAdam, total_variation
+from mclib import _check as check
+from mclib.optim import RowAdam, check_input_grad, total_variation
 from mclib.torchutil import eval_mode
 
 NORMS = ("linf", "l2")
 
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:
-    """Raise one clear error unless ``x`` is a floating-point batch of finite pixels in [0, 1].
-
-    mclib's attacks work in pixel space [0, 1] and clip to it: a 0-255 image would be silently clamped
-    into an all-white image, and an integer image would make every random start and step round away.
-    """
-    if not torch.is_tensor(x):
-        raise TypeError(f"{name} must be a torch.Tensor of images in [0, 1], got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} has integer dtype {x.dtype}; attacks need float images in [0, 1] "
-                        f"(convert explicitly, e.g. {name}.float() / 255 for 8-bit images)")
-    if x.numel() == 0:
-        return
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} holds {int((~torch.isfinite(x)).sum())} NaN/Inf values; pixels must be finite, in [0, 1]")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise ValueError(f"{name} has values in [{lo:g}, {hi:g}]; allowed: pixels in [0, 1] "
-                         f"(scale 0-255 images by 1/255; put normalisation inside the model, models.with_normalization)")
+    """Raise one clear error unless ``x`` is a floating-point batch of finite pixels in [0, 1]
+    (``mclib._check.pixels``: a 0-255 image would be silently clamped into an all-white image, and an
+    integer image would make every random start and step round away)."""
+    check.pixels(x, name)
 
 
-def check_labels(y: torch.Tensor, num_classes: int, name: str = "y") -> None:
-    """Raise one clear error unless every label in ``y`` is an integer class in ``[0, num_classes)``."""
-    y = torch.as_tensor(y)
-    if y.is_floating_point() or y.is_complex():
-        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"{name} has labels in [{int(y.min())}, {int(y.max())}]; allowed: 0..{num_classes - 1} "
-                         f"(the model has {num_classes} outputs)")
+def check_labels(y: torch.Tensor, num_classes: int, name: str = "y") -> torch.Tensor:
+    """``y`` as int64 class labels in ``[0, num_classes)`` (``mclib._check.labels``), or one clear error."""
+    return check.labels(y, name, num_classes=num_classes)
 
 
-def _check(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> None:
+def _check(x: torch.Tensor, y, eps: float, norm: str, name: str = "y") -> torch.Tensor:
+    """Check an attack's common arguments; returns ``y`` as int64 labels on ``x``'s device."""
     check_images(x)
-    if x.shape[0] != torch.as_tensor(y).shape[0]:
-        raise ValueError(f"x and y differ in batch size: {x.shape[0]} vs {torch.as_tensor(y).shape[0]}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0 (a radius in pixel units of [0, 1]), got {eps}")
+    y = check.labels(y, name, n=x.shape[0], device=x.device, range_later=True)   # classes: at the first pass
+    check.non_negative_float(eps, "eps")
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+    return y
 
 
-def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targeted: bool, check: bool = True,
+def _first_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
+    """The first forward pass of an attack, checked (``mclib._check.model_call``: dtypes, input shape,
+    a model that returns a tuple or dict) and the labels ``y`` (called ``name``) checked against the model's
+    number of outputs."""
+    logits = check.model_call(model, x, "x")
+    check.labels(y, name, num_classes=logits.shape[1])
+    return logits
+
+
+def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targeted: bool, first: bool = True,
                extra: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_x L, logits)`` with ``L`` the summed CE toward ``y`` (negated when ``targeted``) minus the sum of
-    ``extra(x)`` (a term the attacker minimises); ``check`` validates the labels against the model's number
-    of outputs (once per attack is enough)."""
+    ``extra(x)`` (a term the attacker minimises); ``first`` checks the model's output, the labels against
+    its number of outputs and that the loss depends on ``x`` (once per attack is enough)."""
     x = x.clone().requires_grad_(True)
-    logits = model(x)
-    if check:
-        check_labels(y, logits.shape[1], "y (the target)" if targeted else "y")
+    logits = _first_logits(model, x, y, "y (the target)" if targeted else "y") if first else model(x)
     loss = F.cross_entropy(logits, y, reduction="sum")
     obj = -loss if targeted else loss
+    if first:
+        check_input_grad(loss, x, "the attack")
     if extra is not None:
         obj = obj - extra(x).sum()
     (grad,) = torch.autograd.grad(obj, x)
@@ -118,7 +109,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, targete
 
     Untargeted it raises the loss of the true label ``y``; targeted it lowers the loss of target ``y``.
     """
-    _check(x, y, eps, "linf")
+    y = _check(x, y, eps, "linf")
     with eval_mode(model):
         g, _ = _loss_grad(model, x, y, targeted)
     return (x + eps * g.sign()).clamp(0, 1).detach()
@@ -156,18 +147,16 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     ``CE(f(x'), y) + extra`` downhill (targeted) or of ``CE(f(x'), y) - extra`` uphill (untargeted): an
     adaptive attacker's penalty on what a detector measures (:func:`adaptive_pgd`).
     """
-    _check(x, y, eps, norm)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if isinstance(extra_steps, bool) or int(extra_steps) != extra_steps or extra_steps < 0:
-        raise ValueError(f"extra_steps must be an int >= 0, got {extra_steps!r}")
+    y = _check(x, y, eps, norm, "y (the target)" if targeted else "y")
+    steps = check.positive_int(steps, "steps")
+    extra_steps = check.non_negative_int(extra_steps, "extra_steps")
     if extra_steps and not stop_on_success:
         raise ValueError(f"extra_steps = {extra_steps} counts steps after the first success; it needs "
                          "stop_on_success=True (without it every input takes all `steps` steps)")
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    step_size = 2.5 * eps / steps if step_size is None else check.positive_float(step_size, "step_size")
     with eval_mode(model):
-        return _pgd_loop(model, x.detach(), torch.as_tensor(y, device=x.device), eps, steps, step_size, norm,
-                         random_start, targeted, generator, stop_on_success, int(extra_steps), extra_loss)
+        return _pgd_loop(model, x.detach(), y, eps, steps, step_size, norm,
+                         random_start, targeted, generator, stop_on_success, extra_steps, extra_loss)
 
 
 def _pgd_loop(model, x, y, eps, steps, step_size, norm, random_start, targeted, generator, stop_on_success,
@@ -179,7 +168,7 @@ def _pgd_loop(model, x, y, eps, steps, step_size, norm, random_start, targeted, 
     for i in range(steps + extra_steps):
         rows = active
         extra = None if extra_loss is None else (lambda xa: extra_loss(xa, rows))
-        g, logits = _loss_grad(model, adv[active], y[active], targeted, check=i == 0, extra=extra)
+        g, logits = _loss_grad(model, adv[active], y[active], targeted, first=i == 0, extra=extra)
         if stop_on_success:
             hit = logits.argmax(1) == y[active]
             hit = hit if targeted else ~hit          # untargeted: still right means not yet successful
@@ -250,15 +239,14 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     toward ``target`` and ``success`` (N,) bool.
     """
     check_images(x)
-    if x.shape[0] != torch.as_tensor(target).shape[0]:
-        raise ValueError(f"x and target differ in batch size: {x.shape[0]} vs {torch.as_tensor(target).shape[0]}")
+    tgt = check.labels(target, "target", n=x.shape[0], device=x.device, range_later=True)
     if loss not in ("ce", "margin"):
         raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
-    if steps < 0 or lr <= 0:
-        raise ValueError(f"need steps >= 0 and lr > 0, got steps={steps}, lr={lr}")
+    steps, lr = check.non_negative_int(steps, "steps"), check.positive_float(lr, "lr")
+    mse_weight = check.non_negative_float(mse_weight, "mse_weight")
+    tv_weight = check.non_negative_float(tv_weight, "tv_weight")
     src = x.detach()
     N = src.shape[0]
-    tgt = torch.as_tensor(target, device=src.device).long()
     thr = _per_input(stop_loss, N, src.device, "stop_loss")
     kappa = _per_input(stop_margin, N, src.device, "stop_margin")
     sign = 1.0 if targeted else -1.0
@@ -285,10 +273,11 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     with eval_mode(model):
         for _ in it:
             xa = adv[active].requires_grad_(True)
-            logits = model(xa)
-            if not taken.any():
-                check_labels(tgt, logits.shape[1], "target")
+            first = not taken.any()
+            logits = _first_logits(model, xa, tgt[active], "target") if first else model(xa)
             ce = F.cross_entropy(logits, tgt[active], reduction="none")
+            if first:      # a model that detaches its input would leave x unchanged, silently
+                check_input_grad(ce, xa, "optimisation_attack")
             with torch.no_grad():
                 keep = ~finished(logits, ce, active)
             if not keep.all():                      # stopped inputs leave before this step
@@ -334,6 +323,8 @@ def barrier_surrogate(model: nn.Module, x: torch.Tensor, references: torch.Tenso
                          f"got {tuple(references.shape)}")
     if barrier not in ("mean", "smoothmax"):
         raise ValueError(f"barrier must be 'mean' or 'smoothmax', got {barrier!r}")
+    num_points = check.positive_int(num_points, "num_points")
+    temperature = check.positive_float(temperature, "temperature")
     N, K = references.shape[:2]
     a = torch.arange(1, num_points + 1, dtype=x.dtype, device=x.device) / (num_points + 1)
     a = a.view(1, 1, -1, *([1] * (x.dim() - 1)))
@@ -361,11 +352,13 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, target: torch.Tensor, refere
     signed gradient steps for L-inf, normalised ones for L2; ``step_size`` defaults to
     ``2.5 * eps / steps``; ``eps`` has no default.
     """
-    _check(x, target, eps, norm)
+    tgt = _check(x, target, eps, norm, "target")
     check_images(references, "references")
+    num_points = check.positive_int(num_points, "num_points")
+    barrier_weight = check.non_negative_float(barrier_weight, "barrier_weight")
+    temperature = check.positive_float(temperature, "temperature")
     x = x.detach()
     refs = references.detach().to(x)
-    tgt = torch.as_tensor(target, device=x.device).long()
 
     def flatness(xa: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return barrier_weight * barrier_surrogate(model, xa, refs[rows], tgt[rows], num_points, barrier,
