@@ -50,7 +50,7 @@ __all__ = [
     "References", "class_loss_quantile", "reference_loss", "select_references", "loss_curves", "Features", "extract", "PATH_FEATURES", "LOGIT_FEATURES",
     "penultimate", "Mahalanobis", "ThresholdDetector", "LogisticDetector", "cross_val_scores", "roc", "metrics",
     "tpr_at_fpr", "collect_adversarial", "pair_barriers", "median_barrier", "plot_roc", "MARGIN_TOL",
-    "BARRIER_RESOLUTION", "below_resolution", "fold_directions",
+    "BARRIER_RESOLUTION", "below_resolution", "fold_directions", "attack_radius", "CIFAR_EPS",
 ]
 
 #: Per-input features from the K loss curves (medians over references unless stated).
@@ -65,6 +65,21 @@ MARGIN_TOL = 1e-4
 #: barrier below it (a confident model's clean median barrier is often ~1e-5) is rounding noise: a ratio
 #: to it is a ratio of noise, so :func:`mclib.studies.detection.strength_table` reports it as below resolution.
 BARRIER_RESOLUTION = infer.ATOL
+
+
+#: The usual L-inf attack radius of 3-channel natural images (CIFAR-10, SVHN; Madry et al. 2018), the paper preset's.
+CIFAR_EPS = 8 / 255
+
+
+def attack_radius(channels: int, preset_eps: float) -> float:
+    """The L-inf radius to attack a model with, chosen by its data: :data:`CIFAR_EPS` (8/255) for 3-channel
+    images, else ``preset_eps`` (the quick preset's 0.2 is a radius for MNIST-like digits, absurd on CIFAR,
+    where it allows visible changes of a fifth of the pixel range)."""
+    if not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise ValueError(f"channels must be a positive int (the images' channel count), got {channels!r}")
+    if not preset_eps > 0:
+        raise ValueError(f"preset_eps must be > 0 (an L-inf radius in [0, 1] pixel units), got {preset_eps}")
+    return CIFAR_EPS if int(channels) == 3 else float(preset_eps)
 
 
 def below_resolution(value: float, resolution: float = BARRIER_RESOLUTION) -> bool:
