@@ -185,7 +185,8 @@ def _pre_activation(model: nn.Module, modules: dict, layer: str) -> tuple[str | 
     if not any(isinstance(m, nn.ReLU) for m in mod.modules()):
         return None, (f"{layer!r} is a {kind} without an nn.ReLU module: either it is not followed by an activation "
                       f"(e.g. the logits) or its forward applies a functional ReLU (F.relu), so no module holds the "
-                      f"pre-activation; hook the module that feeds the ReLU (e.g. its last BatchNorm) to read it")
+                      f"pre-activation (if a functional ReLU follows this layer, its own output is that pre-activation); hook "
+                      f"the module that feeds the ReLU (e.g. a block's last BatchNorm) to read it")
     return None, (f"{layer!r} is a {kind}, not an activation: its output is already past its own activations, and "
                   f"a block's inner pre-activation is not this layer's; pass the inner module by name to read it")
 

@@ -355,3 +355,35 @@ def test_pixels_outside_unit_box_are_refused(pair):
     refs = detect.select_references(m0, x, y, 1)
     with pytest.raises(ValueError, match="255"):
         detect.extract(m0, x[:4] * 255, refs, 8)
+
+
+# ------------------------------------------------------------------------------------ the page and the README
+def test_own_model_page_follows_its_advice_and_is_linked_from_the_readme():
+    """The page uses the exact eigenvalue default, the channel-chosen radius, endpoint BatchNorm kept, reports the
+    learned detector direction, checks the normalisation, shows held-out SOM metrics; the README links it.
+    (The page itself runs under the smoke preset in tests/test_notebooks.py.)"""
+    import ast
+    from pathlib import Path
+
+    import nbformat
+
+    root = Path(__file__).resolve().parent.parent
+    nb = nbformat.read(root / "notebooks" / "own_model.ipynb", as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code" and not c.source.lstrip().startswith("%")
+                     and "google.colab" not in c.source)
+    calls = {}
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            calls.setdefault(node.func.attr, []).append({k.arg: ast.unparse(k.value) for k in node.keywords})
+    assert "attack_radius" in calls and 'S["eps"]' not in code.replace('attack_radius(meta.in_shape[0], S["eps"])', "")
+    # the eigenvalue of record is the default (exact); power iteration only as the named comparison
+    eig = calls["batch_top_eigenvalue"]
+    assert any("method" not in kw for kw in eig) and all(kw.get("method") in (None, "'power'") for kw in eig)
+    # the curve's table keeps the endpoints' statistics; recomputing them only as the check
+    along = calls["evaluate_along"]
+    assert any("endpoint_bn" not in kw for kw in along)
+    assert "fold_directions" in calls and "return_detectors" in calls["cross_val_scores"][0]
+    assert "check_normalization" in calls
+    assert "held_out" in calls["fit_layers"][0] and calls["pre_activation"][0].get("explain") == "True"
+    readme = (root / "README.md").read_text()
+    assert "(notebooks/own_model.ipynb)" in readme
