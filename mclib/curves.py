@@ -609,7 +609,7 @@ def evaluate_along(curve: Curve, ts: Iterable[float], X: torch.Tensor, y: torch.
                    bn_data: torch.Tensor | None = None, metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
                    batch_size: int = 512, progress: bool | None = None, endpoint_bn: str = "keep"):
     """A pandas DataFrame with columns ``t``, ``loss`` (mean cross-entropy), ``acc`` on ``(X, y)`` along the
-    curve, and ``bn``: where each row's BatchNorm statistics come from (:func:`bn_source`).
+    curve, and for a network with BatchNorm ``bn``: where each row's statistics come from (:func:`bn_source`).
 
     Extra ``metrics`` (name -> ``fn(model) -> float``) add one column each, computed on the same
     model at ``t`` (e.g. the attack success rate of a backdoor). BatchNorm statistics are re-estimated on
@@ -633,7 +633,8 @@ def evaluate_along(curve: Curve, ts: Iterable[float], X: torch.Tensor, y: torch.
         return r
 
     rows = along(curve, ts, row, bn_data=bn_data, progress=progress, endpoint_bn=endpoint_bn)
-    return pd.DataFrame([{"t": t, **r, "bn": bn_source(curve, t, bn_data, endpoint_bn)} for t, r in zip(ts, rows)])
+    bn = (lambda t: {"bn": bn_source(curve, t, bn_data, endpoint_bn)}) if curve.has_bn else (lambda t: {})
+    return pd.DataFrame([{"t": t, **r, **bn(t)} for t, r in zip(ts, rows)])
 
 
 def summary(df) -> dict[str, float]:

@@ -579,8 +579,8 @@ def metrics(labels, scores, preds=None) -> dict[str, float]:
 # ------------------------------------------------------------------------------------ adversarial inputs
 def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                         X: torch.Tensor, y: torch.Tensor, n: int, batch_size: int = 256,
-                        targets: torch.Tensor | None = None, min_margin: float = 0.0
-                        ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+                        targets: torch.Tensor | None = None, min_margin: float = 0.0,
+                        progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Up to ``n`` *successful* adversarial examples.
 
     Untargeted (``targets=None``) an example succeeds when the model's prediction differs from ``y``.
@@ -597,7 +597,8 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
     ``attack(x, y, idx) -> x_adv`` is called on successive batches of ``(X, y)`` (``idx`` their indices
     into ``X``) until ``n`` successes or the sources run out. Returns ``(X_adv, source_index, attempted,
     succeeded)``: the first ``n`` successes, their indices into ``X``, and the number of sources attacked
-    and of successes among them (``succeeded / attempted`` is the attack's success rate).
+    and of successes among them (``succeeded / attempted`` is the attack's success rate). ``progress``: a bar
+    over the sources attacked (``None``: on a terminal only, :func:`mclib.torchutil.show_progress`).
     """
     if len(X) != len(y):
         raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
@@ -610,6 +611,8 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
             raise ValueError(f"targets must have shape ({len(X)},), one per source image, got {tuple(targets.shape)}")
     got, src, tried = [], [], 0
     count = 0
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(X), desc="attack", unit="input", leave=False, disable=not show_progress(progress))
     for s in range(0, len(X), batch_size):
         if count >= n:
             break
@@ -625,6 +628,9 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
         got.append(xa[ok].cpu())
         src.append(idx[ok])
         count += int(ok.sum())
+        bar.update(len(idx))
+        bar.set_postfix(succeeded=count)
+    bar.close()
     if not got:
         return X[:0].clone(), torch.zeros(0, dtype=torch.long), 0, 0
     Xa, si = torch.cat(got)[:n], torch.cat(src)[:n]

@@ -387,3 +387,13 @@ def test_own_model_page_follows_its_advice_and_is_linked_from_the_readme():
     assert "held_out" in calls["fit_layers"][0] and calls["pre_activation"][0].get("explain") == "True"
     readme = (root / "README.md").read_text()
     assert "(notebooks/own_model.ipynb)" in readme
+
+
+def test_collect_adversarial_shows_progress_on_request(pair, capsys):
+    m0, _, x, y = pair
+    attack = lambda xb, yb, idx: (1 - xb)            # noqa: E731  (inverted images: many are misclassified)
+    out = detect.collect_adversarial(m0, attack, x[:8], y[:8], 8, batch_size=4, progress=True)
+    assert "attack" in capsys.readouterr().err
+    again = detect.collect_adversarial(m0, attack, x[:8], y[:8], 8, batch_size=4)
+    assert capsys.readouterr().err == ""
+    assert torch.equal(out[0], again[0]) and out[2:] == again[2:]
