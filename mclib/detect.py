@@ -61,7 +61,7 @@ LOGIT_FEATURES = ("max_softmax", "max_logit", "logit_margin", "entropy")
 #: Relative float32 tolerance of :func:`collect_adversarial`'s ``min_margin`` test.
 MARGIN_TOL = 1e-4
 #: The smallest loss barrier the measurement resolves: the inference engine's float32 promise against the
-#: eager model (:data:`mclib.infer.ATOL`, absolute, on every logit -- so on every cross-entropy value). A
+#: eager model (``mclib.infer.ATOL``, absolute, on every logit -- so on every cross-entropy value). A
 #: barrier below it (a confident model's clean median barrier is often ~1e-5) is rounding noise: a ratio
 #: to it is a ratio of noise, so :func:`mclib.studies.detection.strength_table` reports it as below resolution.
 BARRIER_RESOLUTION = infer.ATOL
@@ -366,10 +366,10 @@ class ThresholdDetector:
     """A single threshold on one feature. ``fit`` picks the direction (adversarial above or below, by the
     training AUROC) and the threshold that maximises balanced accuracy on the training data.
 
-    The learned direction is part of the result: :attr:`direction` is ``"higher"`` when adversarial inputs
+    The learned direction is part of the result: ``direction`` is ``"higher"`` when adversarial inputs
     score above the threshold (the paper's barrier detector: adversarial barriers are *higher*), ``"lower"``
     when the detector had to flip the feature -- e.g. an attack whose barriers sit *below* clean ones;
-    an AUROC then measures a detector of the opposite effect. :attr:`train_auroc` is the raw feature's
+    an AUROC then measures a detector of the opposite effect. ``train_auroc`` is the raw feature's
     training AUROC (adversarial high; < 0.5 means "lower"). :func:`cross_val_scores` warns when folds
     learn different directions (:func:`fold_directions` lists them).
 
@@ -523,7 +523,7 @@ def cross_val_scores(make_detector: Callable[[], object], clean: pd.DataFrame, a
 
 def fold_directions(detectors: Sequence[object]) -> dict[int, str | None]:
     """``{fold: "higher" | "lower" | None}``: the direction each fold's detector learned
-    (:attr:`ThresholdDetector.direction`), ``None`` for a skipped fold or a detector without a direction
+    (``ThresholdDetector.direction``), ``None`` for a skipped fold or a detector without a direction
     (e.g. :class:`LogisticDetector`). From ``cross_val_scores(..., return_detectors=True)``."""
     return {k: getattr(d, "direction", None) if d is not None else None for k, d in enumerate(detectors)}
 

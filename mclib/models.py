@@ -51,7 +51,7 @@ def with_normalization(model: nn.Module, mean: Sequence[float], std: Sequence[fl
 
     ``mean`` and ``std`` must be the statistics the model was *trained* with, which are not always its
     dataset's: many public CIFAR models use ImageNet's ``(0.485, 0.456, 0.406)`` / ``(0.229, 0.224, 0.225)``
-    (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`), others CIFAR-10's ``(0.4914, 0.4822, 0.4465)`` with
+    (``IMAGENET_MEAN``, ``IMAGENET_STD``), others CIFAR-10's ``(0.4914, 0.4822, 0.4465)`` with
     ``(0.2470, 0.2435, 0.2616)`` or ``(0.2023, 0.1994, 0.2010)``, others 0.5 / 0.5. Where to find them: the
     ``transforms.Normalize(...)`` of the repository's training or evaluation script (or its data module / hub
     config), the model card, or a ``mean``/``std`` stored in the checkpoint. A wrong choice raises no error --
