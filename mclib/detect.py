@@ -19,6 +19,8 @@ image of ``c`` are separated by a high one. This module turns that into a measur
   :class:`LogisticDetector` (scikit-learn logistic regression, regularisation chosen by internal
   cross-validation); :func:`cross_val_scores` gives out-of-fold scores with folds grouped by source image;
 * metrics: :func:`roc`, :func:`metrics` (AUROC, TPR at 5% FPR, accuracy);
+* resolution: :data:`BARRIER_RESOLUTION` and :func:`below_resolution` -- a barrier below the inference
+  engine's float32 tolerance is noise, reported as such and never divided by;
 * baselines: the maximum softmax probability (Hendrycks & Gimpel 2017), a feature in :func:`extract`,
   and the Mahalanobis distance on penultimate-layer features (Lee et al. 2018, tied covariance,
   :class:`Mahalanobis`);
@@ -42,11 +44,13 @@ from torch import nn
 
 from mclib import infer, paths
 from mclib.attacks import evasion
+from mclib.torchutil import show_progress
 
 __all__ = [
     "References", "class_loss_quantile", "reference_loss", "select_references", "loss_curves", "Features", "extract", "PATH_FEATURES", "LOGIT_FEATURES",
     "penultimate", "Mahalanobis", "ThresholdDetector", "LogisticDetector", "cross_val_scores", "roc", "metrics",
     "tpr_at_fpr", "collect_adversarial", "pair_barriers", "median_barrier", "plot_roc", "MARGIN_TOL",
+    "BARRIER_RESOLUTION", "below_resolution", "fold_directions", "attack_radius", "CIFAR_EPS",
 ]
 
 #: Per-input features from the K loss curves (medians over references unless stated).
@@ -56,6 +60,32 @@ PATH_FEATURES = ("barrier_max", "barrier_gap", "barrier_position", "barrier_rela
 LOGIT_FEATURES = ("max_softmax", "max_logit", "logit_margin", "entropy")
 #: Relative float32 tolerance of :func:`collect_adversarial`'s ``min_margin`` test.
 MARGIN_TOL = 1e-4
+#: The smallest loss barrier the measurement resolves: the inference engine's float32 promise against the
+#: eager model (``mclib.infer.ATOL``, absolute, on every logit -- so on every cross-entropy value). A
+#: barrier below it (a confident model's clean median barrier is often ~1e-5) is rounding noise: a ratio
+#: to it is a ratio of noise, so :func:`mclib.studies.detection.strength_table` reports it as below resolution.
+BARRIER_RESOLUTION = infer.ATOL
+
+
+#: The usual L-inf attack radius of 3-channel natural images (CIFAR-10, SVHN; Madry et al. 2018), the paper preset's.
+CIFAR_EPS = 8 / 255
+
+
+def attack_radius(channels: int, preset_eps: float) -> float:
+    """The L-inf radius to attack a model with, chosen by its data: :data:`CIFAR_EPS` (8/255) for 3-channel
+    images, else ``preset_eps`` (the quick preset's 0.2 is a radius for MNIST-like digits, absurd on CIFAR,
+    where it allows visible changes of a fifth of the pixel range)."""
+    if not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise ValueError(f"channels must be a positive int (the images' channel count), got {channels!r}")
+    if not preset_eps > 0:
+        raise ValueError(f"preset_eps must be > 0 (an L-inf radius in [0, 1] pixel units), got {preset_eps}")
+    return CIFAR_EPS if int(channels) == 3 else float(preset_eps)
+
+
+def below_resolution(value: float, resolution: float = BARRIER_RESOLUTION) -> bool:
+    """Whether a (non-negative) loss or barrier ``value`` lies below the arithmetic's resolution
+    (:data:`BARRIER_RESOLUTION` by default), so that dividing by it would report noise. NaN is not below."""
+    return bool(abs(float(value)) < resolution)
 
 
 # ------------------------------------------------------------------------------------ references
@@ -142,6 +172,7 @@ def select_references(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int
         raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    evasion.check_images(X, "X")            # 0-255 pool images would be refused by every path and attack later
     out = infer.logits(model, X, chunk=batch_size, allow_empty=True)
     nc = int(num_classes or out.shape[1])
     y = y.cpu()
@@ -163,13 +194,14 @@ def select_references(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: int
 
 # ------------------------------------------------------------------------------------ features
 def loss_curves(model: nn.Module, x: torch.Tensor, references: References, classes: torch.Tensor,
-                num_points: int = 64, k: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
+                num_points: int = 64, k: int | None = None, chunk_size: int | None = None,
+                progress: bool | None = False) -> torch.Tensor:
     """Loss curves (N, k, T) from each input's references to the input.
 
     ``L[i, j, t] = CE(f((1 - a_t) r_ij + a_t x_i), classes[i])`` with ``r_ij`` the j-th reference of
     class ``classes[i]`` and ``a_t = linspace(0, 1, T)[t]``, so ``a = 0`` is the real reference and ``a = 1``
     the tested input. All N * k * T points go through the model in large chunks
-    (:func:`mclib.paths.linear_losses`).
+    (:func:`mclib.paths.linear_losses`); ``progress`` as in :func:`extract`.
     """
     classes = torch.as_tensor(classes).long().cpu()
     if classes.shape != (x.shape[0],):
@@ -178,7 +210,8 @@ def loss_curves(model: nn.Module, x: torch.Tensor, references: References, class
     N, K = R.shape[:2]
     A = R.reshape(N * K, *x.shape[1:])
     C = x.detach().cpu().repeat_interleave(K, 0)
-    L = paths.linear_losses(model, A, C, classes.repeat_interleave(K), num_points=num_points, chunk_size=chunk_size)
+    L = paths.linear_losses(model, A, C, classes.repeat_interleave(K), num_points=num_points, chunk_size=chunk_size,
+                            progress=show_progress(progress))
     return L.view(N, K, -1)
 
 
@@ -230,7 +263,7 @@ def _logit_features(logits: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def extract(model: nn.Module, x: torch.Tensor, references: References, num_points: int = 64, k: int | None = None,
             mahalanobis: "Mahalanobis | None" = None, chunk_size: int | None = None,
-            batch_size: int = 1024) -> Features:
+            batch_size: int = 1024, progress: bool | None = None) -> Features:
     """Detection features of N inputs (batched): predicted class, logits, the N x k x T loss curves to the
     references of the predicted class (:func:`loss_curves`) and the per-input feature table.
 
@@ -241,7 +274,13 @@ def extract(model: nn.Module, x: torch.Tensor, references: References, num_point
     = L(1), the input's own loss. Logit features: ``max_softmax`` (the MSP baseline), ``max_logit``,
     ``logit_margin`` (top-1 minus top-2 logit), ``entropy`` of the softmax. With ``mahalanobis`` the
     table also gets the Mahalanobis baseline's score.
+
+    The N * k * T path points are most of the cost (on one CPU core a CIFAR ResNet-20 takes minutes for a
+    few hundred inputs): ``progress`` shows a bar over their chunks -- ``None`` (default) on a terminal
+    only (:func:`mclib.torchutil.show_progress`; ``MCLIB_PROGRESS=0`` silences it), ``True``/``False`` always/never.
+    Inputs must be images in [0, 1] (0-255 images are refused with a message: divide by 255).
     """
+    evasion.check_images(x, "x")
     x = x.detach().cpu()
     logits = infer.logits(model, x, chunk=batch_size, allow_empty=True)
     pred = logits.argmax(1)
@@ -251,7 +290,7 @@ def extract(model: nn.Module, x: torch.Tensor, references: References, num_point
         empty = torch.zeros(0, K)
         return Features(pred=pred, logits=logits, curves=torch.zeros(0, K, num_points), pair_max=empty,
                         pair_gap=empty, table=pd.DataFrame({c: np.zeros(0) for c in cols}))
-    curves = loss_curves(model, x, references, pred, num_points, k, chunk_size)
+    curves = loss_curves(model, x, references, pred, num_points, k, chunk_size, progress=progress)
     pf, mx, gap = _path_features(curves)
     cols = {**pf, **_logit_features(logits)}
     if mahalanobis is not None:
@@ -325,7 +364,18 @@ class Mahalanobis:
 # ------------------------------------------------------------------------------------ detectors
 class ThresholdDetector:
     """A single threshold on one feature. ``fit`` picks the direction (adversarial above or below, by the
-    training AUROC) and the threshold that maximises balanced accuracy on the training data."""
+    training AUROC) and the threshold that maximises balanced accuracy on the training data.
+
+    The learned direction is part of the result: ``direction`` is ``"higher"`` when adversarial inputs
+    score above the threshold (the paper's barrier detector: adversarial barriers are *higher*), ``"lower"``
+    when the detector had to flip the feature -- e.g. an attack whose barriers sit *below* clean ones;
+    an AUROC then measures a detector of the opposite effect. ``train_auroc`` is the raw feature's
+    training AUROC (adversarial high; < 0.5 means "lower"). :func:`cross_val_scores` warns when folds
+    learn different directions (:func:`fold_directions` lists them).
+
+    Rows with a NaN feature are refused in ``fit`` (a NaN made the Mann-Whitney statistic NaN, which
+    silently flipped the direction).
+    """
 
     def __init__(self, feature: str):
         self.feature = feature
@@ -335,12 +385,28 @@ class ThresholdDetector:
             raise ValueError(f"feature {self.feature!r} not in the table; available: {list(table.columns)}")
         return table[self.feature].to_numpy(dtype=float)
 
+    @property
+    def direction(self) -> str:
+        """``"higher"`` (adversarial iff the feature >= threshold) or ``"lower"`` (iff <= threshold); set by ``fit``."""
+        if not hasattr(self, "sign"):
+            raise AttributeError("the detector is not fitted: call fit(table, labels) first")
+        return "higher" if self.sign > 0 else "lower"
+
     def fit(self, table: pd.DataFrame, labels: np.ndarray) -> "ThresholdDetector":
         v, lab = self._col(table), np.asarray(labels).astype(bool)
+        if len(lab) != len(v):
+            raise ValueError(f"labels has {len(lab)} entries but the table has {len(v)} rows")
+        bad = ~np.isfinite(v)
+        if bad.any():
+            raise ValueError(f"feature {self.feature!r} holds {int(bad.sum())} NaN/Inf value(s) (first at row "
+                             f"{int(np.nonzero(bad)[0][0])}); a threshold cannot rank them -- drop those rows "
+                             f"(e.g. table[table[{self.feature!r}].notna()]) and report how many")
         # direction by the training AUROC (Mann-Whitney U; ties count half): robust where medians tie
         from scipy.stats import mannwhitneyu
-        u = mannwhitneyu(v[lab], v[~lab]).statistic if lab.any() and (~lab).any() else 0.0
-        self.sign = 1.0 if u >= 0.5 * lab.sum() * (~lab).sum() else -1.0
+        n_pos, n_neg = int(lab.sum()), int((~lab).sum())
+        u = mannwhitneyu(v[lab], v[~lab]).statistic if n_pos and n_neg else 0.5 * n_pos * n_neg
+        self.train_auroc = float(u / (n_pos * n_neg)) if n_pos and n_neg else float("nan")
+        self.sign = 1.0 if u >= 0.5 * n_pos * n_neg else -1.0
         s = self.sign * v
         cand = np.unique(s)
         order = np.sort(s)
@@ -348,7 +414,7 @@ class ThresholdDetector:
         pos, neg = np.sort(s[lab]), np.sort(s[~lab])
         tpr = 1 - np.searchsorted(pos, cand, side="left") / max(1, len(pos))
         tnr = np.searchsorted(neg, cand, side="left") / max(1, len(neg))
-        best = int(np.argmax(tpr + tnr))
+        best = int(np.argmax(tpr + tnr)) if len(cand) else 0
         self.threshold = float(cand[best]) if len(order) else 0.0
         return self
 
@@ -357,6 +423,13 @@ class ThresholdDetector:
 
     def predict(self, table: pd.DataFrame) -> np.ndarray:
         return self.score(table) >= self.threshold
+
+    def __repr__(self) -> str:
+        if not hasattr(self, "sign"):
+            return f"ThresholdDetector({self.feature!r}, not fitted)"
+        op = ">=" if self.sign > 0 else "<="
+        return (f"ThresholdDetector({self.feature!r}: adversarial iff {self.feature} {op} {self.sign * self.threshold:.4g}, "
+                f"direction {self.direction!r}, training AUROC of the raw feature {self.train_auroc:.3f})")
 
 
 class LogisticDetector:
@@ -396,15 +469,20 @@ class LogisticDetector:
 
 def cross_val_scores(make_detector: Callable[[], object], clean: pd.DataFrame, adv: pd.DataFrame,
                      groups_clean: Sequence[int], groups_adv: Sequence[int], folds: int = 5, seed: int = 0,
-                     fit_adv: pd.DataFrame | None = None, groups_fit_adv: Sequence[int] | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     fit_adv: pd.DataFrame | None = None, groups_fit_adv: Sequence[int] | None = None,
+                     return_detectors: bool = False):
     """Out-of-fold detector scores for clean (label 0) and adversarial (label 1) inputs.
 
     Folds are drawn over *source images* (``groups_*``: the test image each row came from), so a clean
     image and the adversarial example made from it are never split between training and testing.
     With ``fit_adv`` the detector is trained on those adversarial rows instead of ``adv`` (same folds by
     group): a detector fitted against one attack, evaluated against another (e.g. the adaptive attack).
-    Returns ``(labels, scores, predictions)`` over ``clean`` rows then ``adv`` rows.
+    Returns ``(labels, scores, predictions)`` over ``clean`` rows then ``adv`` rows, and with
+    ``return_detectors`` also the list of the ``folds`` fitted detectors (``None`` for an empty fold).
+
+    A detector that learns a direction (:class:`ThresholdDetector`) may learn a different one per fold when
+    the feature barely separates the classes; the out-of-fold scores then mix opposite detectors, so a
+    ``UserWarning`` names the folds of each direction (:func:`fold_directions`).
     """
     gc, ga = np.asarray(groups_clean), np.asarray(groups_adv)
     fit_tab = adv if fit_adv is None else fit_adv
@@ -417,6 +495,7 @@ def cross_val_scores(make_detector: Callable[[], object], clean: pd.DataFrame, a
     fc, fa, ff = (np.array([fold_of[g] for g in gg.tolist()], dtype=int) for gg in (gc, ga, gf))
     scores = np.zeros(len(clean) + len(adv))
     preds = np.zeros(len(clean) + len(adv), dtype=bool)
+    detectors: list = [None] * folds
     for k in range(folds):
         tr = pd.concat([clean[fc != k], fit_tab[ff != k]], ignore_index=True)
         lab = np.r_[np.zeros(int((fc != k).sum())), np.ones(int((ff != k).sum()))]
@@ -426,12 +505,27 @@ def cross_val_scores(make_detector: Callable[[], object], clean: pd.DataFrame, a
         if lab.min() == lab.max():
             raise ValueError(f"training fold {k} holds only {'adversarial' if lab[0] else 'clean'} rows; "
                              f"too few rows ({len(clean)} clean, {len(fit_tab)} adversarial) for {folds} folds")
-        det = make_detector().fit(tr, lab)
+        det = detectors[k] = make_detector().fit(tr, lab)
         where = np.r_[np.nonzero(fc == k)[0], len(clean) + np.nonzero(fa == k)[0]]
         scores[where] = det.score(te)
         preds[where] = det.predict(te)
     labels = np.r_[np.zeros(len(clean)), np.ones(len(adv))].astype(int)
-    return labels, scores, preds
+    dirs = fold_directions(detectors)
+    if len(set(d for d in dirs.values() if d is not None)) > 1:
+        import warnings
+        by = {d: [k for k, v in dirs.items() if v == d] for d in ("higher", "lower")}
+        warnings.warn(f"{detectors[next(iter(k for k, v in dirs.items() if v))]!r}: the folds disagree on the "
+                      f"learned direction (adversarial higher in folds {by['higher']}, lower in folds {by['lower']}); "
+                      f"the out-of-fold scores mix opposite detectors, so their AUROC is not one detector's",
+                      UserWarning, stacklevel=2)
+    return (labels, scores, preds, detectors) if return_detectors else (labels, scores, preds)
+
+
+def fold_directions(detectors: Sequence[object]) -> dict[int, str | None]:
+    """``{fold: "higher" | "lower" | None}``: the direction each fold's detector learned
+    (``ThresholdDetector.direction``), ``None`` for a skipped fold or a detector without a direction
+    (e.g. :class:`LogisticDetector`). From ``cross_val_scores(..., return_detectors=True)``."""
+    return {k: getattr(d, "direction", None) if d is not None else None for k, d in enumerate(detectors)}
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -448,9 +542,33 @@ def tpr_at_fpr(labels, scores, fpr: float = 0.05) -> float:
     return float(t[f <= fpr + 1e-12].max())
 
 
+def _check_scored(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    lab, sc = np.asarray(labels), np.asarray(scores, dtype=float)
+    if lab.shape != sc.shape or lab.ndim != 1:
+        raise ValueError(f"labels and scores must be 1-D of one length, got shapes {lab.shape} and {sc.shape}")
+    bad = ~np.isfinite(sc)
+    if bad.any():
+        raise ValueError(f"scores hold {int(bad.sum())} NaN/Inf value(s) (first at index {int(np.nonzero(bad)[0][0])}); "
+                         f"an AUROC cannot rank them -- drop those inputs and report how many")
+    kinds = set(np.unique(lab).tolist())
+    if not kinds <= {0, 1}:
+        raise ValueError(f"labels must be 0 (clean) and 1 (adversarial), got values {sorted(kinds)}")
+    if len(kinds) < 2:
+        raise ValueError(f"labels hold only {'adversarial' if kinds == {1} else 'clean' if kinds else 'no'} inputs "
+                         f"({len(lab)}); AUROC and TPR need both clean (0) and adversarial (1) inputs")
+    return lab, sc
+
+
 def metrics(labels, scores, preds=None) -> dict[str, float]:
-    """AUROC, TPR at 5% FPR and (with ``preds``) accuracy of a detector's scores."""
+    """AUROC, TPR at 5% FPR and (with ``preds``) accuracy of a detector's scores.
+
+    Needs both classes and finite scores: NaN scores or one-class labels raise a ``ValueError`` saying so
+    (scikit-learn would return NaN with a warning, or fail with a message about ``y_true``); a caller that
+    wants NaN for a degenerate comparison catches it and says why (as
+    :func:`mclib.studies.detection.detection_table` does for too few examples).
+    """
     from sklearn.metrics import roc_auc_score
+    labels, scores = _check_scored(labels, scores)
     out = {"auroc": float(roc_auc_score(np.asarray(labels), np.asarray(scores))),
            "tpr@5%fpr": tpr_at_fpr(labels, scores, 0.05)}
     if preds is not None:
@@ -461,8 +579,8 @@ def metrics(labels, scores, preds=None) -> dict[str, float]:
 # ------------------------------------------------------------------------------------ adversarial inputs
 def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                         X: torch.Tensor, y: torch.Tensor, n: int, batch_size: int = 256,
-                        targets: torch.Tensor | None = None, min_margin: float = 0.0
-                        ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+                        targets: torch.Tensor | None = None, min_margin: float = 0.0,
+                        progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Up to ``n`` *successful* adversarial examples.
 
     Untargeted (``targets=None``) an example succeeds when the model's prediction differs from ``y``.
@@ -479,7 +597,8 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
     ``attack(x, y, idx) -> x_adv`` is called on successive batches of ``(X, y)`` (``idx`` their indices
     into ``X``) until ``n`` successes or the sources run out. Returns ``(X_adv, source_index, attempted,
     succeeded)``: the first ``n`` successes, their indices into ``X``, and the number of sources attacked
-    and of successes among them (``succeeded / attempted`` is the attack's success rate).
+    and of successes among them (``succeeded / attempted`` is the attack's success rate). ``progress``: a bar
+    over the sources attacked (``None``: on a terminal only, :func:`mclib.torchutil.show_progress`).
     """
     if len(X) != len(y):
         raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
@@ -492,6 +611,8 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
             raise ValueError(f"targets must have shape ({len(X)},), one per source image, got {tuple(targets.shape)}")
     got, src, tried = [], [], 0
     count = 0
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(X), desc="attack", unit="input", leave=False, disable=not show_progress(progress))
     for s in range(0, len(X), batch_size):
         if count >= n:
             break
@@ -507,6 +628,9 @@ def collect_adversarial(model: nn.Module, attack: Callable[[torch.Tensor, torch.
         got.append(xa[ok].cpu())
         src.append(idx[ok])
         count += int(ok.sum())
+        bar.update(len(idx))
+        bar.set_postfix(succeeded=count)
+    bar.close()
     if not got:
         return X[:0].clone(), torch.zeros(0, dtype=torch.long), 0, 0
     Xa, si = torch.cat(got)[:n], torch.cat(src)[:n]

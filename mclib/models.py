@@ -47,8 +47,84 @@ class Normalize(nn.Module):
 
 
 def with_normalization(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Sequential:
-    """Wrap ``model`` so it accepts [0, 1] images: ``Sequential(Normalize(mean, std), model)``."""
+    """Wrap ``model`` so it accepts [0, 1] images: ``Sequential(Normalize(mean, std), model)``.
+
+    ``mean`` and ``std`` must be the statistics the model was *trained* with, which are not always its
+    dataset's: many public CIFAR models use ImageNet's ``(0.485, 0.456, 0.406)`` / ``(0.229, 0.224, 0.225)``
+    (``IMAGENET_MEAN``, ``IMAGENET_STD``), others CIFAR-10's ``(0.4914, 0.4822, 0.4465)`` with
+    ``(0.2470, 0.2435, 0.2616)`` or ``(0.2023, 0.1994, 0.2010)``, others 0.5 / 0.5. Where to find them: the
+    ``transforms.Normalize(...)`` of the repository's training or evaluation script (or its data module / hub
+    config), the model card, or a ``mean``/``std`` stored in the checkpoint. A wrong choice raises no error --
+    it only lowers the accuracy (a public ResNet-20 trained with ImageNet's statistics: 0.40 without the
+    wrapper). Check it: :func:`check_normalization` compares the test accuracy under the chosen statistics
+    with common alternatives and warns when one is clearly better; the accuracy should match the published one.
+    """
     return nn.Sequential(Normalize(mean, std), model)
+
+
+def normalization_candidates(channels: int) -> dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None]:
+    """Statistics that public models commonly use, for :func:`check_normalization`: ImageNet's (3 channels),
+    the torchvision datasets' of that channel count (:mod:`mclib.data`), 0.5 / 0.5, and none (``None``: pixels
+    in [0, 1] go in unchanged)."""
+    out: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {}
+    if channels == 3:
+        out["ImageNet"] = (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+    for name, info in _data.INFO.items():
+        stats = (tuple(info.mean), tuple(info.std))
+        if info.in_shape[0] == channels and stats not in out.values():      # mnist5k and mnist share theirs
+            out[name] = stats
+    out["0.5 / 0.5"] = ((0.5,) * channels, (0.5,) * channels)
+    out["none"] = None
+    return out
+
+
+def check_normalization(model: nn.Module, X: torch.Tensor, y: torch.Tensor, mean: Sequence[float] | None,
+                        std: Sequence[float] | None, candidates: dict | None = None, margin: float = 0.05,
+                        batch_size: int = 256):
+    """Accuracy of the bare ``model`` (expecting normalised inputs) on ``(X, y)``, images in [0, 1], under the
+    chosen statistics ``(mean, std)`` (``None``: no normalisation) and under each of ``candidates`` (default
+    :func:`normalization_candidates`). Returns a DataFrame (one row per choice, ``chosen`` marking the caller's,
+    sorted by accuracy) and warns when an alternative beats the chosen statistics by more than ``margin``:
+    a wrong normalisation shows only as low accuracy, never as an error.
+    """
+    import pandas as pd
+
+    if X.dim() != 4:
+        raise ValueError(f"X must be images (N, C, H, W) in [0, 1], got shape {tuple(X.shape)}")
+    if len(X) != len(y) or len(X) == 0:
+        raise ValueError(f"X and y must be non-empty and of one length, got {len(X)} and {len(y)}")
+    C = X.shape[1]
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither (None: no normalisation)")
+    cands = dict(normalization_candidates(C) if candidates is None else candidates)
+    choices = {"chosen": (tuple(mean), tuple(std)) if mean is not None else None, **cands}
+    dev = next(iter(model.parameters()), torch.zeros(0)).device
+    was = model.training
+    model.eval()
+    rows = []
+    try:
+        for name, stats in choices.items():
+            if stats is not None and (len(stats[0]) != C or len(stats[1]) != C):
+                raise ValueError(f"candidate {name!r} has {len(stats[0])} channel means for {C}-channel images")
+            net = model if stats is None else nn.Sequential(Normalize(*stats), model)
+            correct = 0
+            for i in range(0, len(X), batch_size):
+                with torch.no_grad():
+                    out = net(X[i:i + batch_size].to(dev))
+                correct += int((out.argmax(1).cpu() == torch.as_tensor(y[i:i + batch_size]).cpu()).sum())
+            rows.append({"statistics": name, "mean": None if stats is None else stats[0],
+                         "std": None if stats is None else stats[1], "acc": correct / len(X), "chosen": name == "chosen"})
+    finally:
+        model.train(was)
+    table = pd.DataFrame(rows)
+    chosen = float(table.loc[table["chosen"], "acc"].iloc[0])
+    best = table[~table["chosen"]].sort_values("acc", ascending=False).head(1)
+    if len(best) and float(best["acc"].iloc[0]) > chosen + margin:
+        warnings.warn(f"the model's accuracy is {chosen:.3f} with the chosen normalisation but "
+                      f"{float(best['acc'].iloc[0]):.3f} with {best['statistics'].iloc[0]!r} (mean {best['mean'].iloc[0]}, "
+                      f"std {best['std'].iloc[0]}): check which statistics the model was trained with", UserWarning,
+                      stacklevel=2)
+    return table.sort_values("acc", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def mlp(in_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 128)) -> nn.Sequential:

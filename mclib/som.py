@@ -139,8 +139,12 @@ def default_layers(model: nn.Module) -> list[str]:
     return [prefix + n for n in names]
 
 
-def pre_activation(model: nn.Module, layer: str) -> str | None:
+def pre_activation(model: nn.Module, layer: str, explain: bool = False):
     """Name of the module whose output the ReLU ``layer`` reads -- the code *before* the activation -- or None.
+
+    ``explain=True`` returns ``(name or None, reason)``, the reason a sentence saying why that module, or
+    why there is none (e.g. a residual block of a third-party ResNet applies its ReLU functionally inside
+    ``forward``: no module holds the pre-activation, and a hook on ``layer`` sees the output after the ReLU).
 
     ``layer`` an ``nn.ReLU`` inside an ``nn.Sequential``: its preceding sibling (mclib's CNN: ``"1.1"`` ->
     ``"1.0"``, the first convolution); ``layer`` an ``nn.Sequential`` ending in an ``nn.ReLU``: its second-last
@@ -152,24 +156,40 @@ def pre_activation(model: nn.Module, layer: str) -> str | None:
     if layer not in modules:
         raise ValueError(f"layer {layer!r} is not a module of the model; names look like: "
                          f"{', '.join(list(n for n in modules if n)[:12])}, ...")
+    name, reason = _pre_activation(model, modules, layer)
+    return (name, reason) if explain else name
+
+
+def _pre_activation(model: nn.Module, modules: dict, layer: str) -> tuple[str | None, str]:
     mod = modules[layer]
+    kind = type(mod).__name__
     if isinstance(mod, nn.Sequential) and len(mod) >= 2 and isinstance(mod[-1], nn.ReLU):
-        return f"{layer}.{len(mod) - 2}"
+        pre = f"{layer}.{len(mod) - 2}"
+        return pre, f"{layer!r} is a Sequential ending in nn.ReLU: its second-last child {pre!r} holds the pre-activation"
     parent, _, last = layer.rpartition(".")
     if isinstance(mod, nn.ReLU) and isinstance(modules.get(parent), nn.Sequential) and last.isdigit() and int(last) > 0:
-        return f"{parent}.{int(last) - 1}" if parent else str(int(last) - 1)
+        pre = f"{parent}.{int(last) - 1}" if parent else str(int(last) - 1)
+        return pre, f"{layer!r} is an nn.ReLU inside a Sequential: it reads its preceding sibling {pre!r}"
     if isinstance(mod, nn.ReLU):
         # a ReLU module used outside a Sequential (torchvision's ResNet stem, relu after bn1): the module the
         # forward pass calls just before it, from the torch.fx call order, unless that is the ReLU's second call
         prefix, body = _body(model)
         try:
             order = _call_order(body)
-        except ValueError:
-            return None
+        except ValueError as err:
+            return None, f"{layer!r} is an nn.ReLU outside a Sequential and the model cannot be traced ({err})"
         name = layer[len(prefix):]
         i = order.index(name) if name in order else 0
-        return prefix + order[i - 1] if i > 0 else None
-    return None
+        if i > 0:
+            return prefix + order[i - 1], f"{layer!r} is an nn.ReLU called right after {prefix + order[i - 1]!r} (torch.fx call order)"
+        return None, f"{layer!r} is an nn.ReLU that the traced forward pass does not call after another module"
+    if not any(isinstance(m, nn.ReLU) for m in mod.modules()):
+        return None, (f"{layer!r} is a {kind} without an nn.ReLU module: either it is not followed by an activation "
+                      f"(e.g. the logits) or its forward applies a functional ReLU (F.relu), so no module holds the "
+                      f"pre-activation (if a functional ReLU follows this layer, its own output is that pre-activation); hook "
+                      f"the module that feeds the ReLU (e.g. a block's last BatchNorm) to read it")
+    return None, (f"{layer!r} is a {kind}, not an activation: its output is already past its own activations, and "
+                  f"a block's inner pre-activation is not this layer's; pass the inner module by name to read it")
 
 
 @torch.no_grad()
@@ -513,13 +533,43 @@ class LayerCodes:
     metrics: "object"  # pandas.DataFrame
 
 
-def fit_layers(acts: Mapping[str, torch.Tensor], labels: torch.Tensor, progress: bool = False, **som_kw) -> LayerCodes:
+def held_out_metrics(som: SOM, fit_bmus: torch.Tensor, fit_labels: torch.Tensor, A: torch.Tensor,
+                     labels: torch.Tensor, n_classes: int | None = None) -> dict[str, float]:
+    """Metrics of a fitted SOM on codes it was *not* fitted on: :func:`code_metrics` of their BMUs (the
+    unit-label association measured on new inputs) and ``majority_acc``, the share of new inputs whose label
+    is the majority class of their BMU in the fitting set (a unit no fitting input reached counts as wrong)
+    -- the held-out counterpart of ``purity``, which is measured on the inputs that shaped the map."""
+    labels = torch.as_tensor(labels).long()
+    n_classes = int(n_classes or max(int(labels.max()), int(torch.as_tensor(fit_labels).max())) + 1)
+    b = som.bmu(standardise(som, A))
+    fit = contingency(fit_bmus, fit_labels, som.n_units, n_classes)
+    majority = torch.where(fit.sum(1) > 0, fit.argmax(1), torch.full((som.n_units,), -1, dtype=torch.long))
+    out = code_metrics(b, labels, som.grid, n_classes)
+    out["majority_acc"] = float((majority[b.long()] == labels).double().mean())
+    return out
+
+
+def fit_layers(acts: Mapping[str, torch.Tensor], labels: torch.Tensor, progress: bool = False,
+               held_out: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None = None, **som_kw) -> LayerCodes:
     """Fit one SOM per layer (:func:`fit_som` with ``som_kw``) and compute :func:`code_metrics` plus
-    quantisation and topographic error for each; returns a :class:`LayerCodes`."""
+    quantisation and topographic error for each; returns a :class:`LayerCodes`.
+
+    These metrics are *in sample*: the SOM was fitted on the same codes, so purity and NMI are optimistic
+    (a large map can give every input a unit of its own). ``held_out=(acts_new, labels_new)`` -- codes of the
+    same layers for other inputs -- adds the :func:`held_out_metrics` of each layer next to them, as columns
+    ``<metric>_held_out`` (``purity_held_out``, ``nmi_held_out``, ``majority_acc_held_out``, ...).
+    """
     import pandas as pd
 
     labels = check.labels(labels, "labels")
     n_classes = int(labels.max()) + 1
+    if held_out is not None:
+        acts_new, labels_new = held_out
+        labels_new = torch.as_tensor(labels_new).long()
+        missing = [n for n in acts if n not in acts_new]
+        if missing:
+            raise ValueError(f"held_out codes lack the layers {missing}; compute them with the same layers")
+        n_classes = max(n_classes, int(labels_new.max()) + 1)
     soms, bmus, rows = {}, {}, []
     for depth, (name, A) in enumerate(tqdm(acts.items(), desc="SOMs", disable=not progress, leave=False)):
         if len(A) != len(labels):
@@ -528,9 +578,15 @@ def fit_layers(acts: Mapping[str, torch.Tensor], labels: torch.Tensor, progress:
         Z = standardise(som, A)
         b = som.bmu(Z)
         soms[name], bmus[name] = som, b
-        rows.append({"layer": name, "depth": depth, "dim": int(A.shape[1]),
-                     **code_metrics(b, labels, som.grid, n_classes),
-                     "quantization_error": som.quantization_error(Z), "topographic_error": som.topographic_error(Z)})
+        row = {"layer": name, "depth": depth, "dim": int(A.shape[1]), **code_metrics(b, labels, som.grid, n_classes),
+               "quantization_error": som.quantization_error(Z), "topographic_error": som.topographic_error(Z)}
+        if held_out is not None:
+            if len(acts_new[name]) != len(labels_new):
+                raise ValueError(f"held-out layer {name!r} has {len(acts_new[name])} codes but there are "
+                                 f"{len(labels_new)} held-out labels")
+            row.update({f"{k}_held_out": v for k, v in
+                        held_out_metrics(som, b, labels, acts_new[name], labels_new, n_classes).items()})
+        rows.append(row)
     return LayerCodes(list(acts), soms, bmus, pd.DataFrame(rows).set_index("layer"))
 
 

@@ -3,18 +3,25 @@
 * :func:`device_of` -- where a model's inputs go: a caller's explicit ``device``, else the device of the model's
   first parameter (or buffer), else ``default`` (the CPU) for a model with neither;
 * :func:`eval_mode` -- a context manager that puts a model in eval mode and restores every submodule's own
-  mode afterwards, also when the body raises.
+  mode afterwards, also when the body raises;
+* :func:`show_progress` -- whether a long call shows its progress bar (``progress=None``: on a terminal only,
+  and never with ``MCLIB_PROGRESS=0``).
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import sys
 from typing import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["device_of", "eval_mode"]
+__all__ = ["device_of", "eval_mode", "show_progress", "PROGRESS_ENV"]
+
+#: set to ``0`` to silence every progress bar of the library (also an explicit ``progress=True``)
+PROGRESS_ENV = "MCLIB_PROGRESS"
 
 
 def device_of(model: nn.Module, device: torch.device | str | None = None,
@@ -56,3 +63,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         for m, was in modes:
             if m.training != was:
                 m.train(was)
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Whether a long-running call shows its tqdm bar: ``progress=None`` (the default of the calls that can
+    run for more than a few seconds: :func:`mclib.detect.extract`, :func:`mclib.curves.evaluate_along`,
+    :func:`mclib.hessian.top_eigenvalue`, ...) shows it when standard error is a terminal, so executed
+    notebooks, logs and tests stay clean; ``True``/``False`` is the caller's choice. The environment variable
+    ``MCLIB_PROGRESS=0`` turns every bar off, whatever the argument."""
+    if os.environ.get(PROGRESS_ENV, "").strip() == "0":
+        return False
+    if progress is not None:
+        return bool(progress)
+    err = sys.stderr
+    return bool(err is not None and hasattr(err, "isatty") and err.isatty())

@@ -1,13 +1,14 @@
 """Tests for mclib.curves: the curve's points against hand-computed combinations, gradients, BN, errors."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from mclib import curves, models
+from mclib import curves, models, train
 
 
 def _pair(arch: str = "cnn", **kw):
@@ -219,7 +220,7 @@ def test_along_and_evaluate_along():
     c = curves.Curve([m0, m1], num_bends=1)
     X, y = torch.rand(20, 1, 8, 8), torch.randint(0, 4, (20,))
     df = curves.evaluate_along(c, curves.grid(5), X, y, metrics={"n": lambda m: 20})
-    assert list(df.columns) == ["t", "loss", "acc", "n"] and list(df["t"]) == [0, 0.25, 0.5, 0.75, 1.0]
+    assert list(df.columns) == ["t", "loss", "acc", "n"] and list(df["t"]) == [0, 0.25, 0.5, 0.75, 1.0]  # no BN: no bn column
     from mclib import train
     assert math.isclose(df["acc"].iloc[0], train.evaluate(m0, X, y)["acc"])
     assert math.isclose(df["loss"].iloc[-1], train.evaluate(m1, X, y)["loss"], rel_tol=1e-6)
@@ -487,3 +488,31 @@ def test_foreach_and_buffer_paths_are_bit_identical(monkeypatch):
         runs.append((point, [b.grad.clone() for b in c.bend_tensors]))
     for a, b in zip(*(p + g for p, g in runs)):
         assert torch.equal(a, b)
+
+
+def test_endpoints_with_other_modules_are_refused():
+    """Issue 32: Curve([relu_mlp, tanh_mlp]) with equal shapes evaluated endpoint 0's ReLU at every t (0.55 off at t=1)."""
+    from torch import nn
+    torch.manual_seed(0)
+    relu = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    tanh = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3))
+    with pytest.raises(ValueError, match=r"module '2' is .*ReLU.* in endpoint 0 but .*Tanh.* in endpoint 1"):
+        curves.Curve([relu, tanh])
+    strided = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.Flatten())
+    plain = nn.Sequential(nn.Conv2d(1, 2, 3, stride=1), nn.Flatten())
+    with pytest.raises(ValueError, match=r"module '0'.*stride=\(2, 2\)"):
+        curves.line(strided, plain)
+    curves.Curve([relu, copy.deepcopy(relu)])                       # same structure: fine
+
+
+def test_summary_needs_both_endpoints():
+    """Issue 32: summary(evaluate_along(c, [0.3, 0.6], ...)) took t = 0.3 and 0.6 as the endpoints."""
+    m0, m1 = _pair()
+    c = curves.Curve([m0, m1], num_bends=1)
+    X, y = torch.rand(12, 1, 8, 8), torch.randint(0, 4, (12,))
+    with pytest.raises(ValueError, match=r"do not include the endpoint\(s\) t = 0, 1"):
+        curves.summary(curves.evaluate_along(c, [0.3, 0.6], X, y))
+    with pytest.raises(ValueError, match=r"endpoint\(s\) t = 1"):
+        curves.summary(curves.evaluate_along(c, [0.0, 0.6], X, y))
+    s = curves.summary(curves.evaluate_along(c, [1.0, 0.5, 0.0], X, y))
+    assert s["end_acc"] == min(train.evaluate(m0, X, y)["acc"], train.evaluate(m1, X, y)["acc"])

@@ -238,3 +238,30 @@ def test_collect_adversarial_min_margin_keeps_only_confident_hits():
     assert srcu.tolist() == (untargeted >= 0.1).nonzero()[:, 0].tolist()
     with pytest.raises(ValueError, match="min_margin must be >= 0"):
         detect.collect_adversarial(model, shuffle, X, y, 5, min_margin=-1.0)
+
+
+def test_metrics_refuse_nan_scores_and_one_class():
+    """Issue 32: NaN or one-class inputs to detect.metrics gave sklearn's NaN (with a warning) or an error about y_true."""
+    lab = np.r_[np.zeros(5), np.ones(5)].astype(int)
+    sc = np.linspace(0, 1, 10)
+    assert detect.metrics(lab, sc)["auroc"] == 1.0
+    with pytest.raises(ValueError, match="1 NaN"):
+        detect.metrics(lab, np.r_[sc[:9], np.nan])
+    with pytest.raises(ValueError, match="only clean"):
+        detect.metrics(np.zeros(10, dtype=int), sc)
+    with pytest.raises(ValueError, match="only adversarial"):
+        detect.metrics(np.ones(10, dtype=int), sc)
+    with pytest.raises(ValueError, match="0 \\(clean\\) and 1"):
+        detect.metrics(np.r_[lab[:9], 2], sc)
+
+
+def test_threshold_detector_nan_no_longer_flips_the_direction():
+    """Issue 32: one NaN in the table made the Mann-Whitney statistic NaN and flipped the learned direction."""
+    import pandas as pd
+    v = np.r_[np.arange(10.0), np.arange(10.0) + 5]
+    lab = np.r_[np.zeros(10), np.ones(10)]
+    det = detect.ThresholdDetector("f").fit(pd.DataFrame({"f": v}), lab)
+    assert det.direction == "higher"
+    v[0] = np.nan
+    with pytest.raises(ValueError, match="'f' holds 1 NaN"):
+        detect.ThresholdDetector("f").fit(pd.DataFrame({"f": v}), lab)

@@ -86,11 +86,17 @@ def strength_table(clean: detect.Features, adv: Mapping[str, tuple[detect.Featur
     ``adv``: ``{name: (features of the adversarial examples, perturbations x_adv - x_source (N, ...))}``.
     Columns: ``kept`` (examples), ``median L-inf`` and ``median L2`` of the perturbations, ``median barrier
     max`` / ``gap`` over (input, reference) pairs (:func:`mclib.detect.median_barrier`) and ``ratio to real-real`` (the
-    median barrier max over the clean inputs' one, claim A8's statistic). Used to set an attack stopped at
+    median barrier max over the clean inputs' one, claim A8's statistic) with ``ratio note``: a real-real median
+    below the arithmetic's resolution (:data:`mclib.detect.BARRIER_RESOLUTION`, the inference engine's float32
+    tolerance) is not divided by -- the ratio is NaN and the note says "below resolution" with the value, as
+    a ratio of 2.8e-5 noise would print tens of thousands. Used to set an attack stopped at
     its first success next to the full-strength one: the weaker the attack, the closer its examples sit to
     the decision boundary and the lower their loss barriers.
     """
     rr = detect.median_barrier(clean)
+    tiny = detect.below_resolution(rr)
+    note = (f"below resolution: real-real median {rr:.2g} < {detect.BARRIER_RESOLUTION:g} (float32 tolerance)"
+            if tiny else "")
     rows = []
     for name, (f, delta) in adv.items():
         d = torch.as_tensor(delta).flatten(1)
@@ -101,7 +107,8 @@ def strength_table(clean: detect.Features, adv: Mapping[str, tuple[detect.Featur
                      "median L-inf": float(d.abs().amax(1).median()) if len(d) else float("nan"),
                      "median L2": float(d.norm(dim=1).median()) if len(d) else float("nan"),
                      "median barrier max": mx, "median barrier gap": detect.median_barrier(f, "gap"),
-                     "ratio to real-real": mx / rr if rr > 0 else float("nan")})
+                     "ratio to real-real": mx / rr if rr > 0 and not tiny else float("nan"),
+                     "ratio note": note})
     return pd.DataFrame(rows).set_index("attack")
 
 
