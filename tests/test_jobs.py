@@ -108,3 +108,36 @@ def test_smoke_book_with_two_local_jobs_gives_the_sequential_claims(smoke_build,
     assert smoke_build["claims"] and set(local) == set(smoke_build["claims"])
     for cid, rec in smoke_build["claims"].items():
         assert local[cid] == rec, f"claim {cid} differs between the sequential build and two local jobs"
+
+
+def test_ctrl_c_under_local_jobs_prints_one_line(tiny_book):  # noqa: F811
+    """Ctrl-C reaches every process of the terminal's foreground group: the runner cancels the jobs and says
+    so in one line; the jobs' controller processes no longer print their tracebacks under it (issue 32)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    build = Path(os.environ["MCLIB_BUILD_DIR"])
+    for name in ("good", "bad"):
+        _notebook(tiny_book / "notebooks" / f"{name}.ipynb",
+                  f"import os, time\nopen(os.path.join(os.environ['MCLIB_BUILD_DIR'], 'started-{name}'), 'w').close()\n"
+                  "time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-m", "mclib.book", "build", "--preset", "smoke", "--no-html", "--root",
+                             str(tiny_book), "--executor", "local", "--jobs", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not all((build / f"started-{n}").exists() for n in ("good", "bad")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["mclib.book: interrupted; cancelled the running chapters ['bad', 'good'] (Ctrl-C)"], err
+    assert "KeyboardInterrupt" in (build / "jobs" / "controllers.log").read_text()  # kept, not shown
