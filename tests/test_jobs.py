@@ -141,3 +141,24 @@ def test_ctrl_c_under_local_jobs_prints_one_line(tiny_book):  # noqa: F811
     assert proc.returncode == 130
     assert err.strip().splitlines() == ["mclib.book: interrupted; cancelled the running chapters ['bad', 'good'] (Ctrl-C)"], err
     assert "KeyboardInterrupt" in (build / "jobs" / "controllers.log").read_text()  # kept, not shown
+
+
+def test_gpus_per_job_0_asks_slurm_for_no_gpu(tmp_path):
+    """sbatch on a cluster without GPUs refuses ``--gpus-per-node=0`` (a GRES it does not have): no line at all."""
+    script = jobs.sbatch_script(jobs.Options(executor="slurm", gpus_per_job=0, cpus_per_job=1), tmp_path / "%j")
+    assert "--gpus" not in script and "#SBATCH --cpus-per-task=1" in script
+
+
+def test_a_job_killed_outside_its_notebook_is_reported_with_its_state_and_log(tiny_book):  # noqa: F811
+    """The job's own process dies (killed, out of memory): the chapter is named with how its job ended and
+    where its log is, not with the last line of submitit's log (an INFO line, issue 32)."""
+    _notebook(tiny_book / "notebooks" / "bad.ipynb", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    with pytest.raises(book.NotebookFailed) as failed:
+        book.build("smoke", html=False, root=tiny_book, progress=False,
+                   executor=jobs.Options(executor="local", jobs=2, poll_s=0.5))
+    message = str(failed.value)
+    assert "notebooks/bad.ipynb: its job " in message and "ended outside the notebook (its process" in message, message
+    assert "submitit INFO" not in message and "the job's log is at " in message
+    log = Path(message.split("the job's log is at ")[1].split()[0])
+    assert log.exists() and log.name.endswith("_log.err")
+    assert book.read_run_record(Path(book.os.environ["MCLIB_BUILD_DIR"]), Path("notebooks/good.ipynb"))["status"] == "ok"
