@@ -13,7 +13,7 @@ JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mclib-installed
 
-.PHONY: setup browser book test bench clean
+.PHONY: setup browser book test cluster-test bench clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,34 @@ browser:
 
 test: setup browser
 	$(PY) -m pytest
+
+# The Slurm executor on a real scheduler: a one-node cluster on this machine (munged, slurmctld, slurmd
+# started and stopped by tests/cluster/conftest.py, every file in a temporary folder), through which the
+# tests build smoke chapters and tiny books. Debian's slurm-wlm daemons and munge come from apt where
+# missing (as root, or password-less sudo, as for the browser); the daemons run as root (slurmd must).
+# Services are never started by the install: a policy-rc.d that denies them is put in place for it where
+# none exists (the one in Debian's container images already does).
+SLURM_MISSING = ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null || ! command -v munged >/dev/null
+cluster-test: setup
+	@if $(SLURM_MISSING); then \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if ! command -v apt-get >/dev/null || [ "$$SUDO" = none ]; then \
+	    echo "make cluster-test: the cluster test needs Slurm (slurmctld, slurmd, sbatch) and munge, and they cannot be" \
+	         "installed here (no apt-get, or not root and no password-less sudo). Install them, e.g." \
+	         "'sudo apt-get install slurmctld slurmd slurm-client munge' on Debian/Ubuntu." >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "make cluster-test: installing Debian's slurmctld, slurmd, slurm-client and munge"; \
+	  policy=""; if [ ! -e /usr/sbin/policy-rc.d ]; then policy=/usr/sbin/policy-rc.d; \
+	    printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$policy >/dev/null && $$SUDO chmod 755 $$policy; fi; \
+	  $$SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+	    slurmctld slurmd slurm-client munge >/dev/null; status=$$?; \
+	  if [ -n "$$policy" ]; then $$SUDO rm -f $$policy; fi; \
+	  [ $$status -eq 0 ] || exit $$status; \
+	fi
+	@if [ "$$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo -n"; fi; \
+	$$SUDO env MCLIB_CLUSTER_TEST=1 $(PY) -m pytest -m cluster tests/cluster
 
 bench: setup
 	$(PY) benchmarks/run.py

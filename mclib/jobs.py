@@ -16,9 +16,11 @@ so a failed chapter is never published, and ``--resume`` can skip finished ones.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -132,7 +134,12 @@ def make_executor(options: Options, folder: Path, script_only: bool = False):
 
     if options.executor == "local":
         ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=options.time_min)
+        # Each job's controller process writes to this terminal's stderr: on Ctrl-C (which reaches every
+        # process of the terminal's group) each printed its KeyboardInterrupt tracebacks under the runner's
+        # one line. Its stderr goes to a log next to the jobs' own logs instead.
+        log = Path(folder).parent / "controllers.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        ex.update_parameters(timeout_min=options.time_min, setup=[f"exec 2>>{shlex.quote(str(log))}"])
         return ex
     if options.executor != "slurm":
         raise ValueError(f"no submitit executor for {options.executor!r}")
@@ -144,9 +151,11 @@ def make_executor(options: Options, folder: Path, script_only: bool = False):
 
         ex = _ScriptOnly(folder=folder)
     else:
-        ex = submitit.SlurmExecutor(folder=folder)
-    params = {"time": options.time_min, "gpus_per_node": 1 if options.gpus_per_job is None else options.gpus_per_job,
-              "job_name": "mclib", "ntasks_per_node": 1}
+        ex = _slurm_executor_class()(folder=folder)
+    gpus = 1 if options.gpus_per_job is None else options.gpus_per_job
+    params = {"time": options.time_min, "job_name": "mclib", "ntasks_per_node": 1}
+    if gpus:  # "--gpus-per-node=0" asks a cluster without GPUs for a GRES it does not have: sbatch refuses it
+        params["gpus_per_node"] = gpus
     if options.partition:
         params["partition"] = options.partition
     if options.cpus_per_job:
@@ -156,6 +165,57 @@ def make_executor(options: Options, folder: Path, script_only: bool = False):
         params["additional_parameters"] = extra
     ex.update_parameters(**params)
     return ex
+
+
+def _slurm_executor_class():
+    """submitit's ``SlurmExecutor`` whose jobs ask :class:`SlurmWatcher` for their state."""
+    import submitit
+    from submitit.slurm import slurm
+
+    class SlurmWatcher(slurm.SlurmInfoWatcher):
+        """Job states from ``sacct`` where the cluster keeps accounting, else from ``squeue --states=all``.
+
+        submitit asks only ``sacct``; on a cluster without an accounting database (``AccountingStorageType=
+        accounting_storage/none``) every call fails ("Slurm accounting storage is disabled"), submitit logs a
+        warning each time and every job stays UNKNOWN, so a job killed outside its notebook (scancel, time
+        limit, node failure) was never seen to end. ``squeue`` knows each job until ``MinJobAge`` (300 s by
+        default) after it ended, far longer than the runner's poll. States are asked at most every 10 s
+        (submitit's own watcher waits up to 10 minutes between calls once jobs run long).
+        """
+
+        use_sacct = True
+
+        def update(self) -> None:
+            command = self._make_command()
+            if command is None:
+                return
+            self._num_calls += 1
+            out = None
+            if self.use_sacct:
+                proc = subprocess.run(command, capture_output=True)
+                if proc.returncode == 0:
+                    out = proc.stdout
+                else:
+                    self.use_sacct = False
+            if out is None:
+                ids = ",".join(command[i + 1] for i, arg in enumerate(command) if arg == "-j")
+                proc = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i|%T|%N", f"--jobs={ids}"],
+                                      capture_output=True)
+                out = b"JobID|State|NodeList\n" + proc.stdout if proc.returncode == 0 else None
+            if out is not None:
+                self._info_dict.update(self.read_info(out))
+            self._last_status_check = time.time()
+            for job_id in self._registered - self._finished:
+                if self.is_done(job_id, mode="cache"):
+                    self._finished.add(job_id)
+
+    class Job(slurm.SlurmJob):
+        watcher = SlurmWatcher(delay_s=10)
+
+    class Executor(submitit.SlurmExecutor):
+        job_class = Job
+
+    return Executor
 
 
 def sbatch_script(options: Options, folder: Path) -> str:
@@ -210,7 +270,19 @@ def chapter_job(nb: str, root: str, build_dir: str, params: dict, env: dict[str,
         seconds = book.run_chapter(Path(nb), Path(root), Path(build_dir), params, progress=False)
     except book.NotebookFailed as err:
         return {"status": "failed", "message": str(err)}
+    finally:
+        _note_slurm_job(Path(build_dir), Path(nb))
     return {"status": "ok", "seconds": seconds}
+
+
+def _note_slurm_job(build_dir: Path, nb: Path) -> None:
+    """Add the Slurm job id (``SLURM_JOB_ID``) to the chapter's run record, when it ran in a Slurm job."""
+    from mclib import book
+
+    rec = book.read_run_record(build_dir, nb)
+    if rec is not None and os.environ.get("SLURM_JOB_ID"):
+        rec["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+        book.run_record_path(build_dir, nb).write_text(json.dumps(rec, indent=2) + "\n")
 
 
 # --- progress and collection ----------------------------------------------------------------------
@@ -346,10 +418,57 @@ def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, op
 
 
 def _result(job, nb: Path) -> dict:
-    """A finished job's result; a job that died outside the notebook is reported with its log."""
+    """A finished job's result; a failed chapter's message gets its job's log, and a job that died outside the
+    notebook (cancelled, out of time or memory, its process killed) is reported with its state and log."""
     try:
-        return job.result()
+        result = job.result()
     except Exception as err:  # noqa: BLE001 - submitit wraps whatever killed the job
-        lines = str(err).strip().splitlines()
-        return {"status": "failed", "message": f"{nb}: its job failed outside the notebook: {lines[-1] if lines else err}\n"
-                                               f"  the job's log is at {job.paths.stderr}"}
+        state = _job_state(job)
+        return {"status": "failed", "message": f"{nb}: its job {job.job_id} ended outside the notebook ({state})"
+                                               f"{_reason(str(err), job.paths.stderr)}\n  the job's log is at {job.paths.stderr}"}
+    if result.get("status") == "failed":
+        result = {**result, "message": f"{result['message']}\n  the job's log ({job.job_id}) is at {job.paths.stderr}"}
+    return result
+
+
+_UNSETTLED = ("PENDING", "RUNNING", "COMPLETING", "REQUEUED", "UNKNOWN", "")
+
+
+def _job_state(job, wait_s: float = 30.0) -> str:
+    """How a finished job ended, in the scheduler's words (``CANCELLED``, ``TIMEOUT``, ``OUT_OF_MEMORY``, ...).
+
+    A cancelled Slurm job shows as ``COMPLETING`` until its processes are gone (``KillWait``): asked again for
+    up to ``wait_s``. A local job's controller process either was killed by a signal or exited without a result.
+    """
+    if hasattr(job, "_process"):  # submitit's LocalJob
+        return {"INTERRUPTED": "its process was killed by a signal",
+                "FINISHED": "its process exited without a result"}.get(job.state, job.state)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            state = job.watcher.get_state(job.job_id, mode="force")
+        except Exception:  # noqa: BLE001 - no state is no reason to lose the report
+            state = "UNKNOWN"
+        if state.split()[0] not in _UNSETTLED or time.monotonic() > deadline:
+            return f"Slurm state {state}"
+        time.sleep(1.0)
+
+
+def _reason(text: str, log: Path) -> str:
+    """Why a job ended, as ``": <line>"`` (empty if nothing says): the scheduler's own line in the job's log
+    (``*** JOB 4 ON node CANCELLED AT ... ***``, ``DUE TO TIME LIMIT``), else the last exception line of the
+    error submitit reports, else its last line that is not submitit's own log (INFO/WARNING lines say what
+    submitit was doing, not why the job ended) nor its pointers to the log files."""
+    try:
+        logged = Path(log).read_text(errors="replace").splitlines()
+    except OSError:
+        logged = []
+    slurm = [m.group(0) for line in logged if (m := re.search(r"\*\*\* JOB \S+ ON .*\*\*\*", line))]
+    if slurm:
+        return f": {slurm[-1]}"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*", line)]
+    other = [line for line in lines if not re.match(r"submitit (INFO|DEBUG|WARNING) \(|-+$|- /|You can check|Job \S+ \(task"
+                                                    r"|has not produced|Error stream produced|No error stream|No output/error", line)]
+    reason = (raised or other or [""])[-1]
+    return f": {reason}" if reason else ""

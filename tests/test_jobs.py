@@ -108,3 +108,57 @@ def test_smoke_book_with_two_local_jobs_gives_the_sequential_claims(smoke_build,
     assert smoke_build["claims"] and set(local) == set(smoke_build["claims"])
     for cid, rec in smoke_build["claims"].items():
         assert local[cid] == rec, f"claim {cid} differs between the sequential build and two local jobs"
+
+
+def test_ctrl_c_under_local_jobs_prints_one_line(tiny_book):  # noqa: F811
+    """Ctrl-C reaches every process of the terminal's foreground group: the runner cancels the jobs and says
+    so in one line; the jobs' controller processes no longer print their tracebacks under it (issue 32)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    build = Path(os.environ["MCLIB_BUILD_DIR"])
+    for name in ("good", "bad"):
+        _notebook(tiny_book / "notebooks" / f"{name}.ipynb",
+                  f"import os, time\nopen(os.path.join(os.environ['MCLIB_BUILD_DIR'], 'started-{name}'), 'w').close()\n"
+                  "time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-m", "mclib.book", "build", "--preset", "smoke", "--no-html", "--root",
+                             str(tiny_book), "--executor", "local", "--jobs", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not all((build / f"started-{n}").exists() for n in ("good", "bad")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["mclib.book: interrupted; cancelled the running chapters ['bad', 'good'] (Ctrl-C)"], err
+    assert "KeyboardInterrupt" in (build / "jobs" / "controllers.log").read_text()  # kept, not shown
+
+
+def test_gpus_per_job_0_asks_slurm_for_no_gpu(tmp_path):
+    """sbatch on a cluster without GPUs refuses ``--gpus-per-node=0`` (a GRES it does not have): no line at all."""
+    script = jobs.sbatch_script(jobs.Options(executor="slurm", gpus_per_job=0, cpus_per_job=1), tmp_path / "%j")
+    assert "--gpus" not in script and "#SBATCH --cpus-per-task=1" in script
+
+
+def test_a_job_killed_outside_its_notebook_is_reported_with_its_state_and_log(tiny_book):  # noqa: F811
+    """The job's own process dies (killed, out of memory): the chapter is named with how its job ended and
+    where its log is, not with the last line of submitit's log (an INFO line, issue 32)."""
+    _notebook(tiny_book / "notebooks" / "bad.ipynb", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    with pytest.raises(book.NotebookFailed) as failed:
+        book.build("smoke", html=False, root=tiny_book, progress=False,
+                   executor=jobs.Options(executor="local", jobs=2, poll_s=0.5))
+    message = str(failed.value)
+    assert "notebooks/bad.ipynb: its job " in message and "ended outside the notebook (its process" in message, message
+    assert "submitit INFO" not in message and "the job's log is at " in message
+    log = Path(message.split("the job's log is at ")[1].split()[0])
+    assert log.exists() and log.name.endswith("_log.err")
+    assert book.read_run_record(Path(book.os.environ["MCLIB_BUILD_DIR"]), Path("notebooks/good.ipynb"))["status"] == "ok"
