@@ -360,6 +360,9 @@ def _stage(root: Path, src: Path) -> None:
         shutil.copy2(root / name, src / name)
     shutil.copytree(root / "book", src / "book", dirs_exist_ok=True)
     stage_mathjax(src / "_static" / "mathjax")
+    from mclib import site  # the repository address for buttons and install cells; the claims JSON
+
+    site.stage(root, src, claims.claims_dir())
 
 
 def stage_mathjax(dest: Path) -> Path:
