@@ -433,6 +433,9 @@ def _add_rerun_box(out: Path, nb: Path, params: dict) -> None:
     cell.metadata["tags"] = ["mclib-rerun-box"]
     first_md = next((i for i, c in enumerate(executed.cells) if c.cell_type == "markdown"), -1)
     executed.cells.insert(first_md + 1, cell)
+    from mclib import cards  # the chapter's verdicts and this build's scale, under its title
+
+    cards.add_summary(executed, nb, params)
     quiet_parameters(executed)
     nbformat.write(executed, out)
 

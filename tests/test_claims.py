@@ -117,7 +117,15 @@ def test_report_summary_and_markdown():
     assert (status["A2"], status["C7"], status["B1"], status["A1"]) == ("fails", "inconclusive", "holds", "not run")
     assert claims.summary(records) == {"holds": 1, "fails": 1, "inconclusive": 1, "not run": 18}
     md = claims.report_markdown(records)
-    assert "[A2](a1_real_paths.ipynb)" in md and md.count("### ") == 3
+    assert md.count("### ") == 3
+    # the id links the claim's card on its chapter's page (mclib.cards gives it the id "claim-a2")
+    assert '<a href="a1_real_paths.html#claim-a2">A2</a>' in md
+    # one symbol per verdict, the cards' own
+    from mclib import cards
+
+    for status in ("fails", "inconclusive", "holds"):
+        assert f"**{cards.BADGES[status]} {status}**" in md
+    assert 'id="claim-a2"' in cards.card_html(records["A2"], bib={})
     assert "reason of C7" in md and "**1** hold, **1** fail, **1** inconclusive, **18** not run" in md
     assert "one run" in md and "Mixed" not in md
 

@@ -117,7 +117,9 @@ def test_tiny_book_html_has_buttons_and_install_cell_from_a_fake_github_reposito
     install cell name the fake repository, and no file of the HTML holds the placeholder."""
     root = tmp_path / "repo"
     (root / "notebooks").mkdir(parents=True)
-    shutil.copytree(ROOT / "book", root / "book")
+    for name in ("_static", "_templates"):
+        shutil.copytree(ROOT / "book" / name, root / "book" / name)
+    shutil.copy(ROOT / "book" / "references.bib", root / "book" / "references.bib")
     shutil.copy(ROOT / "_config.yml", root / "_config.yml")
     (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/tiny\n")
     (root / "book" / "intro.md").write_text("# Intro\n\nA tiny book.\n")

@@ -386,8 +386,15 @@ def mixed_runs(records: Mapping[str, dict] | None = None) -> list[str]:
     return [k for k in PROVENANCE if len({json.dumps(r.get(k)) for r in records.values()}) > 1]
 
 
-# text symbols, not emoji: they render without an emoji font (headless browsers, many Linux desktops)
-_MARKS = {"holds": "✔ holds", "fails": "✘ fails", "inconclusive": "⚠ inconclusive", NOT_RUN: "— not run"}
+# text symbols, not emoji: they render without an emoji font (headless browsers, many Linux desktops);
+# the cards' symbols (mclib.cards.BADGES), so report and cards mark a verdict alike
+def _mark(status: str) -> str:
+    from mclib.cards import BADGES
+
+    return f"{BADGES[status]} {status}"
+
+
+_MARKS = {s: _mark(s) for s in (*VERDICTS, NOT_RUN)}
 
 
 def _cell(text: Any) -> str:
@@ -461,9 +468,9 @@ def report_markdown(records: Mapping[str, dict] | None = None) -> str:
         for _, row in table[table["id"].str.startswith(group)].iterrows():
             cid = row["id"]
             if row["chapter"]:
-                # outputs are parsed as MyST (nb_render_markdown_format: myst), so Sphinx resolves and checks
-                # this link; it is relative to notebooks/, where the report notebook lives
-                cid = f"[{cid}]({Path(row['chapter']).stem}.ipynb)"
+                # to the claim's card (id "claim-<id>", mclib.cards) on its chapter's page: inline HTML, as a
+                # MyST link's fragment must be a Sphinx label; relative to notebooks/, where the report lives
+                cid = f'<a href="{Path(row["chapter"]).stem}.html#claim-{cid.lower()}">{cid}</a>'
             # the verdict word stands apart in bold; long reasons and measured values fold (see _fold)
             verdict = (f"**{_MARKS[row['status']]}**: {_fold(row['reason'])}" if row["status"] != NOT_RUN
                        else _MARKS[NOT_RUN])
