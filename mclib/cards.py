@@ -19,6 +19,7 @@ import functools
 import html
 import io
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -173,18 +174,52 @@ def figure_html(fig, caption: str, alt: str, number: int | None = None, dpi: int
         raise ValueError(f"alt must describe what the figure shows, not name a file: {alt!r}")
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+    font_pt = smallest_font_pt(fig)  # after drawing: tick labels get their text when drawn
     data = buf.getvalue()
     mime = "image/svg+xml" if fmt == "svg" else "image/png"
     src = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
     # the PNG's pixel width (big-endian at bytes 16..20 of its IHDR chunk) at CSS_PX_PER_INCH, not dpi;
     # an SVG states its own size
-    size = f' width="{round(int.from_bytes(data[16:20], "big") * CSS_PX_PER_INCH / dpi)}"' if fmt == "png" else ""
+    size, legible = "", ""
+    if fmt == "png":
+        width = round(int.from_bytes(data[16:20], "big") * CSS_PX_PER_INCH / dpi)
+        size = f' width="{width}"'
+        if font_pt:
+            legible = "".join(f";--mclib-w{px}:{w}px" for px, w in legible_widths(width, font_pt).items())
     label = f'<span class="caption-number">Figure {number}.</span> ' if number is not None else ""
     anchor = f' id="figure-{number}"' if number is not None else ""
+    font = f' data-font-pt="{font_pt:g}" data-dpi="{dpi}"' if font_pt else ""
     return (f'<figure class="mclib-figure"{anchor}>'
-            f'<img src="{src}" alt="{html.escape(alt.strip(), quote=True)}"{size} '
-            f'style="max-width:100%;height:auto">'
+            f'<img src="{src}" alt="{html.escape(alt.strip(), quote=True)}"{size}{font} '
+            f'style="max-width:100%;height:auto{legible}">'
             f"<figcaption>{label}{html.escape(caption.strip())}</figcaption></figure>")
+
+
+#: The smallest text a reader should meet in a figure, in CSS pixels: on a phone (400 px) and a desktop.
+LEGIBLE_PX = {"phone": 9, "desktop": 11}
+
+
+def smallest_font_pt(fig) -> float | None:
+    """The smallest font size (points) of the visible, non-empty text a figure draws; None if it has none.
+
+    Call it on a drawn figure: tick labels get their text when the figure is drawn."""
+    from matplotlib.text import Text
+
+    sizes = [t.get_fontsize() for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip() and (t.axes is None or t.axes.get_visible())]
+    return float(min(sizes)) if sizes else None
+
+
+def legible_widths(width_px: int, font_pt: float) -> dict[int, int]:
+    """The narrowest display widths (CSS px) at which a figure ``width_px`` wide, whose smallest text is
+    ``font_pt``, renders that text at :data:`LEGIBLE_PX` pixels: ``{9: w9, 11: w11}``, never above ``width_px``.
+
+    At its own width a figure's text is ``font_pt * CSS_PX_PER_INCH / 72`` px tall; scaled to ``w`` px it is
+    that times ``w / width_px``. The book's CSS keeps the image at least this wide (scrolling inside its
+    ``<figure>`` where the column is narrower; a click opens it full size).
+    """
+    natural = font_pt * CSS_PX_PER_INCH / 72
+    return {px: min(width_px, math.ceil(width_px * px / natural)) for px in LEGIBLE_PX.values()}
 
 
 def figure(fig, caption: str, alt: str, number: int | None = None, dpi: int = 200, fmt: str = "png") -> None:

@@ -289,3 +289,63 @@ def test_summary_box_goes_under_the_title_with_only_the_chapters_claims():
     bare.cells = [nbformat.v4.new_markdown_cell("# Only a title")]
     cards.add_summary(bare, "notebooks/own_model.ipynb", {"preset": "smoke"}, records=_records())
     assert len(bare.cells) == 2 and "records no claim" in bare.cells[1].source
+
+
+# --- figures legible at 400 and 1400 px (issue 28) ---
+
+def test_smallest_font_counts_visible_text_only():
+    fig, ax = plt.subplots()
+    ax.set_title("t", fontsize=14)
+    ax.text(0.5, 0.5, "tiny", fontsize=5)
+    ax.text(0.5, 0.2, "hidden", fontsize=3).set_visible(False)
+    ax.text(0.5, 0.3, "   ", fontsize=2)
+    ax.tick_params(labelsize=12)
+    fig.canvas.draw()
+    assert cards.smallest_font_pt(fig) == 5
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("font_pt", [5.0, 10.0, 30.0])
+def test_figure_records_its_font_and_the_widths_that_keep_it_legible(font_pt):
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot([0, 1], [0, 1])
+    ax.tick_params(labelsize=font_pt)
+    ax.set_xlabel("x", fontsize=font_pt + 2)
+    out = cards.figure_html(fig, "A line.", "A rising line.", dpi=100)
+    plt.close(fig)
+    img = dict(_Parsed(out).tags)["img"]
+    assert float(img["data-font-pt"]) == font_pt and img["data-dpi"] == "100"
+    width = int(img["width"])
+    widths = {int(k): int(v[:-2]) for k, v in re.findall(r"--mclib-w(\d+):([0-9]+px)", img["style"])}
+    assert set(widths) == {9, 11}
+    for px, w in widths.items():
+        # the text as rendered at that width, from the PNG's size (an independent reading of the same geometry)
+        natural = Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1]))).size[0]
+        rendered = font_pt * 100 / 72 * w / natural
+        assert w == width or rendered >= px - 1e-9, (px, w, rendered)
+        assert w <= width
+        assert w == width or font_pt * 100 / 72 * (w - 1) / natural < px  # the narrowest such width
+
+
+def test_book_style_draws_no_text_below_ten_points():
+    from mclib import plots
+
+    with matplotlib.rc_context():
+        plots.use_style()
+        fig, ax = plots.subplots(1, 2)
+        for a in ax:
+            a.plot([0, 1], [1, 0], label="a line")
+            a.set(title="title", xlabel="x", ylabel="y")
+            a.legend()
+        fig.suptitle("whole")
+        fig.canvas.draw()
+        assert cards.smallest_font_pt(fig) >= 10
+        plt.close(fig)
+
+
+def test_css_keeps_figures_at_their_legible_width_and_labels_stacked_cells():
+    css = (ROOT / "book" / "_static" / "mclib.css").read_text()
+    assert "min-width: var(--mclib-w11" in css and "min-width: var(--mclib-w9" in css
+    assert "attr(data-label)" in css
+    js = (ROOT / "book" / "_static" / "mclib.js").read_text()
+    assert "dataset.label" in js and "mclib-zoomed" in js
