@@ -142,8 +142,10 @@ def test_result_markdown_is_generated_from_the_records():
     records = {"A1": _rec("A1", "fails"), "A2": _rec("A2", "inconclusive")}
     md = claims.result_markdown(["A1", "A2", "A3"], records)
     assert md.startswith("Of 3 claim(s) on this page: 1 fails, 1 inconclusive.")
-    assert "**A1 fails.**" in md and "reason of A1" in md and "**A2 is inconclusive.**" in md
+    assert '<a href="#claim-a1">A1</a> fails; <a href="#claim-a2">A2</a> is inconclusive.' in md
     assert "**A3**" in md and "not recorded" in md
+    # the cards say the reasons and the numbers; the Result text does not repeat them (issue 28)
+    assert "reason of A1" not in md and "measured A1" not in md
 
 
 # --------------------------------------------------------------------------- paper A and B criteria

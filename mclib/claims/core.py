@@ -481,21 +481,25 @@ def report_markdown(records: Mapping[str, dict] | None = None) -> str:
 
 
 def result_markdown(ids: Sequence[str], records: Mapping[str, dict] | None = None) -> str:
-    """A chapter's "Result" text, generated from its verdicts: what held, what failed and why, what was
-    inconclusive and why, with each claim's measured sentence."""
+    """A chapter's "Result" text, generated from its verdicts: the counts, and each claim's verdict linked to its
+    card (``#claim-<id>``, :func:`mclib.cards.card_html`). It does not repeat the cards: their reasons, measured
+    values and criteria are on the cards (and in the summary box under the chapter's title)."""
     records = load_all() if records is None else records
-    parts = []
+    words = {"holds": "holds", "fails": "fails", "inconclusive": "is inconclusive"}
+    said, missing = [], []
     for cid in ids:
         claim, rec = get(cid), records.get(cid)
         if rec is None:
-            parts.append(f"**{cid}** ({claim.statement}) was not recorded in this build.")
-            continue
-        word = {"holds": "holds", "fails": "fails", "inconclusive": "is inconclusive"}[rec["status"]]
-        parts.append(f"**{cid} {word}.** {claim.statement}. Criterion: {claim.criterion} "
-                     f"Verdict: {rec['reason']}. Measured: {rec['measured']}")
+            missing.append(f"**{cid}** ({claim.statement}) was not recorded in this build.")
+        else:
+            said.append(f'<a href="#claim-{cid.lower()}">{cid}</a> {words[rec["status"]]}')
     statuses = [records[c]["status"] for c in ids if c in records]
     head = ", ".join(f"{statuses.count(s)} {s}" for s in VERDICTS if s in statuses) or "nothing recorded"
-    return "\n\n".join([f"Of {len(ids)} claim(s) on this page: {head}."] + parts)
+    parts = [f"Of {len(ids)} claim(s) on this page: {head}."]
+    if said:
+        parts.append("; ".join(said) + ". Each claim's card above gives the reason in one line and folds the "
+                     "numbers (the paper's value, the measured one, the criterion and the whole reason).")
+    return "\n\n".join(parts + missing)
 
 
 # --------------------------------------------------------------------------- condition maps
