@@ -504,6 +504,9 @@ def _stage(root: Path, src: Path) -> None:
         shutil.copy2(root / name, src / name)
     shutil.copytree(root / "book", src / "book", dirs_exist_ok=True)
     stage_mathjax(src / "_static" / "mathjax")
+    from mclib import site  # the repository address for buttons and install cells; the claims JSON
+
+    site.stage(root, src, claims.claims_dir())
 
 
 def stage_mathjax(dest: Path) -> Path:
@@ -574,6 +577,9 @@ def _add_rerun_box(out: Path, nb: Path, params: dict) -> None:
     cell.metadata["tags"] = ["mclib-rerun-box"]
     first_md = next((i for i, c in enumerate(executed.cells) if c.cell_type == "markdown"), -1)
     executed.cells.insert(first_md + 1, cell)
+    from mclib import cards  # the chapter's verdicts and this build's scale, under its title
+
+    cards.add_summary(executed, nb, params)
     quiet_parameters(executed)
     nbformat.write(executed, out)
 

@@ -761,7 +761,7 @@ def plot_crossing(ax, thresholds: Mapping[int, np.ndarray], pc: float | None = N
     ax.set_ylabel("spanning probability $R_L(p)$")
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize="small")
     return ax
 
 
@@ -779,7 +779,7 @@ def plot_pc(ax, study: Mapping[int, Mapping], d_max: int | None = None, kind: st
     ax.set_yscale("log")
     ax.set_xlabel("dimension d")
     ax.set_ylabel("$p_c(d)$")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize="small")
     return ax
 
 
@@ -788,7 +788,7 @@ def plot_surface(axes, surf: Mapping, p_marks: Sequence[float] = ()):
     ax0, ax1 = axes
     p, ds, tau = surf["p"], surf["d"], surf["tau"]
     im = ax0.pcolormesh(np.arange(len(p) + 1), np.arange(len(ds) + 1), tau, vmin=0, vmax=1, cmap="viridis")
-    ax0.set_xticks(np.arange(len(p)) + 0.5, [f"{x:g}" for x in p], rotation=90, fontsize=7)
+    ax0.set_xticks(np.arange(len(p)) + 0.5, [f"{x:g}" for x in p], rotation=90, fontsize="small")
     ax0.set_yticks(np.arange(len(ds)) + 0.5, [str(d) for d in ds])
     ax0.set_xlabel("p (fraction of open cells)")
     ax0.set_ylabel("dimension d")
@@ -804,7 +804,7 @@ def plot_surface(axes, surf: Mapping, p_marks: Sequence[float] = ()):
     ax1.set_xlabel("dimension d")
     ax1.set_ylabel("τ")
     ax1.set_ylim(-0.02, 1.02)
-    ax1.legend(fontsize=6, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax1.legend(fontsize="small", ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return axes
 
 
@@ -824,7 +824,7 @@ def plot_on_pc_curve(ax, measured: Mapping[str, float], input_dim: int, kind: st
     ax.plot(dd, curve, "k-", lw=1.5, label="$p_c(d)$ (literature, then series)")
     ax.plot(dd, bethe_estimate(dd), ":", color="gray", label="1/(2d-1)")
     ax.axvline(input_dim, color="gray", lw=1, ls="--")
-    ax.text(input_dim, 0.6, f" D={input_dim}", fontsize=8, va="top", ha="right")
+    ax.text(input_dim, 0.6, f" D={input_dim}", fontsize="small", va="top", ha="right")
     for i, (name, p) in enumerate(measured.items()):
         if p > 0:
             ax.axhline(p, color=f"C{i + 1}", lw=1.2, label=f"{name}: p={p:.3g}")
@@ -832,5 +832,5 @@ def plot_on_pc_curve(ax, measured: Mapping[str, float], input_dim: int, kind: st
     ax.set_yscale("log")
     ax.set_xlabel("dimension d")
     ax.set_ylabel("p")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize="small", loc="lower left")
     return ax

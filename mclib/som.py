@@ -631,7 +631,7 @@ def plot_som_map(ax, som: SOM, bmus: torch.Tensor, labels: torch.Tensor, n_class
     ax.imshow(img, interpolation="nearest")
     for k in range(som.n_units):
         if hits[k] > 0:
-            ax.text(k % cols, k // cols, int(hits[k]), ha="center", va="center", fontsize=6)
+            ax.text(k % cols, k // cols, int(hits[k]), ha="center", va="center", fontsize="small")
     ax.set_xticks([]), ax.set_yticks([])
     ax.grid(False)
     ax.set_title(title)

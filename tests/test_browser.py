@@ -36,8 +36,9 @@ pytestmark = pytest.mark.slow
 
 WIDTHS = (1400, 400)
 #: Pages kept as screenshots at both widths, by name: (file stem for the png, toc entry).
-SHOTS = {"index": "book/intro", "report": "notebooks/report", "a8": "notebooks/a8_detection",
-         "c6": "notebooks/c6_robustness_hessian"}
+SHOTS = {"index": "book/intro", "report": "notebooks/report", "a1": "notebooks/a1_real_paths",
+         "a8": "notebooks/a8_detection", "b": "notebooks/b_internal_codes", "c2": "notebooks/c2_backdoor_repair",
+         "c6": "notebooks/c6_robustness_hessian", "own_model": "notebooks/own_model"}
 MAX_OUTPUT_LINES = 40
 REPRS = ("<matplotlib.", "Text(", "Legend at 0x")
 #: A markdown table's delimiter row shown as text; docutils' smart quotes turn "---" into an em dash.
@@ -164,6 +165,30 @@ return {
     text: p.innerText, wraps: getComputedStyle(p).whiteSpace.startsWith('pre-wrap'),
     fits: p.scrollWidth <= p.clientWidth + 1})),
   links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
+  placeholder: document.documentElement.outerHTML.includes('OWNER/REPO'),
+  // the summary box under the title: where its verdicts and the build's scale end, from the top of the page
+  summary: (() => {
+    const box = main.querySelector('.mclib-summary');
+    if (!box) return null;
+    const bottom = e => Math.round(e.getBoundingClientRect().bottom + window.scrollY);
+    return {ids: Array.from(box.querySelectorAll('.mclib-summary-id')).map(a => a.innerText.trim()),
+            badges: Array.from(box.querySelectorAll('.mclib-badge')).map(b => ({text: b.innerText.trim(), bottom: bottom(b)})),
+            scale: Array.from(box.querySelectorAll('.mclib-summary-scale dd')).map(d => ({text: d.innerText.trim(), bottom: bottom(d)})),
+            screen: window.innerHeight};
+  })(),
+  // the smallest text of each figure as rendered: its font size (points, recorded by mclib.cards.figure_html)
+  // at the PNG's dpi, scaled by the displayed over the natural width of the image
+  figure_text: Array.from(main.querySelectorAll('figure.mclib-figure img')).map(i => ({
+    caption: ((i.closest('figure').querySelector('figcaption') || {}).innerText || '').slice(0, 40),
+    px: i.dataset.fontPt && i.naturalWidth
+      ? +i.dataset.fontPt * +i.dataset.dpi / 72 * i.getBoundingClientRect().width / i.naturalWidth : null})),
+  // stacked table cells (phone width) that show no column label
+  unlabelled_cells: Array.from(main.querySelectorAll('.cell_output table.table tbody td:not(:first-child)'))
+    .filter(td => getComputedStyle(td).display === 'block')
+    .filter(td => { const c = getComputedStyle(td, '::before').content; return !c || c === 'none' || c === 'normal'; }).length,
+  // inline code names (no spaces) split over two lines
+  broken_names: Array.from(main.querySelectorAll('table code.literal'))
+    .filter(c => !/\s/.test(c.innerText.trim()) && c.getClientRects().length > 1).map(c => c.innerText.trim()),
 };
 """ % {"max": MAX_OUTPUT_LINES}
 
@@ -371,9 +396,18 @@ def test_each_chapter_shows_its_parameters_once_and_a_rerun_command_that_wraps(p
 # ---- reach: launch buttons, repository, bibliography, API -------------------------------------------------------
 
 
+def test_no_page_publishes_the_placeholder_address(pages):
+    found = [f"{entry} at {w} px" for (entry, w), p in pages.items() if p["placeholder"]]
+    assert not found, f"pages holding OWNER/REPO: {found}"
+
+
 def test_chapters_have_binder_colab_and_repository_buttons_from_one_url(pages, html_dir):
     cfg = yaml.safe_load((html_dir.parent / "src" / "_config.yml").read_text())
-    repo = cfg["repository"]["url"].rstrip("/")
+    repo = (cfg["repository"].get("url") or "").rstrip("/")
+    if not repo:  # a build that knew no repository address (mclib.site): no launch button at all
+        links = pages["notebooks/c6_robustness_hessian", 1400]["links"]
+        assert not [u for u in links if "mybinder.org" in u or "colab.research.google.com" in u], links
+        return
     path = urllib.parse.urlparse(repo).path  # /OWNER/REPO
     branch = cfg["repository"].get("branch", "main")
     links = pages["notebooks/c6_robustness_hessian", 1400]["links"]
@@ -406,3 +440,79 @@ def test_api_page_lists_every_module_with_its_one_line_description(pages):
         first = (__import__(m, fromlist=["_"]).__doc__ or "").strip().splitlines()[0]
         # autosummary shows the first sentence
         assert " ".join(plain(first.split(". ")[0]).split()[:4]) in text, f"{m}'s description {first!r} is not on the API page"
+
+
+# ---- the first screen: verdicts and scale; figures and tables legible at both widths (issue 28) ----------------
+
+#: How far down a reader must find a chapter's verdicts and the build's scale: 1,000 px at 1400 px, two
+#: screens at 400 px.
+FIRST_SCREEN = {1400: lambda screen: 1000, 400: lambda screen: 2 * screen}
+#: The smallest figure text, in CSS px, at each width.
+MIN_FIGURE_TEXT_PX = {1400: 11, 400: 9}
+
+
+def _chapter_claims(html_dir: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for path in (html_dir.parent / "claims").glob("*.json"):
+        if not path.name.startswith("_"):
+            rec = json.loads(path.read_text())
+            out.setdefault(Path(rec.get("chapter") or "").stem, []).append(rec["id"])
+    return out
+
+
+def test_every_chapter_shows_its_verdicts_and_the_builds_scale_on_the_first_screen(pages, html_dir):
+    meta = json.loads((html_dir.parent / "claims" / "_meta.json").read_text())
+    recorded = _chapter_claims(html_dir)
+
+    def check(page, width, entry):
+        box = page["summary"]
+        if box is None:
+            return ["no summary box"]
+        limit = FIRST_SCREEN[width](box["screen"])
+        stem = Path(entry).stem
+        out = []
+        if stem != "report" and sorted(box["ids"]) != sorted(recorded.get(stem, [])):
+            out.append(f"the box lists {box['ids']}, the chapter recorded {recorded.get(stem, [])}")
+        if (stem == "report" or recorded.get(stem)) and not box["badges"]:
+            out.append("no verdict badge")
+        late = [b["text"] for b in box["badges"] if b["bottom"] > limit]
+        if late:
+            out.append(f"verdicts below {limit} px: {late}")
+        scale = [d for d in box["scale"] if "preset" in d["text"]]
+        if not scale:
+            out.append("no 'this build' line")
+        elif scale[0]["bottom"] > limit:
+            out.append(f"the build's scale ends at {scale[0]['bottom']} px, below {limit} px")
+        elif not (f"preset {meta.get('preset')}" in scale[0]["text"] and "seed" in scale[0]["text"]
+                  and "train" in scale[0]["text"]):
+            out.append(f"the scale line lacks dataset, preset or seed: {scale[0]['text']!r}")
+        return out
+
+    chapters = {k: v for k, v in pages.items() if k[0].startswith("notebooks/")}
+    found = [f"{entry} at {w} px: {p}" for (entry, w), page in chapters.items() for p in check(page, w, entry)]
+    assert not found, "\n".join(found)
+
+
+def test_figure_text_is_legible_at_phone_and_desktop_width(pages):
+    def check(page, width):
+        out = []
+        for fig in page["figure_text"]:
+            if fig["px"] is None:
+                out.append(f"figure {fig['caption']!r} records no font size")
+            elif fig["px"] < MIN_FIGURE_TEXT_PX[width] - 0.05:
+                out.append(f"figure {fig['caption']!r}: smallest text {fig['px']:.1f} px")
+        return out
+
+    found = _problems(pages, check)
+    assert sum(len(p["figure_text"]) for p in pages.values()) > 0
+    assert not found, "\n".join(found)
+
+
+def test_stacked_report_rows_keep_their_column_labels(pages):
+    page = pages["notebooks/report", 400]
+    assert page["unlabelled_cells"] == 0, f"{page['unlabelled_cells']} stacked report cells without a column label"
+
+
+def test_api_page_keeps_module_names_whole(pages):
+    broken = pages["book/api", 1400]["broken_names"]
+    assert not broken, f"module names broken over two lines at 1400 px: {broken}"

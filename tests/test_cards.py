@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import html.parser
 import io
 import re
@@ -202,8 +203,9 @@ def test_executed_copy_gets_the_rerun_box_and_shows_the_parameters_once(tmp_path
     book._add_rerun_box(path, Path("notebooks/x.ipynb"), book.parameters("smoke", "auto", 0, None, None))
     cells = nbformat.read(path, as_version=4).cells
     tags = [c.metadata.get("tags", []) for c in cells]
-    assert tags == [[], ["mclib-rerun-box"], ["parameters", "remove-cell"], ["injected-parameters"], []]
-    assert "--preset smoke" in cells[1].source
+    assert tags == [[], ["mclib-summary-box"], ["mclib-rerun-box"], ["parameters", "remove-cell"],
+                    ["injected-parameters"], []]
+    assert "--preset smoke" in cells[2].source and "This build" in cells[1].source
 
 
 def test_a_notebook_without_injected_parameters_keeps_its_own():
@@ -223,3 +225,127 @@ def test_a_page_tagged_remove_parameters_shows_neither_parameters_cell():
     book.quiet_parameters(nb)
     assert [c.metadata.get("tags", []) for c in nb.cells] == [
         ["parameters", "remove-parameters", "remove-cell"], ["injected-parameters", "remove-cell"], []]
+
+
+# --- the summary box a chapter opens with; the card's head, one line of why, folded numbers (issue 28) ---
+
+def test_one_line_is_the_reasons_first_clause_outside_brackets():
+    assert cards.one_line("a [1; 2] b; c; d") == "a [1; 2] b"
+    assert cards.one_line("  just one  part ") == "just one part"
+    assert cards.one_line(None) == ""
+
+
+def test_card_head_carries_the_badge_the_why_is_one_line_and_the_numbers_fold():
+    rec = {**RECORD, "reason": "first part [0.2; 0.4]; second part; third part"}
+    out = cards.card_html(rec, bib=BIB)
+    head = re.search(r'<div class="mclib-card-head">(.*?)</div>', out).group(1)
+    assert 'mclib-badge mclib-badge-holds' in head and "C6" in head
+    assert '<p class="mclib-card-why">first part [0.2; 0.4]</p>' in out
+    details = re.search(r"<details[^>]*>(.*)</details>", out).group(1)
+    for key in ("measured", "criterion"):
+        assert html.escape(RECORD[key]) in details
+    assert "third part" in details  # the whole reason, folded
+    assert '<a href="../_static/claims/C6.json">' in out  # the published record, linked
+
+
+def _records():
+    base = {"preset": "smoke", "seed": 3, "device": "cpu", "chapter": "notebooks/b_internal_codes.ipynb"}
+    return {"B2": {**base, "id": "B2", "status": "fails", "reason": "deep codes are not diverse; more"},
+            "B1": {**base, "id": "B1", "status": "holds", "reason": "shallow codes are homogeneous"},
+            "A1": {**base, "id": "A1", "status": "inconclusive", "reason": "x", "chapter": "notebooks/a1_real_paths.ipynb"}}
+
+
+def test_build_scale_reads_the_chapters_preset_sections():
+    b = cards.build_scale("b_internal_codes", "quick")
+    assert b["architectures"] == ["cnn", "resnet8"] and b["dataset"].startswith("MNIST") and b["n_train"] == 4000
+    assert cards.build_scale("a1_real_paths", "smoke")["architectures"] == ["cnn", "mlp"]  # arch + second_arch
+    assert cards.build_scale("a1_real_paths", "smoke")["dataset"] == "scikit-learn 8×8 digits"
+    assert set(cards.CHAPTERS) >= {nb.stem for nb in book.notebooks(ROOT)}  # every chapter has its setting
+
+
+def test_summary_lists_the_chapters_claims_linked_to_their_cards_with_the_builds_scale():
+    recs = {k: v for k, v in _records().items() if k.startswith("B")}
+    page = _Parsed(cards.summary_html("b_internal_codes", recs, "smoke"))
+    text = page.visible()
+    assert text.index("B1") < text.index("B2")
+    assert ("a", {"class": "mclib-summary-id", "href": "#claim-b1"}) in page.tags
+    assert "✔ holds shallow codes are homogeneous" in text and "✘ fails deep codes are not diverse" in text
+    assert "more" not in text  # one line: the first clause only
+    assert "scikit-learn 8×8 digits (256 train / 128 test images); cnn, resnet8; preset smoke, seed 3, cpu" in text
+    assert "ResNet-18 and ResNet-50 on CIFAR-10" in text
+    counts = _Parsed(cards.summary_html("report", _records(), "smoke", counts_only=True)).visible()
+    assert "? inconclusive 1 of 3 claims" in counts and "✔ holds 1 of 3" in counts
+
+
+def test_summary_box_goes_under_the_title_with_only_the_chapters_claims():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_markdown_cell("# Title\n\nOpening prose."),
+                nbformat.v4.new_markdown_cell("## Later")]
+    cards.add_summary(nb, "notebooks/b_internal_codes.ipynb", {"preset": "smoke", "seed": 3}, records=_records())
+    assert [c.source[:12] for c in nb.cells] == ["x = 1", "# Title", '<div class="', "Opening pros", "## Later"]
+    box = nb.cells[2]
+    assert "mclib-summary-box" in box.metadata["tags"] and "B1" in box.source and "A1" not in box.source
+    bare = nbformat.v4.new_notebook()
+    bare.cells = [nbformat.v4.new_markdown_cell("# Only a title")]
+    cards.add_summary(bare, "notebooks/own_model.ipynb", {"preset": "smoke"}, records=_records())
+    assert len(bare.cells) == 2 and "records no claim" in bare.cells[1].source
+
+
+# --- figures legible at 400 and 1400 px (issue 28) ---
+
+def test_smallest_font_counts_visible_text_only():
+    fig, ax = plt.subplots()
+    ax.set_title("t", fontsize=14)
+    ax.text(0.5, 0.5, "tiny", fontsize=5)
+    ax.text(0.5, 0.2, "hidden", fontsize=3).set_visible(False)
+    ax.text(0.5, 0.3, "   ", fontsize=2)
+    ax.tick_params(labelsize=12)
+    fig.canvas.draw()
+    assert cards.smallest_font_pt(fig) == 5
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("font_pt", [5.0, 10.0, 30.0])
+def test_figure_records_its_font_and_the_widths_that_keep_it_legible(font_pt):
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot([0, 1], [0, 1])
+    ax.tick_params(labelsize=font_pt)
+    ax.set_xlabel("x", fontsize=font_pt + 2)
+    out = cards.figure_html(fig, "A line.", "A rising line.", dpi=100)
+    plt.close(fig)
+    img = dict(_Parsed(out).tags)["img"]
+    assert float(img["data-font-pt"]) == font_pt and img["data-dpi"] == "100"
+    width = int(img["width"])
+    widths = {int(k): int(v[:-2]) for k, v in re.findall(r"--mclib-w(\d+):([0-9]+px)", img["style"])}
+    assert set(widths) == {9, 11}
+    for px, w in widths.items():
+        # the text as rendered at that width, from the PNG's size (an independent reading of the same geometry)
+        natural = Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1]))).size[0]
+        rendered = font_pt * 100 / 72 * w / natural
+        assert w == width or rendered >= px - 1e-9, (px, w, rendered)
+        assert w <= width
+        assert w == width or font_pt * 100 / 72 * (w - 1) / natural < px  # the narrowest such width
+
+
+def test_book_style_draws_no_text_below_ten_points():
+    from mclib import plots
+
+    with matplotlib.rc_context():
+        plots.use_style()
+        fig, ax = plots.subplots(1, 2)
+        for a in ax:
+            a.plot([0, 1], [1, 0], label="a line")
+            a.set(title="title", xlabel="x", ylabel="y")
+            a.legend()
+        fig.suptitle("whole")
+        fig.canvas.draw()
+        assert cards.smallest_font_pt(fig) >= 10
+        plt.close(fig)
+
+
+def test_css_keeps_figures_at_their_legible_width_and_labels_stacked_cells():
+    css = (ROOT / "book" / "_static" / "mclib.css").read_text()
+    assert "min-width: var(--mclib-w11" in css and "min-width: var(--mclib-w9" in css
+    assert "attr(data-label)" in css
+    js = (ROOT / "book" / "_static" / "mclib.js").read_text()
+    assert "dataset.label" in js and "mclib-zoomed" in js

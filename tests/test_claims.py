@@ -117,7 +117,15 @@ def test_report_summary_and_markdown():
     assert (status["A2"], status["C7"], status["B1"], status["A1"]) == ("fails", "inconclusive", "holds", "not run")
     assert claims.summary(records) == {"holds": 1, "fails": 1, "inconclusive": 1, "not run": 18}
     md = claims.report_markdown(records)
-    assert "[A2](a1_real_paths.ipynb)" in md and md.count("### ") == 3
+    assert md.count("### ") == 3
+    # the id links the claim's card on its chapter's page (mclib.cards gives it the id "claim-a2")
+    assert '<a href="a1_real_paths.html#claim-a2">A2</a>' in md
+    # one symbol per verdict, the cards' own
+    from mclib import cards
+
+    for status in ("fails", "inconclusive", "holds"):
+        assert f"**{cards.BADGES[status]} {status}**" in md
+    assert 'id="claim-a2"' in cards.card_html(records["A2"], bib={})
     assert "reason of C7" in md and "**1** hold, **1** fail, **1** inconclusive, **18** not run" in md
     assert "one run" in md and "Mixed" not in md
 
@@ -134,8 +142,10 @@ def test_result_markdown_is_generated_from_the_records():
     records = {"A1": _rec("A1", "fails"), "A2": _rec("A2", "inconclusive")}
     md = claims.result_markdown(["A1", "A2", "A3"], records)
     assert md.startswith("Of 3 claim(s) on this page: 1 fails, 1 inconclusive.")
-    assert "**A1 fails.**" in md and "reason of A1" in md and "**A2 is inconclusive.**" in md
+    assert '<a href="#claim-a1">A1</a> fails; <a href="#claim-a2">A2</a> is inconclusive.' in md
     assert "**A3**" in md and "not recorded" in md
+    # the cards say the reasons and the numbers; the Result text does not repeat them (issue 28)
+    assert "reason of A1" not in md and "measured A1" not in md
 
 
 # --------------------------------------------------------------------------- paper A and B criteria

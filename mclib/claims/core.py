@@ -504,8 +504,15 @@ def mixed_runs(records: Mapping[str, dict] | None = None) -> list[str]:
     return [k for k in PROVENANCE if len({json.dumps(r.get(k)) for r in records.values()}) > 1]
 
 
-# text symbols, not emoji: they render without an emoji font (headless browsers, many Linux desktops)
-_MARKS = {"holds": "✔ holds", "fails": "✘ fails", "inconclusive": "⚠ inconclusive", NOT_RUN: "— not run"}
+# text symbols, not emoji: they render without an emoji font (headless browsers, many Linux desktops);
+# the cards' symbols (mclib.cards.BADGES), so report and cards mark a verdict alike
+def _mark(status: str) -> str:
+    from mclib.cards import BADGES
+
+    return f"{BADGES[status]} {status}"
+
+
+_MARKS = {s: _mark(s) for s in (*VERDICTS, NOT_RUN)}
 
 
 def _cell(text: Any) -> str:
@@ -579,9 +586,9 @@ def report_markdown(records: Mapping[str, dict] | None = None) -> str:
         for _, row in table[table["id"].str.startswith(group)].iterrows():
             cid = row["id"]
             if row["chapter"]:
-                # outputs are parsed as MyST (nb_render_markdown_format: myst), so Sphinx resolves and checks
-                # this link; it is relative to notebooks/, where the report notebook lives
-                cid = f"[{cid}]({Path(row['chapter']).stem}.ipynb)"
+                # to the claim's card (id "claim-<id>", mclib.cards) on its chapter's page: inline HTML, as a
+                # MyST link's fragment must be a Sphinx label; relative to notebooks/, where the report lives
+                cid = f'<a href="{Path(row["chapter"]).stem}.html#claim-{cid.lower()}">{cid}</a>'
             # the verdict word stands apart in bold; long reasons and measured values fold (see _fold)
             verdict = (f"**{_MARKS[row['status']]}**: {_fold(row['reason'])}" if row["status"] != NOT_RUN
                        else _MARKS[NOT_RUN])
@@ -592,21 +599,25 @@ def report_markdown(records: Mapping[str, dict] | None = None) -> str:
 
 
 def result_markdown(ids: Sequence[str], records: Mapping[str, dict] | None = None) -> str:
-    """A chapter's "Result" text, generated from its verdicts: what held, what failed and why, what was
-    inconclusive and why, with each claim's measured sentence."""
+    """A chapter's "Result" text, generated from its verdicts: the counts, and each claim's verdict linked to its
+    card (``#claim-<id>``, :func:`mclib.cards.card_html`). It does not repeat the cards: their reasons, measured
+    values and criteria are on the cards (and in the summary box under the chapter's title)."""
     records = load_all() if records is None else records
-    parts = []
+    words = {"holds": "holds", "fails": "fails", "inconclusive": "is inconclusive"}
+    said, missing = [], []
     for cid in ids:
         claim, rec = get(cid), records.get(cid)
         if rec is None:
-            parts.append(f"**{cid}** ({claim.statement}) was not recorded in this build.")
-            continue
-        word = {"holds": "holds", "fails": "fails", "inconclusive": "is inconclusive"}[rec["status"]]
-        parts.append(f"**{cid} {word}.** {claim.statement}. Criterion: {claim.criterion} "
-                     f"Verdict: {rec['reason']}. Measured: {rec['measured']}")
+            missing.append(f"**{cid}** ({claim.statement}) was not recorded in this build.")
+        else:
+            said.append(f'<a href="#claim-{cid.lower()}">{cid}</a> {words[rec["status"]]}')
     statuses = [records[c]["status"] for c in ids if c in records]
     head = ", ".join(f"{statuses.count(s)} {s}" for s in VERDICTS if s in statuses) or "nothing recorded"
-    return "\n\n".join([f"Of {len(ids)} claim(s) on this page: {head}."] + parts)
+    parts = [f"Of {len(ids)} claim(s) on this page: {head}."]
+    if said:
+        parts.append("; ".join(said) + ". Each claim's card above gives the reason in one line and folds the "
+                     "numbers (the paper's value, the measured one, the criterion and the whole reason).")
+    return "\n\n".join(parts + missing)
 
 
 # --------------------------------------------------------------------------- condition maps

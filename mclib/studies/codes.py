@@ -368,10 +368,10 @@ def plot_conditions(conditions: Sequence[Mapping], key: str = "spearman", effect
     ax.axvline(0, color="black", lw=0.8)
     for x in (-effect, effect):
         ax.axvline(x, color="grey", lw=0.8, ls="--")
-    ax.set_yticks(ypos, labels, fontsize=7)
+    ax.set_yticks(ypos, labels, fontsize="small")
     ax.set_xlabel(f"{xlabel} (95% bootstrap interval); dashed: ±{effect:g}")
     if len(models_) > 1 or models_[0]:
         from matplotlib.lines import Line2D
-        ax.legend([Line2D([], [], marker="o", color=colours[m], ls="") for m in models_], models_, fontsize=7,
+        ax.legend([Line2D([], [], marker="o", color=colours[m], ls="") for m in models_], models_, fontsize="small",
                   loc="best")
     return ax

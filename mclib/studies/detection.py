@@ -292,14 +292,14 @@ def plot_condition_map(axes, conditions: Sequence[Mapping], threshold: float = 0
             ax.fill_between(d["x"], d["lo"], d["hi"], color=col, alpha=0.15, lw=0)
         ax.axhline(threshold, color="k", ls="--", lw=0.9)
         ax.text(0.99, threshold, f"threshold {threshold:g}", transform=ax.get_yaxis_transform(), ha="right",
-                va="bottom", fontsize=8)
+                va="bottom", fontsize="small")
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xticks(sorted(sub["x"].unique()), [f"{v:g}" for v in sorted(sub["x"].unique())])
         ax.set_xlabel(sub["knob"].iloc[0].replace("_", " "))
         ax.set_ylabel("cross-validated AUROC")
         ax.set_title(fam)
     if families:
-        axes[0].legend(loc="lower left", fontsize=8)
+        axes[0].legend(loc="lower left", fontsize="small")
     drawn = list(axes[:len(families)])
     if gain_ax is not None:
         for fam, col in zip(families, colours[len(lines):] + colours):
@@ -311,6 +311,6 @@ def plot_condition_map(axes, conditions: Sequence[Mapping], threshold: float = 0
         gain_ax.set_ylabel("AUROC gain from the path features")
         gain_ax.set_title("does the barrier add to the logits?")
         if gain_ax.get_legend_handles_labels()[0]:
-            gain_ax.legend(loc="best", fontsize=8)
+            gain_ax.legend(loc="best", fontsize="small")
         drawn.append(gain_ax)
     return drawn
