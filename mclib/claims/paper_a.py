@@ -17,6 +17,7 @@ import numpy as np
 from mclib import stats
 from mclib.claims.core import (Claim, Verdict, combine, compare_interval, fails, fmt, holds, inconclusive,
                                judge_interval, map_sentence, required)
+from mclib.claims.guards import at_chance
 
 CITE = "vrabel2025input"
 #: Thresholds fixed before any run (never tuned to the outcome).
@@ -126,7 +127,8 @@ def judge_a1(values: Mapping[str, Any]) -> Verdict:
     the reason adds where the share reaches 5%, where it stays below and where it is undecided
     (:func:`mclib.claims.core.map_sentence`, the same threshold).
     """
-    verdict = combine(judge_interval(f"the {run} share of same-class pairs with a gap above {ev['tolerance']:g}",
+    verdict = combine(_at_chance(run, ev) or
+                      judge_interval(f"the {run} share of same-class pairs with a gap above {ev['tolerance']:g}",
                                      ev["barrier_fraction"], A1_MIN_BARRIER_FRACTION, spec=".1%")
                       for run, ev in required(values, "runs").items())
     if not values.get("conditions"):
@@ -134,6 +136,14 @@ def judge_a1(values: Mapping[str, Any]) -> Verdict:
     where = map_sentence(values["conditions"], "barrier_fraction", A1_MIN_BARRIER_FRACTION,
                          name="the share of same-class pairs with a barrier", spec=".1%")
     return Verdict(verdict.status, f"{verdict.reason}; condition map: {where}")
+
+
+def _at_chance(run: str, ev: Mapping[str, Any]) -> Verdict | None:
+    """Inconclusive when the run records its model's test accuracy (``test_acc`` on ``n_test`` images) and that is
+    not above chance (:func:`mclib.claims.guards.at_chance`); None otherwise (also for records without it)."""
+    if ev.get("test_acc") is None and ev.get("n_test") is None:
+        return None
+    return at_chance(f"the {run} model", ev.get("test_acc"), ev.get("n_test"), ev.get("num_classes"))
 
 
 def _untested(run: str) -> Verdict:
@@ -149,6 +159,10 @@ def judge_a2(values: Mapping[str, Any]) -> Verdict:
     """
     parts = []
     for run, ev in required(values, "runs").items():
+        degenerate = _at_chance(run, ev)
+        if degenerate is not None:
+            parts.append(degenerate)
+            continue
         if not ev["barrier_pairs"]:
             parts.append(_untested(run))
             continue
@@ -170,6 +184,10 @@ def judge_a3(values: Mapping[str, Any]) -> Verdict:
     """Every run: >= 90% of barrier pairs connected within max_rounds, and a median of at most 2 bends."""
     parts = []
     for run, ev in required(values, "runs").items():
+        degenerate = _at_chance(run, ev)
+        if degenerate is not None:
+            parts.append(degenerate)
+            continue
         if not ev["barrier_pairs"]:
             parts.append(_untested(run))
             continue

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from mclib.claims.core import Claim, Verdict, combine, compare_interval, fmt, inconclusive, map_sentence, required
+from mclib.claims.guards import at_chance
 
 Z95 = 1.959963984540054  # the normal quantile of 0.975
 
@@ -83,6 +84,10 @@ def judge_c1(values: Mapping[str, Any]) -> Verdict:
     parts = []
     for arch, paths in required(values, "archs").items():
         b, ln = paths["bezier"], paths["line"]
+        degenerate = at_chance(f"{arch}: the worse endpoint", b["end_acc"], n, values.get("num_classes"))
+        if degenerate is not None:   # a model at chance has no barrier to find or to avoid
+            parts.append(degenerate)
+            continue
         parts.append(_tag(arch, combine([
             _drop("the Bezier curve's accuracy drop", b["end_acc"], b["worst_acc"], n, C1_CURVE_MARGIN, above=False),
             _drop("the straight line's accuracy drop", ln["end_acc"], ln["worst_acc"], n, C1_LINE_GAP, above=True),
@@ -103,6 +108,11 @@ def judge_c2(values: Mapping[str, Any]) -> Verdict:
     parts = []
     for s in values["settings"]:
         hi, lo = s["n_max"], s["n_min"]
+        degenerate = at_chance(f"{s['trigger']}/{s['mode']}: the backdoored endpoints", s["end_acc"], n_eval,
+                               values.get("num_classes"))
+        if degenerate is not None:   # endpoints at chance: no clean accuracy to keep
+            parts.append(degenerate)
+            continue
         parts.append(_tag(f"{s['trigger']}/{s['mode']}", combine([
             _drop(f"the clean accuracy drop at N={hi['N']}", s["end_acc"], hi["acc"], n_eval, C2_CLEAN_DROP,
                   above=False),
@@ -220,9 +230,20 @@ def judge_c4(values: Mapping[str, Any]) -> Verdict:
     the whole population the attacker targets, so this count has no sampling error) and the clean accuracy
     drop from the injected endpoints' mean is at most ``C4_CLEAN_DROP`` on ``n_eval`` images.
 
-    ``values = {"n_eval", "n_chosen", "ref_acc", "points": [{"N", "acc", "injection"}]}``.
+    ``values = {"n_eval", "n_chosen", "ref_acc", "points": [{"N", "acc", "injection"}]}``; a chapter that could not
+    inject any error records ``{"missing": reason}`` instead, which is inconclusive with that reason.
     """
+    if values.get("missing"):
+        return inconclusive(str(values["missing"]))
     n_eval, k = int(values["n_eval"]), int(values["n_chosen"])
+    if k == 0:
+        return inconclusive("no error was injected (no chosen image), so there is nothing for the path to repair")
+    degenerate = at_chance("the injected endpoints", values["ref_acc"], n_eval, values.get("num_classes"))
+    if degenerate is not None:
+        return degenerate
+    if values.get("ref_injection") is not None and round(float(values["ref_injection"]) * k) < 1:
+        return inconclusive(f"none of the {k} injected errors holds on the injected endpoints themselves, so a path "
+                            "free of them repairs nothing")
     parts = []
     for pt in values["points"]:
         hits = int(round(float(pt["injection"]) * k))
