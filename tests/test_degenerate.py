@@ -139,3 +139,27 @@ def test_c8_with_degenerate_c4_is_inconclusive_not_a_crash():
     recs = {"C4": {"arch": "cnn", "missing": "cnn: no correct input", "other_archs": {"mlp": {"missing": "mlp: none"}}}}
     v = paper_c.judge_c8({"records": recs})
     assert v.status == "inconclusive" and "C4: cnn inconclusive, mlp inconclusive" in v.reason
+
+
+# ------------------------------------------------------------------------------------------ C5, C6, C7
+def test_c5_backdoored_endpoint_at_chance_is_inconclusive_not_failing():
+    """A constant model predicting the target class: planted ASR 100%, the optimiser 'recovers' it, and the path
+    keeps 100% ASR -- before the guard C5 *failed* on it."""
+    values = {"n_asr": 500, "change": 0.3, "planted_asr": 1.0, "control_asr": 1.0,
+              "aware": [{"t": 0.5, "asr": 1.0}]}
+    assert paper_c.judge_c5(values).status == "fails"
+    v = paper_c.judge_c5({**values, "end_acc": 0.1, "n_eval": 1000})
+    assert v.status == "inconclusive" and "backdoored endpoint is at chance" in v.reason
+
+
+def test_c6_c7_endpoints_at_chance_are_inconclusive():
+    flat = {"estimate": 0.0, "lo": 0.0, "hi": 0.0, "threshold": 0.2}
+    c6 = {"archs": {"cnn": {"robust": flat, "standard": flat, "end_acc": 0.1, "n_eval": 500}}}
+    assert paper_c.judge_c6({"archs": {"cnn": {"robust": flat, "standard": flat}}}).status == "fails"
+    assert paper_c.judge_c6(c6).status == "inconclusive"
+    r = {"pearson": 0.1, "pearson_lo": -0.2, "pearson_hi": 0.3}
+    c7 = {"t_fixed": 0.5, "archs": {"cnn": {"monotone": False, "profile": r, "across": r}}}
+    assert paper_c.judge_c7(c7).status == "fails"
+    c7["archs"]["cnn"].update(end_acc=0.1, n_eval=500)
+    v = paper_c.judge_c7(c7)
+    assert v.status == "inconclusive" and "cnn: the worse endpoint is at chance" in v.reason

@@ -268,8 +268,15 @@ def judge_c5(values: Mapping[str, Any]) -> Verdict:
     Any guard not met gives inconclusive (the attacker was not shown to attack). Then the path-aware trigger's
     ASR at every grid t in [0.25, 0.75] must be at most ``C5_ASR``.
 
-    ``values = {"n_asr", "change", "planted_asr", "control_asr", "aware": [{"t", "asr"}]}``.
+    ``values = {"n_asr", "change", "planted_asr", "control_asr", "aware": [{"t", "asr"}]}``, and optionally the
+    backdoored endpoint's clean accuracy ``end_acc`` on ``n_eval`` images: at chance, C5 is inconclusive (a model
+    that predicts the target class for every image "has" a backdoor that no path can repair).
     """
+    if values.get("end_acc") is not None or values.get("n_eval") is not None:
+        degenerate = at_chance("the backdoored endpoint", values.get("end_acc"), values.get("n_eval"),
+                               values.get("num_classes"))
+        if degenerate is not None:
+            return degenerate
     n = int(values["n_asr"])
     change = float(values["change"])
     if not change >= C5_MIN_CHANGE:
@@ -301,11 +308,19 @@ def judge_c6(values: Mapping[str, Any]) -> Verdict:
     type, :func:`mclib.studies.robustness.barrier_map`): the reason then ends with :func:`c6_map_sentence`; the verdict
     still judges ``archs`` alone.
     """
-    verdict = combine(_tag(arch, _c6_pair(v["robust"], v["standard"]))
+    verdict = combine(_endpoints_at_chance(arch, v) or _tag(arch, _c6_pair(v["robust"], v["standard"]))
                       for arch, v in required(values, "archs").items())
     if values.get("conditions"):
         return Verdict(verdict.status, f"{verdict.reason}; {c6_map_sentence(values['conditions'])}")
     return verdict
+
+
+def _endpoints_at_chance(arch: str, v: Mapping[str, Any]) -> Verdict | None:
+    """Inconclusive when an architecture's entry records its worse endpoint's accuracy (``end_acc`` on ``n_eval``
+    images) and that is not above chance (:func:`mclib.claims.guards.at_chance`); None otherwise."""
+    if v.get("end_acc") is None and v.get("n_eval") is None:
+        return None
+    return at_chance(f"{arch}: the worse endpoint", v.get("end_acc"), v.get("n_eval"), v.get("num_classes"))
 
 
 def _c6_pair(r: Mapping[str, Any], s: Mapping[str, Any]) -> Verdict:
@@ -380,6 +395,10 @@ def judge_c7(values: Mapping[str, Any]) -> Verdict:
     """
     parts = []
     for arch, v in required(values, "archs").items():
+        degenerate = _endpoints_at_chance(arch, v)
+        if degenerate is not None:
+            parts.append(degenerate)
+            continue
         evidence = []
         if v.get("across") is not None:
             evidence.append(_corr(f"the across-input Pearson r at t={fmt(values.get('t_fixed'), '.2g')}", v["across"]))
