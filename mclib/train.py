@@ -41,6 +41,7 @@ import importlib
 import inspect
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -542,15 +543,56 @@ def _train_fresh(recipe: Recipe, device: torch.device, data_root, progress: bool
         hook = lambda m, xb, yb: fn(m, xb, yb, **kw)  # noqa: E731
     model = recipe.build()
     start = time.perf_counter()
-    fit(model, X, y, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
+    losses = fit(model, X, y, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
         weight_decay=recipe.weight_decay, momentum=recipe.momentum, generator=gen, batch_hook=hook,
         device=device, progress=progress, desc=f"train {recipe.arch}/{recipe.dataset} seed {recipe.seed}")
     seconds = time.perf_counter() - start
-    model.cpu()
     Xt, yt = data.load(recipe.dataset, "test", data_root=data_root)
+    # evaluated where it was trained (the inference engine runs on the model's device), then moved to the CPU
     tr, te = evaluate(model, X[:2000], y[:2000]), evaluate(model, Xt, yt)
-    return model, {"train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"], "test_acc": te["acc"],
-                   "seconds": seconds}
+    model.cpu()
+    metrics = {"train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"], "test_acc": te["acc"],
+               "seconds": seconds}
+    check_learned(recipe, metrics, losses)
+    return model, metrics
+
+
+#: :func:`check_learned`: eval-mode accuracy at most this many times chance counts as "at chance" ...
+AT_CHANCE_FACTOR = 1.5
+#: ... while a train-mode cross-entropy (last tenth of the batches, median) below this fraction of ln K -- the
+#: cross-entropy of guessing among K classes -- says that the model did fit its training batches.
+LEARNED_CE_FRACTION = 0.5
+
+
+def check_learned(recipe: Recipe, metrics: Mapping[str, float], losses: Sequence[float]) -> None:
+    r"""Stop (``RuntimeError``) when a freshly trained model fits its batches in training mode but is at chance in
+    evaluation mode, before it is cached and every later chapter measures a constant-prediction model.
+
+    At chance: eval-mode accuracy on the training rows and on the test split both at most
+    :data:`AT_CHANCE_FACTOR` :math:`/K`. Fitted: the median train-mode cross-entropy of the last tenth of the
+    batches (``losses``, as :func:`fit` returns them) below :data:`LEARNED_CE_FRACTION` :math:`\cdot \ln K`.
+    Both together mean that the model behaves differently in the two modes: BatchNorm running statistics that did
+    not settle (too few steps for the momentum, or batches too small), or dropout. The message names the recipe
+    and what to change. A model at chance in both modes is left to the claims' judges (inconclusive evidence).
+    """
+    k = data.info(recipe.dataset).num_classes
+    if not losses or k < 2:
+        return
+    tail = sorted(losses[-max(1, len(losses) // 10):])
+    fitted_ce = tail[len(tail) // 2]
+    chance = 1.0 / k
+    at_chance = max(metrics["train_acc"], metrics["test_acc"]) <= AT_CHANCE_FACTOR * chance
+    if at_chance and fitted_ce < LEARNED_CE_FRACTION * math.log(k):
+        steps = len(losses)
+        raise RuntimeError(
+            f"the model of recipe {recipe.arch}/{recipe.dataset} seed {recipe.seed} (epochs={recipe.epochs}, "
+            f"batch_size={recipe.batch_size}, lr={recipe.lr:g}, optimizer={recipe.optimizer}, {steps} steps; "
+            f"checkpoint key {recipe.key}) fits its training batches in training mode (cross-entropy "
+            f"{fitted_ce:.3f}, guessing gives {math.log(k):.3f}) but is at chance in evaluation mode (accuracy "
+            f"{metrics['train_acc']:.1%} on training images, {metrics['test_acc']:.1%} on the test split; chance "
+            f"{chance:.0%}). Likely cause: BatchNorm running statistics that have not settled -- too few steps "
+            f"({steps}) or too small batches for the running averages -- so train more steps (epochs, n_train) or "
+            "use an architecture without BatchNorm at this size; it was not cached")
 
 
 def _signature(path: Path) -> tuple | None:
