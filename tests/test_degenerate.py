@@ -163,3 +163,34 @@ def test_c6_c7_endpoints_at_chance_are_inconclusive():
     c7["archs"]["cnn"].update(end_acc=0.1, n_eval=500)
     v = paper_c.judge_c7(c7)
     assert v.status == "inconclusive" and "cnn: the worse endpoint is at chance" in v.reason
+
+
+# ------------------------------------------------------------------------------------------ A4, A5, B1-B3
+def test_a4_a5_runs_at_chance_are_inconclusive():
+    fvo = {"pairs": 20, "barrier_pairs": 0, "tolerance": 0.01,
+           "mode_fraction": {"estimate": 0.0, "lo": 0.0, "hi": 0.16, "n": 20},
+           "connected_all": {"estimate": 1.0, "lo": 0.84, "hi": 1.0, "n": 20}}
+    assert paper_a.judge_a5({"runs": {"cnn / FVO": fvo}}).status == "fails"     # no FVO input became a mode
+    v = paper_a.judge_a5({"runs": {"cnn / FVO": {**fvo, "test_acc": 0.1, "n_test": 1000}}})
+    assert v.status == "inconclusive" and "the cnn / FVO model is at chance" in v.reason
+    many = {**fvo, "connected_all": {"estimate": 1.0, "lo": 0.95, "hi": 1.0, "n": 80}}
+    assert paper_a.judge_a4({"runs": {"cnn / same": many}}).status == "holds"    # a flat loss connects everything
+    assert paper_a.judge_a4({"runs": {"cnn / same": {**many, "test_acc": 0.1, "n_test": 1000}}}).status == "inconclusive"
+
+
+def test_b_claims_on_a_model_at_chance_are_inconclusive():
+    from mclib.claims import paper_b
+
+    ev = {"purity_first": {"estimate": 0.3, "lo": 0.25, "hi": 0.35, "n": 500},
+          "purity_gain": {"estimate": -0.2, "lo": -0.25, "hi": -0.15, "n": 500},
+          "nmi_gain": {"estimate": -0.2, "lo": -0.25, "hi": -0.15, "n": 500},
+          "spearman": {"estimate": 0.3, "lo": 0.2, "hi": 0.4, "n": 500}}
+    before = [paper_b.judge_b1({"models": {"cnn": ev}}).status, paper_b.judge_b2({"models": {"cnn": ev}}).status,
+              paper_b.judge_b3({"models": {"cnn": ev}}).status]
+    assert before == ["holds", "fails", "fails"]
+    chance = {"cnn": {**ev, "test_acc": 0.1, "n_test": 500}}
+    for judge in (paper_b.judge_b1, paper_b.judge_b2, paper_b.judge_b3):
+        v = judge({"models": chance})
+        assert v.status == "inconclusive" and "the cnn model is at chance" in v.reason
+    good = {"cnn": {**ev, "test_acc": 0.9, "n_test": 500}}
+    assert [j({"models": good}).status for j in (paper_b.judge_b1, paper_b.judge_b2, paper_b.judge_b3)] == before

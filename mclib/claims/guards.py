@@ -51,3 +51,12 @@ def at_chance(name: str, acc: Any, n: Any, num_classes: Any = None) -> Verdict |
                             "about the claim (an untrained or collapsed model: too few steps, unsettled BatchNorm "
                             "statistics, or the wrong data)")
     return None
+
+
+def recorded_at_chance(name: str, entry: Any, acc_key: str = "test_acc", n_key: str = "n_test") -> Verdict | None:
+    """:func:`at_chance` on the accuracy an evidence entry records (``entry[acc_key]`` on ``entry[n_key]`` images,
+    ``entry["num_classes"]`` classes if given); None when the entry records neither (older records are judged as
+    before)."""
+    if not hasattr(entry, "get") or (entry.get(acc_key) is None and entry.get(n_key) is None):
+        return None
+    return at_chance(name, entry.get(acc_key), entry.get(n_key), entry.get("num_classes"))

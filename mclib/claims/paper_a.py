@@ -17,7 +17,7 @@ import numpy as np
 from mclib import stats
 from mclib.claims.core import (Claim, Verdict, combine, compare_interval, fails, fmt, holds, inconclusive,
                                judge_interval, map_sentence, required)
-from mclib.claims.guards import at_chance
+from mclib.claims.guards import recorded_at_chance
 
 CITE = "vrabel2025input"
 #: Thresholds fixed before any run (never tuned to the outcome).
@@ -141,9 +141,7 @@ def judge_a1(values: Mapping[str, Any]) -> Verdict:
 def _at_chance(run: str, ev: Mapping[str, Any]) -> Verdict | None:
     """Inconclusive when the run records its model's test accuracy (``test_acc`` on ``n_test`` images) and that is
     not above chance (:func:`mclib.claims.guards.at_chance`); None otherwise (also for records without it)."""
-    if ev.get("test_acc") is None and ev.get("n_test") is None:
-        return None
-    return at_chance(f"the {run} model", ev.get("test_acc"), ev.get("n_test"), ev.get("num_classes"))
+    return recorded_at_chance(f"the {run} model", ev)
 
 
 def _untested(run: str) -> Verdict:
@@ -210,13 +208,18 @@ def _connected_like_real(run: str, ev: Mapping[str, Any]) -> list[Verdict]:
 def judge_a4(values: Mapping[str, Any]) -> Verdict:
     """Every model and kind of interpolated pair: >= 90% of all pairs end on a barrier-free path (straight or
     bypassed) and the barrier pairs need a median of at most 2 bends."""
-    return combine(v for run, ev in required(values, "runs").items() for v in _connected_like_real(run, ev))
+    return combine(v for run, ev in required(values, "runs").items()
+                   for v in ([_at_chance(run, ev)] if _at_chance(run, ev) else _connected_like_real(run, ev)))
 
 
 def judge_a5(values: Mapping[str, Any]) -> Verdict:
     """Every model: >= 90% of the FVO inputs are modes (CE < 5e-4) and the FVO pairs are connected as in A4."""
     parts = []
     for run, ev in required(values, "runs").items():
+        degenerate = _at_chance(run, ev)
+        if degenerate is not None:
+            parts.append(degenerate)
+            continue
         parts.append(judge_interval(f"the {run} share of FVO inputs with CE below {MODE_CE:g}", ev["mode_fraction"],
                                     CONNECTED_MIN, spec=".0%"))
         parts += _connected_like_real(run, ev)
