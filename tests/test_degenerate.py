@@ -194,3 +194,39 @@ def test_b_claims_on_a_model_at_chance_are_inconclusive():
         assert v.status == "inconclusive" and "the cnn model is at chance" in v.reason
     good = {"cnn": {**ev, "test_acc": 0.9, "n_test": 500}}
     assert [j({"models": good}).status for j in (paper_b.judge_b1, paper_b.judge_b2, paper_b.judge_b3)] == before
+
+
+# ------------------------------------------------------------------------------------------ C8 across datasets
+def _c4_ok(dataset=None):
+    v = {"n_eval": 1000, "n_chosen": 5, "ref_acc": 0.9, "ref_injection": 1.0,
+         "points": [{"N": 50, "acc": 0.9, "injection": 0.0}]}
+    return {**v, **({"dataset": dataset} if dataset else {})}
+
+
+def test_c8_needs_every_required_dataset():
+    """Zhao et al.'s C8 is "across architectures AND datasets": with SVHN required, records on CIFAR-10 alone can
+    no longer let C8 hold (before, the judge compared architectures only)."""
+    cifar = {"arch": "vgg16_bn", **_c4_ok("cifar10"), "other_archs": {"resnet20": _c4_ok()}}
+    assert paper_c.datasets_of(cifar) == {"cifar10"}
+    recs = {cid: cifar for cid in ("C1", "C2", "C3", "C4", "C5", "C6", "C7")}   # judged with C4's rule below
+    import unittest.mock as mock
+
+    with mock.patch.dict(paper_c.JUDGES, {c: paper_c.judge_c4 for c in recs}):
+        assert paper_c.judge_c8({"records": recs}).status == "holds"
+        v = paper_c.judge_c8({"records": recs, "datasets_required": ["cifar10", "svhn"]})
+        assert v.status == "inconclusive" and "C4 was not measured on svhn" in v.reason
+        both = {"arch": "vgg16_bn", **_c4_ok("cifar10"), "other_archs": {"resnet20": _c4_ok("svhn")}}
+        assert paper_c.datasets_of(both) == {"cifar10", "svhn"}
+        v = paper_c.judge_c8({"records": {c: both for c in recs}, "datasets_required": ["cifar10", "svhn"]})
+        assert v.status == "holds", v
+
+
+def test_paper_preset_names_the_papers_datasets():
+    from mclib import config
+
+    p = config.get_preset("paper")
+    datasets = {p.dataset} | set(p.section("across")["datasets"])
+    assert {"cifar10", "svhn"} <= datasets                  # CLAIMS.md: C8 "VGG/ResNet, CIFAR-10/SVHN"
+    for name in ("smoke", "quick"):                          # one dataset each: C8 unchanged there
+        q = config.get_preset(name)
+        assert list(q.section("across")["datasets"]) == [q.dataset]

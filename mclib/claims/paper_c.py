@@ -435,18 +435,38 @@ def c8_conditions(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
             for cid, vals in records.items() for a, v in per_architecture(cid, vals).items()]
 
 
+def datasets_of(values: Mapping[str, Any]) -> set[str]:
+    """The datasets a claim's record was measured on: its own ``dataset`` and that of every entry of ``archs`` or
+    ``other_archs`` (an entry without one was measured on the record's dataset)."""
+    own = values.get("dataset")
+    out = {own} if own else set()
+    for key in ("archs", "other_archs"):
+        entries = values.get(key)
+        if isinstance(entries, Mapping):
+            out |= {str(v.get("dataset", own)) for v in entries.values() if isinstance(v, Mapping) and v.get("dataset", own)}
+    return out
+
+
 def judge_c8(values: Mapping[str, Any]) -> Verdict:
     """Every C claim C1..C7 measured on at least two architectures and holding on each (the same judges,
-    per architecture). A claim failing on any architecture fails C8; one measured on one architecture only, or
+    per architecture), and on every dataset of ``datasets_required`` (Zhao et al.: CIFAR-10 and SVHN). A claim
+    failing on any architecture fails C8; one measured on one architecture only, on too few datasets, or
     inconclusive on one, leaves C8 inconclusive.
 
-    ``values = {"records": {cid: values of its record}}``.
+    ``values = {"records": {cid: values of its record}, "datasets_required": [...] (optional)}``; a record names
+    its datasets with ``dataset`` keys (:func:`datasets_of`).
     """
     recs = values["records"]
+    required_ds = sorted(set(values.get("datasets_required") or []))
     parts = []
     for cid in ("C1", "C2", "C3", "C4", "C5", "C6", "C7"):
         if cid not in recs:
             parts.append(inconclusive(f"{cid} was not recorded"))
+            continue
+        lacking = [d for d in required_ds if d not in datasets_of(recs[cid])]
+        if lacking:
+            parts.append(inconclusive(f"{cid} was not measured on {', '.join(lacking)} (measured on "
+                                      f"{', '.join(sorted(datasets_of(recs[cid]))) or 'no named dataset'})"))
             continue
         verdicts = per_architecture(cid, recs[cid])
         shown = ", ".join(f"{a} {v.status}" for a, v in verdicts.items())
