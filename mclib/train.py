@@ -97,11 +97,14 @@ class Recipe:
     batch_hook: str | None = None
     batch_hook_kwargs: tuple = ()
     tag: str = ""
+    augment: str = "none"
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         data.info(self.dataset)
+        if self.augment not in data.AUGMENTATIONS:
+            raise ValueError(f"unknown augment {self.augment!r}; valid: {', '.join(data.AUGMENTATIONS)}")
         for name in ("arch_kwargs", "data_hook_kwargs", "batch_hook_kwargs"):
             value = getattr(self, name)
             if isinstance(value, Mapping):
@@ -112,8 +115,14 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        """The recipe as canonical JSON, with the data split's version (a new split retrains)."""
+        """The recipe as canonical JSON, with the data split's version (a new split retrains).
+
+        Fields added after the first cached models (:data:`LATER_FIELDS`) are left out at their default value, so
+        a recipe that does not use them keeps its key (and its checkpoint)."""
         fields = dict(dataclasses.asdict(self), split_version=data.SPLIT_VERSION)
+        for name, default in LATER_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
         return json.dumps(fields, sort_keys=True, default=list)
 
     @property
@@ -125,6 +134,18 @@ class Recipe:
         """A freshly initialised model of this recipe's architecture (seeded by the recipe's seed)."""
         torch.manual_seed(self.seed)
         return models.build(self.arch, dataset=self.dataset, **_unfreeze(self.arch_kwargs))
+
+
+#: Recipe fields added later, with the default at which :meth:`Recipe.to_json` leaves them out.
+LATER_FIELDS = {"augment": "none"}
+
+
+def recipe_defaults(ctx_or_preset) -> dict[str, Any]:
+    """The standard recipe's training fields of a preset, from ``mclib/presets/recipe.toml``: ``optimizer``,
+    ``momentum``, ``weight_decay`` and ``augment`` (sizes, epochs and the learning rate are in ``base.toml``).
+    The learning-rate schedule follows the optimiser (:func:`make_optimizer`: Adam constant, SGD cosine)."""
+    section = ctx_or_preset.section("recipe")
+    return {k: section[k] for k in ("optimizer", "momentum", "weight_decay", "augment")}
 
 
 def _unfreeze(kw: tuple) -> dict:
@@ -142,7 +163,7 @@ def recipe_for(ctx_or_preset, arch: str | None = None, seed: int = 0, **changes)
     """
     p = getattr(ctx_or_preset, "preset", ctx_or_preset)
     base = Recipe(arch=arch or p.arch, dataset=p.dataset, seed=seed, epochs=p.epochs,
-                  batch_size=p.batch_size, lr=p.lr, n_train=p.n_train)
+                  batch_size=p.batch_size, lr=p.lr, n_train=p.n_train, **recipe_defaults(p))
     return base.replace(**changes) if changes else base
 
 
@@ -245,6 +266,7 @@ def fit(
     desc: str = "train",
     loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
     batch_modules: Callable[[torch.Generator | None, int], Sequence[nn.Module]] | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[float]:
     """Minimise ``loss`` (default cross-entropy) of ``model`` on ``(X, y)`` with minibatches; returns the
     per-batch losses. The one training loop of mclib: :func:`mclib.curves.train_curve` runs through it too.
@@ -259,7 +281,8 @@ def fit(
        gives the module each batch of the epoch trains *through* -- e.g. the point :math:`w(t)` of a curve at a
        freshly drawn :math:`t` (:func:`mclib.curves.train_curve`). Without it every batch uses ``model``.
        Call it ``m``;
-    2. ``batch_hook(m, x, y) -> x`` (optional) replaces the batch (e.g. PGD adversarial training);
+    2. ``augment(x) -> x`` (optional; e.g. :func:`mclib.data.crop_flip`) transforms the batch, then
+       ``batch_hook(m, x, y) -> x`` (optional) replaces it (e.g. PGD adversarial training);
     3. ``model`` is put in training mode and one step is taken on ``loss(m, x, y)``, a scalar tensor
        differentiable in ``model``'s parameters (gradients a hook left are discarded first);
     4. ``callback(step, model, loss)`` (optional) is called after the step (used to watch barriers
@@ -283,6 +306,8 @@ def fit(
         for j, i in enumerate(range(0, len(X), batch_size)):
             idx = order[i:i + batch_size]
             xb, yb = X[idx].to(device), y[idx].to(device)
+            if augment is not None:
+                xb = augment(xb)
             m = through[j] if through is not None else model
             if batch_hook is not None:
                 xb = batch_hook(m, xb, yb).detach()
@@ -545,6 +570,7 @@ def _train_fresh(recipe: Recipe, device: torch.device, data_root, progress: bool
     start = time.perf_counter()
     losses = fit(model, X, y, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
         weight_decay=recipe.weight_decay, momentum=recipe.momentum, generator=gen, batch_hook=hook,
+        augment=data.augmentation(recipe.augment, gen),
         device=device, progress=progress, desc=f"train {recipe.arch}/{recipe.dataset} seed {recipe.seed}")
     seconds = time.perf_counter() - start
     Xt, yt = data.load(recipe.dataset, "test", data_root=data_root)
