@@ -213,3 +213,15 @@ def augmentation(name: str, generator: torch.Generator | None = None):
     if name == "none":
         return None
     return lambda x: crop_flip(x, generator)
+
+
+#: What a dataset's images show, for prose and alt texts (``"digit images"``, ``"CIFAR-10 photographs"``, ...).
+IMAGE_WORDS = {"digits": "8x8 digit images", "mnist5k": "MNIST digit images", "mnist": "MNIST digit images",
+               "fashion_mnist": "Fashion-MNIST clothing images", "cifar10": "CIFAR-10 photographs",
+               "svhn": "SVHN house-number photographs"}
+
+
+def image_words(name: str) -> str:
+    """A few words for the images of dataset ``name`` (:data:`IMAGE_WORDS`), e.g. for a figure's alt text."""
+    info(name)
+    return IMAGE_WORDS.get(name, f"{name} images")
