@@ -108,7 +108,7 @@ def judge_c2(values: Mapping[str, Any]) -> Verdict:
     parts = []
     for s in values["settings"]:
         hi, lo = s["n_max"], s["n_min"]
-        degenerate = at_chance(f"{s['trigger']}/{s['mode']}: the backdoored endpoints", s["end_acc"], n_eval,
+        degenerate = at_chance(f"{s['trigger']}/{s['mode']}: the backdoored endpoints' mean", s["end_acc"], n_eval,
                                values.get("num_classes"))
         if degenerate is not None:   # endpoints at chance: no clean accuracy to keep
             parts.append(degenerate)
@@ -238,7 +238,7 @@ def judge_c4(values: Mapping[str, Any]) -> Verdict:
     n_eval, k = int(values["n_eval"]), int(values["n_chosen"])
     if k == 0:
         return inconclusive("no error was injected (no chosen image), so there is nothing for the path to repair")
-    degenerate = at_chance("the injected endpoints", values["ref_acc"], n_eval, values.get("num_classes"))
+    degenerate = at_chance("the injected endpoints' mean", values["ref_acc"], n_eval, values.get("num_classes"))
     if degenerate is not None:
         return degenerate
     if values.get("ref_injection") is not None and round(float(values["ref_injection"]) * k) < 1:
