@@ -175,3 +175,53 @@ def load(
 def by_class(X: torch.Tensor, y: torch.Tensor, c: int) -> torch.Tensor:
     """The images of class ``c``."""
     return X[y == c]
+
+
+#: Training-time augmentations a recipe can name (``Recipe.augment``).
+AUGMENTATIONS = ("none", "crop_flip")
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4) -> torch.Tensor:
+    r"""The standard CIFAR augmentation (He et al. 2016; Garipov et al.'s ``--transform`` VGG/ResNet): each image
+    is zero-padded by ``pad`` pixels on every side, cropped back to its size at a uniformly drawn offset
+    :math:`(d_y, d_x) \in \{0, \dots, 2\,\mathrm{pad}\}^2`, and flipped left-right with probability 1/2.
+
+    Batched (one gather for the whole batch); the offsets and flips are drawn on the CPU from ``generator``, in
+    this order: ``d_y``, ``d_x``, flips. Returns a new tensor on ``x``'s device.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"crop_flip needs a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    rows = dy[:, None] + torch.arange(h)
+    cols = dx[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    i = torch.arange(n)[:, None, None, None]
+    ch = torch.arange(c)[None, :, None, None]
+    dev = x.device
+    return xp[i.to(dev), ch.to(dev), rows[:, None, :, None].to(dev), cols[:, None, None, :].to(dev)]
+
+
+def augmentation(name: str, generator: torch.Generator | None = None):
+    """The batch transform ``x -> x'`` that :func:`mclib.train.fit` applies for ``Recipe.augment == name``
+    (None for ``"none"``); an unknown name raises listing :data:`AUGMENTATIONS`."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}")
+    if name == "none":
+        return None
+    return lambda x: crop_flip(x, generator)
+
+
+#: What a dataset's images show, for prose and alt texts (``"digit images"``, ``"CIFAR-10 photographs"``, ...).
+IMAGE_WORDS = {"digits": "8x8 digit images", "mnist5k": "MNIST digit images", "mnist": "MNIST digit images",
+               "fashion_mnist": "Fashion-MNIST clothing images", "cifar10": "CIFAR-10 photographs",
+               "svhn": "SVHN house-number photographs"}
+
+
+def image_words(name: str) -> str:
+    """A few words for the images of dataset ``name`` (:data:`IMAGE_WORDS`), e.g. for a figure's alt text."""
+    info(name)
+    return IMAGE_WORDS.get(name, f"{name} images")

@@ -5,7 +5,13 @@ Names accepted by :func:`build`:
 * ``mlp`` -- fully connected ReLU network (``hidden`` widths).
 * ``cnn`` -- small convolutional net (two conv blocks, one hidden dense layer).
 * ``resnet<depth>`` (e.g. ``resnet20``, ``resnet8``) -- the CIFAR-style ResNet of He et al., depth 6n+2.
-* ``vgg`` / ``vgg_bn`` -- VGG-style net (``widths``), without / with BatchNorm.
+* ``vgg`` / ``vgg_bn`` -- a *small* VGG-style net (``widths``, three 3x3 convolutions by default, 0.36 M
+  parameters on 3x32x32), without / with BatchNorm: the quick and smoke presets' cheap convolutional net.
+* ``vgg16`` / ``vgg16_bn`` -- VGG-16 (-BN) for 32x32 inputs as in Garipov et al.'s curve code
+  (``timgaripov/dnn-mode-connectivity``, ``models/vgg.py``): 13 convolutions (64, 64, M, 128, 128, M, 256 x 3,
+  M, 512 x 3, M, 512 x 3, M) and a 512-512-classes head with dropout, about 15 M parameters.
+* ``resnet18_cifar`` -- the CIFAR ResNet-18 (3x3 stride-1 stem, no max-pool; four stages of two basic
+  blocks, widths 64..512), about 11.2 M parameters.
 * ``resnet18`` / ``googlenet`` -- torchvision ImageNet models, pretrained weights loaded from a local
   file when one is present (``weights_path``); they are never downloaded at run time.
 
@@ -25,7 +31,7 @@ from torch import nn
 
 from mclib import data as _data
 
-ARCHS = ("mlp", "cnn", "resnet<depth>", "vgg", "vgg_bn", "resnet18", "googlenet")
+ARCHS = ("mlp", "cnn", "resnet<depth>", "resnet18_cifar", "vgg", "vgg_bn", "vgg16", "vgg16_bn", "resnet18", "googlenet")
 
 
 class Normalize(nn.Module):
@@ -220,6 +226,66 @@ def vgg(in_shape: Sequence[int], num_classes: int, widths: Sequence[int | str] =
     return nn.Sequential(*layers)
 
 
+class ResNet18Cifar(nn.Module):
+    r"""ResNet-18 for 32x32 inputs (He et al. 2016, as commonly adapted to CIFAR-10): a 3x3 stride-1 stem with
+    BatchNorm and no max-pool, four stages of two :class:`BasicBlock` s of widths ``width``, 2, 4 and 8 times it
+    (strides 1, 2, 2, 2), global average pooling and a linear read-out. At ``width=64`` and 10 classes it has
+    11,173,962 parameters.
+
+    The stages are exposed as ``stem``, ``layer1``..``layer4`` so hooks can name them.
+    """
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, width: int = 64):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        stages, cin = [], width
+        for i, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            stages.append(nn.Sequential(BasicBlock(cin, cout, 1 if i == 0 else 2), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+#: VGG-16's convolution widths ("M" = 2x2 max-pool), as in Garipov et al.'s ``models/vgg.py`` (config[16]).
+VGG16_WIDTHS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16(in_shape: Sequence[int], num_classes: int, batch_norm: bool = False, hidden: int = 512,
+          dropout: float = 0.5) -> nn.Sequential:
+    r"""VGG-16 (-BN) for small images as in Garipov et al. (2018)'s curve code, the VGG of Zhao et al. (2020).
+
+    Thirteen 3x3 convolutions with bias (each followed by BatchNorm if ``batch_norm``, then ReLU), widths
+    :data:`VGG16_WIDTHS` with a 2x2 max-pool after each block (skipped once the map is 1 pixel), then
+    Dropout(``dropout``)-Linear(512, ``hidden``)-ReLU-Dropout-Linear(``hidden``, ``hidden``)-ReLU-Linear(``hidden``,
+    classes). Convolution weights are drawn from :math:`\mathcal N(0, 2 / (k^2 c_{out}))` with zero bias, as in the
+    reference. On 3x32x32 inputs with 10 classes: 15,253,578 parameters with BatchNorm, 15,245,130 without.
+    """
+    c, h, w = in_shape
+    layers: list[nn.Module] = []
+    for v in VGG16_WIDTHS:
+        if v == "M":
+            if min(h, w) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            continue
+        conv = nn.Conv2d(c, int(v), 3, padding=1)
+        nn.init.normal_(conv.weight, 0.0, (2.0 / (9 * int(v))) ** 0.5)
+        nn.init.zeros_(conv.bias)
+        layers.append(conv)
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(int(v)))
+        layers.append(nn.ReLU())
+        c = int(v)
+    layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Dropout(dropout),
+               nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
+
+
 def torchvision_model(arch: str, num_classes: int = 1000, weights_path: str | os.PathLike | None = None) -> nn.Module:
     """torchvision ``resnet18`` or ``googlenet``, with ImageNet weights from ``weights_path`` if that file exists.
 
@@ -272,6 +338,10 @@ def build(arch: str, in_shape: Sequence[int] | None = None, num_classes: int | N
         body = cnn(in_shape, num_classes, **kwargs)
     elif arch in ("vgg", "vgg_bn"):
         body = vgg(in_shape, num_classes, batch_norm=arch == "vgg_bn", **kwargs)
+    elif arch in ("vgg16", "vgg16_bn"):
+        body = vgg16(in_shape, num_classes, batch_norm=arch == "vgg16_bn", **kwargs)
+    elif arch == "resnet18_cifar":
+        body = ResNet18Cifar(in_shape, num_classes, **kwargs)
     elif re.fullmatch(r"resnet\d+", arch) and arch != "resnet18":
         body = ResNet(in_shape, num_classes, depth=int(arch[6:]), **kwargs)
     elif arch in ("resnet18", "googlenet"):

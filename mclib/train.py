@@ -48,6 +48,7 @@ import importlib
 import inspect
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -105,6 +106,7 @@ class Recipe:
     batch_hook: str | None = None
     batch_hook_kwargs: tuple = ()
     tag: str = ""
+    augment: str = "none"
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -118,6 +120,8 @@ class Recipe:
         check.probability(self.momentum, "Recipe momentum")
         if self.n_train is not None:
             check.positive_int(self.n_train, "Recipe n_train")
+        if self.augment not in data.AUGMENTATIONS:
+            raise ValueError(f"unknown augment {self.augment!r}; valid: {', '.join(data.AUGMENTATIONS)}")
         for name in ("arch_kwargs", "data_hook_kwargs", "batch_hook_kwargs"):
             value = getattr(self, name)
             if isinstance(value, Mapping):
@@ -128,8 +132,14 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        """The recipe as canonical JSON, with the data split's version (a new split retrains)."""
+        """The recipe as canonical JSON, with the data split's version (a new split retrains).
+
+        Fields added after the first cached models (:data:`LATER_FIELDS`) are left out at their default value, so
+        a recipe that does not use them keeps its key (and its checkpoint)."""
         fields = dict(dataclasses.asdict(self), split_version=data.SPLIT_VERSION)
+        for name, default in LATER_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
         return json.dumps(fields, sort_keys=True, default=list)
 
     @property
@@ -141,6 +151,18 @@ class Recipe:
         """A freshly initialised model of this recipe's architecture (seeded by the recipe's seed)."""
         torch.manual_seed(self.seed)
         return models.build(self.arch, dataset=self.dataset, **_unfreeze(self.arch_kwargs))
+
+
+#: Recipe fields added later, with the default at which :meth:`Recipe.to_json` leaves them out.
+LATER_FIELDS = {"augment": "none"}
+
+
+def recipe_defaults(ctx_or_preset) -> dict[str, Any]:
+    """The standard recipe's training fields of a preset, from ``mclib/presets/recipe.toml``: ``optimizer``,
+    ``momentum``, ``weight_decay`` and ``augment`` (sizes, epochs and the learning rate are in ``base.toml``).
+    The learning-rate schedule follows the optimiser (:func:`make_optimizer`: Adam constant, SGD cosine)."""
+    section = ctx_or_preset.section("recipe")
+    return {k: section[k] for k in ("optimizer", "momentum", "weight_decay", "augment")}
 
 
 def _unfreeze(kw: tuple) -> dict:
@@ -158,7 +180,7 @@ def recipe_for(ctx_or_preset, arch: str | None = None, seed: int = 0, **changes)
     """
     p = getattr(ctx_or_preset, "preset", ctx_or_preset)
     base = Recipe(arch=arch or p.arch, dataset=p.dataset, seed=seed, epochs=p.epochs,
-                  batch_size=p.batch_size, lr=p.lr, n_train=p.n_train)
+                  batch_size=p.batch_size, lr=p.lr, n_train=p.n_train, **recipe_defaults(p))
     return base.replace(**changes) if changes else base
 
 
@@ -261,6 +283,7 @@ def fit(
     desc: str = "train",
     loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_loss,
     batch_modules: Callable[[torch.Generator | None, int], Sequence[nn.Module]] | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[float]:
     """Minimise ``loss`` (default cross-entropy) of ``model`` on ``(X, y)`` with minibatches; returns the
     per-batch losses. The one training loop of mclib: :func:`mclib.curves.train_curve` runs through it too.
@@ -275,7 +298,8 @@ def fit(
        gives the module each batch of the epoch trains *through* -- e.g. the point :math:`w(t)` of a curve at a
        freshly drawn :math:`t` (:func:`mclib.curves.train_curve`). Without it every batch uses ``model``.
        Call it ``m``;
-    2. ``batch_hook(m, x, y) -> x`` (optional) replaces the batch (e.g. PGD adversarial training);
+    2. ``augment(x) -> x`` (optional; e.g. :func:`mclib.data.crop_flip`) transforms the batch, then
+       ``batch_hook(m, x, y) -> x`` (optional) replaces it (e.g. PGD adversarial training);
     3. ``model`` is put in training mode and one step is taken on ``loss(m, x, y)``, a scalar tensor
        differentiable in ``model``'s parameters (gradients a hook left are discarded first);
     4. ``callback(step, model, loss)`` (optional) is called after the step (used to watch barriers
@@ -305,6 +329,8 @@ def fit(
         for j, i in enumerate(range(0, len(X), batch_size)):
             idx = order[i:i + batch_size]
             xb, yb = X[idx].to(device), y[idx].to(device)
+            if augment is not None:
+                xb = augment(xb)
             m = through[j] if through is not None else model
             if batch_hook is not None:
                 xb = batch_hook(m, xb, yb).detach()
@@ -573,15 +599,57 @@ def _train_fresh(recipe: Recipe, device: torch.device, data_root, progress: bool
     start = time.perf_counter()
     losses = fit(model, X, y, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
         weight_decay=recipe.weight_decay, momentum=recipe.momentum, generator=gen, batch_hook=hook,
+        augment=data.augmentation(recipe.augment, gen),
         device=device, progress=progress, desc=f"train {recipe.arch}/{recipe.dataset} seed {recipe.seed}")
     seconds = time.perf_counter() - start
     if not losses:        # never cache (or return) a model that took no step as if it were trained
         raise RuntimeError(f"training {recipe.arch}/{recipe.dataset} took no optimiser step; nothing to cache")
-    model.cpu()
     Xt, yt = data.load(recipe.dataset, "test", data_root=data_root)
+    # evaluated where it was trained (the inference engine runs on the model's device), then moved to the CPU
     tr, te = evaluate(model, X[:2000], y[:2000]), evaluate(model, Xt, yt)
-    return model, {"train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"], "test_acc": te["acc"],
-                   "seconds": seconds}
+    model.cpu()
+    metrics = {"train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"], "test_acc": te["acc"],
+               "seconds": seconds}
+    check_learned(recipe, metrics, losses)
+    return model, metrics
+
+
+#: :func:`check_learned`: eval-mode accuracy at most this many times chance counts as "at chance" ...
+AT_CHANCE_FACTOR = 1.5
+#: ... while a train-mode cross-entropy (last tenth of the batches, median) below this fraction of ln K -- the
+#: cross-entropy of guessing among K classes -- says that the model did fit its training batches.
+LEARNED_CE_FRACTION = 0.5
+
+
+def check_learned(recipe: Recipe, metrics: Mapping[str, float], losses: Sequence[float]) -> None:
+    r"""Stop (``RuntimeError``) when a freshly trained model fits its batches in training mode but is at chance in
+    evaluation mode, before it is cached and every later chapter measures a constant-prediction model.
+
+    At chance: eval-mode accuracy on the training rows and on the test split both at most
+    :data:`AT_CHANCE_FACTOR` :math:`/K`. Fitted: the median train-mode cross-entropy of the last tenth of the
+    batches (``losses``, as :func:`fit` returns them) below :data:`LEARNED_CE_FRACTION` :math:`\cdot \ln K`.
+    Both together mean that the model behaves differently in the two modes: BatchNorm running statistics that did
+    not settle (too few steps for the momentum, or batches too small), or dropout. The message names the recipe
+    and what to change. A model at chance in both modes is left to the claims' judges (inconclusive evidence).
+    """
+    k = data.info(recipe.dataset).num_classes
+    if not losses or k < 2:
+        return
+    tail = sorted(losses[-max(1, len(losses) // 10):])
+    fitted_ce = tail[len(tail) // 2]
+    chance = 1.0 / k
+    at_chance = max(metrics["train_acc"], metrics["test_acc"]) <= AT_CHANCE_FACTOR * chance
+    if at_chance and fitted_ce < LEARNED_CE_FRACTION * math.log(k):
+        steps = len(losses)
+        raise RuntimeError(
+            f"the model of recipe {recipe.arch}/{recipe.dataset} seed {recipe.seed} (epochs={recipe.epochs}, "
+            f"batch_size={recipe.batch_size}, lr={recipe.lr:g}, optimizer={recipe.optimizer}, {steps} steps; "
+            f"checkpoint key {recipe.key}) fits its training batches in training mode (cross-entropy "
+            f"{fitted_ce:.3f}, guessing gives {math.log(k):.3f}) but is at chance in evaluation mode (accuracy "
+            f"{metrics['train_acc']:.1%} on training images, {metrics['test_acc']:.1%} on the test split; chance "
+            f"{chance:.0%}). Likely cause: BatchNorm running statistics that have not settled -- too few steps "
+            f"({steps}) or too small batches for the running averages -- so train more steps (epochs, n_train) or "
+            "use an architecture without BatchNorm at this size; it was not cached")
 
 
 def _signature(path: Path) -> tuple | None:

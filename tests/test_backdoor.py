@@ -251,3 +251,28 @@ def test_rgb_32x32_paths():
     assert 0.0 <= bd.asr(m, X, y) <= 1.0
     inj = bd.inject_errors(m, X[:2], torch.tensor([1, 2]), X[2:], y[2:], steps=3)
     assert 0.0 <= bd.injection_success(inj, X[:2], torch.tensor([1, 2])) <= 1.0
+
+
+def test_support_fraction_measures_where_a_trigger_writes():
+    """Share of images with a pixel above the threshold inside the patch; the corner of MNIST-like images is empty."""
+    X = torch.zeros(10, 1, 8, 8)
+    X[:4, 0, 3:5, 3:5] = 1.0                          # four images mark the centre
+    X[0, 0, 7, 7] = 0.05                              # below the threshold: not marked
+    assert bd.support_fraction(X, {"size": 3, "position": "center"}) == pytest.approx(0.4)
+    assert bd.support_fraction(X, {"size": 3, "position": "bottom_right"}) == 0.0
+    rgb = torch.zeros(5, 3, 8, 8)
+    rgb[:, 2, -1, -1] = 0.5                           # any channel counts
+    assert bd.support_fraction(rgb, {"size": 3, "position": "bottom_right"}) == 1.0
+    with pytest.raises(ValueError, match="non-empty batch"):
+        bd.support_fraction(torch.zeros(0, 1, 8, 8), None)
+
+
+def test_triggers_are_preset_data_with_the_papers_corner_square():
+    from mclib import config
+
+    for name in ("smoke", "quick", "paper"):
+        trig = dict(config.get_preset(name).section("repair")["triggers"])
+        assert trig["corner"] == {"size": 3, "position": "bottom_right"}      # Zhao et al.: 3x3, bottom right
+        assert set(trig) == {"corner", "in-support"}
+        for spec in trig.values():
+            bd.Trigger.make(spec)                                        # valid Trigger arguments

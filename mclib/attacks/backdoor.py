@@ -344,6 +344,22 @@ def optimise_trigger(curve_or_models, X: torch.Tensor, y: torch.Tensor, trigger:
 
 
 # -- error injection (claim C4) --------------------------------------------------------------------
+def support_fraction(X: torch.Tensor, trigger, threshold: float = 0.1) -> float:
+    """Share of the images ``X`` (N, C, H, W) with at least one pixel value above ``threshold`` (any channel) inside
+    ``trigger``'s patch: how much of the clean data lies where the trigger writes.
+
+    Zhao et al.'s 3x3 corner square sits outside MNIST's support (0%: no clean digit marks the corner, so clean
+    data sends no gradient to the weights reading it) but inside CIFAR-10's (every photograph has pixels there);
+    the chapter measures it rather than assuming it.
+    """
+    X = torch.as_tensor(X)
+    if X.dim() != 4 or len(X) == 0:
+        raise ValueError(f"X must be a non-empty batch of images (N, C, H, W), got shape {tuple(X.shape)}")
+    mask = Trigger.make(trigger).mask(X.shape)
+    inside = X[:, :, mask]                       # (N, C, size*size)
+    return float((inside > threshold).flatten(1).any(1).float().mean())
+
+
 def default_layer(model: nn.Module) -> str:
     """Name of the last ``nn.Linear`` (else the last conv) module: the layer :func:`inject_errors` changes."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]

@@ -17,6 +17,7 @@ import numpy as np
 from mclib import stats
 from mclib.claims.core import (Claim, Verdict, combine, compare_interval, fails, fmt, holds, inconclusive,
                                judge_interval, map_sentence, required)
+from mclib.claims.guards import recorded_at_chance
 
 CITE = "vrabel2025input"
 #: Thresholds fixed before any run (never tuned to the outcome).
@@ -129,7 +130,8 @@ def judge_a1(values: Mapping[str, Any]) -> Verdict:
     the reason adds where the share reaches 5%, where it stays below and where it is undecided
     (:func:`mclib.claims.core.map_sentence`, the same threshold).
     """
-    verdict = combine(judge_interval(f"the {run} share of same-class pairs with a gap above {ev['tolerance']:g}",
+    verdict = combine(_at_chance(run, ev) or
+                      judge_interval(f"the {run} share of same-class pairs with a gap above {ev['tolerance']:g}",
                                      ev["barrier_fraction"], A1_MIN_BARRIER_FRACTION, spec=".1%")
                       for run, ev in required(values, "runs").items())
     if not values.get("conditions"):
@@ -137,6 +139,12 @@ def judge_a1(values: Mapping[str, Any]) -> Verdict:
     where = map_sentence(values["conditions"], "barrier_fraction", A1_MIN_BARRIER_FRACTION,
                          name="the share of same-class pairs with a barrier", spec=".1%")
     return Verdict(verdict.status, f"{verdict.reason}; condition map: {where}")
+
+
+def _at_chance(run: str, ev: Mapping[str, Any]) -> Verdict | None:
+    """Inconclusive when the run records its model's test accuracy (``test_acc`` on ``n_test`` images) and that is
+    not above chance (:func:`mclib.claims.guards.at_chance`); None otherwise (also for records without it)."""
+    return recorded_at_chance(f"the {run} model", ev)
 
 
 def _untested(run: str) -> Verdict:
@@ -152,6 +160,10 @@ def judge_a2(values: Mapping[str, Any]) -> Verdict:
     """
     parts = []
     for run, ev in required(values, "runs").items():
+        degenerate = _at_chance(run, ev)
+        if degenerate is not None:
+            parts.append(degenerate)
+            continue
         if not ev["barrier_pairs"]:
             parts.append(_untested(run))
             continue
@@ -173,6 +185,10 @@ def judge_a3(values: Mapping[str, Any]) -> Verdict:
     """Every run: >= 90% of barrier pairs connected within max_rounds, and a median of at most 2 bends."""
     parts = []
     for run, ev in required(values, "runs").items():
+        degenerate = _at_chance(run, ev)
+        if degenerate is not None:
+            parts.append(degenerate)
+            continue
         if not ev["barrier_pairs"]:
             parts.append(_untested(run))
             continue
@@ -195,13 +211,18 @@ def _connected_like_real(run: str, ev: Mapping[str, Any]) -> list[Verdict]:
 def judge_a4(values: Mapping[str, Any]) -> Verdict:
     """Every model and kind of interpolated pair: >= 90% of all pairs end on a barrier-free path (straight or
     bypassed) and the barrier pairs need a median of at most 2 bends."""
-    return combine(v for run, ev in required(values, "runs").items() for v in _connected_like_real(run, ev))
+    return combine(v for run, ev in required(values, "runs").items()
+                   for v in ([_at_chance(run, ev)] if _at_chance(run, ev) else _connected_like_real(run, ev)))
 
 
 def judge_a5(values: Mapping[str, Any]) -> Verdict:
     """Every model: >= 90% of the FVO inputs are modes (CE < 5e-4) and the FVO pairs are connected as in A4."""
     parts = []
     for run, ev in required(values, "runs").items():
+        degenerate = _at_chance(run, ev)
+        if degenerate is not None:
+            parts.append(degenerate)
+            continue
         parts.append(judge_interval(f"the {run} share of FVO inputs with CE below {MODE_CE:g}", ev["mode_fraction"],
                                     CONNECTED_MIN, spec=".0%"))
         parts += _connected_like_real(run, ev)

@@ -13,6 +13,7 @@ import numpy as np
 
 from mclib import stats
 from mclib.claims.core import Claim, Verdict, combine, judge_interval, map_sentence
+from mclib.claims.guards import recorded_at_chance
 
 CITE = "lee2024generalization"
 CHAPTER = "notebooks/b_internal_codes.ipynb"
@@ -83,7 +84,8 @@ def code_evidence(bmus_first, bmus_last, labels, n_boot: int = 2000, seed: int =
 
 def judge_b1(values: Mapping[str, Any]) -> Verdict:
     """Every model: the 95% interval of the purity at the shallowest layer lies at or below 0.5."""
-    return combine(judge_interval(f"the {m} purity at the shallowest layer", ev["purity_first"], B1_MAX_PURITY,
+    return combine(recorded_at_chance(f"the {m} model", ev) or
+                   judge_interval(f"the {m} purity at the shallowest layer", ev["purity_first"], B1_MAX_PURITY,
                                   above=False, spec=".2f") for m, ev in values["models"].items())
 
 
@@ -91,6 +93,10 @@ def judge_b2(values: Mapping[str, Any]) -> Verdict:
     """Every model: purity rises by at least 0.2 and NMI rises, from the shallowest layer to the logits (intervals)."""
     parts = []
     for m, ev in values["models"].items():
+        degenerate = recorded_at_chance(f"the {m} model", ev)
+        if degenerate is not None:   # a model at chance: its logits carry no class, so no rise can be read
+            parts.append(degenerate)
+            continue
         parts.append(judge_interval(f"the {m} purity gain from the shallowest layer to the logits", ev["purity_gain"],
                                     B2_MIN_PURITY_GAIN, spec=".2f"))
         parts.append(judge_interval(f"the {m} NMI gain", ev["nmi_gain"], B2_MIN_NMI_GAIN, spec=".2f"))
@@ -117,7 +123,8 @@ def judge_b3(values: Mapping[str, Any]) -> Verdict:
     below 0; an interval containing 0 is inconclusive, one above 0 fails. The verdict judges the chapter's base
     setting (``models``); the reason adds where the effect appears, vanishes or stays undecided across the
     condition map ``conditions`` (:func:`mclib.claims.core.map_sentence`, same threshold), when one was recorded."""
-    v = combine(judge_interval(f"the {m} Spearman rho of shallow-code label entropy and smallest flipping radius",
+    v = combine(recorded_at_chance(f"the {m} model", ev) or
+                judge_interval(f"the {m} Spearman rho of shallow-code label entropy and smallest flipping radius",
                                ev["spearman"], 0.0, above=False, spec=".2f") for m, ev in values["models"].items())
     if not values.get("conditions"):
         return v

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from mclib.claims.core import Claim, Verdict, combine, compare_interval, fmt, inconclusive, map_sentence, required
+from mclib.claims.guards import at_chance
 
 Z95 = 1.959963984540054  # the normal quantile of 0.975
 
@@ -83,6 +84,10 @@ def judge_c1(values: Mapping[str, Any]) -> Verdict:
     parts = []
     for arch, paths in required(values, "archs").items():
         b, ln = paths["bezier"], paths["line"]
+        degenerate = at_chance(f"{arch}: the worse endpoint", b["end_acc"], n, values.get("num_classes"))
+        if degenerate is not None:   # a model at chance has no barrier to find or to avoid
+            parts.append(degenerate)
+            continue
         parts.append(_tag(arch, combine([
             _drop("the Bezier curve's accuracy drop", b["end_acc"], b["worst_acc"], n, C1_CURVE_MARGIN, above=False),
             _drop("the straight line's accuracy drop", ln["end_acc"], ln["worst_acc"], n, C1_LINE_GAP, above=True),
@@ -103,6 +108,11 @@ def judge_c2(values: Mapping[str, Any]) -> Verdict:
     parts = []
     for s in values["settings"]:
         hi, lo = s["n_max"], s["n_min"]
+        degenerate = at_chance(f"{s['trigger']}/{s['mode']}: the backdoored endpoints' mean", s["end_acc"], n_eval,
+                               values.get("num_classes"))
+        if degenerate is not None:   # endpoints at chance: no clean accuracy to keep
+            parts.append(degenerate)
+            continue
         parts.append(_tag(f"{s['trigger']}/{s['mode']}", combine([
             _drop(f"the clean accuracy drop at N={hi['N']}", s["end_acc"], hi["acc"], n_eval, C2_CLEAN_DROP,
                   above=False),
@@ -220,9 +230,20 @@ def judge_c4(values: Mapping[str, Any]) -> Verdict:
     the whole population the attacker targets, so this count has no sampling error) and the clean accuracy
     drop from the injected endpoints' mean is at most ``C4_CLEAN_DROP`` on ``n_eval`` images.
 
-    ``values = {"n_eval", "n_chosen", "ref_acc", "points": [{"N", "acc", "injection"}]}``.
+    ``values = {"n_eval", "n_chosen", "ref_acc", "points": [{"N", "acc", "injection"}]}``; a chapter that could not
+    inject any error records ``{"missing": reason}`` instead, which is inconclusive with that reason.
     """
+    if values.get("missing"):
+        return inconclusive(str(values["missing"]))
     n_eval, k = int(values["n_eval"]), int(values["n_chosen"])
+    if k == 0:
+        return inconclusive("no error was injected (no chosen image), so there is nothing for the path to repair")
+    degenerate = at_chance("the injected endpoints' mean", values["ref_acc"], n_eval, values.get("num_classes"))
+    if degenerate is not None:
+        return degenerate
+    if values.get("ref_injection") is not None and round(float(values["ref_injection"]) * k) < 1:
+        return inconclusive(f"none of the {k} injected errors holds on the injected endpoints themselves, so a path "
+                            "free of them repairs nothing")
     parts = []
     for pt in values["points"]:
         hits = int(round(float(pt["injection"]) * k))
@@ -247,8 +268,15 @@ def judge_c5(values: Mapping[str, Any]) -> Verdict:
     Any guard not met gives inconclusive (the attacker was not shown to attack). Then the path-aware trigger's
     ASR at every grid t in [0.25, 0.75] must be at most ``C5_ASR``.
 
-    ``values = {"n_asr", "change", "planted_asr", "control_asr", "aware": [{"t", "asr"}]}``.
+    ``values = {"n_asr", "change", "planted_asr", "control_asr", "aware": [{"t", "asr"}]}``, and optionally the
+    backdoored endpoint's clean accuracy ``end_acc`` on ``n_eval`` images: at chance, C5 is inconclusive (a model
+    that predicts the target class for every image "has" a backdoor that no path can repair).
     """
+    if values.get("end_acc") is not None or values.get("n_eval") is not None:
+        degenerate = at_chance("the backdoored endpoint", values.get("end_acc"), values.get("n_eval"),
+                               values.get("num_classes"))
+        if degenerate is not None:
+            return degenerate
     n = int(values["n_asr"])
     change = float(values["change"])
     if not change >= C5_MIN_CHANGE:
@@ -280,11 +308,19 @@ def judge_c6(values: Mapping[str, Any]) -> Verdict:
     type, :func:`mclib.studies.robustness.barrier_map`): the reason then ends with :func:`c6_map_sentence`; the verdict
     still judges ``archs`` alone.
     """
-    verdict = combine(_tag(arch, _c6_pair(v["robust"], v["standard"]))
+    verdict = combine(_endpoints_at_chance(arch, v) or _tag(arch, _c6_pair(v["robust"], v["standard"]))
                       for arch, v in required(values, "archs").items())
     if values.get("conditions"):
         return Verdict(verdict.status, f"{verdict.reason}; {c6_map_sentence(values['conditions'])}")
     return verdict
+
+
+def _endpoints_at_chance(arch: str, v: Mapping[str, Any]) -> Verdict | None:
+    """Inconclusive when an architecture's entry records its worse endpoint's accuracy (``end_acc`` on ``n_eval``
+    images) and that is not above chance (:func:`mclib.claims.guards.at_chance`); None otherwise."""
+    if v.get("end_acc") is None and v.get("n_eval") is None:
+        return None
+    return at_chance(f"{arch}: the worse endpoint", v.get("end_acc"), v.get("n_eval"), v.get("num_classes"))
 
 
 def _c6_pair(r: Mapping[str, Any], s: Mapping[str, Any]) -> Verdict:
@@ -359,6 +395,10 @@ def judge_c7(values: Mapping[str, Any]) -> Verdict:
     """
     parts = []
     for arch, v in required(values, "archs").items():
+        degenerate = _endpoints_at_chance(arch, v)
+        if degenerate is not None:
+            parts.append(degenerate)
+            continue
         evidence = []
         if v.get("across") is not None:
             evidence.append(_corr(f"the across-input Pearson r at t={fmt(values.get('t_fixed'), '.2g')}", v["across"]))
@@ -395,18 +435,38 @@ def c8_conditions(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
             for cid, vals in records.items() for a, v in per_architecture(cid, vals).items()]
 
 
+def datasets_of(values: Mapping[str, Any]) -> set[str]:
+    """The datasets a claim's record was measured on: its own ``dataset`` and that of every entry of ``archs`` or
+    ``other_archs`` (an entry without one was measured on the record's dataset)."""
+    own = values.get("dataset")
+    out = {own} if own else set()
+    for key in ("archs", "other_archs"):
+        entries = values.get(key)
+        if isinstance(entries, Mapping):
+            out |= {str(v.get("dataset", own)) for v in entries.values() if isinstance(v, Mapping) and v.get("dataset", own)}
+    return out
+
+
 def judge_c8(values: Mapping[str, Any]) -> Verdict:
     """Every C claim C1..C7 measured on at least two architectures and holding on each (the same judges,
-    per architecture). A claim failing on any architecture fails C8; one measured on one architecture only, or
+    per architecture), and on every dataset of ``datasets_required`` (Zhao et al.: CIFAR-10 and SVHN). A claim
+    failing on any architecture fails C8; one measured on one architecture only, on too few datasets, or
     inconclusive on one, leaves C8 inconclusive.
 
-    ``values = {"records": {cid: values of its record}}``.
+    ``values = {"records": {cid: values of its record}, "datasets_required": [...] (optional)}``; a record names
+    its datasets with ``dataset`` keys (:func:`datasets_of`).
     """
     recs = values["records"]
+    required_ds = sorted(set(values.get("datasets_required") or []))
     parts = []
     for cid in ("C1", "C2", "C3", "C4", "C5", "C6", "C7"):
         if cid not in recs:
             parts.append(inconclusive(f"{cid} was not recorded"))
+            continue
+        lacking = [d for d in required_ds if d not in datasets_of(recs[cid])]
+        if lacking:
+            parts.append(inconclusive(f"{cid} was not measured on {', '.join(lacking)} (measured on "
+                                      f"{', '.join(sorted(datasets_of(recs[cid]))) or 'no named dataset'})"))
             continue
         verdicts = per_architecture(cid, recs[cid])
         shown = ", ".join(f"{a} {v.status}" for a, v in verdicts.items())
