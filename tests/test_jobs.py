@@ -139,7 +139,8 @@ def test_ctrl_c_under_local_jobs_prints_one_line(tiny_book):  # noqa: F811
             proc.kill()
             proc.wait()
     assert proc.returncode == 130
-    assert err.strip().splitlines() == ["mclib.book: interrupted; cancelled the running chapters ['bad', 'good'] (Ctrl-C)"], err
+    assert err.strip().splitlines() == ["mclib.book: interrupted; cancelled the running chapters ['bad', 'good']; chapters "
+                                        "that had finished before keep their results (--resume reuses them) (Ctrl-C)"], err
     assert "KeyboardInterrupt" in (build / "jobs" / "controllers.log").read_text()  # kept, not shown
 
 
