@@ -195,7 +195,7 @@ def model_call(model: nn.Module, x: torch.Tensor, name: str = "x", what: str = "
         out = model(x)
     except RuntimeError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if any(s in first for s in ("shape", "size", "dimension", "Expected", "expected", "mat1", "channels")):
+        if not isinstance(err, getattr(torch, "OutOfMemoryError", ())) and any(s in first for s in ("shape", "size", "dimension", "Expected", "expected", "mat1", "channels")):
             raise ValueError(f"the {what} cannot take {name} of shape {tuple(x.shape)} ({first}); give inputs "
                              f"shaped as the {what} was trained on, e.g. (N, C, H, W) images") from err
         raise

@@ -12,13 +12,13 @@ a step counter per row and ``rows`` selecting the rows to step.
 * :func:`total_variation` -- the anisotropic total variation per input (Olah et al., 2017), the smoothness
   term of FVO, of bypass and of the optimisation attack;
 * :func:`check_input_grad` -- the one clear error for a model whose output does not depend on its input
-  through autograd (nothing to optimise).
+  through autograd (nothing to optimise); :func:`input_grad` takes the gradient and raises that error.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["RowAdam", "total_variation", "check_input_grad"]
+__all__ = ["RowAdam", "total_variation", "check_input_grad", "input_grad"]
 
 _NO_INPUT_GRAD = ("model: its output has no gradient with respect to its input (it runs under no_grad, "
                   "detaches the input or is a traced/frozen graph without autograd); {name} optimises the "
@@ -122,3 +122,13 @@ def check_input_grad(loss: torch.Tensor, x: torch.Tensor, name: str) -> None:
          if loss.requires_grad else None)
     if g is None:
         raise ValueError(_NO_INPUT_GRAD.format(name=name))
+
+
+def input_grad(loss: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+    """``d loss.sum() / d x``, or the one clear error of :func:`check_input_grad` (naming the procedure ``name``)
+    if ``loss`` does not depend on ``x`` through autograd -- at no extra cost: the gradient is the one the
+    caller needed anyway."""
+    g = torch.autograd.grad(loss.sum(), x, allow_unused=True)[0] if loss.requires_grad else None
+    if g is None:
+        raise ValueError(_NO_INPUT_GRAD.format(name=name))
+    return g

@@ -163,6 +163,8 @@ def _no_fit(*a, **k):
      r"num_points must be a positive int \(>= 1\), got 0"),
     (lambda: evasion.optimisation_attack(_Detaches(), X, Y, steps=3), ValueError,
      "no gradient with respect to its input.*optimisation_attack"),
+    (lambda: evasion.pgd(_Detaches(), X, Y, eps=0.1, steps=2), ValueError,
+     "no gradient with respect to its input.*the attack"),
     (lambda: som.contingency(torch.tensor([0, 1, 1]), torch.tensor([0, -1, 1]), 2, 2), ValueError,
      r"labels has labels in \[-1, 1\]"),
     (lambda: som.contingency(torch.tensor([0, 1, 1]), torch.tensor([0, 2, 1]), 2, 2), ValueError,
