@@ -601,6 +601,11 @@ def top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: in
             lam64 = gauss_newton_spectrum(model, x, y, batch_size=batch_size, piecewise_linear=checked,
                                           progress=progress)[:, -1]
             out = lam64.clamp_min(0).to(x.dtype)  # H is positive semi-definite
+            lost = (lam64 > 0) & (out == 0)
+            if bool(lost.any()):        # a saturated input's eigenvalue below the input dtype's range
+                warnings.warn(f"{int(lost.sum())} top eigenvalue(s) down to {float(lam64[lost].min()):.3g} are below "
+                              f"{x.dtype}'s range and returned as 0; gauss_newton_spectrum(...)[:, -1] gives them in "
+                              f"float64", RuntimeWarning, stacklevel=2)
             if not return_info:
                 return out
             B = x.shape[0]

@@ -397,3 +397,18 @@ def test_collect_adversarial_shows_progress_on_request(pair, capsys):
     again = detect.collect_adversarial(m0, attack, x[:8], y[:8], 8, batch_size=4)
     assert capsys.readouterr().err == ""
     assert torch.equal(out[0], again[0]) and out[2:] == again[2:]
+
+
+def test_an_eigenvalue_below_float32_range_is_not_silently_zero(pair):
+    """A very saturated input's exact eigenvalue (~1e-80) does not fit in float32: returned as 0 with a warning,
+    and in float64 by gauss_newton_spectrum."""
+    m0, _, x, y = pair
+    x8 = F.avg_pool2d(x[:1], 4)
+    with torch.no_grad():
+        z = m0(x8)[0]
+    model = _scaled(m0, 200.0 / float(z.max() - z.topk(2).values[1]))      # 1 - p_max near e^-200
+    with pytest.warns(RuntimeWarning, match="below torch.float32's range"):
+        lam = hessian.top_eigenvalue(model, x8, y[:1])
+    assert float(lam[0]) == 0.0
+    lam64 = hessian.gauss_newton_spectrum(model, x8, y[:1])[:, -1]
+    assert 0 < float(lam64[0]) < 1e-45
