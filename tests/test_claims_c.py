@@ -242,3 +242,13 @@ def test_every_c_claim_is_catalogued_with_its_judge():
     assert ids == [f"C{i}" for i in range(1, 9)]
     for c in C.CLAIMS:
         assert claims.CATALOGUE[c.id] is c and c.judge is C.JUDGES[c.id] and c.criterion.endswith(".")
+
+
+def test_c4_must_hold_for_every_endpoint_seed_pair():
+    """Training-seed variation: a second pair of endpoints that fails (or is undecided) decides C4, whatever the first."""
+    assert status("C4", {**_c4(), "seed_pairs": {"2/3": _c4()}}) == "holds"
+    assert status("C4", {**_c4(), "seed_pairs": {"2/3": _c4(injection=0.2)}}) == "fails"
+    assert status("C4", {**_c4(), "seed_pairs": {"2/3": _c4(acc=0.87)}}) == "inconclusive"
+    reason = claims.CATALOGUE["C4"].verdict({**_c4(), "seeds_label": "seeds 0/1",
+                                             "seed_pairs": {"2/3": _c4(injection=0.2)}}).reason
+    assert reason.startswith("seeds 2/3") and "1 of 5" in reason

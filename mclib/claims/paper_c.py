@@ -231,8 +231,16 @@ def judge_c4(values: Mapping[str, Any]) -> Verdict:
     drop from the injected endpoints' mean is at most ``C4_CLEAN_DROP`` on ``n_eval`` images.
 
     ``values = {"n_eval", "n_chosen", "ref_acc", "points": [{"N", "acc", "injection"}]}``; a chapter that could not
-    inject any error records ``{"missing": reason}`` instead, which is inconclusive with that reason.
+    inject any error records ``{"missing": reason}`` instead, which is inconclusive with that reason. Training-seed
+    variation: ``seed_pairs`` (optional) maps a label to the same values for another pair of endpoint seeds, and
+    every pair must meet the criterion (a pair that fails fails, one undecided leaves C4 undecided), so that a
+    verdict does not rest on one pair of trained models.
     """
+    pairs = values.get("seed_pairs") or {}
+    if pairs:
+        own = {k: v for k, v in values.items() if k != "seed_pairs"}
+        label = values.get("seeds_label", "first seed pair")
+        return combine([_tag(label, judge_c4(own)), *(_tag(f"seeds {k}", judge_c4(v)) for k, v in pairs.items())])
     if values.get("missing"):
         return inconclusive(str(values["missing"]))
     n_eval, k = int(values["n_eval"]), int(values["n_chosen"])
