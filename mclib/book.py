@@ -228,16 +228,36 @@ def stale_reason(root: Path, build_dir: Path, nb: Path, params: dict, claims_nee
             return f"run with {key} {rec.get(key)!r}, not {params[key]!r}"
     if rec.get("source_hash") != source_hash(root, nb):
         return "the notebook or mclib changed since it ran"
-    if claims_needed:
-        lost = sorted(set(rec.get("claims", [])) - set(_claim_ids(nb)))
-        if not rec.get("claims") or lost:
-            return f"its claims {lost} are missing" if lost else "it recorded no claims"
-        for cid in rec["claims"]:
-            try:
-                claims.load_record(claims.claims_dir() / f"{cid}.json")
-            except claims.DamagedRecord as err:
-                return str(err).split(";")[0]
+    lost = sorted(set(rec.get("claims", [])) - set(_claim_ids(nb)))
+    if lost:
+        return f"its claims {lost} are missing"
+    if claims_needed and not rec.get("claims"):
+        return "it recorded no claims"
+    for cid in rec.get("claims", []):
+        try:
+            claims.load_record(claims.claims_dir() / f"{cid}.json")
+        except claims.DamagedRecord as err:
+            return str(err).split(";")[0]
     return None
+
+
+def set_aside_damaged(build_dir: Path) -> list[str]:
+    """Move every claim record that :func:`mclib.claims.load_record` refuses (edited, truncated, renamed, written by
+    an older mclib without a checksum) to ``<build>/claims/refused/``, printing one line per file; returns the
+    file names. The chapter that records it then counts as not run (``--resume`` and ``--only`` rerun or name it)."""
+    out = []
+    folder = claims.claims_dir()
+    for path in sorted(folder.glob("*.json")):
+        if path.name.startswith("_"):
+            continue
+        try:
+            claims.load_record(path)
+        except claims.DamagedRecord as err:
+            (folder / "refused").mkdir(exist_ok=True)
+            os.replace(path, folder / "refused" / path.name)
+            print(f"       refused {err}".split("; rerun")[0] + f" (moved to {folder / 'refused'})", flush=True)
+            out.append(path.name)
+    return out
 
 
 def _previous(build_dir: Path, nb: Path) -> Path:
@@ -658,6 +678,7 @@ def _build(root: Path, build_dir: Path, params: dict, only, html: bool, progress
     chapters = [nb for nb in every if nb.stem != "report"]
     report = [nb for nb in every if nb.stem == "report"]  # summarises every claim: runs last, always
     needs = chapter_needs(chapters)
+    set_aside_damaged(build_dir)  # a record that cannot be trusted is never read, published or reused
     if only:
         wanted = {Path(o).stem for o in only}
         unknown = wanted - {nb.stem for nb in every}

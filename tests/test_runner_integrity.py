@@ -234,3 +234,19 @@ def test_a_killed_kernel_is_reported_at_the_running_cell_not_the_last_one(tiny_b
     nbformat.write(nb, path)
     with pytest.raises(book.NotebookFailed, match=r"the kernel died at cell 4 \(counting from 1, `import os, signal`\)"):
         book.build("smoke", html=False, root=tiny_book, progress=False)
+
+
+def test_a_build_sets_damaged_records_aside_and_only_names_their_chapter(tiny_book, capsys):  # noqa: F811
+    """`--only report` over an edited record used to publish it; now the record is refused and its chapter named."""
+    _notebook(tiny_book / "notebooks" / "bad.ipynb", "pass")
+    recorder = ("from mclib import claims\nclaims.record('A1', values={'runs': {'cnn': {'tolerance': 0.01, "
+                "'barrier_fraction': {'estimate': 0.1, 'lo': 0.06, 'hi': 0.15, 'n': 200}}}}, measured='m', "
+                "chapter='notebooks/good.ipynb')")
+    _notebook(tiny_book / "notebooks" / "good.ipynb", recorder)
+    book.build("smoke", html=False, root=tiny_book, progress=False)
+    build = Path(os.environ["MCLIB_BUILD_DIR"])
+    _edit(build / "claims" / "A1.json", lambda r: r.update(status="fails"))
+    with pytest.raises(book.StaleChapters, match=r"good \(its claims \['A1'\] are missing\)"):
+        book.build("smoke", only=["after"], html=True, root=tiny_book, progress=False)
+    assert "refused claim record" in capsys.readouterr().out
+    assert (build / "claims" / "refused" / "A1.json").exists() and not (build / "claims" / "A1.json").exists()
