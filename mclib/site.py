@@ -1,7 +1,7 @@
 """Where the published book points a reader: the repository address, in one place, applied at build time.
 
 The sources record no repository address (a fork builds a book that points at itself). The address is taken
-once, when the book is staged (:func:`mclib.book._stage`), by :func:`repository`:
+once, when the book is staged (``mclib.book._stage``), by :func:`repository`:
 
 1. ``$GITHUB_REPOSITORY`` (``owner/repo``, set by GitHub Actions; ``$GITHUB_SERVER_URL`` gives the host),
 2. else ``git remote get-url origin`` of the checkout, when it names a repository on github.com,
@@ -160,7 +160,7 @@ def publish_claims(src: str | os.PathLike, claims_dir: str | os.PathLike) -> lis
 
 
 def stage(root: str | os.PathLike, src: str | os.PathLike, claims_dir: str | os.PathLike | None = None) -> str | None:
-    """What :func:`mclib.book._stage` adds to the staged book: the repository address (see :func:`apply`)
+    """What ``mclib.book._stage`` adds to the staged book: the repository address (see :func:`apply`)
     and the published claim records (see :func:`publish_claims`). Returns the address used, or None."""
     url = repository(root)
     apply(src, url)
