@@ -10,7 +10,7 @@ once, when the book is staged (``mclib.book._stage``), by :func:`repository`:
 :func:`apply` then writes it into the staged ``_config.yml`` (the repository button and the Binder and Colab
 launch buttons are built from ``repository.url``) and into every staged notebook's Colab install cell, so
 buttons and install cells always agree. With no address the launch and repository buttons are switched off and
-the install cell says how to install instead: a placeholder such as ``OWNER/REPO`` is never published.
+the install cell says how to install instead: the stored notebooks' placeholder address is never published.
 """
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Mapping
 
 #: The placeholder the stored notebooks' install cells carry; :func:`apply` replaces it in the staged copies.
+#: (Its value is not shown on the API page, which must not publish it either.)
+#:
+#: :meta hide-value:
 PLACEHOLDER = "OWNER/REPO"
 
 #: The first line of a notebook's Colab install cell (how :func:`install_cells` finds it).
