@@ -565,8 +565,8 @@ def rerun_box(nb: Path, params: dict) -> str:
             f"```bash\nmake setup   # once: creates .venv with mclib and its notebook kernel\n"
             f"{cli} run {nb.as_posix()} {opts}\n```\n\n"
             f"The executed copy is written to `_build/src/{nb.as_posix()}`; `{cli} build --only {nb.stem} {opts}` "
-            "also rebuilds this page of the book. The launch button at the top of the page opens the notebook "
-            "in Binder or Colab.\n"
+            "also rebuilds this page of the book. Where the book was built with its repository's address, the launch "
+            "button at the top of the page opens the notebook in Binder or Colab.\n"
             ":::")
 
 

@@ -1,7 +1,7 @@
 """Where the published book points a reader: the repository address, in one place, applied at build time.
 
 The sources record no repository address (a fork builds a book that points at itself). The address is taken
-once, when the book is staged (:func:`mclib.book._stage`), by :func:`repository`:
+once, when the book is staged (``mclib.book._stage``), by :func:`repository`:
 
 1. ``$GITHUB_REPOSITORY`` (``owner/repo``, set by GitHub Actions; ``$GITHUB_SERVER_URL`` gives the host),
 2. else ``git remote get-url origin`` of the checkout, when it names a repository on github.com,
@@ -10,7 +10,7 @@ once, when the book is staged (:func:`mclib.book._stage`), by :func:`repository`
 :func:`apply` then writes it into the staged ``_config.yml`` (the repository button and the Binder and Colab
 launch buttons are built from ``repository.url``) and into every staged notebook's Colab install cell, so
 buttons and install cells always agree. With no address the launch and repository buttons are switched off and
-the install cell says how to install instead: a placeholder such as ``OWNER/REPO`` is never published.
+the install cell says how to install instead: the stored notebooks' placeholder address is never published.
 """
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Mapping
 
 #: The placeholder the stored notebooks' install cells carry; :func:`apply` replaces it in the staged copies.
+#: (Its value is not shown on the API page, which must not publish it either.)
+#:
+#: :meta hide-value:
 PLACEHOLDER = "OWNER/REPO"
 
 #: The first line of a notebook's Colab install cell (how :func:`install_cells` finds it).
@@ -160,7 +163,7 @@ def publish_claims(src: str | os.PathLike, claims_dir: str | os.PathLike) -> lis
 
 
 def stage(root: str | os.PathLike, src: str | os.PathLike, claims_dir: str | os.PathLike | None = None) -> str | None:
-    """What :func:`mclib.book._stage` adds to the staged book: the repository address (see :func:`apply`)
+    """What ``mclib.book._stage`` adds to the staged book: the repository address (see :func:`apply`)
     and the published claim records (see :func:`publish_claims`). Returns the address used, or None."""
     url = repository(root)
     apply(src, url)

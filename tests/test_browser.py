@@ -396,9 +396,13 @@ def test_each_chapter_shows_its_parameters_once_and_a_rerun_command_that_wraps(p
 # ---- reach: launch buttons, repository, bibliography, API -------------------------------------------------------
 
 
-def test_no_page_publishes_the_placeholder_address(pages):
+def test_no_page_publishes_the_placeholder_address(pages, html_dir):
     found = [f"{entry} at {w} px" for (entry, w), p in pages.items() if p["placeholder"]]
     assert not found, f"pages holding OWNER/REPO: {found}"
+    # every published file, the API pages and the downloadable notebooks included
+    files = [p for p in html_dir.rglob("*") if p.is_file() and p.suffix in (".html", ".ipynb", ".txt", ".js", ".json")]
+    held = [str(p.relative_to(html_dir)) for p in files if "OWNER/REPO" in p.read_text(errors="ignore")]
+    assert files and not held, f"published files holding OWNER/REPO: {held}"
 
 
 def test_chapters_have_binder_colab_and_repository_buttons_from_one_url(pages, html_dir):
