@@ -152,10 +152,8 @@ def make_executor(options: Options, folder: Path, script_only: bool = False):
         ex = _ScriptOnly(folder=folder)
     else:
         ex = _slurm_executor_class()(folder=folder)
-    gpus = 1 if options.gpus_per_job is None else options.gpus_per_job
-    params = {"time": options.time_min, "job_name": "mclib", "ntasks_per_node": 1}
-    if gpus:  # "--gpus-per-node=0" asks a cluster without GPUs for a GRES it does not have: sbatch refuses it
-        params["gpus_per_node"] = gpus
+    params = {"time": options.time_min, "gpus_per_node": 1 if options.gpus_per_job is None else options.gpus_per_job,
+              "job_name": "mclib", "ntasks_per_node": 1}
     if options.partition:
         params["partition"] = options.partition
     if options.cpus_per_job:
@@ -214,6 +212,14 @@ def _slurm_executor_class():
 
     class Executor(submitit.SlurmExecutor):
         job_class = Job
+
+        def _submit_command(self, command: str):
+            try:
+                return super()._submit_command(command)
+            except submitit.core.utils.FailedJobError as err:  # sbatch refused: one line, not a traceback
+                hint = (" (this cluster has no GPUs? --gpus-per-job 0)" if "gres" in str(err).lower() else "")
+                raise RuntimeError(f"sbatch refused the job{hint}: {str(err).strip()}; "
+                                   "--dry-run prints the script") from None
 
     return Executor
 

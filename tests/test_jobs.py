@@ -144,12 +144,6 @@ def test_ctrl_c_under_local_jobs_prints_one_line(tiny_book):  # noqa: F811
     assert "KeyboardInterrupt" in (build / "jobs" / "controllers.log").read_text()  # kept, not shown
 
 
-def test_gpus_per_job_0_asks_slurm_for_no_gpu(tmp_path):
-    """sbatch on a cluster without GPUs refuses ``--gpus-per-node=0`` (a GRES it does not have): no line at all."""
-    script = jobs.sbatch_script(jobs.Options(executor="slurm", gpus_per_job=0, cpus_per_job=1), tmp_path / "%j")
-    assert "--gpus" not in script and "#SBATCH --cpus-per-task=1" in script
-
-
 def test_a_job_killed_outside_its_notebook_is_reported_with_its_state_and_log(tiny_book):  # noqa: F811
     """The job's own process dies (killed, out of memory): the chapter is named with how its job ended and
     where its log is, not with the last line of submitit's log (an INFO line, issue 32)."""

@@ -119,8 +119,15 @@ def _stop(procs: dict, env: dict) -> None:
             proc.wait()
 
 
+def _job_table(env: dict) -> str:
+    """Every job this cluster ran, from its job completion log (``sacct --completion``: no accounting database)."""
+    out = subprocess.run(["sacct", "--completion", "-o", "JobID,JobName%32,State,Start,End,NodeList"],
+                         env=env, capture_output=True, text=True)
+    return out.stdout if out.returncode == 0 else out.stderr
+
+
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster(tmp_path_factory, pytestconfig):
     """A running one-node cluster: yields a dict with ``conf``, ``env`` (with ``SLURM_CONF``), ``folder``,
     ``jobcomp`` and ``node``; ``SLURM_CONF`` is also set in this process for the tests' builds."""
     if os.environ.get("MCLIB_CLUSTER_TEST") != "1":
@@ -160,6 +167,9 @@ def slurm_cluster(tmp_path_factory):
         yield {"conf": conf, "env": env, "folder": tmp, "jobcomp": tmp / "jobcomp.txt", "node": host,
                "pids": {k: p.pid for k, p in procs.items()}}
     finally:
+        if conf.exists() and pytestconfig is not None:
+            with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+                print(f"\nThe jobs of the one-node cluster ({conf}):\n{_job_table(env)}", flush=True)
         if old_conf is None:
             os.environ.pop("SLURM_CONF", None)
         else:
