@@ -24,6 +24,10 @@ import numpy as np
 import torch
 
 PRESET_NAMES = ("smoke", "quick", "paper")
+#: Presets composed from two tables of every preset file: name -> (the table giving the settings, the table giving
+#: the sizes). ``paper-smoke`` runs the paper preset's code paths -- its datasets, architectures, triggers, layer
+#: lists, optimiser, every setting that is not a number -- at the smoke preset's sizes (:func:`compose`).
+DERIVED_PRESETS = {"paper-smoke": ("paper", "smoke")}
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 _PRESET_DIR = Path(__file__).with_name("presets")
 #: The repository root when mclib runs from a checkout (editable install), else None.
@@ -35,8 +39,34 @@ REPO_ROOT: Path | None = (
 
 
 def _read_table(path: Path, preset: str) -> dict[str, Any]:
-    """The table ``preset`` of the preset file ``path``, after :func:`check_preset_file` of the whole file."""
-    return dict(check_preset_file(path)[preset])
+    """The table ``preset`` of the preset file ``path``, after :func:`check_preset_file` of the whole file; a
+    derived preset (:data:`DERIVED_PRESETS`) is composed from two of its tables (:func:`compose`)."""
+    tables = check_preset_file(path)
+    if preset in DERIVED_PRESETS:
+        settings, sizes = DERIVED_PRESETS[preset]
+        return compose(tables[settings], tables[sizes])
+    return dict(tables[preset])
+
+
+def is_size(value: Any) -> bool:
+    """Whether a preset value is a *size*: a number (not a bool), or a list or table whose every leaf is one
+    (``n_bonafide = [50, 250]``, ``span = {2 = {sizes = [8, 16], samples = 40}}``). Strings, booleans and anything
+    holding one (architectures, datasets, triggers, protocols, layer lists) are *settings*."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    if isinstance(value, list):
+        return all(is_size(v) for v in value)
+    if isinstance(value, dict):
+        return all(is_size(v) for v in value.values())
+    return False
+
+
+def compose(settings: Mapping[str, Any], sizes: Mapping[str, Any]) -> dict[str, Any]:
+    """A table with ``settings``' keys: each key's value from ``sizes`` where ``settings`` holds a size
+    (:func:`is_size`), else from ``settings``. Both tables have the same keys (:func:`check_preset_file`)."""
+    return {k: (sizes[k] if is_size(v) else v) for k, v in settings.items()}
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
@@ -131,9 +161,10 @@ def check_seed(seed: Any) -> int:
 
 
 def check_preset(name: str) -> str:
-    """Return ``name`` if it is a known preset, else raise a ValueError listing the valid ones."""
-    if name not in PRESET_NAMES:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESET_NAMES)}")
+    """Return ``name`` if it is a known preset (or a derived one, :data:`DERIVED_PRESETS`), else raise a ValueError
+    listing the valid ones."""
+    if name not in PRESET_NAMES and name not in DERIVED_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join((*PRESET_NAMES, *DERIVED_PRESETS))}")
     return name
 
 

@@ -126,3 +126,13 @@ def test_paper_architectures_map_small_images_to_logits(arch):
     for shape in [(3, 32, 32), (1, 8, 8)]:
         model = models.build(arch, in_shape=shape, num_classes=7).eval()
         assert model(torch.rand(2, *shape)).shape == (2, 7)
+
+
+def test_the_architectures_claims_md_names_are_in_the_paper_tables():
+    """CLAIMS.md names for the paper preset: VGG16 (C1, C2: Garipov's VGG16 / Zhao's VGG), ResNet-18 on 3x32x32
+    (A6, B1-B3), the untrained CNN (A6), VGG and ResNet (C8). Not covered: GoogLeNet on ImageNet (A1's examples) and
+    ResNet-50 (B), which need ImageNet."""
+    archs = _paper_archs()
+    assert {"vgg16_bn", "vgg16"} & archs                      # VGG-16 (with and without BatchNorm)
+    assert "resnet18_cifar" in archs and "cnn" in archs
+    assert any(a.startswith("resnet") for a in archs) and any(a.startswith("vgg") for a in archs)   # C8: VGG/ResNet
