@@ -454,3 +454,12 @@ def test_report_cells_fold_long_text_at_a_clause_never_inside_an_interval():
     head = _fold(commas).split(" <details>")[0]
     assert head.count("[") == head.count("]") and len(head) <= 120
     assert "|" not in _fold("a|b " * 60).replace("\\|", "")               # pipes stay escaped for the table
+
+
+def test_a8_ratio_to_a_real_real_barrier_below_resolution_is_inconclusive_not_divided():
+    from mclib.claims import paper_a
+
+    ev = paper_a.barrier_ratio_evidence(np.full((20, 4), 2.8e-5), np.full((20, 4), 0.5), n_boot=50)
+    assert ev["ratio"] is None and ev["below_resolution"] > 2.8e-5
+    verdict = claims.CATALOGUE["A8"].verdict({"attacks": {"PGD": ev}})
+    assert verdict.status == "inconclusive" and "below the inference engine's resolution" in verdict.reason

@@ -113,9 +113,14 @@ def barrier_ratio_evidence(clean_pairs, adv_pairs, n_boot: int = 2000, seed: int
     ``clean_pairs`` (N, K) and ``adv_pairs`` (M, K): the barrier of each input with its K references; inputs
     (rows) are resampled, each group separately, and the medians are over all pairs of the resample.
     """
+    from mclib.detect import BARRIER_RESOLUTION
+
     a, c = np.asarray(adv_pairs, dtype=float), np.asarray(clean_pairs, dtype=float)
     if len(a) == 0 or len(c) == 0:
         return {"ratio": None, "real_real": None, "real_adversarial": None, "inputs": [len(c), len(a)]}
+    if np.median(c) < BARRIER_RESOLUTION:  # a ratio to a number below the arithmetic's resolution is noise
+        return {"ratio": None, "real_real": float(np.median(c)), "real_adversarial": float(np.median(a)),
+                "inputs": [len(c), len(a)], "below_resolution": float(BARRIER_RESOLUTION)}
     iv = stats.two_sample_ci(a, c, lambda p, q: float(np.median(p) / np.median(q)), n_boot, seed)
     return {"ratio": _iv(iv), "real_real": float(np.median(c)), "real_adversarial": float(np.median(a)),
             "inputs": [len(c), len(a)]}
@@ -250,7 +255,10 @@ def judge_a8(values: Mapping[str, Any]) -> Verdict:
     """For every non-adaptive attack the median real-adversarial barrier max is at least twice the real-real median."""
     parts = []
     for attack, ev in values["attacks"].items():
-        if ev["ratio"] is None:
+        if ev["ratio"] is None and ev.get("below_resolution") is not None:
+            parts.append(inconclusive(f"the real-real median barrier ({fmt(ev['real_real'])}) is below the inference "
+                                      f"engine's resolution ({fmt(ev['below_resolution'])}), so a ratio to it is noise"))
+        elif ev["ratio"] is None:
             parts.append(inconclusive(f"{attack} produced no adversarial example to compare"))
         else:
             parts.append(judge_interval(f"the {attack} median barrier over the real-real one", ev["ratio"],
