@@ -250,3 +250,9 @@ def test_a_build_sets_damaged_records_aside_and_only_names_their_chapter(tiny_bo
         book.build("smoke", only=["after"], html=True, root=tiny_book, progress=False)
     assert "refused claim record" in capsys.readouterr().out
     assert (build / "claims" / "refused" / "A1.json").exists() and not (build / "claims" / "A1.json").exists()
+
+
+def test_a_fresh_build_starts_the_typically_longest_chapter_first(tmp_path):
+    chapters = [nb for nb in book.notebooks() if nb.stem != "report"]
+    order = book.order_chapters(chapters, book.chapter_needs(chapters), book.last_seconds(tmp_path, chapters))
+    assert order[0].stem == "c2_backdoor_repair" and order[-1].stem == "c8_across_architectures"
