@@ -567,7 +567,8 @@ def rerun_box(nb: Path, params: dict) -> str:
         f" --{k.replace('_', '-')} {params[k]}" for k, v in defaults.items() if params.get(k, v) != v)
     cli = ".venv/bin/python -m mclib.book"
     # named here, not "in the cell below": a page may hide its parameters cell (the report does)
-    used = ", ".join(f"`{k}={params.get(k)!r}`" for k in ("preset", "seed", "device") if k in params)
+    used = ", ".join(f"`{k}={params.get(k)!r}`" for k in ("preset", "seed", "device", "data_root", "cache_dir")
+                     if k in params and (k in ("preset", "seed", "device") or params.get(k) is not None))
     return (":::{admonition} Rerun this page\n:class: tip mclib-rerun\n"
             f"This page was executed with {used}. To rerun it from a fresh clone of the repository:\n\n"
             f"```bash\nmake setup   # once: creates .venv with mclib and its notebook kernel\n"
@@ -579,20 +580,17 @@ def rerun_box(nb: Path, params: dict) -> str:
 
 
 def quiet_parameters(executed) -> None:
-    """Show the parameters once: tag the notebook's own ``parameters`` cell ``remove-cell``.
+    """Show the parameters once, in words: tag the notebook's own ``parameters`` cell and papermill's
+    ``injected-parameters`` cell ``remove-cell``.
 
-    Papermill keeps the original cell (the defaults) and inserts its ``injected-parameters`` cell after it
-    (the values this run used); the page shows only the latter. A notebook run without injected
-    parameters keeps its own cell.
-
-    A page whose own ``parameters`` cell carries the tag ``remove-parameters`` (the report, which only
-    reads recorded claims) shows neither cell: the rerun box above it already names the values.
+    Papermill keeps the original cell (the defaults) and inserts its ``injected-parameters`` cell after it (the
+    values this run used); the rerun box above them (:func:`rerun_box`) names every value that run used, so the page
+    shows neither code cell. A notebook run without injected parameters keeps its own cell.
     """
     tags = [c.metadata.get("tags", []) for c in executed.cells]
-    hide_all = any("parameters" in t and "remove-parameters" in t for t in tags)
     if any("injected-parameters" in t for t in tags):
         for cell, t in zip(executed.cells, tags):
-            if ("parameters" in t or (hide_all and "injected-parameters" in t)) and "remove-cell" not in t:
+            if ("parameters" in t or "injected-parameters" in t) and "remove-cell" not in t:
                 cell.metadata["tags"] = [*t, "remove-cell"]
 
 

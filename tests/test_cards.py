@@ -204,7 +204,7 @@ def test_executed_copy_gets_the_rerun_box_and_shows_the_parameters_once(tmp_path
     cells = nbformat.read(path, as_version=4).cells
     tags = [c.metadata.get("tags", []) for c in cells]
     assert tags == [[], ["mclib-summary-box"], ["mclib-rerun-box"], ["parameters", "remove-cell"],
-                    ["injected-parameters"], []]
+                    ["injected-parameters", "remove-cell"], []]  # the rerun box names the values in words
     assert "--preset smoke" in cells[2].source and "This build" in cells[1].source
 
 
