@@ -381,7 +381,12 @@ def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, op
                 env = job_environment(options, slot, gpus, cores)
                 if options.executor == "slurm":
                     ex.update_parameters(job_name=f"mclib-{nb.stem}")
-                job = ex.submit(chapter_job, str(nb), str(root), str(build_dir), params, env)
+                try:
+                    job = ex.submit(chapter_job, str(nb), str(root), str(build_dir), params, env)
+                except Exception:  # a refused submission (sbatch) leaves none of this build's jobs in the queue
+                    for other, _ in running.values():
+                        other.cancel(check=False)
+                    raise
                 running[nb], slots[slot] = (job, slot), nb.stem
                 progress.set(nb.stem, "running" if options.executor == "local" else "queued")
             for nb, (job, slot) in list(running.items()):

@@ -256,3 +256,37 @@ def test_a_fresh_build_starts_the_typically_longest_chapter_first(tmp_path):
     chapters = [nb for nb in book.notebooks() if nb.stem != "report"]
     order = book.order_chapters(chapters, book.chapter_needs(chapters), book.last_seconds(tmp_path, chapters))
     assert order[0].stem == "c2_backdoor_repair" and order[-1].stem == "c8_across_architectures"
+
+
+def test_a_refused_submission_cancels_the_jobs_already_submitted(monkeypatch, tmp_path):
+    """sbatch refusing a later chapter used to leave the earlier chapters' jobs in the queue."""
+    cancelled = []
+
+    class Job:
+        def __init__(self, name):
+            self.name, self.state = name, "PENDING"
+
+        def done(self):
+            return False
+
+        def cancel(self, check=True):
+            cancelled.append(self.name)
+
+    class Refusing:
+        def __init__(self):
+            self.n = 0
+
+        def update_parameters(self, **kw):
+            pass
+
+        def submit(self, fn, nb, *args):
+            self.n += 1
+            if self.n == 2:
+                raise RuntimeError("sbatch: error: Batch job submission failed")
+            return Job(nb)
+
+    monkeypatch.setattr(jobs, "make_executor", lambda options, folder: Refusing())
+    todo = [Path("notebooks/a.ipynb"), Path("notebooks/b.ipynb")]
+    with pytest.raises(RuntimeError, match="submission failed"):
+        jobs.run_chapters(todo, tmp_path, tmp_path / "_build", {}, jobs.Options(executor="local", jobs=2, poll_s=0.01))
+    assert cancelled == ["notebooks/a.ipynb"]
