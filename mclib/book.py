@@ -242,7 +242,7 @@ def stale_reason(root: Path, build_dir: Path, nb: Path, params: dict, claims_nee
 
 
 def set_aside_damaged(build_dir: Path) -> list[str]:
-    """Move every claim record that :func:`mclib.claims.load_record` refuses (edited, truncated, renamed, written by
+    """Move every claim record that :func:`mclib.claims.core.load_record` refuses (edited, truncated, renamed, written by
     an older mclib without a checksum) to ``<build>/claims/refused/``, printing one line per file; returns the
     file names. The chapter that records it then counts as not run (``--resume`` and ``--only`` rerun or name it)."""
     out = []

@@ -199,8 +199,8 @@ class Claim:
     criterion: str
     judge: Callable[[Mapping[str, Any]], Verdict]
     chapter: str
-    #: ids of the claims whose records this claim's judge reads (C8 reads C1..C7): the runner runs the chapters
-    #: that record them first, in the same build, and :func:`load_needed` refuses records from another run
+    #: The claims whose records this claim's judge reads, by id (C8 reads C1 to C7). The runner runs the chapters
+    #: that record them first, in the same build, and :func:`load_needed` refuses records from another run.
     needs: tuple[str, ...] = ()
 
     def verdict(self, values: Mapping[str, Any]) -> Verdict:
