@@ -16,13 +16,15 @@ the elementwise work, so the fraction is a lower bound on how busy the core is. 
 * ``hvp``: 8 input Hessian-vector products (:func:`mclib.hessian.input_hvp`, double backward) on 128 inputs.
 
 ``forward_engine_fraction_of_gemm_peak_cnn28`` is the forward engine (:func:`mclib.paths.linear_losses`) in the
-same run, for comparison. Where a pass has a faster path than the code before issue 31 (``train_*``:
-channels-last convolutions in ``fit``), ``<pass>_new_vs_old`` pairs that code (re-implemented below, as it
-was) against today's in one run (target 1.5x, the issue's), and the old side's fraction of peak is printed
+same run, for comparison. Every gradient pass has a faster path than the code before issue 31 (channels-last
+convolutions: in ``fit`` for ``train_*``, in the curve objective, ``torchutil.channels_last`` in PGD, FVO and
+bypass); ``<pass>_new_vs_old`` pairs that code (``old_fit`` re-implemented below as it was; the others with
+the channels-last helpers replaced by no-ops, :func:`old_code`) against today's in one run (target 1.5x, the issue's), and the old side's fraction of peak is printed
 next to the new one's (new fraction / ratio).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -80,6 +82,26 @@ def old_fit(model, X, y, batch_size, lr, generator):
     return losses
 
 
+@contextlib.contextmanager
+def _nothing(model):
+    yield model
+
+
+def old_code(fn):
+    """``fn`` run as the code before issue 31: the channels-last helpers that the curve objective, PGD, FVO and
+    bypass call (``torchutil.channels_last``/``channels_last_weight``) replaced by no-ops (the only change)."""
+    def run():
+        saved = (evasion.channels_last, synth.channels_last, paths.channels_last, curves._torchutil.channels_last_weight)
+        evasion.channels_last = synth.channels_last = paths.channels_last = _nothing
+        curves._torchutil.channels_last_weight = lambda w: w
+        try:
+            return fn()
+        finally:
+            (evasion.channels_last, synth.channels_last, paths.channels_last,
+             curves._torchutil.channels_last_weight) = saved
+    return run
+
+
 def _net(arch: str, seed: int):
     torch.manual_seed(seed)
     return models.build(arch, in_shape=SHAPE, num_classes=10)
@@ -88,6 +110,12 @@ def _net(arch: str, seed: int):
 def _data(n: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _agree(name: str, fn) -> None:
+    """Print how far the new code's result is from the old code's (max |difference|)."""
+    a, b = old_code(fn)(), fn()
+    print(f"    {name}: max |new - old| = {float((a - b).abs().max()):.1e}", flush=True)
 
 
 def _pass(name: str, fn, rounds: int, out: dict, old=None, note: str = "") -> None:
@@ -154,15 +182,19 @@ def main(rounds: int = 5) -> dict:
                     p.copy_(b)
             return curves.train_curve(curve, X, y, epochs=1, batch_size=128, generator=torch.Generator().manual_seed(0),
                                       progress=False)
-        _pass("curve", curve_pass, rounds, out, note="4 SGD steps of batch 128, quick CNN endpoints, 1 bend")
+        _pass("curve", curve_pass, rounds, out, old=old_code(curve_pass), note="4 SGD steps of batch 128, quick CNN endpoints, 1 bend")
 
         Xa, ya = X[:128], y[:128]
-        _pass("pgd", lambda: evasion.pgd(cnn, Xa, ya, eps=0.3, steps=5, generator=torch.Generator().manual_seed(0)),
-              rounds, out, note="128 inputs, 5 steps")
-        _pass("fvo", lambda: synth.fvo(cnn, torch.arange(64) % 10, SHAPE, steps=32, generator=torch.Generator().manual_seed(0),
-                                       progress=False), rounds, out, note="64 inputs, 32 RowAdam steps")
-        kw = dict(iterations=32, max_rounds=1, num_points=32, tolerance=-1.0, progress=False)   # bend every pair
-        _pass("bypass", lambda: paths.bypass(cnn, A, C, t, **kw), rounds, out,
+        pgd = lambda: evasion.pgd(cnn, Xa, ya, eps=0.3, steps=5, generator=torch.Generator().manual_seed(0))  # noqa: E731
+        _agree("pgd", pgd)
+        _pass("pgd", pgd, rounds, out, old=old_code(pgd), note="128 inputs, 5 steps")
+        fvo = lambda: synth.fvo(cnn, torch.arange(64) % 10, SHAPE, steps=32,  # noqa: E731
+                                generator=torch.Generator().manual_seed(0), progress=False)
+        _agree("fvo", lambda: fvo().loss)
+        _pass("fvo", fvo, rounds, out, old=old_code(fvo), note="64 inputs, 32 RowAdam steps")
+        kw = dict(iterations=32, max_rounds=1, num_points=32, tolerance=0.0, progress=False)   # bend every pair with a gap
+        bypass = lambda: paths.bypass(cnn, A, C, t, **kw)  # noqa: E731
+        _pass("bypass", bypass, rounds, out, old=old_code(bypass),
               note="32 pairs, 1 round of 32 RowAdam iterations (with its path checks)")
         V = torch.randn(128, 784, generator=g)
         hvp = hessian.input_hvp(cnn, Xa, ya)
