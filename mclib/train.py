@@ -70,7 +70,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mclib import _check as check
-from mclib import config, data, infer, models
+from mclib import config, data, infer, models, torchutil
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -308,8 +308,9 @@ def fit(
     On the CPU a model with 2-d convolutions trained on image batches (N, C, H, W) runs in the channels-last
     memory format (weights and batches; oneDNN's fast convolution layout, 1.3-1.4x per step for the quick
     CNN and VGG-BN, issue 31): the same arithmetic in another summation order, so losses agree with the
-    NCHW loop to float32 rounding. The model's tensors are back in the standard (contiguous) format when
-    ``fit`` returns or raises. Not for ``batch_modules`` (a curve's weights are formed per batch).
+    NCHW loop to float32 rounding. The model's tensors are back in their own layout and storage when ``fit``
+    returns or raises (:func:`mclib.torchutil.channels_last`). Not for ``batch_modules`` (a curve's weights
+    are formed per batch; :func:`mclib.curves.objective` lays them out channels-last itself).
 
     The model ends in eval mode on ``device``.
     """
@@ -328,13 +329,11 @@ def fit(
     opt, sched = make_optimizer(params, optimizer, lr, weight_decay, momentum, epochs * steps_per_epoch)
     losses: list[float] = []
     step = 0
-    # channels-last convolutions on the CPU (see the docstring); the layout is restored in `finally`
+    # channels-last convolutions on the CPU (see the docstring); the layout is restored on leaving
     fmt = (torch.channels_last if device.type == "cpu" and X.dim() == 4 and batch_modules is None
            and any(isinstance(mod, nn.Conv2d) for mod in model.modules()) else None)
     bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
-    try:
-        if fmt is not None:
-            model.to(memory_format=fmt)
+    with torchutil.channels_last(model) if fmt is not None else contextlib.nullcontext():
         for _ in range(epochs):
             order = torch.randperm(len(X), generator=generator)
             through = batch_modules(generator, steps_per_epoch) if batch_modules is not None else None
@@ -361,10 +360,7 @@ def fit(
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 if callback is not None:
                     callback(step, model, losses[-1])
-    finally:
-        bar.close()
-        if fmt is not None:
-            model.to(memory_format=torch.contiguous_format)
+    bar.close()
     model.eval()
     return losses
 
