@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/bench_train.py``. Every number is a paired median of interleaved rounds at
 one thread in process CPU time (``_timing.paired``). A pass's *fraction of peak* is its rate in floating-point
 operations per CPU second over that of a 1024 x 1024 fp32 matrix product timed in the same rounds
-(``_timing.peak_fraction``); the operations are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
+(``_timing.peak_fraction``); the operations are counted with ``torch.utils.flop_counter``'s formulas on one
 call of the pass itself -- forward *and* backward matrix products and convolutions (2 per multiply-add), not
 the elementwise work, so the fraction is a lower bound on how busy the core is. The passes, on 1x28x28 inputs:
 
@@ -21,6 +21,22 @@ convolutions: in ``fit`` for ``train_*``, in the curve objective, ``torchutil.ch
 bypass); ``<pass>_new_vs_old`` pairs that code (``old_fit`` re-implemented below as it was; the others with
 the channels-last helpers replaced by no-ops, :func:`old_code`) against today's in one run (target 1.5x, the issue's), and the old side's fraction of peak is printed
 next to the new one's (new fraction / ratio).
+
+Measured (issue 31; 2-core shared Intel Xeon, AVX-512, load average ~9, 5 rounds; fraction of the GEMM peak,
+old -> new, and the paired speed-up): forward engine 0.43; train_cnn 0.17 -> 0.22 (1.31x); train_vgg_bn
+0.24 -> 0.34 (1.42x); curve 0.14 -> 0.19 (1.30x); pgd 0.11 -> 0.16 (1.50x); fvo 0.10 -> 0.14 (1.34x);
+bypass 0.055 -> 0.061 (1.10x); hvp 0.16 (unchanged). What bounds them (``torch.profiler``, self CPU time):
+
+* training (CNN, after the change): convolution forward/backward and matrix products ~35%; the rest is
+  memory-bound elementwise work on the 128 x 16 x 28 x 28 activations (ReLU forward and backward ~23%, the
+  zero-fills of max-pool's and the optimiser's gradients ~13%, max-pool forward/backward ~15%, layout
+  copies ~7%); ``Adam.step`` 7%, ``zero_grad`` 0.1%, the per-step ``.item()`` 0.0%. ``foreach=True`` Adam
+  measured 0.95x and ``fused=True`` 1.07x [0.93-1.41] over the default in the new ``fit``: left out;
+* PGD / FVO: the same elementwise share at batch 128 / 64; before the change NCHW max-pooling alone took a
+  third of PGD's time (22 ms a call against 5.5 ms channels-last);
+* bypass: one round is mostly its path checks (the forward engine) and per-operation overhead of small
+  batches (only the pairs with a barrier, 15 of 32 here, take Adam steps), so the layout gains little;
+* HVP (double backward): channels-last measured 0.69x (slower), so it stays NCHW.
 """
 from __future__ import annotations
 
@@ -32,7 +48,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from _timing import paired, peak_fraction, single_thread
+from _timing import forward_flops, paired, peak_fraction, single_thread
 from mclib import curves, hessian, models, paths, synth, train
 from mclib.attacks import evasion
 
@@ -165,7 +181,6 @@ def main(rounds: int = 5) -> dict:
         t = torch.randint(0, 10, (32,), generator=g)
         fwd = lambda: paths.linear_losses(cnn, A, C, t, 100)  # noqa: E731
         fwd()
-        from _timing import forward_flops
         r = peak_fraction("forward_engine_fraction_of_gemm_peak_cnn28", fwd, forward_flops(cnn, A[:1]) * 32 * 100,
                           rounds=rounds, target=0.5, note="paths.linear_losses, 32 x 100 points")
         out[r.name] = r
