@@ -22,10 +22,11 @@ bypass); ``<pass>_new_vs_old`` pairs that code (``old_fit`` re-implemented below
 the channels-last helpers replaced by no-ops, :func:`old_code`) against today's in one run (target 1.5x, the issue's), and the old side's fraction of peak is printed
 next to the new one's (new fraction / ratio).
 
-Measured (issue 31; 2-core shared Intel Xeon, AVX-512, load average ~9, 5 rounds; fraction of the GEMM peak,
-old -> new, and the paired speed-up): forward engine 0.43; train_cnn 0.17 -> 0.22 (1.31x); train_vgg_bn
-0.24 -> 0.34 (1.42x); curve 0.14 -> 0.19 (1.30x); pgd 0.11 -> 0.16 (1.50x); fvo 0.10 -> 0.14 (1.34x);
-bypass 0.055 -> 0.061 (1.10x); hvp 0.16 (unchanged). What bounds them (``torch.profiler``, self CPU time):
+Measured (issue 31; 2-core shared Intel Xeon, AVX-512, load average 5-9, two runs of 5 rounds; fraction of
+the GEMM peak, old -> new, and the paired speed-up): forward engine 0.43-0.44; train_cnn 0.17-0.20 ->
+0.22-0.25 (1.26-1.31x); train_vgg_bn 0.24-0.26 -> 0.34-0.35 (1.32-1.42x); curve 0.14-0.16 -> 0.19-0.21
+(1.30-1.32x); pgd 0.11-0.12 -> 0.16-0.17 (1.39-1.50x); fvo 0.10-0.11 -> 0.14-0.16 (1.34-1.53x); bypass
+0.055-0.061 -> 0.061-0.073 (1.10-1.19x); hvp 0.16-0.17 (unchanged). What bounds them (``torch.profiler``, self CPU time):
 
 * training (CNN, after the change): convolution forward/backward and matrix products ~35%; the rest is
   memory-bound elementwise work on the 128 x 16 x 28 x 28 activations (ReLU forward and backward ~23%, the
