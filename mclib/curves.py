@@ -62,6 +62,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from mclib import torchutil as _torchutil
 from mclib.torchutil import device_of, show_progress
 
 KINDS = ("bezier", "polychain")
@@ -510,7 +511,8 @@ def objective(curve: Curve, x: torch.Tensor, y: torch.Tensor, t: float | torch.T
     the bends. ``weight_decay`` is :math:`\\lambda` (Garipov et al. 2018 sec. 3.2).
     """
     point = curve._point(t, square=bool(weight_decay))
-    state = dict(zip(curve.names, point))
+    # convolution weights channels-last on the CPU (the whole net then runs NHWC; issue 31, float32 rounding)
+    state = {name: _torchutil.channels_last_weight(w) for name, w in zip(curve.names, point)}
     state.update(curve.buffers_at(t))
     loss = F.cross_entropy(functional_call(curve.template, state, (x,)), y)
     if weight_decay:            # ||w(t)||^2 and its gradient come from the curve's own node (_CurvePoint)

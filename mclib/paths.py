@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from mclib import _check
 from mclib import infer
 from mclib.optim import RowAdam, check_input_grad, total_variation
-from mclib.torchutil import device_of, eval_mode
+from mclib.torchutil import channels_last, device_of, eval_mode
 
 __all__ = [
     "alphas", "linear_losses", "Barrier", "barrier", "path_losses", "segment_losses",
@@ -391,7 +391,7 @@ def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, direct
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc=desc, leave=False)
-    with eval_mode(model):
+    with eval_mode(model), channels_last(model):
         for k in it:
             xa = x[active].requires_grad_(True)
             ce = F.cross_entropy(model(xa).float(), tgt[active], reduction="none")

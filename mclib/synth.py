@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mclib.optim import RowAdam, check_input_grad, total_variation
-from mclib.torchutil import device_of, eval_mode
+from mclib.torchutil import channels_last, device_of, eval_mode
 
 __all__ = ["FVOResult", "fvo", "fvo_pairs", "SyntheticPaths", "synthetic_paths",
            "BarrierEvolution", "barrier_evolution"]
@@ -134,7 +134,7 @@ def fvo(
     steps = int(steps)
     device = device_of(model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    with eval_mode(model):
+    with eval_mode(model), channels_last(model):
         with torch.no_grad():
             try:
                 probe = model(torch.zeros((1, *shape), device=device, dtype=dtype))

@@ -516,3 +516,29 @@ def test_summary_needs_both_endpoints():
         curves.summary(curves.evaluate_along(c, [0.0, 0.6], X, y))
     s = curves.summary(curves.evaluate_along(c, [1.0, 0.5, 0.0], X, y))
     assert s["end_acc"] == min(train.evaluate(m0, X, y)["acc"], train.evaluate(m1, X, y)["acc"])
+
+
+def test_objective_in_channels_last_agrees_with_nchw_to_float32_rounding(monkeypatch):
+    """Issue 31: the objective runs the net on channels-last weights (the same arithmetic, another summation
+    order). Against the NCHW objective: the loss and the bends' gradients agree within the worst-case rounding
+    of a float32 dot product of the net's longest length n (n * u, u = 2**-24) relative to their scale."""
+    m0, m1 = _pair("vgg_bn", widths=(4, "M", 8))
+    c = curves.Curve([m0, m1], num_bends=1).train()
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.rand(32, 1, 8, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
+    n = max(8 * 4 * 4, 4 * 9)                       # the linear layer's fan-in, the second conv's
+    results = []
+    for layout in ("channels_last", "nchw"):
+        if layout == "nchw":
+            monkeypatch.setattr(curves._torchutil, "channels_last_weight", lambda w: w)
+        c.zero_grad(set_to_none=True)
+        loss = curves.objective(c, X, y, 0.3, weight_decay=1e-3)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in c.bend_parameters()]))
+    (l_cl, g_cl), (l_ref, g_ref) = results
+    assert (l_cl - l_ref).abs() <= n * 2.0 ** -24 * l_ref.abs()
+    # gradients: relative to the largest gradient entry (a conv bias before BatchNorm has an exactly zero
+    # gradient, so its computed value is rounding noise of the scale of the terms summed, not of its own)
+    scale = max(float(b.abs().max()) for b in g_ref)
+    for a, b in zip(g_cl, g_ref):
+        assert (a - b).abs().max() <= n * 2.0 ** -24 * scale

@@ -220,7 +220,47 @@ def _cnn(seed: int = 0, classes: int = 4) -> nn.Module:
                          nn.Flatten(), nn.Linear(4 * 4 * 4, classes))
 
 
+@pytest.fixture
+def nchw(monkeypatch):
+    """The runs below compare the optimisers' arithmetic with the code before mclib.optim, in the standard
+    layout: FVO, bypass and the attacks run channels-last since issue 31 (agreement with NCHW to float32
+    rounding: test_channels_last_input_gradients_agree_with_nchw)."""
+    import contextlib
+
+    from mclib import paths
+    null = contextlib.contextmanager(lambda model: (yield model))
+    for mod in (synth, evasion, paths):
+        monkeypatch.setattr(mod, "channels_last", null)
+
+
+def test_channels_last_input_gradients_agree_with_nchw():
+    """Issue 31: what FVO, bypass and the attacks differentiate -- d CE / d x -- inside torchutil.channels_last
+    agrees with the standard layout within the worst-case rounding of a float32 dot product of the net's
+    longest length n (n * u, u = 2**-24), relative to the largest entry; the logits likewise."""
+    from mclib.torchutil import channels_last
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1),
+                          nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 2 * 2, 4)).eval()
+    x, t = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 4
+    n = max(8 * 9, 16 * 2 * 2)
+
+    def grad():
+        xa = x.clone().requires_grad_(True)
+        out = model(xa)
+        (g,) = torch.autograd.grad(nn.functional.cross_entropy(out, t, reduction="sum"), xa)
+        return out.detach(), g
+
+    out_ref, g_ref = grad()
+    with channels_last(model):
+        assert model[3].weight.stride(1) == 1
+        out_cl, g_cl = grad()
+    bound = n * 2.0 ** -24
+    assert (out_cl - out_ref).abs().max() <= bound * out_ref.abs().max()
+    assert (g_cl - g_ref).abs().max() <= bound * g_ref.abs().max()
+
+
 @pytest.mark.parametrize("kw", [{}, {"tv_weight": 1e-2, "weight_decay": 1e-3}, {"clamp": True, "tv_weight": 1e-3}])
+@pytest.mark.usefixtures("nchw")
 def test_fvo_is_bit_identical_to_before(kw, monkeypatch):
     old = _old("mclib/synth.py", "old_synth")
     # the old fvo imports its input-gradient check from mclib.paths, where it lived before mclib.optim
@@ -239,6 +279,7 @@ def test_fvo_is_bit_identical_to_before(kw, monkeypatch):
 @pytest.mark.parametrize("kw", [{"steps": 40}, {"steps": 40, "stop_on_success": True, "tv_weight": 1e-2},
                                 {"steps": 30, "targeted": False, "stop_loss": 3.0},
                                 {"steps": 30, "loss": "margin", "stop_margin": 2.0, "clamp": False}])
+@pytest.mark.usefixtures("nchw")
 def test_optimisation_attack_is_bit_identical_to_before(kw):
     old = _old("mclib/attacks/evasion.py", "old_evasion")
     model = _cnn(1).eval()
@@ -253,6 +294,7 @@ def test_optimisation_attack_is_bit_identical_to_before(kw):
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0)])
 @pytest.mark.parametrize("barrier_weight, barrier", [(1.0, "mean"), (0.5, "smoothmax"), (0.0, "mean")])
+@pytest.mark.usefixtures("nchw")
 def test_adaptive_pgd_is_bit_identical_to_before(norm, eps, barrier_weight, barrier):
     old = _old("mclib/attacks/evasion.py", "old_evasion")
     model = _cnn(2).eval()

@@ -363,17 +363,31 @@ def _reference_fit(model, X, y, epochs, batch_size, lr, optimizer, weight_decay,
     return losses
 
 
+def _reference_fit_channels_last(model, X, y, *, batch_hook, **kw):
+    """The reference loop above in fit's channels-last layout (issue 31): the model converted before the loop
+    and back after it, each batch converted after the hook (the layout only; the steps are the old ones)."""
+    cl = torch.channels_last
+    model.to(memory_format=cl)
+    try:
+        return _reference_fit(model, X, y, batch_hook=lambda m, x, yb: batch_hook(m, x, yb).contiguous(memory_format=cl),
+                              **kw)
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 @pytest.mark.parametrize("optimizer,weight_decay", [("adam", 0.0), ("adam", 1e-3), ("sgd", 5e-4)])
 def test_fit_is_bit_identical_to_the_loop_before_issue_18(optimizer, weight_decay):
     """fit with its new loss and batch_modules parameters left at their defaults takes exactly the old steps:
-    the same weights bit for bit, the same losses, the same generator state afterwards."""
+    the same weights bit for bit, the same losses, the same generator state afterwards. (A convolutional
+    model trains in the channels-last layout since issue 31, so the reference runs in that layout too; its
+    agreement with the NCHW loop is the next test's.)"""
     from mclib import models
     from mclib.attacks import pgd
 
     X, y = torch.rand(70, 1, 8, 8, generator=torch.Generator().manual_seed(5)), torch.arange(70) % 4
     hook = lambda m, x, yb: pgd(m, x, yb, eps=0.05, steps=2)  # noqa: E731  (random start: global RNG, reseeded)
     runs = []
-    for fn in (train.fit, _reference_fit):
+    for fn in (train.fit, _reference_fit_channels_last):
         torch.manual_seed(0)
         model = models.build("vgg_bn", in_shape=(1, 8, 8), num_classes=4, widths=(4, "M", 8))
         gen, steps = torch.Generator().manual_seed(1), []
@@ -385,6 +399,60 @@ def test_fit_is_bit_identical_to_the_loop_before_issue_18(optimizer, weight_deca
     assert len(l_new) == 10 and l_new == l_old and s_new == s_old and torch.equal(g_new, g_old)
     assert not new.training and _same(new, old)
     assert sorted(new.state_dict()) == sorted(old.state_dict())
+
+
+def _longest_reduction(model) -> int:
+    """The longest dot product of a forward pass: in_channels/groups * kernel area (conv), in_features (linear)."""
+    import math
+    return max(m.in_features if isinstance(m, torch.nn.Linear) else m.in_channels // m.groups * math.prod(m.kernel_size)
+               for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+
+
+@pytest.mark.parametrize("arch,shape", [("cnn", (1, 28, 28)), ("vgg_bn", (3, 8, 8))])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_fit_channels_last_agrees_with_the_nchw_loop_to_float32_rounding(arch, shape, optimizer):
+    """Issue 31: fit trains a convolutional model in the channels-last layout -- the same arithmetic in another
+    summation order. Against the NCHW loop before it (same seeds, data order, optimiser): every loss agrees
+    within the worst-case rounding of a float32 dot product of the net's longest length n,
+    |dL| <= n * u * |L| (u = 2**-24) per step taken, the weights at the end within the same relative bound of
+    their scale (SGD; Adam divides by sqrt(v), so a gradient that is zero in exact arithmetic -- a conv bias
+    before BatchNorm, which BatchNorm cancels -- is rounding noise stepped by +-lr either way, invisible in
+    the loss); the model is back in the standard layout afterwards, also when a callback stops training."""
+    from mclib import models
+
+    n_in = 96
+    X = torch.rand(n_in, *shape, generator=torch.Generator().manual_seed(5))
+    y = torch.arange(n_in) % 4
+    runs, layouts = [], []
+
+    def watch(step, model, loss):
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+        layouts.append(conv.weight.is_contiguous(memory_format=torch.channels_last)
+                       and not conv.weight.is_contiguous())
+
+    for fn in (train.fit, _reference_fit):
+        torch.manual_seed(0)
+        model = models.build(arch, in_shape=shape, num_classes=4, **({"widths": (4, "M", 8)} if arch == "vgg_bn" else {}))
+        kw = dict(epochs=2, batch_size=32, lr=0.01, optimizer=optimizer, weight_decay=0.0, momentum=0.9,
+                  generator=torch.Generator().manual_seed(1), batch_hook=None,
+                  callback=watch if fn is train.fit else None)
+        losses = fn(model, X, y, **kw, progress=False) if fn is train.fit else fn(model, X, y, **kw)
+        runs.append((model, torch.tensor(losses, dtype=torch.float64)))
+    (new, l_new), (old, l_old) = runs
+    assert layouts == [True] * 6                     # the steps ran channels-last
+    assert all(p.is_contiguous() for p in new.parameters())
+    bound = _longest_reduction(new) * 2.0 ** -24
+    steps = torch.arange(1, len(l_new) + 1, dtype=torch.float64)
+    assert ((l_new - l_old).abs() <= steps * bound * l_old.abs()).all(), (l_new - l_old).abs().max()
+    for a, b in zip(new.state_dict().values(), old.state_dict().values()):
+        if a.is_floating_point() and optimizer == "sgd":   # Adam: see the docstring
+            assert (a - b).abs().max() <= len(steps) * bound * b.abs().max().clamp_min(1.0)
+
+    def stop(step, model, loss):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(new, X, y, epochs=1, batch_size=32, callback=stop, progress=False)
+    assert all(p.is_contiguous() for p in new.parameters())
 
 
 def test_fit_loss_and_batch_modules():

@@ -9,7 +9,7 @@ from torch import nn
 
 from mclib import _check as check
 from mclib.optim import RowAdam, check_input_grad, input_grad, total_variation
-from mclib.torchutil import eval_mode
+from mclib.torchutil import channels_last, eval_mode
 
 NORMS = ("linf", "l2")
 
@@ -152,7 +152,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
         raise ValueError(f"extra_steps = {extra_steps} counts steps after the first success; it needs "
                          "stop_on_success=True (without it every input takes all `steps` steps)")
     step_size = 2.5 * eps / steps if step_size is None else check.positive_float(step_size, "step_size")
-    with eval_mode(model):
+    with eval_mode(model), channels_last(model):
         return _pgd_loop(model, x.detach(), y, eps, steps, step_size, norm,
                          random_start, targeted, generator, stop_on_success, extra_steps, extra_loss)
 
@@ -268,7 +268,7 @@ def optimisation_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
             done |= logit_margin(logits, tgt[idx], targeted) >= kappa[idx]
         return done
 
-    with eval_mode(model):
+    with eval_mode(model), channels_last(model):
         for _ in it:
             xa = adv[active].requires_grad_(True)
             first = not taken.any()

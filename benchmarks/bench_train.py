@@ -1,0 +1,222 @@
+"""Speed of the gradient passes: each heavy pass's fraction of the same-run GEMM peak, next to the forward engine's.
+
+Run: ``.venv/bin/python benchmarks/bench_train.py``. Every number is a paired median of interleaved rounds at
+one thread in process CPU time (``_timing.paired``). A pass's *fraction of peak* is its rate in floating-point
+operations per CPU second over that of a 1024 x 1024 fp32 matrix product timed in the same rounds
+(``_timing.peak_fraction``); the operations are counted with ``torch.utils.flop_counter``'s formulas on one
+call of the pass itself -- forward *and* backward matrix products and convolutions (2 per multiply-add), not
+the elementwise work, so the fraction is a lower bound on how busy the core is. The passes, on 1x28x28 inputs:
+
+* ``train_cnn``: :func:`mclib.train.fit` of the quick CNN (``models.build("cnn")``), 4 Adam steps of batch 128;
+* ``train_vgg_bn``: the same for the small VGG-BN (``models.build("vgg_bn")``), 2 steps;
+* ``curve``: :func:`mclib.curves.train_curve` on a one-bend Bezier curve between two quick CNNs, 4 SGD steps;
+* ``pgd``: :func:`mclib.attacks.evasion.pgd` on 128 inputs, 5 steps (L-inf, eps 0.3), the CNN in eval mode;
+* ``fvo``: :func:`mclib.synth.fvo`, 32 Adam (:class:`mclib.optim.RowAdam`) steps on 64 inputs;
+* ``bypass``: one round of :func:`mclib.paths.bypass` (32 RowAdam iterations) on 32 pairs;
+* ``hvp``: 8 input Hessian-vector products (:func:`mclib.hessian.input_hvp`, double backward) on 128 inputs.
+
+``forward_engine_fraction_of_gemm_peak_cnn28`` is the forward engine (:func:`mclib.paths.linear_losses`) in the
+same run, for comparison. Every gradient pass has a faster path than the code before issue 31 (channels-last
+convolutions: in ``fit`` for ``train_*``, in the curve objective, ``torchutil.channels_last`` in PGD, FVO and
+bypass); ``<pass>_new_vs_old`` pairs that code (``old_fit`` re-implemented below as it was; the others with
+the channels-last helpers replaced by no-ops, :func:`old_code`) against today's in one run (target 1.5x, the issue's), and the old side's fraction of peak is printed
+next to the new one's (new fraction / ratio).
+
+Measured (issue 31; 2-core shared Intel Xeon, AVX-512, load average 5-9, two runs of 5 rounds; fraction of
+the GEMM peak, old -> new, and the paired speed-up): forward engine 0.43-0.44; train_cnn 0.17-0.20 ->
+0.22-0.25 (1.26-1.31x); train_vgg_bn 0.24-0.26 -> 0.34-0.35 (1.32-1.42x); curve 0.14-0.16 -> 0.19-0.21
+(1.30-1.32x); pgd 0.11-0.12 -> 0.16-0.17 (1.39-1.50x); fvo 0.10-0.11 -> 0.14-0.16 (1.34-1.53x); bypass
+0.055-0.061 -> 0.061-0.073 (1.10-1.19x); hvp 0.16-0.17 (unchanged). What bounds them (``torch.profiler``, self CPU time):
+
+* training (CNN, after the change): convolution forward/backward and matrix products ~35%; the rest is
+  memory-bound elementwise work on the 128 x 16 x 28 x 28 activations (ReLU forward and backward ~23%, the
+  zero-fills of max-pool's and the optimiser's gradients ~13%, max-pool forward/backward ~15%, layout
+  copies ~7%); ``Adam.step`` 7%, ``zero_grad`` 0.1%, the per-step ``.item()`` 0.0%. ``foreach=True`` Adam
+  measured 0.95x and ``fused=True`` 1.07x [0.93-1.41] over the default in the new ``fit``: left out;
+* PGD / FVO: the same elementwise share at batch 128 / 64; before the change NCHW max-pooling alone took a
+  third of PGD's time (22 ms a call against 5.5 ms channels-last);
+* bypass: one round is mostly its path checks (the forward engine) and per-operation overhead of small
+  batches (only the pairs with a barrier, 15 of 32 here, take Adam steps), so the layout gains little;
+* HVP (double backward): channels-last measured 0.69x (slower), so it stays NCHW.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from _timing import forward_flops, paired, peak_fraction, single_thread
+from mclib import curves, hessian, models, paths, synth, train
+from mclib.attacks import evasion
+
+SHAPE = (1, 28, 28)
+
+
+class _FlopCount(TorchDispatchMode):
+    """``FlopCounterMode``'s formulas without its module tracker (whose backward hooks refuse
+    ``torch.autograd.grad`` on a leaf, what every input-gradient pass calls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops, self.registry = 0, FlopCounterMode(display=False).flop_registry
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def count_flops(fn) -> float:
+    """Floating-point operations (2 per multiply-add) of matrix products and convolutions, forward and
+    backward, in one call of ``fn`` (``torch.utils.flop_counter``'s formulas, on every dispatched op)."""
+    with _FlopCount() as counter:
+        fn()
+    return float(counter.flops)
+
+
+def old_fit(model, X, y, batch_size, lr, generator):
+    """:func:`mclib.train.fit`'s loop before issue 31 (Adam, default cross-entropy, no hooks): NCHW tensors,
+    ``torch.optim.Adam`` with its default (per-parameter) implementation, one ``.item()`` per step."""
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    order = torch.randperm(len(X), generator=generator)
+    for i in range(0, len(X), batch_size):
+        idx = order[i:i + batch_size]
+        value = F.cross_entropy(model(X[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        losses.append(value.item())
+    model.eval()
+    return losses
+
+
+@contextlib.contextmanager
+def _nothing(model):
+    yield model
+
+
+def old_code(fn):
+    """``fn`` run as the code before issue 31: the channels-last helpers that the curve objective, PGD, FVO and
+    bypass call (``torchutil.channels_last``/``channels_last_weight``) replaced by no-ops (the only change)."""
+    def run():
+        saved = (evasion.channels_last, synth.channels_last, paths.channels_last, curves._torchutil.channels_last_weight)
+        evasion.channels_last = synth.channels_last = paths.channels_last = _nothing
+        curves._torchutil.channels_last_weight = lambda w: w
+        try:
+            return fn()
+        finally:
+            (evasion.channels_last, synth.channels_last, paths.channels_last,
+             curves._torchutil.channels_last_weight) = saved
+    return run
+
+
+def _net(arch: str, seed: int):
+    torch.manual_seed(seed)
+    return models.build(arch, in_shape=SHAPE, num_classes=10)
+
+
+def _data(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _agree(name: str, fn) -> None:
+    """Print how far the new code's result is from the old code's (max |difference|)."""
+    a, b = old_code(fn)(), fn()
+    print(f"    {name}: max |new - old| = {float((a - b).abs().max()):.1e}", flush=True)
+
+
+def _pass(name: str, fn, rounds: int, out: dict, old=None, note: str = "") -> None:
+    """Time ``fn``'s fraction of peak (and, with ``old``, the paired speed-up over it); record both in ``out``."""
+    fn()                                            # first-call costs out of the count and the timing
+    flops = count_flops(fn)
+    ratio = None
+    if old is not None:
+        ratio = paired(f"{name}_new_vs_old", old, fn, rounds=rounds, target=1.5, note=note)
+        out[ratio.name] = ratio
+    peak = peak_fraction(f"{name}_fraction_of_gemm_peak", fn, flops, rounds=rounds, target=None, note=note)
+    out[peak.name] = peak
+    ms = 1e3 * peak.candidate_s
+    line = f"    {name}: {flops / 1e9:.2f} GFLOP per call, {ms:.0f} ms cpu, {peak.cpu:.3f} of the GEMM peak"
+    if ratio is not None:
+        line += (f"; old code {1e3 * ratio.reference_s:.0f} ms, {peak.cpu / ratio.cpu:.3f} of peak "
+                 f"(new/old {ratio.cpu:.2f}x)")
+    print(line, flush=True)
+
+
+def _train_passes(rounds: int, out: dict) -> None:
+    for arch, n in (("cnn", 512), ("vgg_bn", 256)):
+        X, y = _data(n)
+        net = _net(arch, 0)
+        state = copy.deepcopy(net.state_dict())
+
+        def new(net=net, X=X, y=y, state=state):
+            net.load_state_dict(state)
+            return train.fit(net, X, y, epochs=1, batch_size=128, lr=1e-3, generator=torch.Generator().manual_seed(0),
+                             progress=False)
+
+        def old(net=net, X=X, y=y, state=state):
+            net.load_state_dict(state)
+            return old_fit(net, X, y, 128, 1e-3, torch.Generator().manual_seed(0))
+
+        a, b = torch.tensor(old()), torch.tensor(new())
+        note = f"{n // 128} Adam steps of batch 128; max |loss new - old| {float((a - b).abs().max()):.1e}"
+        _pass(f"train_{arch}", new, rounds, out, old=old, note=note)
+
+
+def main(rounds: int = 5) -> dict:
+    out = {}
+    with single_thread():
+        cnn = _net("cnn", 0).eval()
+        g = torch.Generator().manual_seed(0)
+        A, C = torch.rand(32, *SHAPE, generator=g), torch.rand(32, *SHAPE, generator=g)
+        t = torch.randint(0, 10, (32,), generator=g)
+        fwd = lambda: paths.linear_losses(cnn, A, C, t, 100)  # noqa: E731
+        fwd()
+        r = peak_fraction("forward_engine_fraction_of_gemm_peak_cnn28", fwd, forward_flops(cnn, A[:1]) * 32 * 100,
+                          rounds=rounds, target=0.5, note="paths.linear_losses, 32 x 100 points")
+        out[r.name] = r
+
+        _train_passes(rounds, out)
+
+        X, y = _data(512)
+        curve = curves.Curve([_net("cnn", 0), _net("cnn", 1)], num_bends=1)
+        bends = [p.detach().clone() for p in curve.bend_parameters()]
+
+        def curve_pass():
+            with torch.no_grad():
+                for p, b in zip(curve.bend_parameters(), bends):
+                    p.copy_(b)
+            return curves.train_curve(curve, X, y, epochs=1, batch_size=128, generator=torch.Generator().manual_seed(0),
+                                      progress=False)
+        _pass("curve", curve_pass, rounds, out, old=old_code(curve_pass), note="4 SGD steps of batch 128, quick CNN endpoints, 1 bend")
+
+        Xa, ya = X[:128], y[:128]
+        pgd = lambda: evasion.pgd(cnn, Xa, ya, eps=0.3, steps=5, generator=torch.Generator().manual_seed(0))  # noqa: E731
+        _agree("pgd", pgd)
+        _pass("pgd", pgd, rounds, out, old=old_code(pgd), note="128 inputs, 5 steps")
+        fvo = lambda: synth.fvo(cnn, torch.arange(64) % 10, SHAPE, steps=32,  # noqa: E731
+                                generator=torch.Generator().manual_seed(0), progress=False)
+        _agree("fvo", lambda: fvo().loss)
+        _pass("fvo", fvo, rounds, out, old=old_code(fvo), note="64 inputs, 32 RowAdam steps")
+        kw = dict(iterations=32, max_rounds=1, num_points=32, tolerance=0.0, progress=False)   # bend every pair with a gap
+        bypass = lambda: paths.bypass(cnn, A, C, t, **kw)  # noqa: E731
+        _pass("bypass", bypass, rounds, out, old=old_code(bypass),
+              note="32 pairs, 1 round of 32 RowAdam iterations (with its path checks)")
+        V = torch.randn(128, 784, generator=g)
+        hvp = hessian.input_hvp(cnn, Xa, ya)
+        _pass("hvp", lambda: [hvp(V) for _ in range(8)], rounds, out, note="128 inputs, 8 products, graph built once")
+    return out
+
+
+if __name__ == "__main__":
+    main()
