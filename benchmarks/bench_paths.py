@@ -127,7 +127,7 @@ def main(iterations: int = 32, rounds: int = 5) -> dict:
         P = 32
         A, C = torch.rand(P, 1, 28, 28, generator=g), torch.rand(P, 1, 28, 28, generator=g)
         t = torch.randint(0, 10, (P,), generator=g)
-        kw = dict(iterations=iterations, max_rounds=1, num_points=32, tolerance=-1.0, progress=False)  # bend every pair
+        kw = dict(iterations=iterations, max_rounds=1, num_points=32, tolerance=0.0, progress=False)  # bend every pair with any gap
         r = paired("bypass_batched_vs_single", lambda: [paths.bypass(cnn, A[i:i + 1], C[i:i + 1], t[i:i + 1], **kw)
                                                         for i in range(P)],
                    lambda: paths.bypass(cnn, A, C, t, **kw), rounds=3, warmup=0, target=5.0,
