@@ -168,14 +168,19 @@ def test_a_broken_meta_file_is_named():
         claims.meta()
 
 
-def test_resume_does_not_reuse_an_edited_record(tiny_book):  # noqa: F811
+def _built_recorder_book(tiny_book) -> Path:
+    """The tiny book with 'good' recording claim A1 and no failing chapter, built once; returns the build folder."""
     _notebook(tiny_book / "notebooks" / "bad.ipynb", "pass")
     recorder = ("from mclib import claims\nclaims.record('A1', values={'runs': {'cnn': {'tolerance': 0.01, "
                 "'barrier_fraction': {'estimate': 0.1, 'lo': 0.06, 'hi': 0.15, 'n': 200}}}}, measured='m', "
                 "chapter='notebooks/good.ipynb')")
     _notebook(tiny_book / "notebooks" / "good.ipynb", recorder)
     book.build("smoke", html=False, root=tiny_book, progress=False)
-    build = Path(os.environ["MCLIB_BUILD_DIR"])
+    return Path(os.environ["MCLIB_BUILD_DIR"])
+
+
+def test_resume_does_not_reuse_an_edited_record(tiny_book):  # noqa: F811
+    build = _built_recorder_book(tiny_book)
     _edit(build / "claims" / "A1.json", lambda r: r.update(status="fails"))
     again = book.build("smoke", html=False, root=tiny_book, progress=False, resume=True)
     assert "notebooks/good.ipynb" in again["notebooks"]  # rerun, not reused
@@ -186,13 +191,7 @@ def test_resume_does_not_reuse_an_edited_record(tiny_book):  # noqa: F811
 
 def test_an_interrupted_build_keeps_every_finished_chapter(tiny_book, monkeypatch):  # noqa: F811
     """The old runner deleted every claim and run record when a full build started, so Ctrl-C lost them all."""
-    _notebook(tiny_book / "notebooks" / "bad.ipynb", "pass")
-    recorder = ("from mclib import claims\nclaims.record('A1', values={'runs': {'cnn': {'tolerance': 0.01, "
-                "'barrier_fraction': {'estimate': 0.1, 'lo': 0.06, 'hi': 0.15, 'n': 200}}}}, measured='m', "
-                "chapter='notebooks/good.ipynb')")
-    _notebook(tiny_book / "notebooks" / "good.ipynb", recorder)
-    book.build("smoke", html=False, root=tiny_book, progress=False)
-    build = Path(os.environ["MCLIB_BUILD_DIR"])
+    build = _built_recorder_book(tiny_book)
     before = {p.name: p.read_bytes() for p in (build / "claims").glob("A1.json")}
     real = book.execute
 
@@ -238,13 +237,7 @@ def test_a_killed_kernel_is_reported_at_the_running_cell_not_the_last_one(tiny_b
 
 def test_a_build_sets_damaged_records_aside_and_only_names_their_chapter(tiny_book, capsys):  # noqa: F811
     """`--only report` over an edited record used to publish it; now the record is refused and its chapter named."""
-    _notebook(tiny_book / "notebooks" / "bad.ipynb", "pass")
-    recorder = ("from mclib import claims\nclaims.record('A1', values={'runs': {'cnn': {'tolerance': 0.01, "
-                "'barrier_fraction': {'estimate': 0.1, 'lo': 0.06, 'hi': 0.15, 'n': 200}}}}, measured='m', "
-                "chapter='notebooks/good.ipynb')")
-    _notebook(tiny_book / "notebooks" / "good.ipynb", recorder)
-    book.build("smoke", html=False, root=tiny_book, progress=False)
-    build = Path(os.environ["MCLIB_BUILD_DIR"])
+    build = _built_recorder_book(tiny_book)
     _edit(build / "claims" / "A1.json", lambda r: r.update(status="fails"))
     with pytest.raises(book.StaleChapters, match=r"good \(its claims \['A1'\] are missing\)"):
         book.build("smoke", only=["after"], html=True, root=tiny_book, progress=False)
