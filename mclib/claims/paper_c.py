@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mclib.claims.core import Claim, Verdict, combine, compare_interval, fmt, inconclusive, map_sentence, required
+from mclib.claims.core import (Claim, Verdict, combine, compare_interval, fmt, inconclusive, judge_interval, map_sentence,
+                               required)
 from mclib.claims.guards import at_chance
 
 Z95 = 1.959963984540054  # the normal quantile of 0.975
@@ -65,12 +66,14 @@ def _tag(prefix: str, v: Verdict) -> Verdict:
 
 def _rate(name: str, p: float, n: int, threshold: float, above: bool) -> Verdict:
     lo, hi = _fraction_interval(p, n)
-    return compare_interval(name, lo, hi, threshold, above=above, estimate=p, spec=".1%")
+    # judge_interval: an undecided reason says how many images would decide it
+    return judge_interval(name, {"estimate": p, "lo": lo, "hi": hi, "n": n}, threshold, above=above, spec=".1%")
 
 
 def _drop(name: str, ref: float, value: float, n: int, threshold: float, above: bool) -> Verdict:
     lo, hi = _difference_interval(ref, value, n)
-    return compare_interval(name, lo, hi, threshold, above=above, estimate=ref - value, spec=".1%")
+    return judge_interval(name, {"estimate": ref - value, "lo": lo, "hi": hi, "n": n}, threshold, above=above,
+                          spec=".1%")
 
 
 # -- C1 -----------------------------------------------------------------------------------------------
