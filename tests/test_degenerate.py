@@ -230,3 +230,15 @@ def test_paper_preset_names_the_papers_datasets():
     for name in ("smoke", "quick"):                          # one dataset each: C8 unchanged there
         q = config.get_preset(name)
         assert list(q.section("across")["datasets"]) == [q.dataset]
+
+
+def test_a8_a9_on_a_model_at_chance_are_inconclusive():
+    """Found at the paper-smoke preset: a ResNet-20 at 13% test accuracy gave A9 'holds' (AUROC 1.0) and A8 'fails'."""
+    auroc = {"estimate": 1.0, "lo": 1.0, "hi": 1.0, "n": 40}
+    assert paper_a.judge_a9({"auroc": {"FGSM": auroc}}).status == "holds"
+    v = paper_a.judge_a9({"auroc": {"FGSM": auroc}, "test_acc": 0.133, "n_test": 128})
+    assert v.status == "inconclusive" and "the attacked model is at chance" in v.reason
+    ratio = {"ratio": {"estimate": 1.04, "lo": 1.04, "hi": 1.04, "n": 40}}
+    assert paper_a.judge_a8({"attacks": {"FGSM": ratio}}).status == "fails"
+    assert paper_a.judge_a8({"attacks": {"FGSM": ratio}, "test_acc": 0.133, "n_test": 128}).status == "inconclusive"
+    assert paper_a.judge_a9({"auroc": {"FGSM": auroc}, "test_acc": 0.95, "n_test": 1000}).status == "holds"

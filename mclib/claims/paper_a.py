@@ -252,7 +252,11 @@ def judge_a7(values: Mapping[str, Any]) -> Verdict:
 
 
 def judge_a8(values: Mapping[str, Any]) -> Verdict:
-    """For every non-adaptive attack the median real-adversarial barrier max is at least twice the real-real median."""
+    """For every non-adaptive attack the median real-adversarial barrier max is at least twice the real-real median.
+    A model at chance (``test_acc`` on ``n_test`` images, when recorded) is inconclusive."""
+    degenerate = _at_chance("attacked", values)
+    if degenerate is not None:
+        return degenerate
     parts = []
     for attack, ev in values["attacks"].items():
         if ev["ratio"] is None and ev.get("below_resolution") is not None:
@@ -274,6 +278,9 @@ def judge_a9(values: Mapping[str, Any]) -> Verdict:
     barrier-max AUROC reaches 0.9 and where it falls short, and where the path features raise the combined
     detector's AUROC over the logits alone by at least ``A9_MIN_PATH_GAIN`` (paired interval).
     """
+    degenerate = _at_chance("attacked", values)
+    if degenerate is not None:   # a model at chance: its "adversarial examples" and their barriers mean nothing
+        return degenerate
     verdict = combine(judge_interval(f"the single-threshold AUROC against {attack}", iv, A9_MIN_AUROC, spec=".3f")
                       for attack, iv in values["auroc"].items())
     conditions = values.get("conditions")
