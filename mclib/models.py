@@ -209,6 +209,15 @@ class ResNet(nn.Module):
 def vgg(in_shape: Sequence[int], num_classes: int, widths: Sequence[int | str] = (32, "M", 64, "M", 128, "M"),
         batch_norm: bool = False, hidden: int = 128) -> nn.Sequential:
     """VGG-style stack: 3x3 convs (with BatchNorm if ``batch_norm``), ``"M"`` = 2x2 max-pool, then a dense head."""
+    layers, c, h, w = _conv_stack(in_shape, widths, batch_norm)
+    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def _conv_stack(in_shape: Sequence[int], widths: Sequence[int | str], batch_norm: bool, init=None):
+    """The convolutional part of a VGG: a 3x3 convolution (then BatchNorm if ``batch_norm``, then ReLU) per width,
+    ``"M"`` a 2x2 max-pool (skipped once the map is 1 pixel). ``init(conv)`` re-draws each convolution's weights right
+    after it is made. Returns ``(layers, channels, height, width)`` of the output."""
     c, h, w = in_shape
     layers: list[nn.Module] = []
     for v in widths:
@@ -217,13 +226,15 @@ def vgg(in_shape: Sequence[int], num_classes: int, widths: Sequence[int | str] =
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
             continue
-        layers.append(nn.Conv2d(c, int(v), 3, padding=1))
+        conv = nn.Conv2d(c, int(v), 3, padding=1)
+        if init is not None:
+            init(conv)
+        layers.append(conv)
         if batch_norm:
             layers.append(nn.BatchNorm2d(int(v)))
         layers.append(nn.ReLU())
         c = int(v)
-    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
-    return nn.Sequential(*layers)
+    return layers, c, h, w
 
 
 class ResNet18Cifar(nn.Module):
@@ -265,22 +276,11 @@ def vgg16(in_shape: Sequence[int], num_classes: int, batch_norm: bool = False, h
     classes). Convolution weights are drawn from :math:`\mathcal N(0, 2 / (k^2 c_{out}))` with zero bias, as in the
     reference. On 3x32x32 inputs with 10 classes: 15,253,578 parameters with BatchNorm, 15,245,130 without.
     """
-    c, h, w = in_shape
-    layers: list[nn.Module] = []
-    for v in VGG16_WIDTHS:
-        if v == "M":
-            if min(h, w) >= 2:
-                layers.append(nn.MaxPool2d(2))
-                h, w = h // 2, w // 2
-            continue
-        conv = nn.Conv2d(c, int(v), 3, padding=1)
-        nn.init.normal_(conv.weight, 0.0, (2.0 / (9 * int(v))) ** 0.5)
+    def garipov_init(conv: nn.Conv2d) -> None:
+        nn.init.normal_(conv.weight, 0.0, (2.0 / (9 * conv.out_channels)) ** 0.5)
         nn.init.zeros_(conv.bias)
-        layers.append(conv)
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(int(v)))
-        layers.append(nn.ReLU())
-        c = int(v)
+
+    layers, c, h, w = _conv_stack(in_shape, VGG16_WIDTHS, batch_norm, garipov_init)
     layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Dropout(dropout),
                nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
     return nn.Sequential(*layers)

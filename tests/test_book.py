@@ -20,6 +20,15 @@ def _notebook(path: Path, source: str) -> None:
     nbformat.write(nb, path)
 
 
+def record_a1_in_good(root: Path) -> None:
+    """Make the tiny book's 'good' chapter record claim A1 and its 'bad' chapter pass (a book whose run succeeds)."""
+    _notebook(root / "notebooks" / "bad.ipynb", "pass")
+    _notebook(root / "notebooks" / "good.ipynb",
+              "from mclib import claims\nclaims.record('A1', values={'runs': {'cnn': {'tolerance': 0.01, "
+              "'barrier_fraction': {'estimate': 0.1, 'lo': 0.06, 'hi': 0.15, 'n': 200}}}}, measured='m', "
+              "chapter='notebooks/good.ipynb')")
+
+
 @pytest.fixture
 def tiny_book(tmp_path):
     (tmp_path / "notebooks").mkdir()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mclib import book, jobs
-from test_book import ROOT, _notebook, tiny_book  # noqa: F401 - the fixture is used by name
+from test_book import ROOT, _notebook, record_a1_in_good, tiny_book  # noqa: F401 - the fixture is used by name
 
 
 def test_slurm_script_carries_partition_gpus_time_and_extra_flags(tmp_path):
@@ -73,11 +73,7 @@ def test_failing_chapter_under_two_local_jobs_names_chapter_and_cell(tiny_book):
 
 
 def test_resume_skips_chapters_run_with_the_same_settings(tiny_book):  # noqa: F811
-    _notebook(tiny_book / "notebooks" / "bad.ipynb", "pass")
-    recorder = ("from mclib import claims\nclaims.record('A1', values={'runs': {'cnn': {'tolerance': 0.01, "
-                "'barrier_fraction': {'estimate': 0.1, 'lo': 0.06, 'hi': 0.15, 'n': 200}}}}, measured='m', "
-                "chapter='notebooks/good.ipynb')")
-    _notebook(tiny_book / "notebooks" / "good.ipynb", recorder)
+    record_a1_in_good(tiny_book)
     book.build("smoke", html=False, root=tiny_book, progress=False)
     build = Path(book.os.environ["MCLIB_BUILD_DIR"])
     assert book.read_run_record(build, Path("notebooks/good.ipynb"))["claims"] == ["A1"]

@@ -14,7 +14,7 @@ import pytest
 
 from mclib import book, claims, jobs
 from mclib.claims import core
-from test_book import _notebook, tiny_book  # noqa: F401 - the fixture is used by name
+from test_book import _notebook, record_a1_in_good, tiny_book  # noqa: F401 - the fixture is used by name
 
 
 def _holds(values):
@@ -170,11 +170,7 @@ def test_a_broken_meta_file_is_named():
 
 def _built_recorder_book(tiny_book) -> Path:
     """The tiny book with 'good' recording claim A1 and no failing chapter, built once; returns the build folder."""
-    _notebook(tiny_book / "notebooks" / "bad.ipynb", "pass")
-    recorder = ("from mclib import claims\nclaims.record('A1', values={'runs': {'cnn': {'tolerance': 0.01, "
-                "'barrier_fraction': {'estimate': 0.1, 'lo': 0.06, 'hi': 0.15, 'n': 200}}}}, measured='m', "
-                "chapter='notebooks/good.ipynb')")
-    _notebook(tiny_book / "notebooks" / "good.ipynb", recorder)
+    record_a1_in_good(tiny_book)
     book.build("smoke", html=False, root=tiny_book, progress=False)
     return Path(os.environ["MCLIB_BUILD_DIR"])
 

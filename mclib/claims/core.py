@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mclib import config
+from mclib import config, sequential
 
 #: The three verdicts a criterion can give.
 VERDICTS = ("holds", "fails", "inconclusive")
@@ -146,8 +147,6 @@ def judge_interval(name: str, iv: Mapping[str, Any] | None, threshold: float, ab
     verdict = compare_interval(name, iv.get("lo"), iv.get("hi"), threshold, above, iv.get("estimate"), spec)
     if verdict.status == "inconclusive" and _finite(iv.get("lo"), iv.get("hi")):
         # what would decide it: the interval's width shrinks as 1/sqrt(n) (mclib.sequential.units_to_decide)
-        from mclib import sequential
-
         needed = iv.get("needed") or sequential.units_to_decide(iv, threshold)
         if needed:
             verdict = inconclusive(f"{verdict.reason} (from {iv['n']} units; about {needed:,} would decide it at "
@@ -398,8 +397,6 @@ def load_needed(id: str) -> dict[str, dict]:
     is now. Inside a build (the runner sets ``MCLIB_BUILD_ID``) the chapter's run record must also say that it
     finished in this same build. Otherwise :class:`StaleRecords` names every chapter to run first and why.
     """
-    import os
-
     claim = get(id)
     here = provenance()
     build_id = os.environ.get("MCLIB_BUILD_ID")

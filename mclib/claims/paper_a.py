@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mclib import stats
+from mclib.detect import BARRIER_RESOLUTION
 from mclib.claims.core import (Claim, Verdict, combine, compare_interval, fails, fmt, holds, inconclusive,
                                judge_interval, map_sentence, required)
 from mclib.claims.guards import recorded_at_chance
@@ -113,8 +114,6 @@ def barrier_ratio_evidence(clean_pairs, adv_pairs, n_boot: int = 2000, seed: int
     ``clean_pairs`` (N, K) and ``adv_pairs`` (M, K): the barrier of each input with its K references; inputs
     (rows) are resampled, each group separately, and the medians are over all pairs of the resample.
     """
-    from mclib.detect import BARRIER_RESOLUTION
-
     a, c = np.asarray(adv_pairs, dtype=float), np.asarray(clean_pairs, dtype=float)
     if len(a) == 0 or len(c) == 0:
         return {"ratio": None, "real_real": None, "real_adversarial": None, "inputs": [len(c), len(a)]}

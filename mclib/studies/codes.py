@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mclib import som, stats
+from mclib import sequential, som, stats
 from mclib.attacks import pgd
 from mclib.torchutil import device_of, eval_mode
 
@@ -282,8 +282,6 @@ def sequential_inputs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, first:
     inputs, their radii per measure, and the :class:`mclib.sequential.Sample`; the caller measures the whole
     condition map on these inputs at ``sample.design.level``.
     """
-    from mclib import sequential
-
     correct = (_predict(model, X) == torch.as_tensor(y).to(X.device)).nonzero().flatten().cpu()
     if len(correct) < 3:
         raise ValueError(f"B3 needs at least 3 correctly classified inputs, the model has {len(correct)}")
