@@ -639,11 +639,34 @@ def evaluate_along(curve: Curve, ts: Iterable[float], X: torch.Tensor, y: torch.
     return pd.DataFrame([{"t": t, **r, **bn(t)} for t, r in zip(ts, rows)])
 
 
+def paired_table(curve: Curve, t_ref: float, t: float, X: torch.Tensor, y: torch.Tensor,
+                 bn_data: torch.Tensor | None = None, batch_size: int = 512, endpoint_bn: str = "keep") -> dict[str, int]:
+    """The 2x2 table of per-input correctness of the curve's points at ``t_ref`` and ``t`` on the same ``(X, y)``:
+    ``{"both", "ref_only", "point_only", "neither"}`` (counts of inputs right at both, only at ``t_ref``, only at
+    ``t``, at neither).
+
+    An accuracy drop ``acc(t_ref) - acc(t) = (ref_only - point_only) / n`` measured on one test set is a paired
+    difference: only the discordant inputs move it, so its interval
+    (:func:`mclib.stats.paired_difference_from_counts`) is much narrower than one that treats the two accuracies
+    as independent samples. The points are built as :func:`evaluate_along` builds them (BatchNorm statistics
+    re-estimated on ``bn_data`` at interior t, the endpoints' own at t = 0, 1), so the table's margins are
+    the accuracies in its frame.
+    """
+    from mclib import train as _train
+
+    y = torch.as_tensor(y)
+    right = [(_train.logits(curve.at(tt, bn_data=bn_data, endpoint_bn=endpoint_bn), X.to(curve.ends.device),
+                            batch_size).argmax(1) == y) for tt in (float(t_ref), float(t))]
+    ref, point = right
+    return {"both": int((ref & point).sum()), "ref_only": int((ref & ~point).sum()),
+            "point_only": int((~ref & point).sum()), "neither": int((~ref & ~point).sum())}
+
+
 def summary(df) -> dict[str, float]:
     """Barrier numbers of one curve from an :func:`evaluate_along` frame whose t values include both ends,
     t = 0 and t = 1 (a frame without them is refused: its first and last rows are not the endpoints).
 
-    * ``end_acc``: the worse endpoint's accuracy; ``worst_acc`` and ``t_worst``: the lowest accuracy
+    * ``end_acc`` and ``t_end``: the worse endpoint's accuracy and which (0 or 1); ``worst_acc`` and ``t_worst``: the lowest accuracy
       along the curve and where; ``acc_drop = end_acc - worst_acc`` (Garipov et al. 2018 fig. 1 and
       Zhao et al. 2020 fig. 2 report the error along t; the line's maximum error is the barrier).
     * ``max_loss`` and ``loss_barrier = max_t L(w(t)) - max(L(w_0), L(w_1))``
@@ -658,8 +681,10 @@ def summary(df) -> dict[str, float]:
                          f"evaluate along a grid that contains t = 0 and t = 1 (e.g. curves.grid(n))")
     ends = df.iloc[[0, -1]]
     i = int(df["acc"].to_numpy().argmin())
-    end_acc = float(ends["acc"].min())
-    return {"end_acc": end_acc, "worst_acc": float(df["acc"].iloc[i]), "t_worst": float(df["t"].iloc[i]),
+    j = int(ends["acc"].to_numpy().argmin())
+    end_acc = float(ends["acc"].iloc[j])
+    return {"end_acc": end_acc, "t_end": float(ends["t"].iloc[j]), "worst_acc": float(df["acc"].iloc[i]),
+            "t_worst": float(df["t"].iloc[i]),
             "acc_drop": end_acc - float(df["acc"].iloc[i]), "max_error": 1.0 - float(df["acc"].iloc[i]),
             "max_loss": float(df["loss"].max()), "loss_barrier": barrier_height(df["loss"])}
 

@@ -5,6 +5,9 @@ are percentile bootstrap intervals (Efron & Tibshirani 1993, ch. 13) over the in
 measurement -- pairs of inputs, inputs, or (x_k, y_k) pairs of a profile -- except for a plain fraction,
 where the Wilson score interval is used because the bootstrap of a fraction of 0 or 1 collapses to a point.
 
+For the difference of two models' accuracies on the same inputs there is :func:`paired_difference_ci`
+(Newcombe's paired interval, much narrower than treating the two fractions as independent).
+
 For Spearman correlations with censored values there is :func:`spearman_ci`, and for planning a sample
 :func:`spearman_n_for_power` and :func:`spearman_halfwidth` (Fisher's z).
 
@@ -127,6 +130,57 @@ def fraction_ci(flags, level: float = 0.95, method: str = "wilson") -> Interval:
     centre = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+def paired_difference_ci(first, second, level: float = 0.95) -> Interval:
+    """The difference of two fractions measured on the SAME units, ``mean(first) - mean(second)``, with
+    Newcombe's (1998, method 10) interval for paired proportions.
+
+    Two models judged on one test set are paired: most inputs are right (or wrong) for both, and only the
+    discordant inputs move the difference. With the 2x2 table ``a`` (both true), ``b`` (only ``first``), ``c``
+    (only ``second``), ``d`` (neither), ``n = a+b+c+d``, ``p1 = (a+b)/n``, ``p2 = (a+c)/n`` and their Wilson
+    intervals ``[l1, u1]``, ``[l2, u2]`` (:func:`fraction_ci`), the estimate is ``(b - c)/n`` and
+
+    ``lo = D - sqrt((p1-l1)^2 - 2 phi (p1-l1)(u2-p2) + (u2-p2)^2)``,
+    ``hi = D + sqrt((u1-p1)^2 - 2 phi (u1-p1)(p2-l2) + (p2-l2)^2)``,
+
+    with ``phi = (ad - bc) / sqrt((a+b)(c+d)(a+c)(b+d))`` the correlation of the two flags (0 when a margin is
+    empty). With ``phi = 0`` this is Newcombe's interval for independent fractions; a positive correlation, the
+    usual case for two nearby models, narrows it. Use :func:`paired_difference_from_counts` for a stored table.
+    """
+    f, g = (np.asarray(v) for v in (first, second))
+    if f.ndim != 1 or f.shape != g.shape:
+        raise ValueError(f"first and second must be 1-D flags of the same units, got shapes {f.shape} and {g.shape}")
+    for name, v in (("first", f), ("second", g)):
+        if v.size and not (np.isin(v, (0, 1)) | (v.dtype == bool)).all():
+            raise ValueError(f"{name} must be booleans or 0/1, got values {np.unique(v)[:5].tolist()}")
+    f, g = f.astype(bool), g.astype(bool)
+    return paired_difference_from_counts(int((f & g).sum()), int((f & ~g).sum()), int((~f & g).sum()),
+                                         int((~f & ~g).sum()), level)
+
+
+def paired_difference_from_counts(both: int, first_only: int, second_only: int, neither: int,
+                                  level: float = 0.95) -> Interval:
+    """:func:`paired_difference_ci` from the 2x2 table's counts ``(a, b, c, d)`` (see there for the math)."""
+    counts = (both, first_only, second_only, neither)
+    if any(int(k) != k or k < 0 for k in counts):
+        raise ValueError(f"the 2x2 table's counts must be non-negative integers, got {counts}")
+    a, b, c, d = (int(k) for k in counts)
+    n = a + b + c + d
+    if n == 0:
+        return Interval(math.nan, -1.0, 1.0, 0)
+
+    def wilson(k: int) -> tuple[float, float, float]:
+        iv = fraction_ci(np.r_[np.ones(k, dtype=bool), np.zeros(n - k, dtype=bool)], level)
+        return iv.estimate, iv.lo, iv.hi
+
+    (p1, l1, u1), (p2, l2, u2) = wilson(a + b), wilson(a + c)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = (a * d - b * c) / math.sqrt(margins) if margins > 0 else 0.0
+    est = (b - c) / n
+    lo = est - math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    hi = est + math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    return Interval(est, max(lo, -1.0), min(hi, 1.0), n)
 
 
 def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -26,6 +26,46 @@ def test_c1_boundaries():
     assert v.reason.startswith("cnn:") and "8.0%" in v.reason
 
 
+def _table(n, ref_only, point_only, both=None):
+    both = n - ref_only - point_only - 30 if both is None else both
+    return {"both": both, "ref_only": ref_only, "point_only": point_only, "neither": n - both - ref_only - point_only}
+
+
+def test_c1_pairs_the_drop_on_the_same_test_images():
+    # the quick book's cnn on 1000 images: endpoint 95.1%, Bezier worst 94.1%. Unpaired, [-1.0%, 3.0%] touches the
+    # 3% bar, and a tenth of a point more (a thread count's rounding) made it undecided; paired, 25 images lost
+    # and 15 gained give [-0.3%, 2.2%] (Newcombe), far from it.
+    n = 1000
+    unpaired = _c1(0.941, 0.684, end=0.951, n=n)
+    assert status("C1", unpaired) == "holds"
+    assert status("C1", _c1(0.940, 0.684, end=0.951, n=n)) == "inconclusive"
+    paired = _c1(0.940, 0.684, end=0.951, n=n)
+    paired["archs"]["cnn"]["bezier"]["table"] = _table(n, 26, 15, both=951 - 26)
+    paired["archs"]["cnn"]["line"]["table"] = _table(n, 280, 13, both=951 - 280)
+    v = claims.CATALOGUE["C1"].verdict(paired)
+    assert v.status == "holds", v.reason
+    lo, hi = (float(x.rstrip("%]")) for x in v.reason.split("[")[1].split("]")[0].split(", "))
+    iv = stats.paired_difference_from_counts(951 - 26, 26, 15, n - (951 - 26) - 41)
+    assert (lo, hi) == pytest.approx((100 * iv.lo, 100 * iv.hi), abs=0.05)
+    # a table that does not match the accuracies is not judged
+    paired["archs"]["cnn"]["bezier"]["table"] = _table(n, 5, 15, both=951 - 5)
+    assert status("C1", paired) == "inconclusive"
+
+
+def test_c1_must_hold_for_every_seed_pair():
+    ok, bad, undecided = _c1(0.97, 0.80), _c1(0.90, 0.80), _c1(0.95, 0.80)
+    assert status("C1", {**ok, "seed_pairs": {"2/3": ok}}) == "holds"
+    assert status("C1", {**ok, "seed_pairs": {"2/3": bad}}) == "fails"
+    assert status("C1", {**ok, "seed_pairs": {"2/3": undecided}}) == "inconclusive"
+    assert "seeds 2/3: cnn:" in claims.CATALOGUE["C1"].verdict({**ok, "seed_pairs": {"2/3": bad}}).reason
+    # C8 reads C1 per architecture: each architecture with its own seed pairs only
+    two = {"n_test": 100000, "archs": {"cnn": ok["archs"]["cnn"], "vgg": ok["archs"]["cnn"]}}
+    second = {"n_test": 100000, "archs": {"cnn": ok["archs"]["cnn"], "vgg": bad["archs"]["cnn"]}}
+    per = C.per_architecture("C1", {**two, "seed_pairs": {"2/3": second}})
+    assert (per["cnn"].status, per["vgg"].status) == ("holds", "fails")
+    assert "vgg" not in per["cnn"].reason and "seeds 2/3: vgg:" in per["vgg"].reason
+
+
 # -- C2 / C3 / C4 -----------------------------------------------------------------------------------
 def _c2(asr_hi=0.01, asr_lo=0.02, acc=0.97, end=0.98, n=100000):
     s = {"trigger": "in-support", "mode": "single", "end_acc": end, "n_asr": n,
@@ -91,16 +131,26 @@ def test_c3_margin_is_the_judges_number_and_conditions_cover_modes():
     assert mapped.status == "holds" and "vanishes at trigger=corner, mode=all2all, N=50" in mapped.reason
 
 
-def _c4(injection=0.0, acc=0.95, ref=0.97, n=100000):
-    return {"arch": "cnn", "n_eval": n, "n_chosen": 5, "ref_acc": ref, "points": [{"N": 50, "acc": acc, "injection": injection}]}
+def _c4(injection=0.0, acc=0.95, ref=0.97, n=100000, k=40):
+    return {"arch": "cnn", "n_eval": n, "n_chosen": k, "ref_acc": ref, "points": [{"N": 50, "acc": acc, "injection": injection}]}
 
 
 def test_c4_boundaries():
-    assert status("C4", _c4()) == "holds"
-    assert status("C4", _c4(injection=0.2)) == "fails"       # 1 of 5 errors survives
+    assert status("C4", _c4()) == "holds"                   # 0 of 40 survive: Wilson [0, 8.8%], below 10%
+    assert status("C4", _c4(injection=0.3)) == "fails"       # 12 of 40 survive: [18%, 46%]
     assert status("C4", _c4(acc=0.80)) == "fails"
     assert status("C4", _c4(acc=0.87)) == "inconclusive"     # exactly 10 points below
-    assert "1 of 5" in claims.CATALOGUE["C4"].verdict(_c4(injection=0.2)).reason
+    assert "12 of 40" in claims.CATALOGUE["C4"].verdict(_c4(injection=0.3)).reason
+
+
+def test_c4_injection_is_a_rate_that_one_image_does_not_flip():
+    # the old count criterion: 0 of 5 held and 1 of 5 failed, so one image's rounding flipped the verdict
+    assert status("C4", _c4(injection=0.0, k=5)) == "inconclusive"   # 0 of 5: Wilson [0, 43%], too few to tell
+    assert status("C4", _c4(injection=0.2, k=5)) == "inconclusive"
+    assert status("C4", _c4(injection=1 / 40)) == "inconclusive"      # 1 of 40: [0.4%, 12.9%] spans 10%
+    assert status("C4", _c4(injection=0.0, k=60)) == "holds"
+    v = claims.CATALOGUE["C4"].verdict(_c4(injection=1 / 40))
+    assert "1 of 40" in v.reason and "would decide it" in v.reason
 
 
 # -- C5 -----------------------------------------------------------------------------------------------
@@ -251,4 +301,4 @@ def test_c4_must_hold_for_every_endpoint_seed_pair():
     assert status("C4", {**_c4(), "seed_pairs": {"2/3": _c4(acc=0.87)}}) == "inconclusive"
     reason = claims.CATALOGUE["C4"].verdict({**_c4(), "seeds_label": "seeds 0/1",
                                              "seed_pairs": {"2/3": _c4(injection=0.2)}}).reason
-    assert reason.startswith("seeds 2/3") and "1 of 5" in reason
+    assert reason.startswith("seeds 2/3") and "8 of 40" in reason

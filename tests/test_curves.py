@@ -249,7 +249,8 @@ def test_summary_barrier_numbers():
 
     df = pd.DataFrame({"t": [0.0, 0.5, 1.0], "loss": [0.2, 1.5, 0.3], "acc": [0.95, 0.6, 0.97]})
     s = curves.summary(df)
-    assert s["end_acc"] == 0.95 and s["worst_acc"] == 0.6 and s["t_worst"] == 0.5
+    assert s["end_acc"] == 0.95 and s["t_end"] == 0.0 and s["worst_acc"] == 0.6 and s["t_worst"] == 0.5
+    assert curves.summary(df.assign(acc=[0.97, 0.6, 0.95]))["t_end"] == 1.0
     assert math.isclose(s["acc_drop"], 0.35) and math.isclose(s["loss_barrier"], 1.2) and math.isclose(s["max_error"], 0.4)
 
 
@@ -542,3 +543,23 @@ def test_objective_in_channels_last_agrees_with_nchw_to_float32_rounding(monkeyp
     scale = max(float(b.abs().max()) for b in g_ref)
     for a, b in zip(g_cl, g_ref):
         assert (a - b).abs().max() <= n * 2.0 ** -24 * scale
+
+
+@pytest.mark.parametrize("arch", ["cnn", "vgg_bn"])
+def test_paired_table_counts_per_input_agreement_of_two_points(arch):
+    # reference: each point built by hand with Curve.at and its correctness compared input by input
+    m0, m1 = _pair(arch)
+    c = curves.Curve([m0, m1], num_bends=1)
+    _perturb_bends(c)
+    X, y = torch.rand(40, 1, 8, 8), torch.randint(0, 4, (40,))
+    bn = torch.rand(32, 1, 8, 8) if c.has_bn else None
+    table = curves.paired_table(c, 0.0, 0.5, X, y, bn_data=bn)
+    right = [(c.at(t, bn_data=bn)(X).argmax(1) == y) for t in (0.0, 0.5)]
+    assert table == {"both": int((right[0] & right[1]).sum()), "ref_only": int((right[0] & ~right[1]).sum()),
+                     "point_only": int((~right[0] & right[1]).sum()), "neither": int((~right[0] & ~right[1]).sum())}
+    # its margins are the accuracies evaluate_along reports for the same points
+    df = curves.evaluate_along(c, [0.0, 0.5], X, y, bn_data=bn)
+    n = sum(table.values())
+    assert n == 40
+    assert (table["both"] + table["ref_only"]) / n == pytest.approx(df["acc"].iloc[0], abs=1e-6)
+    assert (table["both"] + table["point_only"]) / n == pytest.approx(df["acc"].iloc[1], abs=1e-6)

@@ -125,7 +125,7 @@ def test_c4_with_no_correct_input_to_inject_is_inconclusive_naming_it():
 
 
 def test_c4_at_chance_or_without_injected_errors_never_holds():
-    base = {"n_eval": 1000, "n_chosen": 5, "ref_acc": 0.1, "ref_injection": 1.0,
+    base = {"n_eval": 1000, "n_chosen": 40, "ref_acc": 0.1, "ref_injection": 1.0,
             "points": [{"N": 50, "acc": 0.1, "injection": 0.0}]}
     assert paper_c.judge_c4(base).status == "inconclusive"                      # was: holds
     good = {**base, "ref_acc": 0.9, "points": [{"N": 50, "acc": 0.9, "injection": 0.0}]}
@@ -198,7 +198,7 @@ def test_b_claims_on_a_model_at_chance_are_inconclusive():
 
 # ------------------------------------------------------------------------------------------ C8 across datasets
 def _c4_ok(dataset=None):
-    v = {"n_eval": 1000, "n_chosen": 5, "ref_acc": 0.9, "ref_injection": 1.0,
+    v = {"n_eval": 1000, "n_chosen": 40, "ref_acc": 0.9, "ref_injection": 1.0,
          "points": [{"N": 50, "acc": 0.9, "injection": 0.0}]}
     return {**v, **({"dataset": dataset} if dataset else {})}
 

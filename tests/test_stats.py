@@ -250,3 +250,61 @@ def test_auroc_difference_ci_is_paired():
     assert np.isnan(stats.auroc_difference_ci(np.ones(5), a[:5], b[:5]).estimate)
     with pytest.raises(ValueError, match="equal length"):
         stats.auroc_difference_ci(lab, a, b[:-1])
+
+
+# -- paired differences (Newcombe 1998, method 10) ----------------------------------------------------------
+def _paired_flags(rng, n, p_both, p_first_only, p_second_only):
+    u = rng.random(n)
+    first = (u < p_both) | ((u >= p_both) & (u < p_both + p_first_only))
+    second = (u < p_both) | ((u >= p_both + p_first_only) & (u < p_both + p_first_only + p_second_only))
+    return first, second
+
+
+def test_paired_difference_covers_the_true_difference():
+    # two nearby models on one test set: 93% both right, 2% only the first, 1% only the second (true D = 0.01)
+    rng = np.random.default_rng(0)
+    for n, (pa, pb, pc) in ((1000, (0.93, 0.02, 0.01)), (300, (0.80, 0.05, 0.05)), (2000, (0.90, 0.005, 0.001))):
+        hits = 0
+        reps = 1500
+        for _ in range(reps):
+            iv = stats.paired_difference_ci(*_paired_flags(rng, n, pa, pb, pc))
+            hits += iv.lo <= pb - pc <= iv.hi
+        # 95% nominal; Newcombe's method 10 keeps coverage close to it (his table III); 3 binomial SEs of slack
+        assert hits / reps >= 0.95 - 3 * np.sqrt(0.95 * 0.05 / reps), (n, hits / reps)
+
+
+def test_paired_difference_matches_the_paired_wald_interval_at_large_counts():
+    # many discordant units: the score interval tends to the normal one, se = sqrt((b + c) - (b - c)^2 / n) / n
+    a, b, c, d = 80_000, 6_000, 4_000, 10_000
+    n = a + b + c + d
+    iv = stats.paired_difference_from_counts(a, b, c, d)
+    se = np.sqrt((b + c) - (b - c) ** 2 / n) / n
+    assert iv.estimate == pytest.approx((b - c) / n)
+    assert iv.lo == pytest.approx((b - c) / n - 1.959964 * se, abs=2e-4)
+    assert iv.hi == pytest.approx((b - c) / n + 1.959964 * se, abs=2e-4)
+
+
+def test_paired_difference_is_narrower_than_unpaired_for_nearby_models_and_antisymmetric():
+    rng = np.random.default_rng(1)
+    first, second = _paired_flags(rng, 1000, 0.93, 0.02, 0.01)
+    iv = stats.paired_difference_ci(first, second)
+    swapped = stats.paired_difference_ci(second, first)
+    assert (swapped.estimate, swapped.lo, swapped.hi) == pytest.approx((-iv.estimate, -iv.hi, -iv.lo))
+    p1, p2 = first.mean(), second.mean()
+    unpaired_width = 2 * 1.96 * np.sqrt(p1 * (1 - p1) / 1000 + p2 * (1 - p2) / 1000)
+    # 3% discordant units against 6-7% errors each: about sqrt(0.03) / sqrt(0.13) ~ 0.5 of the unpaired width
+    assert iv.hi - iv.lo < 0.7 * unpaired_width
+    # no discordant unit: the estimate is 0 and the interval still has a width (not certainty)
+    none = stats.paired_difference_from_counts(990, 0, 0, 10)
+    assert none.estimate == 0 and none.lo < 0 < none.hi
+
+
+def test_paired_difference_refuses_bad_input():
+    with pytest.raises(ValueError, match="same units"):
+        stats.paired_difference_ci([1, 0, 1], [1, 0])
+    with pytest.raises(ValueError, match="second must be booleans"):
+        stats.paired_difference_ci([1, 0], [2, 0])
+    with pytest.raises(ValueError, match="non-negative integers"):
+        stats.paired_difference_from_counts(3, -1, 0, 0)
+    empty = stats.paired_difference_from_counts(0, 0, 0, 0)
+    assert np.isnan(empty.estimate) and (empty.lo, empty.hi, empty.n) == (-1.0, 1.0, 0)

@@ -32,6 +32,7 @@ C1_LINE_GAP = 0.10       # ... while the straight line's worst lies more than 10
 C2_CLEAN_DROP = 0.05     # the repaired point keeps clean accuracy within 5 points of the endpoints' mean
 C2_ASR = 0.10            # ... with ASR at most 10%
 C4_CLEAN_DROP = 0.10     # the repaired point keeps clean accuracy within 10 points of the injected endpoints'
+C4_INJECTION = 0.10      # ... and at most 10% of the injected errors survive (the paper: 0%; the bar of C2's ASR)
 C5_ASR = 0.10            # the path-aware trigger's ASR at most 10% for t in [0.25, 0.75]
 C5_MIN_CHANGE = 0.05     # guard: the optimised trigger moved by at least this (mean |p - start|, pixel units)
 C5_PLANTED_MIN = 0.50    # guard: the planted trigger itself works on the backdoored endpoint (ASR at least 50%)
@@ -70,7 +71,20 @@ def _rate(name: str, p: float, n: int, threshold: float, above: bool) -> Verdict
     return judge_interval(name, {"estimate": p, "lo": lo, "hi": hi, "n": n}, threshold, above=above, spec=".1%")
 
 
-def _drop(name: str, ref: float, value: float, n: int, threshold: float, above: bool) -> Verdict:
+def _drop(name: str, ref: float, value: float, n: int, threshold: float, above: bool,
+          table: Mapping[str, int] | None = None) -> Verdict:
+    """``ref - value`` against ``threshold``: with the 2x2 ``table`` of the two accuracies' per-input correctness
+    (``{"both", "ref_only", "point_only", "neither"}``, both measured on the same ``n`` inputs) on Newcombe's paired
+    interval (:func:`mclib.stats.paired_difference_from_counts`), else on the conservative unpaired one."""
+    if table is not None:
+        from mclib.stats import paired_difference_from_counts
+
+        iv = paired_difference_from_counts(table["both"], table["ref_only"], table["point_only"], table["neither"])
+        if iv.n != n or abs(iv.estimate - (float(ref) - float(value))) > 0.5 / max(n, 1):
+            # the table and the accuracies describe different measurements: nothing to judge on
+            return inconclusive(f"{name}: the paired table {dict(table)} does not match the accuracies {ref:.4f} "
+                                f"and {value:.4f} on {n} inputs")
+        return judge_interval(name, iv._asdict(), threshold, above=above, spec=".1%")
     lo, hi = _difference_interval(ref, value, n)
     return judge_interval(name, {"estimate": ref - value, "lo": lo, "hi": hi, "n": n}, threshold, above=above,
                           spec=".1%")
@@ -81,8 +95,18 @@ def judge_c1(values: Mapping[str, Any]) -> Verdict:
     """Per architecture: the Bezier curve's accuracy drop (worse endpoint - worst along t) at most
     ``C1_CURVE_MARGIN`` and the straight line's more than ``C1_LINE_GAP``, on ``n_test`` images.
 
-    ``values = {"n_test": n, "archs": {arch: {"line": {"end_acc", "worst_acc"}, "bezier": {...}}}}``.
+    ``values = {"n_test": n, "archs": {arch: {"line": {"end_acc", "worst_acc", "table"}, "bezier": {...}}}}``.
+    ``table`` (optional) is the 2x2 correctness table of the worse endpoint and the worst point on the same test
+    images (:func:`mclib.curves.paired_table`): the drop is then judged on the paired interval, which counts only
+    the images on which the two disagree. Training-seed variation: ``seed_pairs`` (optional) maps a label such as
+    ``"2/3"`` to the same values for another pair of endpoint seeds; every pair must meet the criterion (a pair
+    that fails fails C1; one undecided leaves it undecided).
     """
+    pairs = values.get("seed_pairs") or {}
+    if pairs:
+        own = {k: v for k, v in values.items() if k not in ("seed_pairs", "seeds_label")}
+        label = values.get("seeds_label", "first seed pair")
+        return combine([_tag(label, judge_c1(own)), *(_tag(f"seeds {k}", judge_c1(v)) for k, v in pairs.items())])
     n = int(values["n_test"])
     parts = []
     for arch, paths in required(values, "archs").items():
@@ -92,8 +116,10 @@ def judge_c1(values: Mapping[str, Any]) -> Verdict:
             parts.append(degenerate)
             continue
         parts.append(_tag(arch, combine([
-            _drop("the Bezier curve's accuracy drop", b["end_acc"], b["worst_acc"], n, C1_CURVE_MARGIN, above=False),
-            _drop("the straight line's accuracy drop", ln["end_acc"], ln["worst_acc"], n, C1_LINE_GAP, above=True),
+            _drop("the Bezier curve's accuracy drop", b["end_acc"], b["worst_acc"], n, C1_CURVE_MARGIN, above=False,
+                  table=b.get("table")),
+            _drop("the straight line's accuracy drop", ln["end_acc"], ln["worst_acc"], n, C1_LINE_GAP, above=True,
+                  table=ln.get("table")),
         ])))
     return combine(parts)
 
@@ -229,9 +255,13 @@ def c3_conditions(columns, n_eval: int, n_asr: Mapping[str, int], path: str) -> 
 
 # -- C4 -----------------------------------------------------------------------------------------------
 def judge_c4(values: Mapping[str, Any]) -> Verdict:
-    """For every N, at the path point: none of the ``n_chosen`` injected errors survives (the chosen images are
-    the whole population the attacker targets, so this count has no sampling error) and the clean accuracy
-    drop from the injected endpoints' mean is at most ``C4_CLEAN_DROP`` on ``n_eval`` images.
+    """For every N, at the path point: the injection success -- the fraction of the ``n_chosen`` injected errors
+    that survive -- at most ``C4_INJECTION`` over its whole Wilson interval, and the clean accuracy drop from the
+    injected endpoints' mean at most ``C4_CLEAN_DROP`` on ``n_eval`` images.
+
+    The chosen images are a sample of the errors an attacker could inject, and the rate a property of the
+    repair: a count such as "0 of 5 survive" flipped to "1 of 5" when float rounding moved the trained weights,
+    while the rate's interval over enough chosen images (0 of 40 gives at most 8.8%) does not move with one image.
 
     ``values = {"n_eval", "n_chosen", "ref_acc", "points": [{"N", "acc", "injection"}]}``; a chapter that could not
     inject any error records ``{"missing": reason}`` instead, which is inconclusive with that reason. Training-seed
@@ -258,10 +288,10 @@ def judge_c4(values: Mapping[str, Any]) -> Verdict:
     parts = []
     for pt in values["points"]:
         hits = int(round(float(pt["injection"]) * k))
-        inj = (Verdict.holds(f"no injected error survives (0 of {k})") if hits == 0
-               else Verdict.fails(f"{hits} of {k} injected errors survive, the criterion needs 0"))
         parts.append(_tag(f"N={pt['N']}", combine([
-            inj, _drop("the clean accuracy drop", values["ref_acc"], pt["acc"], n_eval, C4_CLEAN_DROP, above=False)])))
+            _rate(f"the injection success ({hits} of {k} injected errors survive)", hits / k, k, C4_INJECTION,
+                  above=False),
+            _drop("the clean accuracy drop", values["ref_acc"], pt["acc"], n_eval, C4_CLEAN_DROP, above=False)])))
     if not parts:
         return inconclusive("no bonafide size was measured")
     return combine(parts)
@@ -434,7 +464,14 @@ def per_architecture(cid: str, values: Mapping[str, Any], arch: str | None = Non
     """
     judge = JUDGES[cid]
     if isinstance(values.get("archs"), Mapping):
-        return {a: judge({**values, "archs": {a: v}}) for a, v in values["archs"].items()}
+        def only(vals: Mapping[str, Any], a: str) -> dict[str, Any]:
+            # one architecture, in the first pair of endpoint seeds and in every other pair that measured it
+            out = {**vals, "archs": {a: vals["archs"][a]}}
+            if vals.get("seed_pairs"):
+                out["seed_pairs"] = {k: only(sp, a) for k, sp in vals["seed_pairs"].items() if a in sp.get("archs", {})}
+            return out
+
+        return {a: judge(only(values, a)) for a in values["archs"]}
     others = values.get("other_archs") or {}
     main = {k: v for k, v in values.items() if k != "other_archs"}
     return {str(values.get("arch", arch)): judge(main), **{str(a): judge(v) for a, v in others.items()}}
@@ -506,8 +543,9 @@ CLAIMS = [
     Claim("C1", "Untampered models are joined by high-accuracy curves where the straight line has a barrier",
           "Garipov et al. via Zhao et al.: VGG16 CIFAR-10, straight-line max test error 90% vs Bezier 7.01%",
           "zhao2020bridging",
-          f"For every architecture, the Bezier curve's accuracy drop (worse endpoint minus worst along t) is at most "
-          f"{C1_CURVE_MARGIN:.0%} and the straight line's more than {C1_LINE_GAP:.0%}, over the whole 95% interval.",
+          f"For every architecture and every pair of endpoint seeds, the Bezier curve's accuracy drop (worse endpoint "
+          f"minus worst along t, paired on the same test images) is at most {C1_CURVE_MARGIN:.0%} and the straight "
+          f"line's more than {C1_LINE_GAP:.0%}, over the whole 95% interval.",
           judge_c1, _CH["c1"]),
     Claim("C2", "A path between two backdoored models trained on limited bonafide data removes the backdoor",
           "CIFAR-10 VGG, t=0.1: 2500 samples 88% clean / 1.1% ASR; 50 samples 63% / 2.5%", "zhao2020bridging",
@@ -524,8 +562,9 @@ CLAIMS = [
           judge_c3, _CH["c2"]),
     Claim("C4", "Paths also repair error-injected models",
           "88-92% clean accuracy, 0% injection success at every data size (CIFAR-10)", "zhao2020bridging",
-          f"For every N at t=0.5: none of the injected errors survives, and the clean accuracy is at most "
-          f"{C4_CLEAN_DROP:.0%} below the injected endpoints' mean over the whole 95% interval.",
+          f"For every N at t=0.5 and every pair of endpoint seeds: at most {C4_INJECTION:.0%} of the injected "
+          f"errors survive, and the clean accuracy is at most {C4_CLEAN_DROP:.0%} below the injected endpoints' mean, "
+          f"over the whole 95% interval.",
           judge_c4, _CH["c4"]),
     Claim("C5", "The repair holds against an attacker who knows the path",
           "repaired region narrows to t in [0.25, 0.75]", "zhao2020bridging",
