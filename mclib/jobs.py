@@ -438,8 +438,32 @@ def _result(job, nb: Path) -> dict:
         return {"status": "failed", "message": f"{nb}: its job {job.job_id} ended outside the notebook ({state})"
                                                f"{_reason(str(err), job.paths.stderr)}\n  the job's log is at {job.paths.stderr}"}
     if result.get("status") == "failed":
+        ended = _ended_outside(job)
+        if ended:  # the scheduler killed the kernel first; the notebook's own report comes after its state
+            return {"status": "failed", "message": f"{nb}: its job {job.job_id} ended outside the notebook ({ended})"
+                                                   f"{_reason('', job.paths.stderr)}\n  {result['message']}"
+                                                   f"\n  the job's log is at {job.paths.stderr}"}
         result = {**result, "message": f"{result['message']}\n  the job's log ({job.job_id}) is at {job.paths.stderr}"}
     return result
+
+
+# Slurm states of a job stopped by the scheduler or the machine, not by its own code
+_KILLED = ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "DEADLINE", "BOOT_FAIL")
+
+
+def _ended_outside(job) -> str:
+    """``"Slurm state CANCELLED"`` (or the like) when a Slurm job whose notebook failed was in fact stopped from
+    outside, else ``""``.
+
+    Why: ``scancel`` (or a time limit) signals every process of the job at once. The kernel may die before the
+    job's own Python process, which submitit keeps alive through SIGTERM, so the job returns an ordinary
+    "kernel died" result; only the scheduler knows it was cancelled.
+    """
+    if hasattr(job, "_process"):  # a local job has no scheduler to ask
+        return ""
+    state = _job_state(job)
+    words = state.removeprefix("Slurm state ").split()
+    return state if words and words[0] in _KILLED else ""
 
 
 _UNSETTLED = ("PENDING", "RUNNING", "COMPLETING", "REQUEUED", "UNKNOWN", "")

@@ -153,3 +153,32 @@ def test_a_job_killed_outside_its_notebook_is_reported_with_its_state_and_log(ti
     log = Path(message.split("the job's log is at ")[1].split()[0])
     assert log.exists() and log.name.endswith("_log.err")
     assert book.read_run_record(Path(book.os.environ["MCLIB_BUILD_DIR"]), Path("notebooks/good.ipynb"))["status"] == "ok"
+
+
+class _SlurmJob:
+    """A finished Slurm job as submitit shows it: its result, its id, its log and the scheduler's state."""
+
+    def __init__(self, result, state, log: Path):
+        self._value, self.job_id = result, "7"
+        self.paths = type("Paths", (), {"stderr": log})()
+        self.watcher = type("Watcher", (), {"get_state": lambda _self, job_id, mode: state})()
+
+    def result(self):
+        return self._value
+
+
+@pytest.mark.parametrize("state, outside", [("CANCELLED by 0", True), ("TIMEOUT", True), ("COMPLETED", False)])
+def test_a_kernel_killed_by_the_scheduler_is_reported_as_the_jobs_state(tmp_path, state, outside):
+    """scancel signals every process of the job: the kernel may die first and the job return an ordinary
+    "kernel died" result. The scheduler's state decides which report the reader gets."""
+    log = tmp_path / "7_0_log.err"
+    log.write_text("slurmstepd: error: *** JOB 7 ON vm CANCELLED AT 2026-12-07T09:40:36 ***\n" if outside else "")
+    died = {"status": "failed", "message": "notebooks/victim.ipynb: the kernel died at cell 2"}
+    message = jobs._result(_SlurmJob(died, state, log), Path("notebooks/victim.ipynb"))["message"]
+    if outside:
+        assert message.startswith(f"notebooks/victim.ipynb: its job 7 ended outside the notebook (Slurm state {state})"
+                                  ": *** JOB 7 ON vm CANCELLED AT"), message
+        assert "the kernel died at cell 2" in message  # the notebook's own report is kept
+    else:
+        assert message.startswith("notebooks/victim.ipynb: the kernel died at cell 2"), message
+        assert "ended outside" not in message
