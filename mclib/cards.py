@@ -24,10 +24,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from mclib import _optional, config
-
-#: The verdicts a card can show, with the symbol its badge carries (the colour is never the only cue).
-BADGES = {"holds": "✔", "fails": "✘", "inconclusive": "?", "not run": "–"}
+from mclib import _optional, claims, config
+from mclib.claims.core import BADGES  # the verdicts a card can show and their symbols (colour is never the only cue)
 
 #: Pixels per inch of figure size on the page: a 6.4-inch figure is 640 CSS pixels wide (then scaled to
 #: the text column), drawn at ``dpi`` pixels per inch so it stays sharp on high-density screens.
@@ -37,11 +35,8 @@ _figure_numbers = itertools.count(1)
 
 
 def status_of(record: Mapping[str, Any]) -> str:
-    """The record's verdict: its ``status``, or ``holds``/``fails`` from an older boolean ``holds`` field."""
-    status = record.get("status")
-    if status is None and isinstance(record.get("holds"), bool):
-        status = "holds" if record["holds"] else "fails"
-    status = status or "not run"
+    """The record's verdict, its ``status`` (``not run`` when it has none)."""
+    status = record.get("status") or "not run"
     if status not in BADGES:
         raise ValueError(f"record {record.get('id', '?')!r} has status {status!r}; allowed: {', '.join(BADGES)}")
     return status
@@ -116,8 +111,8 @@ def card_html(record: Mapping[str, Any], bib: Mapping[str, tuple[str, str]] | No
     of the reason, :func:`one_line`); the numbers -- paper, measured, criterion and the whole reason -- are
     folded in ``<details>``. The foot links the published record (``_static/claims/<id>.json``).
 
-    Keys read: ``id``, ``statement``, ``paper_value`` (or the older ``paper``), ``cite``, ``criterion``,
-    ``measured``, ``status`` (or the older boolean ``holds``), ``reason``. ``values`` is not shown: the card
+    Keys read: ``id``, ``statement``, ``paper_value``, ``cite``, ``criterion``,
+    ``measured``, ``status``, ``reason``. ``values`` is not shown: the card
     links the JSON file that keeps it.
     """
     if not isinstance(record, Mapping):
@@ -125,7 +120,7 @@ def card_html(record: Mapping[str, Any], bib: Mapping[str, tuple[str, str]] | No
     status = status_of(record)
     cid = str(record.get("id", "?"))
     esc = lambda key: html.escape(str(record[key])) if record.get(key) not in (None, "") else ""  # noqa: E731
-    paper = esc("paper_value") or esc("paper")
+    paper = esc("paper_value")
     cite = citation_html(record.get("cite"), bib)
     why = html.escape(one_line(record.get("reason")))
     rows = [("Paper", " ".join(p for p in (paper, f"({cite})" if cite else "") if p)),
@@ -331,8 +326,6 @@ def add_summary(executed, nb: str | Path, params: Mapping[str, Any], records: Ma
     report counts every claim.
     """
     import nbformat
-
-    from mclib import claims
 
     stem = Path(nb).stem
     if records is None:

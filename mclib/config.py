@@ -1,4 +1,4 @@
-"""Presets, device choice, seeding and the cache location.
+"""Presets and the run context: the layer above :mod:`mclib.train` that notebooks start from.
 
 A *preset* is data, not code: ``mclib/presets/base.toml`` holds the sizes every
 chapter shares (dataset, architecture, epochs, ...) and ``mclib/presets/<chapter>.toml``
@@ -7,35 +7,32 @@ the sizes of one chapter, each file with the three tables ``smoke``, ``quick`` a
 
 Notebooks start with :func:`setup`, which turns the papermill parameters
 (``preset``, ``device``, ``seed``, ``data_root``, ``cache_dir``) into a
-:class:`Context`, seeds every generator and applies the book's plot style.
+:class:`Context`, seeds every generator and applies the book's plot style. The run's environment (device,
+seed, cache and build folders, the checkout) lives in :mod:`mclib.runtime`, below training, and is re-exported
+here (``config.get_device``, ``config.cache_dir`` ...).
 """
 from __future__ import annotations
 
 import math
 import os
-import random
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-import numpy as np
 import torch
+
+from mclib import train
+from mclib.runtime import (  # noqa: F401 - re-exported: notebooks and the runner call config.get_device ...
+    DEVICE_NAMES, REPO_ROOT, build_dir, cache_dir, check_seed, get_device, seed_everything)
 
 PRESET_NAMES = ("smoke", "quick", "paper")
 #: Presets composed from two tables of every preset file: name -> (the table giving the settings, the table giving
 #: the sizes). ``paper-smoke`` runs the paper preset's code paths -- its datasets, architectures, triggers, layer
 #: lists, optimiser, every setting that is not a number -- at the smoke preset's sizes (:func:`compose`).
 DERIVED_PRESETS = {"paper-smoke": ("paper", "smoke")}
-DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 _PRESET_DIR = Path(__file__).with_name("presets")
-#: The repository root when mclib runs from a checkout (editable install), else None.
-REPO_ROOT: Path | None = (
-    Path(__file__).resolve().parent.parent
-    if (Path(__file__).resolve().parent.parent / "pyproject.toml").exists()
-    else None
-)
 
 
 def _read_table(path: Path, preset: str) -> dict[str, Any]:
@@ -153,13 +150,6 @@ def check_preset_file(path: Path) -> dict[str, dict[str, Any]]:
     return tables
 
 
-def check_seed(seed: Any) -> int:
-    """Return ``seed`` if it is a non-negative integer, else raise (3.7 must never silently become 3)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
-        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-    return int(seed)
-
-
 def check_preset(name: str) -> str:
     """Return ``name`` if it is a known preset (or a derived one, :data:`DERIVED_PRESETS`), else raise a ValueError
     listing the valid ones."""
@@ -196,66 +186,6 @@ def get_preset(name: str) -> Preset:
     return Preset(name=name, **_read_table(_PRESET_DIR / "base.toml", name))
 
 
-def get_device(name: str | None = "auto") -> torch.device:
-    """Choose the compute device: ``auto`` prefers cuda, then mps, then cpu.
-
-    An explicit name that is not available raises instead of silently falling back,
-    so a GPU run never turns into an unnoticed CPU run.
-    """
-    name = "auto" if name in (None, "") else str(name)
-    base = name.split(":")[0]
-    if base not in DEVICE_NAMES:
-        raise ValueError(f"unknown device {name!r}; valid devices: {', '.join(DEVICE_NAMES)} (cuda may take an index, cuda:1)")
-    if base == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if base == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available here; use device='auto' or 'cpu'")
-    if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' was asked for but MPS is not available here; use device='auto' or 'cpu'")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (every device) so a preset and a seed give the same results on CPU."""
-    seed = check_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """Where trained models are cached: ``override``, else ``$MCLIB_CACHE``, else ``<repo>/.cache``.
-
-    Outside a checkout the default is ``~/.cache/mclib``.
-    """
-    if override:
-        path = Path(override)
-    elif os.environ.get("MCLIB_CACHE"):
-        path = Path(os.environ["MCLIB_CACHE"])
-    elif REPO_ROOT is not None:
-        path = REPO_ROOT / ".cache"
-    else:
-        path = Path.home() / ".cache" / "mclib"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def build_dir() -> Path:
-    """Where executed notebooks and recorded claims go: ``$MCLIB_BUILD_DIR``, else ``<repo>/_build``."""
-    if os.environ.get("MCLIB_BUILD_DIR"):
-        path = Path(os.environ["MCLIB_BUILD_DIR"])
-    elif REPO_ROOT is not None:
-        path = REPO_ROOT / "_build"
-    else:
-        path = Path.cwd() / "_build"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @dataclass(frozen=True)
 class Context:
     """Everything a notebook needs to know about how it is being run."""
@@ -283,8 +213,6 @@ class Context:
         ``recipe_changes`` change fields of it (``arch=``, ``seed=``, ``epochs=``, ...). Returns a
         :class:`mclib.train.Trained`: ``.model`` (eval mode, on ``device``), ``.metrics``, ``.recipe``.
         """
-        from mclib import train  # train imports this module
-
         if recipe is None:
             recipe = train.recipe_for(self, **recipe_changes)
         elif not isinstance(recipe, train.Recipe):

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mclib import runtime
+
 SPLITS = ("train", "test")
 
 
@@ -62,11 +64,10 @@ def info(name: str) -> DatasetInfo:
 
 def default_data_root() -> Path:
     """``$MCLIB_DATA`` if set, else ``<repo>/data`` in a checkout, else ``~/.cache/mclib/data``."""
-    from mclib.config import REPO_ROOT
-
     if os.environ.get("MCLIB_DATA"):
         return Path(os.environ["MCLIB_DATA"])
-    return (REPO_ROOT / "data") if REPO_ROOT is not None else Path.home() / ".cache" / "mclib" / "data"
+    root = runtime.REPO_ROOT
+    return (root / "data") if root is not None else Path.home() / ".cache" / "mclib" / "data"
 
 
 #: Bumped whenever a split changes, so cached models trained on the old split are not reused.

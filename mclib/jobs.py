@@ -10,7 +10,7 @@ results; the report notebook and the HTML build run afterwards on the submitting
 Resources per job: on one host, a GPU each (``CUDA_VISIBLE_DEVICES``, round-robin over the visible
 GPUs) when there are GPUs, otherwise the CPU cores divided between the jobs (``OMP_NUM_THREADS =
 cores // jobs``); on Slurm, ``--gpus-per-job`` GPUs and ``--cpus-per-job`` cores (``OMP_NUM_THREADS``
-follows ``SLURM_CPUS_PER_TASK``). Every job writes its run record (:func:`mclib.book.run_chapter`),
+follows ``SLURM_CPUS_PER_TASK``). Every job writes its run record (:func:`mclib.runner.run_chapter`),
 so a failed chapter is never published, and ``--resume`` can skip finished ones.
 """
 from __future__ import annotations
@@ -29,6 +29,8 @@ from pathlib import Path
 from mclib import _optional
 
 _optional.require_book("mclib.jobs (the chapter runner)")
+
+from mclib import runner  # noqa: E402 - one chapter's run, shared with mclib.book
 
 EXECUTORS = ("sequential", "local", "slurm")
 
@@ -232,11 +234,9 @@ def sbatch_script(options: Options, folder: Path) -> str:
 
 def dry_run(options: Options, root=None, preset: str = "quick") -> str:
     """What ``--executor slurm`` would submit: the chapters, then the job script (one per chapter)."""
-    from mclib import book
-
-    root = book._root(root)
+    root = runner._root(root)
     build_dir = Path(os.environ.get("MCLIB_BUILD_DIR") or root / "_build")
-    chapters = [nb.stem for nb in book.notebooks(root) if nb.stem != "report"]
+    chapters = [nb.stem for nb in runner.notebooks(root) if nb.stem != "report"]
     head = (f"# dry run: {len(chapters)} chapter jobs (preset {preset}), at most {options.jobs} in flight: "
             f"{', '.join(chapters)}\n# then the report notebook and the HTML build on this machine.\n"
             "# Each job runs this script (the pickled call is mclib.jobs.chapter_job(<chapter>)):\n")
@@ -247,7 +247,7 @@ def dry_run(options: Options, root=None, preset: str = "quick") -> str:
 
 def job_environment(options: Options, slot: int, gpus: list[int], cores: int) -> dict[str, str]:
     """Environment for the job in ``slot``: its GPU, its share of the cores (so jobs never oversubscribe the
-    host), and the user's OpenMP wait policy if one is set (see :func:`mclib.book.kernel_environment`)."""
+    host), and the user's OpenMP wait policy if one is set (see :func:`mclib.runner.kernel_environment`)."""
     env = {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]} if os.environ.get("OMP_WAIT_POLICY") else {}
     if os.environ.get("MCLIB_BUILD_ID"):  # the build this job belongs to (see mclib.claims.load_needed)
         env["MCLIB_BUILD_ID"] = os.environ["MCLIB_BUILD_ID"]
@@ -270,11 +270,9 @@ def chapter_job(nb: str, root: str, build_dir: str, params: dict, env: dict[str,
     if "SLURM_CPUS_PER_TASK" in os.environ and "OMP_NUM_THREADS" not in env:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = os.environ["SLURM_CPUS_PER_TASK"]
     os.environ["MCLIB_BUILD_DIR"] = build_dir
-    from mclib import book
-
     try:
-        seconds = book.run_chapter(Path(nb), Path(root), Path(build_dir), params, progress=False)
-    except book.NotebookFailed as err:
+        seconds = runner.run_chapter(Path(nb), Path(root), Path(build_dir), params, progress=False)
+    except runner.NotebookFailed as err:
         return {"status": "failed", "message": str(err)}
     finally:
         _note_slurm_job(Path(build_dir), Path(nb))
@@ -283,12 +281,10 @@ def chapter_job(nb: str, root: str, build_dir: str, params: dict, env: dict[str,
 
 def _note_slurm_job(build_dir: Path, nb: Path) -> None:
     """Add the Slurm job id (``SLURM_JOB_ID``) to the chapter's run record, when it ran in a Slurm job."""
-    from mclib import book
-
-    rec = book.read_run_record(build_dir, nb)
+    rec = runner.read_run_record(build_dir, nb)
     if rec is not None and os.environ.get("SLURM_JOB_ID"):
         rec["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-        book.run_record_path(build_dir, nb).write_text(json.dumps(rec, indent=2) + "\n")
+        runner.run_record_path(build_dir, nb).write_text(json.dumps(rec, indent=2) + "\n")
 
 
 # --- progress and collection ----------------------------------------------------------------------
@@ -318,11 +314,10 @@ class Progress:
             print(self._line(name), file=self.out, flush=True)
 
     def _line(self, name: str) -> str:
-        from mclib.book import _fmt
 
         state = self.state[name]
         t = self.took.get(name) if state != "running" else time.perf_counter() - self.since[name]
-        return f"  {name:<{self.width}}  {state:<9} {_fmt(t) if t is not None else ''}".rstrip()
+        return f"  {name:<{self.width}}  {state:<9} {runner._fmt(t) if t is not None else ''}".rstrip()
 
     def draw(self) -> None:
         if not self.tty:
@@ -347,11 +342,9 @@ def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, op
     ``needs`` (chapter stems, see :func:`mclib.book.chapter_needs`) are in ``todo`` starts only after they all
     finished; if one of them failed it is not started and is reported with the chapter it waited for.
     Every other chapter runs even when one fails (unless ``fail_fast``: the others are then cancelled and
-    the rest not started); afterwards a :class:`mclib.book.NotebookFailed` names every failed chapter
+    the rest not started); afterwards a :class:`mclib.runner.NotebookFailed` names every failed chapter
     and its cell, exactly as the sequential runner does, and the failed executed copies are kept.
     """
-    from mclib import book
-
     folder = build_dir / "jobs" / "%j"
     ex = make_executor(options, folder)
     gpus = _visible_gpus() if options.executor == "local" else []
@@ -418,12 +411,12 @@ def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, op
         deadline = time.monotonic() + 30
         while any(not job.done() for job, _ in running.values()) and time.monotonic() < deadline:
             time.sleep(0.2)
-        for nb in running:  # their last finished results come back (see mclib.book.run_chapter)
-            book._restore(build_dir, nb)
-        raise book.Interrupted(f"interrupted; cancelled the running chapters {sorted(nb.stem for nb in running)}; "
+        for nb in running:  # their last finished results come back (see mclib.runner.run_chapter)
+            runner._restore(build_dir, nb)
+        raise runner.Interrupted(f"interrupted; cancelled the running chapters {sorted(nb.stem for nb in running)}; "
                                "chapters that had finished before keep their results (--resume reuses them)") from None
     if failures:
-        raise book.NotebookFailed("\n".join(failures.values())
+        raise runner.NotebookFailed("\n".join(failures.values())
                                   + (f"\n  (--fail-fast: the other chapters were cancelled)" if options.fail_fast else ""))
     return times
 

@@ -44,7 +44,7 @@ from mclib.optim import RowAdam, check_input_grad, total_variation
 from mclib.torchutil import channels_last, device_of, eval_mode
 
 __all__ = [
-    "alphas", "linear_losses", "Barrier", "barrier", "path_losses", "segment_losses",
+    "alphas", "linear_losses", "Barrier", "barrier", "path_losses",
     "BypassResult", "bypass", "bypass_free", "InterpolatedModes", "interpolated_modes",
     "project_box_hyperplane", "pair_targets", "plot_loss_curves", "plot_barrier_hist", "plot_path_images",
 ]
@@ -193,8 +193,8 @@ class Barrier:
     position: torch.Tensor
     relative: torch.Tensor
 
-    def has_barrier(self, tolerance: float) -> torch.Tensor:
-        """Boolean (P,): the gap exceeds ``tolerance``."""
+    def gap_exceeds(self, tolerance: float) -> torch.Tensor:
+        """Boolean (P,): the gap exceeds ``tolerance`` (the paper's "barrier" test on one path's curve)."""
         return self.gap > tolerance
 
     def __len__(self) -> int:
@@ -224,12 +224,6 @@ def barrier(losses: torch.Tensor, positions: torch.Tensor | None = None) -> Barr
 
 
 # ------------------------------------------------------------------------------ piecewise-linear paths
-def segment_losses(model: nn.Module, starts: torch.Tensor, ends: torch.Tensor, target, points_per_segment: int = 64,
-                   chunk_size: int | None = None, device=None, progress: bool = False) -> torch.Tensor:
-    """Alias of :func:`linear_losses` for S segments: (S, points_per_segment) losses, endpoints included."""
-    return linear_losses(model, starts, ends, target, points_per_segment, chunk_size, device, progress)
-
-
 def _pad_vertices(vertices) -> tuple[torch.Tensor, torch.Tensor]:
     """A list of (K_p, ...) tensors -> (P, K_max, ...) padded by repeating each last vertex, and counts (P,)."""
     if isinstance(vertices, torch.Tensor):

@@ -70,7 +70,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mclib import _check as check
-from mclib import config, data, infer, models, torchutil
+from mclib import data, infer, models, runtime, torchutil
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -112,7 +112,7 @@ class Recipe:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         data.info(self.dataset)
-        config.check_seed(self.seed)
+        runtime.check_seed(self.seed)
         check.positive_int(self.epochs, "Recipe epochs")       # 0 steps would cache an untrained model
         check.positive_int(self.batch_size, "Recipe batch_size")
         check.positive_float(self.lr, "Recipe lr")
@@ -449,8 +449,6 @@ CHECKPOINT_FORMAT = 2
 _RECORD = ("format", "recipe", "code", "metrics")
 #: Temporary files of :func:`save_checkpoint`: ``.<checkpoint>.<pid>.<random>.tmp``.
 _TEMP = re.compile(r"^\.(?P<target>.+)\.\d+\.[0-9a-f]+\.tmp$")
-#: Temporary files of mclib <= 0.1 (``tempfile.mkstemp``); unlocked, so only removed when this old.
-LEGACY_TEMP_SECONDS = 3600
 
 
 def _checksum(record: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> str:
@@ -471,7 +469,7 @@ def checkpoint_path(recipe: Recipe, cache_dir: str | os.PathLike | None = None) 
     (and retraining over) the other's.
     """
     name = f"{recipe.arch}-{recipe.dataset}-{recipe.key}-f{CHECKPOINT_FORMAT}.pt"
-    return config.cache_dir(cache_dir) / "models" / name
+    return runtime.cache_dir(cache_dir) / "models" / name
 
 
 def lock_path(path: Path) -> Path:
@@ -526,18 +524,14 @@ def clean_stale_temps(folder: Path, holding: Path | None = None) -> list[Path]:
     """Remove temporary files left by saves that died; returns the removed paths.
 
     A temporary file of checkpoint ``c`` is stale when nobody holds ``c``'s lock (writers hold it from
-    creating the file until the rename; ``holding`` is the checkpoint whose lock the caller holds).
-    Unlocked temporary files of older mclib versions are removed once older than
-    :data:`LEGACY_TEMP_SECONDS`. Files that cannot be removed (read-only cache) are left alone.
+    creating the file until the rename; ``holding`` is the checkpoint whose lock the caller holds). Other
+    ``*.tmp`` files are not mclib's and are left alone, as are files that cannot be removed (read-only cache).
     """
     removed = []
     for tmp in sorted(folder.glob("*.tmp")):
         try:
             match = _TEMP.match(tmp.name)
             if match is None:
-                if tmp.name.startswith("tmp") and time.time() - tmp.stat().st_mtime > LEGACY_TEMP_SECONDS:
-                    tmp.unlink(missing_ok=True)
-                    removed.append(tmp)
                 continue
             target = folder / match["target"]
             if target == holding:
@@ -828,7 +822,7 @@ def train(
     another process trains the same recipe, then loading its result -- stale temporary files are
     removed, the temporary file is created, and only then is the model trained.
     """
-    device = config.get_device(device if not isinstance(device, torch.device) else str(device))
+    device = runtime.get_device(device if not isinstance(device, torch.device) else str(device))
     try:
         path, why = checkpoint_path(recipe, cache_dir), None
     except OSError as err:  # the cache folder itself cannot be created

@@ -20,6 +20,16 @@ def _isolated(tmp_path_factory, monkeypatch):
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: these tiny problems run fastest on one, and on a shared, loaded machine two
+    threads spin and run ~10x slower. Modules use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # One smoke build of the whole book (every notebook, then the strict HTML build) in a temporary
 # folder, shared by the notebook tests and the browser test.
 @pytest.fixture(scope="session")

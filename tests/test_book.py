@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mclib import book
+from mclib import book, claims
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,7 +132,7 @@ def test_run_records_and_meta_do_not_claim_one_seed_for_mixed_runs(tiny_book):
     build = Path(book.os.environ["MCLIB_BUILD_DIR"])
     rec = book.read_run_record(build, Path("notebooks/after.ipynb"))
     assert rec["seed"] == 1 and rec["preset"] == "smoke" and rec["status"] == "ok" and rec["device"] == "cpu"
-    assert rec["source_hash"] == book.source_hash(tiny_book, Path("notebooks/after.ipynb"))
+    assert rec["source_hash"] == claims.source_hash(Path("notebooks/after.ipynb"), tiny_book)
     assert {"torch_threads", "seconds"} <= set(rec)
     meta = book.json.loads((build / "claims" / "_meta.json").read_text())
     assert meta["seed"] == "mixed: 0, 1" and meta["mixed"] == ["seed"] and meta["preset"] == "smoke"

@@ -16,7 +16,7 @@ import nbformat  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mclib import book, cards  # noqa: E402
+from mclib import book, cards, runner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIB = {"zhao2020bridging": ("Zhao et al. 2020", "https://arxiv.org/abs/2005.00060")}
@@ -86,13 +86,11 @@ def test_each_verdict_has_its_own_colour_in_the_css():
     assert len(set(colours.values())) == 4, colours
 
 
-def test_card_tolerates_missing_keys_and_reads_the_older_record_format():
+def test_card_tolerates_missing_keys():
     bare = _Parsed(cards.card_html({"id": "B2"}, bib={})).visible()
     assert "B2" in bare and "not run" in bare and "None" not in bare and "Paper" not in bare
-    old = {"id": "A8", "statement": "s", "paper": "median 0.93 vs 5.96", "holds": False, "measured": "m"}
-    text = _Parsed(cards.card_html(old, bib={})).visible()
-    assert "median 0.93 vs 5.96" in text and "fails" in text
-    assert cards.status_of({"holds": True}) == "holds"
+    # records carry their verdict as ``status``; a boolean ``holds`` is no verdict
+    assert cards.status_of({"holds": True}) == "not run"
 
 
 def test_card_escapes_text_and_shows_an_unknown_citation_key_as_it_is():
@@ -200,7 +198,7 @@ def _executed(tmp_path):
 
 def test_executed_copy_gets_the_rerun_box_and_shows_the_parameters_once(tmp_path):
     path = _executed(tmp_path)
-    book._add_rerun_box(path, Path("notebooks/x.ipynb"), book.parameters("smoke", "auto", 0, None, None))
+    runner._add_rerun_box(path, Path("notebooks/x.ipynb"), book.parameters("smoke", "auto", 0, None, None))
     cells = nbformat.read(path, as_version=4).cells
     tags = [c.metadata.get("tags", []) for c in cells]
     assert tags == [[], ["mclib-summary-box"], ["mclib-rerun-box"], ["parameters", "remove-cell"],

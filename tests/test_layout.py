@@ -68,3 +68,117 @@ def _imports(tree: ast.Module) -> set[str]:
 def test_concept_modules_do_not_import_studies(path):
     bad = sorted(m for m in _imports(ast.parse(path.read_text())) if m.startswith("mclib.studies"))
     assert not bad, f"{_rel(path)} imports {bad}: studies are built from concepts, not the reverse"
+
+
+# ------------------------------------------------------------------------------ the layer table (issue 29)
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(MCLIB.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+NAMES = {_module_name(p): p for p in MODULES}
+
+
+def mclib_imports(path: Path) -> dict[str, int]:
+    """The mclib modules one module imports -- at the top or inside a function -- with a line of each.
+
+    ``from mclib.x import y`` imports ``mclib.x.y`` when that is a module, else ``mclib.x``; relative imports are
+    resolved; the package ``mclib`` itself is no edge (``from mclib import x`` imports ``mclib.x``).
+    """
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    out: dict[str, int] = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in NAMES else base for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in NAMES:
+                name = name.rpartition(".")[0]
+            if name and name not in ("mclib", me):
+                out.setdefault(name, node.lineno)
+    return out
+
+
+def layer_of(module: str) -> int:
+    import mclib
+
+    top = module.split(".")[1] if "." in module else ""
+    for i, (_, members) in enumerate(mclib.LAYERS):
+        if top in members:
+            return i
+    raise AssertionError(f"{module} is in no layer of mclib.LAYERS: add it to the table (and the README's)")
+
+
+def import_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected set of more than one module (Tarjan), each sorted."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_circle_and_passes_a_chain():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_circle():
+    # a package's own submodules importing it (claims.core -> claims) are how packages load, not a circle
+    edges = {m: {t for t in mclib_imports(p) if not m.startswith(t + ".")} for m, p in NAMES.items()}
+    assert import_cycles(edges) == []
+
+
+@pytest.mark.parametrize("path", MODULES, ids=_rel)
+def test_imports_go_down_the_layer_table(path):
+    import mclib
+
+    me = _module_name(path)
+    if me == "mclib":
+        return
+    mine = layer_of(me)
+    up = {t: line for t, line in mclib_imports(path).items() if layer_of(t) > mine}
+    assert not up, (f"{_rel(path)} ({mclib.LAYERS[mine][0]}) imports modules of a higher layer: "
+                    + ", ".join(f"{t} ({mclib.LAYERS[layer_of(t)][0]}, line {line})" for t, line in up.items()))
+
+
+def test_the_readme_shows_the_layer_table():
+    import mclib
+
+    readme = (MCLIB.parent / "README.md").read_text()
+    for name, members in mclib.LAYERS:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| {name}")), None)
+        assert row is not None, f"README's Layout table has no row for the layer {name!r}"
+        missing = [m for m in members if f"`{m}" not in row]
+        assert not missing, f"README's row {name!r} does not name {missing}"

@@ -34,13 +34,7 @@ def softplus(v):
     return math.log1p(math.exp(v))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, loaded machine two threads spin and run ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture in conftest.py
 
 
 @pytest.fixture
@@ -75,7 +69,7 @@ def test_barrier_metrics_known_values():
     torch.testing.assert_close(b.gap, torch.tensor([4.0, 0.0, 0.0]))
     torch.testing.assert_close(b.position, torch.tensor([0.5, 1.0, 0.0]))
     torch.testing.assert_close(b.relative, torch.tensor([4.0, 0.0, 0.0]), atol=1e-6, rtol=0)
-    assert b.has_barrier(0.1).tolist() == [True, False, False]
+    assert b.gap_exceeds(0.1).tolist() == [True, False, False]
     # unequal endpoints: relative is measured against the straight line between them
     tilted = torch.tensor([0.0, 3.0, 2.0])
     bt = paths.barrier(tilted)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mclib import book, claims, jobs
+from mclib import book, claims, jobs, runner
 from mclib.claims import core
 from test_book import _notebook, record_a1_in_good, tiny_book  # noqa: F401 - the fixture is used by name
 
@@ -199,12 +199,12 @@ def test_an_interrupted_build_keeps_every_finished_chapter(tiny_book, monkeypatc
             raise KeyboardInterrupt
         return real(nb, out, params, root, progress)
 
-    monkeypatch.setattr(book, "execute", interrupted)
+    monkeypatch.setattr(runner, "execute", interrupted)
     with pytest.raises(book.Interrupted, match="results from the last finished run are kept"):
         book.build("smoke", html=False, root=tiny_book, progress=False)
     assert {p.name: p.read_bytes() for p in (build / "claims").glob("A1.json")} == before
     assert "partial" not in (build / "src" / "notebooks" / "good.ipynb").read_text()
-    monkeypatch.setattr(book, "execute", real)
+    monkeypatch.setattr(runner, "execute", real)
     again = book.build("smoke", html=False, root=tiny_book, progress=False, resume=True)
     assert "notebooks/good.ipynb" in again["skipped"]
 

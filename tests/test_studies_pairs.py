@@ -1,5 +1,5 @@
 """Tests of mclib.studies.pairs: pair sampling, the straight-line barrier sample, the pair study and the condition map
-of claims A1-A5 (the Bump model and the one-thread fixture are test_paths')."""
+of claims A1-A5 (the Bump model is test_paths', the one-thread fixture conftest's)."""
 import math
 
 import numpy as np
@@ -9,7 +9,9 @@ import torch.nn as nn
 
 from mclib import paths
 from mclib.studies import pairs
-from test_paths import bump_pair, one_thread  # noqa: F401 - fixtures, used by name
+from test_paths import bump_pair  # noqa: F401 - a fixture, used by name
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_study_pairs_and_same_class_pairs(bump_pair):
@@ -17,7 +19,7 @@ def test_study_pairs_and_same_class_pairs(bump_pair):
     AA = torch.cat([A, A])
     CC = torch.cat([C, A + 0.01])                   # pair 0 crosses the bump, pair 1 does not
     st = pairs.study_pairs(model, AA, CC, 0, num_points=32, max_rounds=4, progress=False)
-    assert st.has_barrier.tolist() == [True, False]
+    assert st.line_has_barrier.tolist() == [True, False]
     s = st.summary()
     assert s["pairs with a barrier"] == 1 and s["fraction with a barrier"] == 0.5
     assert s["connected at the end"] == 1.0 and s["bends (median)"] >= 1
@@ -69,7 +71,7 @@ def test_barrier_sample_grows_only_while_undecided(bump_pair):
     torch.testing.assert_close(undecided.gap[:20], decided.gap)                     # the first look's pairs kept
     m = undecided.measured()
     assert m["pairs"] == len(undecided) and m["barrier_fraction"]["n"] == len(undecided)
-    assert m["barrier_fraction"]["estimate"] == pytest.approx(float(undecided.has_barrier.float().mean()))
+    assert m["barrier_fraction"]["estimate"] == pytest.approx(float(undecided.line_has_barrier.float().mean()))
     with pytest.raises(ValueError, match="max_pairs"):
         pairs.barrier_sample(model, X, y, 20, max_pairs=10)
 
@@ -115,9 +117,9 @@ def test_barrier_sample_draws_on_until_enough_pairs_have_a_barrier(bump_pair):
     X = torch.cat([A.expand(10, -1, -1, -1), C.expand(10, -1, -1, -1)]) + noise
     y = torch.zeros(20, dtype=torch.long)
     first = pairs.barrier_sample(model, X, y, 20, threshold=0.05, max_pairs=80, num_points=32, seed=0)
-    k = int(first.has_barrier.sum())
+    k = int(first.line_has_barrier.sum())
     more = pairs.barrier_sample(model, X, y, 20, threshold=0.05, max_pairs=80, num_points=32, seed=0,
                                 min_barrier_pairs=k + 1)
-    assert more.looks[:2] == [20, 40] and int(more.has_barrier.sum()) > k
+    assert more.looks[:2] == [20, 40] and int(more.line_has_barrier.sum()) > k
     rec = more.measured()["barrier_fraction"]
     assert rec["planned"] == [20, 40, 80] and rec["level"] == pytest.approx(1 - 0.05 / 3) and rec["looks"] == more.looks

@@ -9,13 +9,7 @@ import torch.nn.functional as F
 from mclib import models, synth
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tiny problems run fastest (and unaffected by a loaded machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture in conftest.py
 
 
 def tiny_mlp(seed: int = 0, classes: int = 3, shape=(1, 4, 4)) -> nn.Module:

@@ -249,16 +249,14 @@ def test_stale_temporary_files_are_removed():
     own = folder / f".{path.name}.999999.deadbeef.tmp"  # a killed save of this recipe
     other = folder / ".mlp-digits-0123456789abcdef.pt.999999.cafe0123.tmp"  # of another recipe
     busy = folder / ".mlp-digits-fedcba9876543210.pt.999999.cafe0123.tmp"  # being written right now
-    old_style, fresh_style = folder / "tmpab12cd.tmp", folder / "tmpzz9.tmp"  # mkstemp names of mclib <= 0.1
-    for f in (own, other, busy, old_style, fresh_style):
+    foreign = folder / "tmpab12cd.tmp"  # not a name mclib writes: someone else's file
+    for f in (own, other, busy, foreign):
         f.touch()
-    hour_ago = time.time() - 2 * 3600
-    os.utime(old_style, (hour_ago, hour_ago))
     writer = filelock.FileLock(str(folder / "mlp-digits-fedcba9876543210.pt.lock"))
     with writer:
         train.train(TINY, progress=False)
-    assert not own.exists() and not other.exists() and not old_style.exists()
-    assert busy.exists() and fresh_style.exists()
+    assert not own.exists() and not other.exists()
+    assert busy.exists() and foreign.exists()
     own.touch()
     train.train(TINY, progress=False)  # a cache hit cleans too
     assert not own.exists()

@@ -13,5 +13,6 @@ from mclib.claims.core import (  # noqa: F401
     provenance_markdown, provenance_table, record, report, report_markdown, result_markdown, source_hash, summary)
 from mclib.claims import paper_a, paper_b, paper_c  # noqa: E402
 
-# claim id -> Claim, in the order A1..A10, B1..B3, C1..C8
-CATALOGUE: dict = {c.id: c for c in (*paper_a.CLAIMS, *paper_b.CLAIMS, *paper_c.CLAIMS)}
+from mclib.claims.core import CATALOGUE  # noqa: E402 - claim id -> Claim, in the order A1..A10, B1..B3, C1..C8
+
+CATALOGUE.update({c.id: c for c in (*paper_a.CLAIMS, *paper_b.CLAIMS, *paper_c.CLAIMS)})

@@ -238,9 +238,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def catalogue() -> dict[str, Claim]:
-    from mclib.claims import CATALOGUE
+#: claim id -> :class:`Claim`, in the order A1..A10, B1..B3, C1..C8: filled by :mod:`mclib.claims` from the papers'
+#: modules, which build on this one (so this module reads the catalogue without importing them).
+CATALOGUE: dict[str, Claim] = {}
 
+
+def catalogue() -> dict[str, Claim]:
     return CATALOGUE
 
 
@@ -260,20 +263,23 @@ def claims_dir() -> Path:
     return path
 
 
-def source_hash(chapter: str | None = None) -> str:
-    """sha256 over the chapter notebook (when given and found in the checkout) and every mclib source and preset file.
+def source_hash(chapter: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> str:
+    """sha256 (64 hex digits) over every mclib source and preset file and, when given and found, the chapter
+    notebook ``root / chapter`` (``root``: the checkout, :data:`mclib.config.REPO_ROOT`).
 
-    Two records with the same hash were made by the same code; files are hashed by relative path and bytes.
-    Without ``chapter`` it is the hash of the mclib sources alone (``mclib_hash`` of a record).
+    The one hash stored under ``source_hash``: the runner's run records and the claim records both carry it, so
+    a run record and the claims its chapter wrote agree. Files are hashed by relative path and bytes (mclib's
+    files relative to the folder that holds the package, the notebook by ``chapter`` as given). Without
+    ``chapter`` it is the hash of the mclib sources alone (``mclib_hash`` of a record).
     """
-    h = hashlib.sha256()
     pkg = Path(__file__).resolve().parent.parent
     files = sorted(p for p in pkg.rglob("*") if p.suffix in (".py", ".toml") and "__pycache__" not in p.parts)
-    if chapter and config.REPO_ROOT is not None and (config.REPO_ROOT / chapter).exists():
-        files.append(config.REPO_ROOT / chapter)
+    h = hashlib.sha256()
     for p in files:
-        rel = p.relative_to(config.REPO_ROOT) if config.REPO_ROOT and p.is_relative_to(config.REPO_ROOT) else p.relative_to(pkg.parent)
-        h.update(str(rel).encode() + b"\0" + p.read_bytes() + b"\0")
+        h.update(p.relative_to(pkg.parent).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    root = Path(root) if root is not None else config.REPO_ROOT
+    if chapter is not None and root is not None and (root / chapter).is_file():
+        h.update(Path(chapter).as_posix().encode() + b"\0" + (root / chapter).read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -501,15 +507,10 @@ def mixed_runs(records: Mapping[str, dict] | None = None) -> list[str]:
     return [k for k in PROVENANCE if len({json.dumps(r.get(k)) for r in records.values()}) > 1]
 
 
-# text symbols, not emoji: they render without an emoji font (headless browsers, many Linux desktops);
-# the cards' symbols (mclib.cards.BADGES), so report and cards mark a verdict alike
-def _mark(status: str) -> str:
-    from mclib.cards import BADGES
-
-    return f"{BADGES[status]} {status}"
-
-
-_MARKS = {s: _mark(s) for s in (*VERDICTS, NOT_RUN)}
+#: One symbol per verdict, shared by the report and the cards (:mod:`mclib.cards`) so both mark a verdict alike:
+#: text symbols, not emoji, which render without an emoji font (headless browsers, many Linux desktops).
+BADGES = {"holds": "✔", "fails": "✘", "inconclusive": "?", NOT_RUN: "–"}
+_MARKS = {s: f"{BADGES[s]} {s}" for s in (*VERDICTS, NOT_RUN)}
 
 
 def _cell(text: Any) -> str:

@@ -95,7 +95,7 @@ class BarrierSample:
         return list(self.sample.looks)
 
     @property
-    def has_barrier(self) -> torch.Tensor:
+    def line_has_barrier(self) -> torch.Tensor:
         return self.gap > self.tolerance
 
     def fraction(self):
@@ -232,14 +232,14 @@ def condition_effects(conditions, key: str) -> dict[str, tuple[float, int]]:
 class PairStudy:
     """Straight-line barriers of P pairs and the bypass of those with a barrier (paper sections 4.1-4.2).
 
-    ``line``: (P, T) loss along the straight lines; ``line_barrier``: its :class:`mclib.paths.Barrier`; ``has_barrier``
+    ``line``: (P, T) loss along the straight lines; ``line_barrier``: its :class:`mclib.paths.Barrier`; ``line_has_barrier``
     (P,): gap > ``tolerance``; ``bypass``: the :class:`mclib.paths.BypassResult` of the pairs with a barrier (in the
-    order of ``has_barrier.nonzero()``), None when no pair has one.
+    order of ``line_has_barrier.nonzero()``), None when no pair has one.
     """
 
     line: torch.Tensor
     line_barrier: paths.Barrier
-    has_barrier: torch.Tensor
+    line_has_barrier: torch.Tensor
     bypass: paths.BypassResult | None
     tolerance: float
     endpoint_loss: torch.Tensor
@@ -249,8 +249,8 @@ class PairStudy:
         b = self.line_barrier
         out = {"pairs": int(len(b)), "endpoint loss (median)": float(self.endpoint_loss.median()),
                "barrier max (median)": float(b.max.median()), "barrier gap (median)": float(b.gap.median()),
-               "barrier gap (max)": float(b.gap.max()), "pairs with a barrier": int(self.has_barrier.sum()),
-               "fraction with a barrier": float(self.has_barrier.float().mean())}
+               "barrier gap (max)": float(b.gap.max()), "pairs with a barrier": int(self.line_has_barrier.sum()),
+               "fraction with a barrier": float(self.line_has_barrier.float().mean())}
         r = self.bypass
         if r is None:
             out.update({"free after 1 bend": float("nan"), "connected at the end": float("nan"),
@@ -287,7 +287,7 @@ def study_pairs(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, num_
         idx = has.nonzero()[:, 0]
         res = paths.bypass(model, A[idx], C[idx], tgt[idx], tolerance=tolerance, num_points=num_points,
                      progress=progress, **bypass_kwargs)
-    return PairStudy(line=line, line_barrier=bar, has_barrier=has, bypass=res, tolerance=float(tolerance),
+    return PairStudy(line=line, line_barrier=bar, line_has_barrier=has, bypass=res, tolerance=float(tolerance),
                      endpoint_loss=torch.maximum(line[:, 0], line[:, -1]))
 
 
