@@ -6,7 +6,8 @@ included). The layers, bottom first (:data:`LAYERS`; the README's "Layout" table
 
 1. primitives -- ``runtime`` (the checkout, device, seed, cache and build folders), ``torchutil``, ``infer`` (the
    one inference engine), ``optim``, ``stats``, ``sequential``, ``plots``, ``_check``, ``_optional``;
-2. data, models and training -- ``data``, ``models``, ``train`` (the fit loop and the locked checkpoint cache);
+2. data, models and training -- ``data``, ``models``, ``checkpoints`` (the checksummed, locked model cache),
+   ``train`` (recipes and the one fit loop);
 3. the papers' objects -- ``paths``, ``synth``, ``attacks``, ``detect``, ``percolation``, ``curves``, ``repair``,
    ``hessian``, ``som``;
 4. presets and the run context -- ``config`` (``ctx.model(recipe)`` trains through ``train``);
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 #: The layer table, bottom first: (name, top-level modules or packages). A package's submodules share its layer.
 LAYERS = (
     ("primitives", ("runtime", "torchutil", "infer", "optim", "stats", "sequential", "plots", "_check", "_optional")),
-    ("data, models and training", ("data", "models", "train")),
+    ("data, models and training", ("data", "models", "checkpoints", "train")),
     ("the papers' objects", ("paths", "synth", "attacks", "detect", "percolation", "curves", "repair", "hessian", "som")),
     ("presets and the run context", ("config",)),
     ("the chapters' studies", ("studies",)),

@@ -113,7 +113,7 @@ import shutil         # noqa: E402
 import tempfile       # noqa: E402
 import warnings       # noqa: E402
 
-from mclib import config, infer, paths, stats, train   # noqa: E402
+from mclib import checkpoints, config, infer, paths, stats, train   # noqa: E402
 from mclib.claims import core   # noqa: E402
 
 
@@ -199,7 +199,7 @@ def test_untrained_model_is_never_cached(monkeypatch):
     monkeypatch.setattr(train, "fit", lambda *a, **k: [])
     with pytest.raises(RuntimeError, match="took no optimiser step"):
         train.train(recipe, progress=False)
-    assert not train.checkpoint_path(recipe).exists()
+    assert not checkpoints.checkpoint_path(recipe).exists()
 
 
 def test_bootstrap_of_samples_with_nan_is_inconclusive():
@@ -336,9 +336,9 @@ def test_failed_save_keeps_the_trained_model_for_the_run(tmp_path, monkeypatch):
         tmp.unlink()
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(train, "_write_and_rename", no_space)
-    monkeypatch.setattr(train, "save_checkpoint", lambda *a, **k: no_space(*train._open_temp(a[0]), a[0], None))
-    path = train.checkpoint_path(TINY, tmp_path / "c")
+    monkeypatch.setattr(checkpoints, "_write_and_rename", no_space)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", lambda *a, **k: no_space(*checkpoints._open_temp(a[0]), a[0], None))
+    path = checkpoints.checkpoint_path(TINY, tmp_path / "c")
     with pytest.warns(UserWarning, match=rf"could not write the checkpoint {path} \(No space left on device\); "
                                          r"the trained model is kept in memory"):
         first = train.train(TINY, cache_dir=tmp_path / "c", progress=False)
@@ -355,16 +355,16 @@ def test_failed_save_keeps_the_trained_model_for_the_run(tmp_path, monkeypatch):
 def test_two_checkpoint_formats_live_side_by_side(tmp_path, monkeypatch):
     calls, real_fit = [], train.fit
     monkeypatch.setattr(train, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
-    now = train.CHECKPOINT_FORMAT
+    now = checkpoints.CHECKPOINT_FORMAT
     train.train(TINY, cache_dir=tmp_path, progress=False)                    # this mclib
-    monkeypatch.setattr(train, "CHECKPOINT_FORMAT", now + 1)
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_FORMAT", now + 1)
     train.train(TINY, cache_dir=tmp_path, progress=False)                    # a newer mclib, same cache
     assert calls == [1, 1]
     with warnings.catch_warnings():
         warnings.simplefilter("error")                                        # nothing "ignored and retrained"
-        monkeypatch.setattr(train, "CHECKPOINT_FORMAT", now)
+        monkeypatch.setattr(checkpoints, "CHECKPOINT_FORMAT", now)
         train.train(TINY, cache_dir=tmp_path, progress=False)
-        monkeypatch.setattr(train, "CHECKPOINT_FORMAT", now + 1)
+        monkeypatch.setattr(checkpoints, "CHECKPOINT_FORMAT", now + 1)
         train.train(TINY, cache_dir=tmp_path, progress=False)
     assert calls == [1, 1]                                                    # each loaded its own
     assert len(list((tmp_path / "models").glob("*.pt"))) == 2

@@ -14,7 +14,7 @@ import filelock
 import pytest
 import torch
 
-from mclib import train
+from mclib import checkpoints, train
 
 TINY = train.Recipe(arch="mlp", dataset="digits", epochs=1, batch_size=64, n_train=128, arch_kwargs={"hidden": (16,)})
 
@@ -51,13 +51,13 @@ def test_cache_hit_returns_the_same_model_without_training(monkeypatch):
     first = train.train(TINY, progress=False)
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("should have loaded from the cache"))
     assert _same(first.model, train.train(TINY, progress=False).model)
-    assert not list(train.checkpoint_path(TINY).parent.glob("*.tmp"))  # atomic write left no temp file
+    assert not list(checkpoints.checkpoint_path(TINY).parent.glob("*.tmp"))  # atomic write left no temp file
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "tensor", "recipe", "metric bit"])
 def test_corrupt_or_mismatching_checkpoint_is_retrained(damage):
     first = train.train(TINY, progress=False)
-    path = train.checkpoint_path(TINY)
+    path = checkpoints.checkpoint_path(TINY)
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:500])
     elif damage == "garbage":
@@ -76,7 +76,7 @@ def test_corrupt_or_mismatching_checkpoint_is_retrained(damage):
         again = train.train(TINY, progress=False)
     assert _same(first.model, again.model)
     assert again.metrics["test_acc"] == first.metrics["test_acc"]
-    train.load_checkpoint(path, TINY)  # the rewritten file is valid again
+    checkpoints.load_checkpoint(path, TINY)  # the rewritten file is valid again
 
 
 def _flip_last_bit_of(path, value):
@@ -93,14 +93,14 @@ def _flip_last_bit_of(path, value):
 
 def test_checksum_covers_every_field_read_back():
     train.train(TINY, progress=False)
-    path = train.checkpoint_path(TINY)
+    path = checkpoints.checkpoint_path(TINY)
     for field in ("format", "recipe", "code", "metrics", "checksum"):
         payload = torch.load(path, weights_only=True)
         payload[field] = payload[field] + (1 if isinstance(payload[field], int) else " ")
         damaged = path.with_name(f"damaged-{field}.pt")
         torch.save(payload, damaged)
-        with pytest.raises(train.CheckpointInvalid, match="checksum|format"):
-            train.load_checkpoint(damaged, TINY)
+        with pytest.raises(checkpoints.CheckpointInvalid, match="checksum|format"):
+            checkpoints.load_checkpoint(damaged, TINY)
 
 
 def test_data_hook_and_batch_hook_are_applied(monkeypatch):
@@ -191,13 +191,13 @@ def _deny_writes_to(monkeypatch, folders):
         f.mkdir(parents=True, exist_ok=True)
         f.chmod(0o555)
     if os.geteuid() == 0:
-        real = getattr(train, "_check_writable", lambda folder: None)
+        real = checkpoints._check_writable
 
         def check(folder):
             if Path(folder) in folders:
                 raise PermissionError(13, "Permission denied", str(folder))
             real(folder)
-        monkeypatch.setattr(train, "_check_writable", check, raising=False)
+        monkeypatch.setattr(checkpoints, "_check_writable", check)
 
 
 def test_read_only_cache_falls_back_before_training(tmp_path, monkeypatch):
@@ -239,11 +239,11 @@ def test_checkpoint_mode_follows_the_umask(umask):
         train.train(TINY, progress=False, retrain=True)
     finally:
         os.umask(old)
-    assert stat.S_IMODE(train.checkpoint_path(TINY).stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(checkpoints.checkpoint_path(TINY).stat().st_mode) == 0o666 & ~umask
 
 
 def test_stale_temporary_files_are_removed():
-    path = train.checkpoint_path(TINY)
+    path = checkpoints.checkpoint_path(TINY)
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     own = folder / f".{path.name}.999999.deadbeef.tmp"  # a killed save of this recipe
@@ -313,7 +313,7 @@ def test_lock_of_a_killed_process_is_recovered(tmp_path):
         while not (tmp_path / "fits").exists():  # it is training: holds the lock, its temp file exists
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
             time.sleep(0.1)
-        lock = train.lock_path(train.checkpoint_path(TINY))
+        lock = checkpoints.lock_path(checkpoints.checkpoint_path(TINY))
         with pytest.raises(filelock.Timeout):
             filelock.FileLock(str(lock)).acquire(timeout=0)
         assert list(lock.parent.glob("*.tmp"))
@@ -521,7 +521,7 @@ def test_context_model_trains_once_with_the_context_settings(tmp_path, monkeypat
     assert calls == [{"device": ctx.device, "cache_dir": ctx.cache_dir, "data_root": None, "retrain": False,
                       "progress": False}]
     assert res.recipe == TINY and isinstance(res.model, torch.nn.Module) and not res.model.training
-    assert train.checkpoint_path(TINY, ctx.cache_dir).exists()
+    assert checkpoints.checkpoint_path(TINY, ctx.cache_dir).exists()
     assert set(res.metrics) == {"train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
     assert not hasattr(res.model, "mclib_metrics") and not hasattr(res.model, "mclib_recipe")  # nothing attached
     with pytest.raises(TypeError):

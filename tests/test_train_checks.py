@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mclib import train
+from mclib import checkpoints, train
 
 FIT = train.Recipe(arch="mlp", dataset="digits", epochs=20, batch_size=32, n_train=256, arch_kwargs={"hidden": (32,)})
 
@@ -45,7 +45,7 @@ def test_train_refuses_and_does_not_cache_a_model_at_chance_in_eval_mode(monkeyp
     monkeypatch.setattr(train, "evaluate", lambda model, X, y, batch_size=None: {"loss": 2.3, "acc": 0.1})
     with pytest.raises(RuntimeError, match="at chance in evaluation mode"):
         train.train(FIT, progress=False)
-    assert not train.checkpoint_path(FIT).exists()
+    assert not checkpoints.checkpoint_path(FIT).exists()
     monkeypatch.undo()
     ok = train.train(FIT, progress=False)          # the same recipe trains and caches once evaluation is sound
-    assert ok.metrics["test_acc"] > 0.5 and train.checkpoint_path(FIT).exists()
+    assert ok.metrics["test_acc"] > 0.5 and checkpoints.checkpoint_path(FIT).exists()
