@@ -98,7 +98,7 @@ _BARE = textwrap.dedent("""
             continue
         sys.exit(f"{hidden} is not hidden")
     for info in pkgutil.walk_packages(mclib.__path__, "mclib."):
-        if info.name in ("mclib.book", "mclib.jobs"):
+        if info.name in ("mclib.book", "mclib.jobs", "mclib.runner"):
             try:
                 importlib.import_module(info.name)
             except ImportError as err:
