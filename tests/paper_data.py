@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 #: Images per split and dataset: CIFAR-10's five training batches hold N_TRAIN // 5 each.
-N_TRAIN, N_TEST = 1000, 400   # test: the repair chapters evaluate on half of the whole split (c2: 11 path points)
+N_TRAIN, N_TEST = 1000, 200   # test: the repair chapters evaluate on half of the whole split (c2: 11 path points)
 CLASSES = 10
 
 

@@ -135,3 +135,13 @@ def test_the_other_presets_ignore_the_derived_sizes():
                 table = tomllib.load(fh)[name]
             got = ({f: getattr(p, f) for f in table} if path.stem == "base" else dict(p.section(path.stem)))
             assert got == table, (name, path.stem)
+
+
+def test_ci_runs_the_paper_path_after_the_cluster_test_and_before_the_book():
+    root = Path(__file__).resolve().parents[1]
+    make = (root / "Makefile").read_text()
+    target = make[make.index("\npaper-path:"):]
+    target = target[: target.index("\n\n")]
+    assert "tests/paper_data.py" in target and "--preset paper-smoke" in target and "--data-root" in target
+    steps = [line.strip() for line in (root / ".ci" / "run").read_text().splitlines() if line.startswith("make ")]
+    assert steps.index("make cluster-test") < steps.index("make paper-path") < steps.index("make book"), steps
