@@ -145,3 +145,19 @@ def test_ci_runs_the_paper_path_after_the_cluster_test_and_before_the_book():
     assert "tests/paper_data.py" in target and "--preset paper-smoke" in target and "--data-root" in target
     steps = [line.strip() for line in (root / ".ci" / "run").read_text().splitlines() if line.startswith("make ")]
     assert steps.index("make cluster-test") < steps.index("make paper-path") < steps.index("make book"), steps
+
+
+def test_paper_cost_counts_every_chapters_dominant_work():
+    """benchmarks/paper_cost.py: the step counts come from the paper tables (grow with them), and the timer runs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import paper_cost
+
+    paper, small = paper_cost.chapter_steps("paper"), paper_cost.chapter_steps("paper-smoke")
+    assert set(paper) == set(small) >= {"a1_real_paths", "c1_curves", "c2_backdoor_repair", "c6_robustness_hessian"}
+    total = lambda work: sum(n for items in work.values() for _, _, n in items)   # noqa: E731
+    assert total(paper) > 1000 * total(small) > 0
+    for items in paper.values():
+        assert all(kind in ("train", "curve", "grad") and n >= 0 for _, kind, n in items)
+        assert sum(n for _, _, n in items) > 0
+    secs = paper_cost.step_seconds("cnn", torch.device("cpu"), batch=8, iters=1)
+    assert set(secs) == {"train", "curve", "grad"} and all(v > 0 for v in secs.values())
