@@ -13,7 +13,7 @@ JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mclib-installed
 
-.PHONY: setup browser book test cluster-test bench clean
+.PHONY: setup browser book test cluster-test paper-path bench clean
 
 setup: $(STAMP)
 
@@ -78,6 +78,18 @@ cluster-test: setup
 	fi
 	@if [ "$$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo -n"; fi; \
 	$$SUDO env MCLIB_CLUSTER_TEST=1 $(PY) -m pytest -m cluster tests/cluster
+
+# The paper preset's code paths on a CPU (issue 27): every chapter at the paper-smoke preset (the paper tables'
+# datasets, architectures, triggers, recipe at small sizes: mclib/presets/derived/paper-smoke.toml) on small,
+# learnable CIFAR-10 and SVHN written in torchvision's on-disk format (tests/paper_data.py), in a temporary folder
+# (data, build, model cache), so that no GPU user is the first to run a line. Prints each chapter's time; fails
+# when any chapter fails. PAPER_PATH_DIR keeps the folder for a look afterwards.
+paper-path: setup
+	@dir="$${PAPER_PATH_DIR:-$$(mktemp -d "$${TMPDIR:-/tmp}/mclib-paper-path.XXXXXX")}"; \
+	$(PY) tests/paper_data.py "$$dir/data" && \
+	MCLIB_BUILD_DIR="$$dir/build" MCLIB_CACHE="$$dir/cache" $(PY) -m mclib.book build --preset paper-smoke --no-html \
+	  --device $(DEVICE) --executor $(EXECUTOR) --jobs $(JOBS) --data-root "$$dir/data"; status=$$?; \
+	if [ -z "$$PAPER_PATH_DIR" ]; then rm -rf "$$dir"; else echo "make paper-path: kept $$dir"; fi; exit $$status
 
 bench: setup
 	$(PY) benchmarks/run.py

@@ -35,13 +35,54 @@ DERIVED_PRESETS = {"paper-smoke": ("paper", "smoke")}
 _PRESET_DIR = Path(__file__).with_name("presets")
 
 
+#: Where a derived preset's own sizes live: ``derived/<name>.toml``, one table per preset file (``[base]``,
+#: ``[repair]``, ...), each key a size of that file that the derived preset sets instead of its sizes table's
+#: (:func:`derived_sizes`). Only sizes: a setting (architecture, dataset, ...) there is refused.
+_DERIVED_DIR = _PRESET_DIR / "derived"
+
+
+def derived_sizes(preset: str) -> dict[str, dict[str, Any]]:
+    """The sizes that the derived preset ``preset`` (:data:`DERIVED_PRESETS`) sets instead of its sizes table's,
+    per preset file: ``{"base": {"n_train": 512}, ...}`` from ``mclib/presets/derived/<preset>.toml`` (empty
+    where there is no such file).
+
+    Checked, naming the file, table, key and value: each table names a preset file beside ``base.toml``; each key
+    is one of that file's keys whose value in the settings table is a size (:func:`is_size`); each value is a size
+    of the same kind (number, list, table) and passes the preset files' number checks."""
+    path = _DERIVED_DIR / f"{preset}.toml"
+    if preset not in DERIVED_PRESETS or not path.exists():
+        return {}
+    tables = _load_toml(path)
+    settings_name = DERIVED_PRESETS[preset][0]
+    known = sorted(p.stem for p in _PRESET_DIR.glob("*.toml"))
+    for chapter, table in tables.items():
+        if chapter not in known or not isinstance(table, dict):
+            raise ValueError(f"{path}: [{chapter}] is not a preset file's table; allowed: {known}")
+        reference = check_preset_file(_PRESET_DIR / f"{chapter}.toml")[settings_name]
+        for key, value in table.items():
+            where = f"{path}: [{chapter}]"
+            if key not in reference:
+                raise ValueError(f"{where} unknown key {key!r}; the keys of {chapter}.toml are {sorted(reference)}")
+            if not is_size(reference[key]):
+                raise ValueError(f"{where} {key} = {value!r}: {key} is a setting ({reference[key]!r} in "
+                                 f"[{settings_name}]), not a size; a derived preset changes sizes only")
+            if not is_size(value) or _kind(value) != _kind(reference[key]):
+                raise ValueError(f"{where} {key} = {value!r}: allowed: a size of kind {_kind(reference[key])}, "
+                                 "as in the preset file")
+            _check_value(where, key, value)
+    return tables
+
+
 def _read_table(path: Path, preset: str) -> dict[str, Any]:
     """The table ``preset`` of the preset file ``path``, after :func:`check_preset_file` of the whole file; a
-    derived preset (:data:`DERIVED_PRESETS`) is composed from two of its tables (:func:`compose`)."""
+    derived preset (:data:`DERIVED_PRESETS`) is composed from two of its tables (:func:`compose`), then its own
+    sizes (:func:`derived_sizes`) replace the sizes table's."""
     tables = check_preset_file(path)
     if preset in DERIVED_PRESETS:
         settings, sizes = DERIVED_PRESETS[preset]
-        return compose(tables[settings], tables[sizes])
+        table = compose(tables[settings], tables[sizes])
+        table.update(derived_sizes(preset).get(path.stem, {}))
+        return table
     return dict(tables[preset])
 
 

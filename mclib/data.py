@@ -114,6 +114,70 @@ def _offline(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     return x[idx], y[idx].astype(np.int64)
 
 
+#: torchvision's files of each split (under ``data_root / TORCHVISION_FOLDER[name]``) that :func:`_read_files` reads.
+_FILES = {
+    ("cifar10", "train"): ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "batches.meta"],
+    ("cifar10", "test"): ["test_batch", "batches.meta"],
+    ("svhn", "train"): ["train_32x32.mat"],
+    ("svhn", "test"): ["test_32x32.mat"],
+}
+_CHECKED: dict[tuple[str, int, float], bool] = {}
+
+
+def official_md5(name: str) -> dict[str, str]:
+    """File name -> md5 of the official files of a CIFAR-10 or SVHN split, as torchvision records them."""
+    import torchvision.datasets as tvd
+
+    if name == "cifar10":
+        c = tvd.CIFAR10
+        return {**{f: m for f, m in c.train_list + c.test_list}, c.meta["filename"]: c.meta["md5"]}
+    return {fname: md5 for _url, fname, md5 in tvd.SVHN.split_list.values()}
+
+
+def _check_official(name: str, paths: list[Path]) -> None:
+    """Warn (once per file and version of it) where a file's md5 is not the official one: the data are read all
+    the same -- the same reader for the official files and for files written in their format (the tests' small
+    learnable CIFAR-10 and SVHN, ``tests/paper_data.py``) -- and the warning says which files they were."""
+    import hashlib
+    import warnings
+
+    md5s = official_md5(name)
+    differ = []
+    for path in paths:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime)
+        if key not in _CHECKED:
+            digest = hashlib.md5()
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            _CHECKED[key] = digest.hexdigest() == md5s.get(path.name)
+        if not _CHECKED[key]:
+            differ.append(path.name)
+    if differ:
+        warnings.warn(f"{name}: {', '.join(differ)} under {paths[0].parent} are not the official files "
+                      "(md5 differs from torchvision's record); reading them as they are", stacklevel=4)
+
+
+def _read_files(name: str, split: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8, (N, 3, 32, 32)) and labels of a CIFAR-10 or SVHN split from torchvision's on-disk files:
+    CIFAR-10's pickled batches (rows of 3072 bytes, the red plane first), SVHN's ``.mat`` (X: (32, 32, 3, N))."""
+    if name == "cifar10":
+        import pickle
+
+        xs, ys = [], []
+        for fname in _FILES[(name, split)][:-1]:
+            with open(folder / fname, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(entry["labels"] if "labels" in entry else entry["fine_labels"]))
+        return np.concatenate(xs), np.concatenate(ys)
+    import scipy.io
+
+    mat = scipy.io.loadmat(folder / _FILES[(name, split)][0])
+    return np.transpose(mat["X"], (3, 2, 0, 1)), mat["y"].astype(np.int64).squeeze(-1)
+
+
 def _torchvision(name: str, split: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
     import torchvision.datasets as tvd
 
@@ -128,21 +192,32 @@ def _torchvision(name: str, split: str, root: Path, download: bool) -> tuple[np.
             ds = tvd.MNIST(str(root), train=train, download=download)
         elif name == "fashion_mnist":
             ds = tvd.FashionMNIST(str(root), train=train, download=download)
-        elif name == "cifar10":
-            ds = tvd.CIFAR10(str(root), train=train, download=download)
-        else:
-            ds = tvd.SVHN(str(folder), split=split, download=download)
+        elif download:  # torchvision downloads and checks the official files; they are read below
+            if name == "cifar10":
+                tvd.CIFAR10(str(root), train=train, download=True)
+            else:
+                tvd.SVHN(str(folder), split=split, download=True)
     except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found"; urllib: no network
         raise DatasetUnavailable(f"{hint} ({type(err).__name__}: {err})") from None
     if name in ("mnist", "fashion_mnist"):
         x = ds.data.numpy()[:, None].astype(np.float32) / 255.0
         y = ds.targets.numpy()
-    elif name == "cifar10":
-        x = np.asarray(ds.data).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        y = np.asarray(ds.targets)
-    else:
-        x = np.asarray(ds.data).astype(np.float32) / 255.0  # SVHN is stored (N, 3, 32, 32)
-        y = np.asarray(ds.labels) % 10  # some SVHN copies label the digit 0 as 10
+        return x, y.astype(np.int64)
+    # CIFAR-10 and SVHN: torchvision's file format, read here, so that files written in it load exactly as the
+    # official ones do (torchvision itself refuses any file whose md5 is not the official one: _check_official)
+    paths = [folder / f for f in _FILES[(name, split)]]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetUnavailable(f"{hint} (missing: {', '.join(missing)})")
+    _check_official(name, paths)
+    try:
+        x, y = _read_files(name, split, folder)
+    except Exception as err:  # a truncated or foreign file
+        raise DatasetUnavailable(f"{hint} (the files under {folder} could not be read: "
+                                 f"{type(err).__name__}: {err})") from None
+    x = x.astype(np.float32) / 255.0
+    if name == "svhn":
+        y = y % 10  # SVHN labels the digit 0 as 10
     return x, y.astype(np.int64)
 
 

@@ -267,7 +267,7 @@ VGG16_WIDTHS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 
 
 def vgg16(in_shape: Sequence[int], num_classes: int, batch_norm: bool = False, hidden: int = 512,
-          dropout: float = 0.5) -> nn.Sequential:
+          dropout: float = 0.5, width: int = 64) -> nn.Sequential:
     r"""VGG-16 (-BN) for small images as in Garipov et al. (2018)'s curve code, the VGG of Zhao et al. (2020).
 
     Thirteen 3x3 convolutions with bias (each followed by BatchNorm if ``batch_norm``, then ReLU), widths
@@ -275,12 +275,18 @@ def vgg16(in_shape: Sequence[int], num_classes: int, batch_norm: bool = False, h
     Dropout(``dropout``)-Linear(512, ``hidden``)-ReLU-Dropout-Linear(``hidden``, ``hidden``)-ReLU-Linear(``hidden``,
     classes). Convolution weights are drawn from :math:`\mathcal N(0, 2 / (k^2 c_{out}))` with zero bias, as in the
     reference. On 3x32x32 inputs with 10 classes: 15,253,578 parameters with BatchNorm, 15,245,130 without.
+    ``width`` scales every convolution's width by ``width / 64`` (64: the reference; the same layers, narrower, for
+    the paper's code paths at test sizes, ``mclib/presets/derived/paper-smoke.toml``).
     """
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ValueError(f"vgg16 width = {width!r}: allowed: an integer >= 1 (64 is the reference)")
+    widths = [v if v == "M" else max(1, int(v) * width // 64) for v in VGG16_WIDTHS]
+
     def garipov_init(conv: nn.Conv2d) -> None:
         nn.init.normal_(conv.weight, 0.0, (2.0 / (9 * conv.out_channels)) ** 0.5)
         nn.init.zeros_(conv.bias)
 
-    layers, c, h, w = _conv_stack(in_shape, VGG16_WIDTHS, batch_norm, garipov_init)
+    layers, c, h, w = _conv_stack(in_shape, widths, batch_norm, garipov_init)
     layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Dropout(dropout),
                nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
     return nn.Sequential(*layers)

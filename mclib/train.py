@@ -153,8 +153,12 @@ def recipe_for(ctx_or_preset, arch: str | None = None, seed: int = 0, **changes)
     Chapters that use the same architecture and seed share one cached model.
     """
     p = getattr(ctx_or_preset, "preset", ctx_or_preset)
-    base = Recipe(arch=arch or p.arch, dataset=p.dataset, seed=seed, epochs=p.epochs,
-                  batch_size=p.batch_size, lr=p.lr, n_train=p.n_train, **recipe_defaults(p))
+    arch = arch or p.arch
+    # the preset's architecture arguments (recipe.toml's arch_kwargs: {} but at paper-smoke, whose narrower VGG-16
+    # keeps the paper's layers at test cost); a chapter's own arch_kwargs= replaces them
+    shape = dict(p.section("recipe").get("arch_kwargs", {}).get(arch, {}))
+    base = Recipe(arch=arch, dataset=p.dataset, seed=seed, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+                  n_train=p.n_train, **({"arch_kwargs": shape} if shape else {}), **recipe_defaults(p))
     return base.replace(**changes) if changes else base
 
 
