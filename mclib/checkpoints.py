@@ -236,7 +236,7 @@ def _load_valid(path: Path, recipe: Recipe, warn: bool = True) -> tuple[nn.Modul
         return load_checkpoint(path, recipe)
     except CheckpointInvalid as why:
         if warn:
-            warnings.warn(f"cached checkpoint {path.name} ignored and retrained: {why}", stacklevel=3)
+            warnings.warn(f"cached checkpoint {path.name} ignored and retrained: {why}", stacklevel=4)
         return None
 
 
@@ -291,7 +291,7 @@ def _writable_path(recipe: Recipe, path: Path | None, why: OSError | None, need:
         raise cls(f"cannot cache the model of {recipe.arch}/{recipe.dataset}: {where} is not writable "
                   f"({why}) and neither is {fallback_cache_dir()} ({err}); {fix}") from None
     warnings.warn(f"model cache {where} is not writable ({why}); caching {fallback.name} in {fallback.parent} "
-                  f"instead, which is temporary; {fix}", stacklevel=3)
+                  f"instead, which is temporary; {fix}", stacklevel=4)
     return fallback
 
 
@@ -335,7 +335,7 @@ def _save_elsewhere(recipe: Recipe, failed: Path, model: nn.Module, metrics: dic
         return False
     warnings.warn(f"could not write the checkpoint {failed} ({err.strerror or err}); cached it in {fallback} "
                   f"instead, which is temporary: free space there or pass a writable --cache-dir (cache_dir=...)",
-                  stacklevel=3)
+                  stacklevel=4)
     return True
 
 
@@ -347,7 +347,7 @@ def _keep_unsaved(recipe: Recipe, path: Path, model: nn.Module, metrics: dict, e
         _UNSAVED_WARNED.add(str(path))
         warnings.warn(f"could not write the checkpoint {path} ({err.strerror or err}); the trained model is kept "
                       f"in memory for this run only and will be trained again next run: free space there or "
-                      f"pass a writable --cache-dir (cache_dir=...)", stacklevel=3)
+                      f"pass a writable --cache-dir (cache_dir=...)", stacklevel=4)
 
 
 def cached(recipe: Recipe, make: Callable[[], tuple[nn.Module, dict]], cache_dir: str | os.PathLike | None = None,
