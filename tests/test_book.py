@@ -162,7 +162,10 @@ def test_ctrl_c_prints_one_line_and_exits_130(tiny_book, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "mclib.book", "build", "--preset", "smoke", "--no-html",
                              "--root", str(tiny_book)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            # a terminal's Ctrl-C reaches the build even when this runs in the background,
+                            # where a shell starts commands with SIGINT ignored (and Python keeps it so)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)

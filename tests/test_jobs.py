@@ -122,7 +122,10 @@ def test_ctrl_c_under_local_jobs_prints_one_line(tiny_book):  # noqa: F811
                   "time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-m", "mclib.book", "build", "--preset", "smoke", "--no-html", "--root",
                              str(tiny_book), "--executor", "local", "--jobs", "2"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # a terminal's Ctrl-C reaches the build even when this runs in the background,
+                            # where a shell starts commands with SIGINT ignored (and Python keeps it so)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 180
         while not all((build / f"started-{n}").exists() for n in ("good", "bad")):

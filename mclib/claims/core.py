@@ -257,7 +257,7 @@ def get(id: str) -> Claim:
 
 # --------------------------------------------------------------------------- records and provenance
 def claims_dir() -> Path:
-    """``<build>/claims``, created if missing (see :func:`mclib.config.build_dir`)."""
+    """``<build>/claims``, created if missing (see :func:`mclib.runtime.build_dir`)."""
     path = config.build_dir() / "claims"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -265,7 +265,7 @@ def claims_dir() -> Path:
 
 def source_hash(chapter: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> str:
     """sha256 (64 hex digits) over every mclib source and preset file and, when given and found, the chapter
-    notebook ``root / chapter`` (``root``: the checkout, :data:`mclib.config.REPO_ROOT`).
+    notebook ``root / chapter`` (``root``: the checkout, :data:`mclib.runtime.REPO_ROOT`).
 
     The one hash stored under ``source_hash``: the runner's run records and the claim records both carry it, so
     a run record and the claims its chapter wrote agree. Files are hashed by relative path and bytes (mclib's

@@ -163,7 +163,10 @@ def test_interrupted_build_leaves_no_job_and_resume_resubmits_only_what_is_missi
     cmd = [sys.executable, "-m", "mclib.book", "build", "--preset", "smoke", "--no-html", "--root", str(root), *SLURM,
            "--jobs", "1"]
     proc = subprocess.Popen(cmd, env={**os.environ, "MCLIB_TEST_SLEEP": "600"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C must reach the build even when the tests run in the background, where a
+                            # shell starts commands with SIGINT ignored (and Python keeps it so)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _until(lambda: "mclib-slow RUNNING" in _squeue(slurm_cluster), 180, proc)
         proc.send_signal(signal.SIGINT)  # Ctrl-C
