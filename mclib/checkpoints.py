@@ -89,7 +89,7 @@ def _checksum(record: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> s
 
 
 def checkpoint_path(recipe: Recipe, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where :func:`train` caches ``recipe``'s model: ``models/<arch>-<dataset>-<recipe key>-f<format>.pt``.
+    """Where :func:`mclib.train.train` caches ``recipe``'s model: ``models/<arch>-<dataset>-<recipe key>-f<format>.pt``.
 
     The checkpoint format (``CHECKPOINT_FORMAT``) is part of the name, so mclib versions that write
     different formats keep their checkpoints side by side in one shared cache instead of each discarding
@@ -140,7 +140,7 @@ def _payload(recipe: Recipe, model: nn.Module, metrics: Mapping[str, Any]) -> di
 def save_checkpoint(path: Path, recipe: Recipe, model: nn.Module, metrics: Mapping[str, Any]) -> None:
     """Write atomically: a temporary file in the same folder (umask respected), then ``os.replace``.
 
-    :func:`train` holds the checkpoint's lock around this; other callers that share a cache should too.
+    :func:`cached` holds the checkpoint's lock around this; other callers that share a cache should too.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _open_temp(path)
@@ -296,7 +296,7 @@ def _writable_path(recipe: Recipe, path: Path | None, why: OSError | None, need:
 
 
 #: Models trained in this process whose checkpoint could not be written (full disk): kept for the run, so a
-#: later :func:`train` of the same recipe returns them instead of training again. Keyed by checkpoint path,
+#: later :func:`mclib.train.train` of the same recipe returns them instead of training again. Keyed by checkpoint path,
 #: recipe and code hash; values are ``(state_dict, metrics)`` on the CPU.
 _UNSAVED: dict[tuple[str, str, str], tuple[dict[str, torch.Tensor], dict]] = {}
 

@@ -4,7 +4,7 @@ The layer both executors share: :mod:`mclib.book` (the build, sequential runs, t
 (chapters as local processes or Slurm jobs) call :func:`run_chapter`; neither imports the other's internals.
 A run sets the chapter's last results aside and restores them if it is interrupted, executes the notebook
 (:func:`execute`: a failing cell or a dead kernel is reported with the notebook and the cell), and writes the
-chapter's *run record* ``<build>/runs/<stem>.json`` (preset, seed, device, threads, :func:`mclib.claims.source_hash`,
+chapter's *run record* ``<build>/runs/<stem>.json`` (preset, seed, device, threads, :func:`mclib.claims.core.source_hash`,
 seconds, status) -- also when it fails.
 """
 from __future__ import annotations
