@@ -13,13 +13,15 @@ here (``config.get_device``, ``config.cache_dir`` ...).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -302,3 +304,91 @@ def current() -> Context | None:
     Claim records read the run's preset, seed and device from it (:func:`mclib.claims.core.record`).
     """
     return _CURRENT
+
+
+# --------------------------------------------------------------------------- typed chapter sizes
+def _check_type(where: str, key: str, value: Any, want: Any) -> Any:
+    """``value`` checked against the annotation ``want`` (``int``, ``float``, ``str``, ``bool``, ``tuple[T, ...]``,
+    ``dict`` / ``dict[str, T]``, ``Any``), naming ``where`` and ``key`` when it does not fit. A TOML list becomes a
+    tuple (sizes are frozen); an int is accepted where a float is (TOML writes ``2`` for ``2.0``)."""
+    origin, args = typing.get_origin(want), typing.get_args(want)
+    if want is Any:
+        return value
+    if want is bool or want is str:
+        ok = isinstance(value, want)
+    elif want is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif want is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where} {key} = {value!r}: allowed: a list ({_type_words(want)})")
+        return tuple(_check_type(where, f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    elif want is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{where} {key} = {value!r}: allowed: a table ({_type_words(want)})")
+        if args:
+            for k, v in value.items():
+                _check_type(where, f"{key}.{k}", v, args[1])
+        return value
+    else:
+        raise TypeError(f"{where} {key}: the Sizes field's type {want!r} is not one a preset can hold")
+    if not ok:
+        raise TypeError(f"{where} {key} = {value!r}: allowed: {_type_words(want)}")
+    return value
+
+
+def _type_words(want: Any) -> str:
+    """An annotation in words for error messages: ``tuple[int, ...]`` -> "a list of int"."""
+    origin, args = typing.get_origin(want), typing.get_args(want)
+    if origin is tuple:
+        return f"a list of {_type_words(args[0])}"
+    if want is dict or origin is dict:
+        return "a table" + (f" of {_type_words(args[1])}" if args else "")
+    return {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}.get(want, repr(want))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Base of a chapter's typed sizes: one frozen dataclass per chapter, defined in its study module.
+
+    A subclass names its preset file in ``FILE`` (``"paths"`` reads ``mclib/presets/paths.toml``) and declares one
+    field per key of that file's tables, with its type; :meth:`read` returns the sizes of a run's preset::
+
+        @dataclass(frozen=True)
+        class Sizes(config.Sizes):
+            FILE: ClassVar[str] = "paths"
+            n_pairs: int
+            ...
+
+        S = pairs.Sizes.read(ctx)    # then S.n_pairs
+
+    The table's keys and the fields must match exactly and every value must have its field's type: a missing or
+    unknown key, or a value of another type, is an error naming the file, the preset and the key. Lists become
+    tuples. Several chapters may share one preset file, and then one Sizes class."""
+
+    FILE: ClassVar[str] = ""
+
+    @classmethod
+    def read(cls, ctx: "Context | Preset | str"):
+        """The sizes of ``ctx``'s preset (a :class:`Context`, a :class:`Preset` or a preset name) from
+        ``mclib/presets/<FILE>.toml``, checked against the fields (see the class docstring)."""
+        name = ctx.preset.name if isinstance(ctx, Context) else ctx.name if isinstance(ctx, Preset) else ctx
+        check_preset(name)
+        if not cls.FILE:
+            raise TypeError(f"{cls.__qualname__} sets no FILE: name the preset file it reads (FILE = 'paths')")
+        path = _PRESET_DIR / f"{cls.FILE}.toml"
+        return cls.from_table(_read_table(path, name), where=f"{path}: [{name}]")
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str = "sizes"):
+        """The sizes from one preset table (``where`` names it in errors): keys and fields must match exactly."""
+        hints = typing.get_type_hints(cls)
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown, missing = sorted(set(table) - set(fields)), sorted(set(fields) - set(table))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}: {cls.__module__}.{cls.__qualname__} has no such "
+                             f"field; its fields are {fields}")
+        if missing:
+            raise ValueError(f"{where}: lacks the key(s) {missing} that {cls.__module__}.{cls.__qualname__} needs")
+        return cls(**{f: _check_type(where, f, table[f], hints[f]) for f in fields})

@@ -470,6 +470,33 @@ def contingency(bmus: torch.Tensor, labels: torch.Tensor, n_units: int, n_classe
     return torch.bincount(bmus * n_classes + labels, minlength=n_units * n_classes).view(n_units, n_classes).double()
 
 
+def _information(n: torch.Tensor) -> tuple[float, float, float]:
+    """From counts ``n(k, c)``: ``H(Y)``, ``H(Y|K)`` and ``I(K; Y) = H(Y) - H(Y|K)``, in bits."""
+    N, pk, py = n.sum(), n.sum(1), n.sum(0)
+    h_y = float(_entropy(py))
+    h_y_given_k = float((pk / N * _entropy(n, 1)).sum())
+    return h_y, h_y_given_k, h_y - h_y_given_k
+
+
+def _purity(n: torch.Tensor) -> float:
+    """From counts ``n(k, c)``: ``sum_k max_c n(k, c) / N``."""
+    return float(n.max(1).values.sum() / n.sum())
+
+
+def purity(bmus, labels) -> float:
+    """``sum_k max_c n(k, c) / N``: the share of inputs whose BMU's majority class is their own (as in
+    :func:`code_metrics`, for BMUs of any map: the units are ``0 .. max(bmus)``)."""
+    b, y = torch.as_tensor(bmus).long(), torch.as_tensor(labels).long()
+    return _purity(contingency(b, y, int(b.max()) + 1))
+
+
+def nmi(bmus, labels) -> float:
+    """``I(K; Y) / H(Y)`` of BMU and label, in bits (0 when the labels are constant), as in :func:`code_metrics`."""
+    b, y = torch.as_tensor(bmus).long(), torch.as_tensor(labels).long()
+    h_y, _, mi = _information(contingency(b, y, int(b.max()) + 1))
+    return mi / h_y if h_y > 0 else 0.0
+
+
 def code_metrics(bmus: torch.Tensor, labels: torch.Tensor, grid: torch.Tensor, n_classes: int | None = None) -> dict[str, float]:
     """How inputs spread over a SOM's units, and how much the units say about the label.
 
@@ -487,9 +514,7 @@ def code_metrics(bmus: torch.Tensor, labels: torch.Tensor, grid: torch.Tensor, n
     n = contingency(bmus, labels, len(grid), n_classes)
     N = n.sum()
     pk, py = n.sum(1), n.sum(0)
-    h_y = float(_entropy(py))
-    h_y_given_k = float((pk / N * _entropy(n, 1)).sum())
-    mi = h_y - h_y_given_k
+    h_y, h_y_given_k, mi = _information(n)
     labels = torch.as_tensor(labels).long()
     pos = grid[torch.as_tensor(bmus).long()]
     centroid = (n.T @ grid) / py.clamp_min(1)[:, None]  # (classes, 2)
@@ -500,7 +525,7 @@ def code_metrics(bmus: torch.Tensor, labels: torch.Tensor, grid: torch.Tensor, n
         "units_used": used,
         "bmu_entropy": h_k,
         "bmu_entropy_norm": h_k / math.log2(len(grid)) if len(grid) > 1 else 0.0,
-        "purity": float(n.max(1).values.sum() / N),
+        "purity": _purity(n),
         "mi": mi,
         "nmi": mi / h_y if h_y > 0 else 0.0,
         "label_entropy_at_bmu": h_y_given_k,

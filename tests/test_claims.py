@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from mclib import claims, config
+from mclib import claims, config, som
+from mclib.studies import codes, detection, evolution
 from mclib.claims import Verdict, combine, compare_interval
 
 
@@ -246,15 +247,15 @@ def test_a7_is_judged_on_the_gap_above_the_endpoints():
 
     # two probes, 30 pairs: the line max falls tenfold with the endpoints, the gap above them stays put
     gap_flat = np.full((2, 30), 0.5) + np.random.default_rng(0).normal(0, 0.01, (2, 30))
-    ev = paper_a.gap_evolution_evidence(gap_flat, tolerance=0.01, n_boot=200)
+    ev = evolution.gap_evolution_evidence(gap_flat, tolerance=0.01, n_boot=200)
     assert verdict("A7", ev).status == "fails"
     gap_rising = np.stack([np.full(30, 0.1), np.full(30, 0.5)]) + np.random.default_rng(1).normal(0, 0.01, (2, 30))
-    assert verdict("A7", paper_a.gap_evolution_evidence(gap_rising, 0.01, n_boot=200)).status == "holds"
+    assert verdict("A7", evolution.gap_evolution_evidence(gap_rising, 0.01, n_boot=200)).status == "holds"
     # no barrier at any probe: every median floors at the tolerance, ratio 1
-    assert paper_a.gap_change_statistic(np.zeros((3, 5)), 0.01) == 1.0
+    assert evolution.gap_change_statistic(np.zeros((3, 5)), 0.01) == 1.0
     assert verdict("A7", {"gap_change": iv(1.5, 2.5), "tolerance": 0.01}).status == "inconclusive"
     with pytest.raises(ValueError, match="probes"):
-        paper_a.gap_evolution_evidence(np.ones((1, 4)), 0.01)
+        evolution.gap_evolution_evidence(np.ones((1, 4)), 0.01)
 
 
 def test_a8_ratio_of_medians_over_inputs():
@@ -262,15 +263,15 @@ def test_a8_ratio_of_medians_over_inputs():
 
     rng = np.random.default_rng(0)
     clean = rng.uniform(0.9, 1.1, (50, 4))
-    ev = {"FGSM": paper_a.barrier_ratio_evidence(clean, 3 * clean, n_boot=200),
-          "PGD": paper_a.barrier_ratio_evidence(clean, 2.5 * clean, n_boot=200)}
+    ev = {"FGSM": detection.barrier_ratio_evidence(clean, 3 * clean, n_boot=200),
+          "PGD": detection.barrier_ratio_evidence(clean, 2.5 * clean, n_boot=200)}
     assert ev["FGSM"]["ratio"]["estimate"] == pytest.approx(3.0, rel=1e-6)
     assert verdict("A8", {"attacks": ev}).status == "holds"
-    ev["PGD"] = paper_a.barrier_ratio_evidence(clean, 1.2 * clean, n_boot=200)
+    ev["PGD"] = detection.barrier_ratio_evidence(clean, 1.2 * clean, n_boot=200)
     assert verdict("A8", {"attacks": ev}).status == "fails"
     ev["PGD"] = {"ratio": iv(1.8, 2.3)}
     assert verdict("A8", {"attacks": ev}).status == "inconclusive"
-    ev["PGD"] = paper_a.barrier_ratio_evidence(clean, np.zeros((0, 4)))
+    ev["PGD"] = detection.barrier_ratio_evidence(clean, np.zeros((0, 4)))
     assert verdict("A8", {"attacks": ev}).status == "inconclusive"
 
 
@@ -323,36 +324,53 @@ def test_a10_pc_and_the_rise_of_tau():
 
 
 def test_path_evidence_from_a_study():
-    """path_evidence reads a PairStudy: fractions over all pairs and over barrier pairs, medians with intervals."""
+    """PairStudy.evidence: fractions over all pairs and over barrier pairs, medians with intervals."""
     import torch
-    from types import SimpleNamespace as NS
     from mclib.claims import paper_a
+    from types import SimpleNamespace as NS
+    from mclib.studies import pairs
 
     gap = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.0])
     bar = NS(gap=gap, max=gap + 1)
     bypass = NS(barriers=[NS(gap=torch.tensor([0.5, 0.2])), NS(gap=torch.tensor([0.0, 0.3])), NS(gap=torch.tensor([0.0, 0.0]))],
                 connected=torch.tensor([True, True]), bends=torch.tensor([1, 2]), rounds=torch.tensor([1, 2]),
                 bent_first=torch.tensor([True, True]), shift=lambda: torch.tensor([0.02, 0.04]))
-    st = NS(line_barrier=bar, tolerance=0.01, bypass=bypass, endpoint_loss=torch.zeros(5))
-    ev = paper_a.path_evidence(st, mode_loss=torch.tensor([1e-4, 1e-3]), n_boot=100)
+    st = pairs.PairStudy(line=torch.zeros(5, 3), line_barrier=bar, line_has_barrier=gap > 0.01, bypass=bypass,
+                         tolerance=0.01, endpoint_loss=torch.zeros(5))
+    ev = st.evidence(mode_loss=torch.tensor([1e-4, 1e-3]), n_boot=100)
     assert ev["pairs"] == 5 and ev["barrier_pairs"] == 2 and ev["barrier_fraction"]["estimate"] == 0.4
     assert ev["free_after_1"]["estimate"] == 0.5 and ev["connected"]["estimate"] == 1.0
     assert ev["connected_all"]["estimate"] == 1.0 and ev["shift_median"]["estimate"] == pytest.approx(3.0)
     assert ev["mode_fraction"]["estimate"] == 0.5 and ev["rounds_max"] == 2
+    # one definition of a mode: the evidence's, the judge's and FVO's stopping rule agree
+    import inspect
+    from mclib import synth
+    assert pairs.MODE_CE == paper_a.MODE_CE == inspect.signature(synth.fvo).parameters["threshold"].default
+    # the chapter's table shows the same point estimates as the evidence the judges read
+    table = st.summary()
+    assert table["free after 1 bend"] == ev["free_after_1"]["estimate"] and table["bends (median)"] == 1.5
+    assert table["max|B'-B| % (median)"] == pytest.approx(ev["shift_median"]["estimate"])
 
 
 # B
-def test_purity_and_nmi_match_som_code_metrics():
+def test_purity_and_nmi_match_code_metrics_and_an_independent_reference():
+    """The B1/B2 evidence reads som.purity and som.nmi: they agree with som.code_metrics and with scikit-learn's
+    contingency table and mutual information (nats, divided by scipy's label entropy)."""
     import torch
-    from mclib import som
-    from mclib.claims import paper_b
+    from scipy.stats import entropy
+    from sklearn.metrics import mutual_info_score
+    from sklearn.metrics.cluster import contingency_matrix
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 300)
     bmus = (labels * 2 + rng.integers(0, 3, 300)) % 9
     ref = som.code_metrics(torch.tensor(bmus), torch.tensor(labels), torch.zeros(9, 2))
-    assert paper_b.purity(bmus, labels) == pytest.approx(ref["purity"], abs=1e-12)
-    assert paper_b.nmi(bmus, labels) == pytest.approx(ref["nmi"], abs=1e-9)
+    assert som.purity(bmus, labels) == pytest.approx(ref["purity"], abs=1e-12)
+    assert som.nmi(bmus, labels) == pytest.approx(ref["nmi"], abs=1e-12)
+    table = contingency_matrix(bmus, labels)
+    assert som.purity(bmus, labels) == pytest.approx(table.max(1).sum() / 300, abs=1e-12)
+    assert som.nmi(bmus, labels) == pytest.approx(
+        mutual_info_score(labels, bmus) / entropy(np.bincount(labels)), abs=1e-9)
 
 
 def test_b1_b2_from_codes():
@@ -362,9 +380,9 @@ def test_b1_b2_from_codes():
     labels = rng.integers(0, 10, 400)
     shallow = rng.integers(0, 3, 400)  # 3 units shared by all classes: homogeneous
     deep = labels.copy()               # one unit per class: diverse
-    ev = {"m": paper_b.code_evidence(shallow, deep, labels, n_boot=200)}
+    ev = {"m": codes.code_evidence(shallow, deep, labels, n_boot=200)}
     assert verdict("B1", {"models": ev}).status == "holds" and verdict("B2", {"models": ev}).status == "holds"
-    ev = {"m": paper_b.code_evidence(deep, deep, labels, n_boot=200)}  # already pure at the first layer
+    ev = {"m": codes.code_evidence(deep, deep, labels, n_boot=200)}  # already pure at the first layer
     assert verdict("B1", {"models": ev}).status == "fails" and verdict("B2", {"models": ev}).status == "fails"
     assert verdict("B1", {"models": {"m": {"purity_first": iv(0.45, 0.55)}}}).status == "inconclusive"
     assert verdict("B2", {"models": {"m": {"purity_gain": iv(0.15, 0.25), "nmi_gain": iv(0.1, 0.2)}}}).status == "inconclusive"
@@ -409,9 +427,9 @@ def test_purity_from_majority_hits_and_its_interval_covers_the_estimate():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 10, 128)
     bmus = rng.integers(0, 16, 128)
-    hits = paper_b.majority_hits(bmus, labels)
-    assert hits.mean() == pytest.approx(paper_b.purity(bmus, labels))
-    ev = paper_b.code_evidence(bmus, labels, labels, n_boot=300)
+    hits = codes.majority_hits(bmus, labels)
+    assert hits.mean() == pytest.approx(som.purity(bmus, labels))
+    ev = codes.code_evidence(bmus, labels, labels, n_boot=300)
     for key in ("purity_first", "purity_gain"):  # means of per-input indicators: no resampling bias
         assert ev[key]["lo"] <= ev[key]["estimate"] <= ev[key]["hi"], key
     # plug-in NMI of small samples is biased upward, and more so in resamples (duplicates): the basic interval
@@ -459,7 +477,7 @@ def test_report_cells_fold_long_text_at_a_clause_never_inside_an_interval():
 def test_a8_ratio_to_a_real_real_barrier_below_resolution_is_inconclusive_not_divided():
     from mclib.claims import paper_a
 
-    ev = paper_a.barrier_ratio_evidence(np.full((20, 4), 2.8e-5), np.full((20, 4), 0.5), n_boot=50)
+    ev = detection.barrier_ratio_evidence(np.full((20, 4), 2.8e-5), np.full((20, 4), 0.5), n_boot=50)
     assert ev["ratio"] is None and ev["below_resolution"] > 2.8e-5
     verdict = claims.CATALOGUE["A8"].verdict({"attacks": {"PGD": ev}})
     assert verdict.status == "inconclusive" and "below the inference engine's resolution" in verdict.reason

@@ -120,3 +120,80 @@ def test_preset_section_reads_through_the_checks(tmp_path, monkeypatch):
     _preset_file(tmp_path, "paths.toml", _three(CHAPTER).replace("[quick]\nn_pairs = 20", "[quick]\nn_pairs = -20"))
     with pytest.raises(ValueError, match=r"paths.toml: \[quick\] n_pairs = -20"):
         config.get_preset("quick").section("paths")
+
+
+# --------------------------------------------------------------------------- typed chapter sizes
+from dataclasses import dataclass  # noqa: E402
+from typing import Any, ClassVar  # noqa: E402
+
+
+@dataclass(frozen=True)
+class _Toy(config.Sizes):
+    FILE: ClassVar[str] = "toy"
+    n: int
+    rate: float
+    arch: str
+    seeds: tuple[int, ...]
+    extra: dict[str, Any]
+
+
+_TOY = {"n": 3, "rate": 1, "arch": "cnn", "seeds": [0, 1], "extra": {"a": 1}}
+
+
+def test_sizes_from_a_table_are_typed_and_frozen():
+    s = _Toy.from_table(_TOY)
+    assert s.n == 3 and s.rate == 1 and s.arch == "cnn" and s.seeds == (0, 1) and s.extra == {"a": 1}
+    with pytest.raises(AttributeError):
+        s.n = 4   # frozen
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"typo": 1}, r"where: unknown key\(s\) \['typo'\].*_Toy has no such field"),
+    ({"n": None}, r"where: lacks the key\(s\) \['n'\]"),
+    ({"n": 2.5}, r"where n = 2.5: allowed: an integer"),
+    ({"n": True}, r"where n = True: allowed: an integer"),
+    ({"rate": "fast"}, r"where rate = 'fast': allowed: a number"),
+    ({"arch": 3}, r"where arch = 3: allowed: a string"),
+    ({"seeds": 0}, r"where seeds = 0: allowed: a list \(a list of an integer\)"),
+    ({"seeds": [0, "1"]}, r"where seeds\[1\] = '1': allowed: an integer"),
+    ({"extra": [1]}, r"where extra = \[1\]: allowed: a table"),
+])
+def test_sizes_name_the_key_and_what_is_wrong(change, message):
+    table = {k: v for k, v in {**_TOY, **change}.items() if v is not None}
+    with pytest.raises((ValueError, TypeError), match=message):
+        _Toy.from_table(table, where="where")
+
+
+def test_sizes_read_names_the_file_and_preset(tmp_path, monkeypatch):
+    body = "".join(f"[{p}]\nn = 2\nrate = 0.5\narch = 'cnn'\nseeds = [0]\nextra = {{}}\nmore = 1\n"
+                   for p in config.PRESET_NAMES)
+    (tmp_path / "toy.toml").write_text(body)
+    monkeypatch.setattr(config, "_PRESET_DIR", tmp_path)
+    with pytest.raises(ValueError, match=r"toy.toml: \[quick\]: unknown key\(s\) \['more'\]"):
+        _Toy.read("quick")
+    (tmp_path / "toy.toml").write_text(body.replace("more = 1\n", ""))
+    assert _Toy.read("quick").rate == 0.5
+
+
+def _chapter_sizes():
+    from mclib.studies import codes, detection, evolution, pairs, percolation, untrained
+    return [pairs.Sizes, detection.Sizes, codes.Sizes, untrained.Sizes, evolution.Sizes, percolation.Sizes]
+
+
+@pytest.mark.parametrize("preset", [*config.PRESET_NAMES, *config.DERIVED_PRESETS])
+def test_every_chapter_sizes_reads_every_preset(preset):
+    """Each study's Sizes matches its preset file exactly (keys and types) under every preset, read from a preset
+    name, a Preset or a Context alike."""
+    for cls in _chapter_sizes():
+        s = cls.read(preset)
+        assert s == cls.read(config.get_preset(preset))
+        assert set(vars(s)) == set(config.check_preset_file(config._PRESET_DIR / f"{cls.FILE}.toml")["smoke"])
+
+
+def test_sizes_read_from_a_context_and_refuse_an_unknown_preset():
+    from mclib.studies import pairs
+    ctx = config.setup("smoke", "cpu", style=False)
+    assert pairs.Sizes.read(ctx) == pairs.Sizes.read("smoke")
+    assert pairs.Sizes.read(ctx).n_pairs == ctx.section("paths")["n_pairs"]
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        pairs.Sizes.read("fast")

@@ -63,7 +63,7 @@ def test_constant_model_pairs_study_and_judges_are_inconclusive():
     st = pairs.study_pairs(net, X[s.i], X[s.j], s.target, num_points=8, tolerance=0.01, iterations=4, max_rounds=1,
                            progress=False)
     assert st.bypass is None
-    ev = paper_a.path_evidence(st, n_boot=50, seed=0)
+    ev = st.evidence(n_boot=50, seed=0)
     assert ev["barrier_pairs"] == 0
     acc = train.evaluate(net, X, y)["acc"]
     runs = {"cnn seed 0": {**ev, "test_acc": acc, "n_test": len(X)}}

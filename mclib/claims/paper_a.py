@@ -1,6 +1,9 @@
-"""Claims of Vrabel et al. (ICLR 2025), A1..A10: the criteria, and the evidence helpers that turn the
-library's results (:class:`mclib.studies.pairs.PairStudy`, barrier features, percolation estimates) into the
-JSON-plain values the criteria read.
+"""Claims of Vrabel et al. (ICLR 2025), A1..A10: the thresholds and the verdict logic, nothing else.
+
+The evidence each judge reads comes from one method or function of the claim's study: A1-A5
+:meth:`mclib.studies.pairs.PairStudy.evidence`, A6 :func:`mclib.studies.untrained.evidence`, A7
+:func:`mclib.studies.evolution.evidence`, A8 :func:`mclib.studies.detection.barrier_ratio_evidence`, A9
+:func:`mclib.studies.detection.setting_evidence`, A10 :func:`mclib.studies.percolation.evidence`.
 
 Every criterion is judged on intervals: fractions carry Wilson intervals, medians and ratios percentile
 bootstrap intervals over pairs or inputs (:mod:`mclib.stats`). A run is one model (and training seed);
@@ -12,10 +15,6 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-import numpy as np
-
-from mclib import stats
-from mclib.detect import BARRIER_RESOLUTION
 from mclib.claims.core import (Claim, Verdict, combine, compare_interval, fails, fmt, holds, inconclusive,
                                judge_interval, map_sentence, required)
 from mclib.claims.guards import recorded_at_chance
@@ -27,102 +26,14 @@ CONNECTED_MIN = 0.9              # "connected": at least 90% of pairs end on a b
 FREE_AFTER_ONE_MIN = 0.9         # A2: at least 90% of barrier pairs are barrier-free after one bend
 SHIFT_MAX_PERCENT = 5.0          # A2: median max|B'-B| at most 5% of the max pixel (paper: 1-5%)
 BENDS_MAX = 2                    # A3: median number of bends at most 2 ("simple, near-linear")
-MODE_CE = 5e-4                   # A5: an FVO input is a mode at CE < 5e-4 (the paper's stopping rule)
+MODE_CE = 5e-4                   # A5: an FVO input is a mode at CE < 5e-4 (the paper's stopping rule; the
+                                 # evidence counts them at mclib.studies.pairs.MODE_CE, a test keeps the two equal)
 A7_MIN_CHANGE = 2.0              # A7: the median barrier gap changes by at least a factor of 2
 A8_MIN_RATIO = 2.0               # A8: real-adversarial median barrier max at least twice the real-real one
 A9_MIN_AUROC = 0.9               # A9: single-threshold AUROC at least 0.9 (paper about 0.94)
 A9_MIN_PATH_GAIN = 0.01          # A9 map: the path features add information when they raise the AUROC by >= 0.01
 A10_MAX_REL_WIDTH = 0.25         # A10: a p_c estimate whose 2-sigma half-width exceeds 25% of p_c cannot discriminate
 Z95 = 1.959963984540054
-
-
-def _iv(interval) -> dict | None:
-    """An :class:`mclib.stats.Interval` as the dict the records store (None stays None)."""
-    return None if interval is None else dict(interval._asdict())
-
-
-# --------------------------------------------------------------------------- evidence helpers
-def path_evidence(study, mode_loss=None, n_boot: int = 2000, seed: int = 0,
-                  barrier_fraction: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Per-pair evidence of one :class:`mclib.studies.pairs.PairStudy` (claims A1-A5), with intervals.
-
-    Over all P pairs: ``barrier_fraction`` (gap above the tolerance; Wilson interval) and
-    ``connected_all`` (pairs whose straight line has no barrier, or whose bypass path ends barrier-free).
-    Over the pairs with a barrier: ``free_after_1`` (gap at most the tolerance after one bend),
-    ``connected`` (barrier-free after at most max_rounds rounds), ``bends_median`` (bootstrap interval of
-    the median number of bends), ``shift_median`` (bootstrap interval of the median ``max|B'-B|`` in % of
-    the max pixel of ``B``). ``mode_loss`` (optional, the endpoints' CE) adds ``mode_fraction``: endpoints
-    with CE below ``MODE_CE``. None where there is nothing to measure (no barrier pair). ``barrier_fraction``
-    (an interval dict) replaces the Wilson interval of the pairs' barrier share: A1 passes its sequential
-    sample's (:meth:`mclib.studies.pairs.BarrierSample.measured`), whose error is controlled over its looks.
-    """
-    has = np.asarray(study.line_barrier.gap > study.tolerance)
-    gap = np.asarray(study.line_barrier.gap, dtype=float)
-    out: dict[str, Any] = {
-        "pairs": int(len(has)), "barrier_pairs": int(has.sum()), "tolerance": float(study.tolerance),
-        "barrier_fraction": dict(barrier_fraction) if barrier_fraction is not None else _iv(stats.fraction_ci(has)),
-        "gap_median": float(np.median(gap)), "gap_max": float(gap.max()),
-        "max_median": float(np.median(np.asarray(study.line_barrier.max, dtype=float))),
-        "endpoint_loss_median": float(np.median(np.asarray(study.endpoint_loss, dtype=float))),
-        "free_after_1": None, "connected": None, "bends_median": None, "shift_median": None, "shift_max": None,
-        "rounds_max": 0, "final_gap_median": None,
-    }
-    connected_all = ~has
-    r = study.bypass
-    if r is not None and has.any():
-        g1 = np.asarray((r.barriers[1] if len(r.barriers) > 1 else r.barriers[0]).gap, dtype=float)
-        conn = np.asarray(r.connected, dtype=bool)
-        bends = np.asarray(r.bends, dtype=float)
-        shift = 100 * np.asarray(r.shift(), dtype=float)[np.asarray(r.bent_first, dtype=bool)]
-        connected_all = connected_all.copy()
-        connected_all[np.flatnonzero(has)] = conn
-        out.update({
-            "free_after_1": _iv(stats.fraction_ci(g1 <= study.tolerance)),
-            "connected": _iv(stats.fraction_ci(conn)),
-            "bends_median": _iv(stats.bootstrap_ci(bends, np.median, n_boot, seed)),
-            "shift_median": _iv(stats.bootstrap_ci(shift, np.median, n_boot, seed)) if shift.size else None,
-            "shift_max": float(shift.max()) if shift.size else None,
-            "rounds_max": int(np.asarray(r.rounds).max()),
-            "final_gap_median": float(np.median(np.asarray(r.barriers[-1].gap, dtype=float))),
-        })
-    out["connected_all"] = _iv(stats.fraction_ci(connected_all))
-    if mode_loss is not None:
-        out["mode_fraction"] = _iv(stats.fraction_ci(np.asarray(mode_loss, dtype=float).reshape(-1) < MODE_CE))
-    return out
-
-
-def gap_change_statistic(gap: np.ndarray, tolerance: float) -> float:
-    """A7's statistic on a (probes, pairs) array of barrier gaps: the largest over the smallest per-probe median gap,
-    each floored at ``tolerance`` (a gap at or below it is "no barrier", so no-barrier probes count as equal)."""
-    med = np.maximum(np.median(np.asarray(gap, dtype=float), axis=1), tolerance)
-    return float(med.max() / med.min())
-
-
-def gap_evolution_evidence(gap, tolerance: float, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """A7: :func:`gap_change_statistic` with a bootstrap interval over pairs (columns resampled together)."""
-    g = np.asarray(gap, dtype=float)
-    if g.ndim != 2 or g.shape[0] < 2:
-        raise ValueError(f"gap must be (probes >= 2, pairs), got shape {g.shape}")
-    iv = stats.bootstrap_ci(g.T, lambda cols: gap_change_statistic(cols.T, tolerance), n_boot, seed)
-    return {"gap_change": _iv(iv), "tolerance": float(tolerance), "pairs": int(g.shape[1]), "probes": int(g.shape[0]),
-            "gap_median_per_probe": np.median(g, axis=1).tolist()}
-
-
-def barrier_ratio_evidence(clean_pairs, adv_pairs, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """A8: median real-adversarial over median real-real barrier, bootstrap over inputs.
-
-    ``clean_pairs`` (N, K) and ``adv_pairs`` (M, K): the barrier of each input with its K references; inputs
-    (rows) are resampled, each group separately, and the medians are over all pairs of the resample.
-    """
-    a, c = np.asarray(adv_pairs, dtype=float), np.asarray(clean_pairs, dtype=float)
-    if len(a) == 0 or len(c) == 0:
-        return {"ratio": None, "real_real": None, "real_adversarial": None, "inputs": [len(c), len(a)]}
-    if np.median(c) < BARRIER_RESOLUTION:  # a ratio to a number below the arithmetic's resolution is noise
-        return {"ratio": None, "real_real": float(np.median(c)), "real_adversarial": float(np.median(a)),
-                "inputs": [len(c), len(a)], "below_resolution": float(BARRIER_RESOLUTION)}
-    iv = stats.two_sample_ci(a, c, lambda p, q: float(np.median(p) / np.median(q)), n_boot, seed)
-    return {"ratio": _iv(iv), "real_real": float(np.median(c)), "real_adversarial": float(np.median(a)),
-            "inputs": [len(c), len(a)]}
 
 
 # --------------------------------------------------------------------------- judges

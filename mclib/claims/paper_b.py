@@ -1,17 +1,14 @@
-"""Claims of Lee & Vijayan (arXiv 2205.10952), B1..B3: the criteria and the evidence helpers.
+"""Claims of Lee & Vijayan (arXiv 2205.10952), B1..B3: the thresholds and the verdict logic, nothing else.
 
-An input's internal code at a layer is its best-matching unit (BMU) on that layer's SOM. Purity and
-normalised mutual information (NMI) of BMU and label are those of :func:`mclib.som.code_metrics`; their
-intervals here are percentile bootstraps over inputs with the fitted SOMs held fixed (the uncertainty of
-reading codes from a finite sample, not of fitting the SOM).
+An input's internal code at a layer is its best-matching unit (BMU) on that layer's SOM. The evidence the judges
+read comes from the codes study: B1 and B2 :func:`mclib.studies.codes.code_evidence` (purity and NMI of
+:mod:`mclib.som`, bootstrapped over inputs with the fitted SOMs held fixed), B3
+:func:`mclib.studies.codes.one_at_a_time`'s condition map and its base setting.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
-
-from mclib import stats
 from mclib.claims.core import Claim, Verdict, combine, judge_interval, map_sentence
 from mclib.claims.guards import recorded_at_chance
 
@@ -20,66 +17,6 @@ CHAPTER = "notebooks/b_internal_codes.ipynb"
 B1_MAX_PURITY = 0.5      # shallow codes are homogeneous: under half of the inputs share their BMU's majority class
 B2_MIN_PURITY_GAIN = 0.2  # deep codes: purity rises by at least 0.2 from the shallowest layer to the logits
 B2_MIN_NMI_GAIN = 0.0     # ... and NMI(BMU; label) rises
-
-
-def _joint(bmus: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Contingency counts n(k, c) of BMU k and label c."""
-    _, k = np.unique(bmus, return_inverse=True)
-    _, c = np.unique(labels, return_inverse=True)
-    n = np.zeros((k.max() + 1, c.max() + 1))
-    np.add.at(n, (k, c), 1)
-    return n
-
-
-def purity(bmus, labels) -> float:
-    """``sum_k max_c n(k, c) / N``: the share of inputs whose BMU's majority class is their own."""
-    n = _joint(np.asarray(bmus), np.asarray(labels))
-    return float(n.max(1).sum() / n.sum())
-
-
-def nmi(bmus, labels) -> float:
-    """``I(K; Y) / H(Y)`` in bits (0 when the labels are constant)."""
-    n = _joint(np.asarray(bmus), np.asarray(labels))
-    p = n / n.sum()
-    pk, py = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
-    nz = p > 0
-    mi = float((p[nz] * np.log2(p[nz] / (pk @ py)[nz])).sum())
-    hy = float(-(py[py > 0] * np.log2(py[py > 0])).sum())
-    return mi / hy if hy > 0 else 0.0
-
-
-def majority_hits(bmus, labels) -> np.ndarray:
-    """Per input, 1 when its label is the majority class of its BMU (majorities from the whole sample), else 0.
-
-    Their mean is :func:`purity`; as a mean of per-input indicators it can be bootstrapped without the upward
-    bias that recomputing the majorities inside every resample would add.
-    """
-    b, y = np.asarray(bmus), np.asarray(labels)
-    units, k = np.unique(b, return_inverse=True)
-    classes, c = np.unique(y, return_inverse=True)
-    n = np.zeros((len(units), len(classes)))
-    np.add.at(n, (k, c), 1)
-    return (c == n.argmax(1)[k]).astype(float)
-
-
-def code_evidence(bmus_first, bmus_last, labels, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """B1/B2 evidence of one model, with bootstrap intervals over inputs (rows resampled together).
-
-    ``purity_first`` and ``purity_gain`` are means of per-input :func:`majority_hits` (percentile intervals);
-    ``nmi_gain`` = NMI(last) - NMI(first) recomputed in each resample, with the basic (reverse-percentile)
-    interval because plug-in mutual information is biased upward under resampling.
-    """
-    first, last = majority_hits(bmus_first, labels), majority_hits(bmus_last, labels)
-    rows = np.stack([np.asarray(bmus_first), np.asarray(bmus_last), np.asarray(labels)], axis=1)
-    return {
-        "inputs": int(len(rows)),
-        "purity_first": dict(stats.bootstrap_ci(first, np.mean, n_boot, seed)._asdict()),
-        "purity_gain": dict(stats.bootstrap_ci(last - first, np.mean, n_boot, seed)._asdict()),
-        "nmi_gain": dict(stats.bootstrap_ci(rows, lambda r: nmi(r[:, 1], r[:, 2]) - nmi(r[:, 0], r[:, 2]), n_boot,
-                                            seed, method="basic")._asdict()),
-        "nmi_first": nmi(rows[:, 0], rows[:, 2]), "nmi_last": nmi(rows[:, 1], rows[:, 2]),
-        "purity_last": float(last.mean()),
-    }
 
 
 def judge_b1(values: Mapping[str, Any]) -> Verdict:

@@ -18,19 +18,87 @@ code metrics), :func:`mclib.attacks.evasion.pgd` and :mod:`mclib.stats`:
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mclib import sequential, som, stats
+from mclib import config, sequential, som, stats
 from mclib.attacks import pgd
 from mclib.torchutil import device_of, eval_mode
 
-__all__ = ["minimal_eps", "bmu_change", "PROTOCOL_KEYS", "shallow_layers", "fit_protocol", "one_at_a_time",
+__all__ = ["Sizes", "majority_hits", "code_evidence", "minimal_eps", "bmu_change", "PROTOCOL_KEYS", "shallow_layers", "fit_protocol", "one_at_a_time",
            "homogeneity", "condition_map", "sequential_inputs", "summarise_conditions", "plot_conditions"]
+
+
+@dataclass(frozen=True)
+class Sizes(config.Sizes):
+    """The sizes of the internal-codes chapter (``b_internal_codes``) from ``mclib/presets/som.toml``; the file's
+    comments say what each one is (``b3_*``: B3's condition map; ``protocols``: :func:`fit_protocol` mappings)."""
+
+    FILE: ClassVar[str] = "som"
+    archs: tuple[str, ...]
+    recipe_changes: dict[str, Any]
+    n_codes: int
+    som_rows: int
+    som_cols: int
+    sigma: float
+    learning_rate: float
+    som_epochs: int
+    n_vuln: int
+    eps_max: float
+    resolution: int
+    pgd_steps: int
+    attack_eps: float
+    n_boot: int
+    batch_size: int
+    n_fit_train: int
+    b3_budget: int
+    b3_base: dict[str, Any]
+    b3_layers: tuple[str, ...]
+    b3_soms: tuple[str, ...]
+    b3_protocols: tuple[str, ...]
+    b3_vulnerability: tuple[str, ...]
+    vulnerability: dict[str, Any]
+    protocols: dict[str, Any]
+
+
+def majority_hits(bmus, labels) -> np.ndarray:
+    """Per input, 1 when its label is the majority class of its BMU (majorities from the whole sample), else 0.
+
+    Their mean is :func:`mclib.som.purity`; as a mean of per-input indicators it can be bootstrapped without the
+    upward bias that recomputing the majorities inside every resample would add.
+    """
+    b, y = np.asarray(bmus), np.asarray(labels)
+    units, k = np.unique(b, return_inverse=True)
+    classes, c = np.unique(y, return_inverse=True)
+    n = np.zeros((len(units), len(classes)))
+    np.add.at(n, (k, c), 1)
+    return (c == n.argmax(1)[k]).astype(float)
+
+
+def code_evidence(bmus_first, bmus_last, labels, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """What the judges of claims B1 and B2 read (:mod:`mclib.claims.paper_b`) for one model, with bootstrap
+    intervals over inputs (rows resampled together).
+
+    ``purity_first`` and ``purity_gain`` are means of per-input :func:`majority_hits` (percentile intervals);
+    ``nmi_gain`` = NMI(last) - NMI(first) (:func:`mclib.som.nmi`) recomputed in each resample, with the basic
+    (reverse-percentile) interval because plug-in mutual information is biased upward under resampling.
+    """
+    first, last = majority_hits(bmus_first, labels), majority_hits(bmus_last, labels)
+    rows = np.stack([np.asarray(bmus_first), np.asarray(bmus_last), np.asarray(labels)], axis=1)
+    return {
+        "inputs": int(len(rows)),
+        "purity_first": dict(stats.bootstrap_ci(first, np.mean, n_boot, seed)._asdict()),
+        "purity_gain": dict(stats.bootstrap_ci(last - first, np.mean, n_boot, seed)._asdict()),
+        "nmi_gain": dict(stats.bootstrap_ci(rows, lambda r: som.nmi(r[:, 1], r[:, 2]) - som.nmi(r[:, 0], r[:, 2]),
+                                            n_boot, seed, method="basic")._asdict()),
+        "nmi_first": som.nmi(rows[:, 0], rows[:, 2]), "nmi_last": som.nmi(rows[:, 1], rows[:, 2]),
+        "purity_last": float(last.mean()),
+    }
 
 
 @torch.no_grad()

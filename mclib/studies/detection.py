@@ -15,18 +15,68 @@ Built from :mod:`mclib.detect` (references, barrier features, detectors, metrics
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from mclib import detect, stats
+from mclib import config, detect, stats, train
+from mclib.attacks import evasion
 
-__all__ = ["standard_detectors", "detection_table", "strength_table", "transfer_table", "map_detectors", "SweepPoint",
+__all__ = ["Sizes", "barrier_ratio_evidence", "Chapter", "prepare", "standard_detectors", "detection_table", "strength_table", "transfer_table", "map_detectors", "SweepPoint",
            "sweep", "setting_evidence", "confidence_map", "map_frame", "MAP_LINES", "plot_condition_map"]
+
+
+@dataclass(frozen=True)
+class Sizes(config.Sizes):
+    """The sizes of the detection chapters (``a8_detection``, ``own_model``) from ``mclib/presets/detect.toml``;
+    the file's comments say what each one is."""
+
+    FILE: ClassVar[str] = "detect"
+    n: int
+    k: int
+    num_points: int
+    eps: float
+    pgd_steps: int
+    opt_lr: float
+    opt_steps_first: int
+    opt_steps_confident: int
+    stop_quantile: float
+    adaptive_steps: int
+    adaptive_k: int
+    adaptive_points: int
+    adaptive_weight: float
+    folds: int
+    n_boot: int
+    attack_batch: int
+    map_n: int
+    map_kappas: tuple[float, ...]
+    map_extra_steps: tuple[int, ...]
+    map_opt_steps: int
+    map_n_boot: int
+
+
+def barrier_ratio_evidence(clean_pairs, adv_pairs, n_boot: int = 2000, seed: int = 0) -> dict:
+    """A8's evidence: median real-adversarial over median real-real barrier, bootstrap over inputs.
+
+    ``clean_pairs`` (N, K) and ``adv_pairs`` (M, K): the barrier of each input with its K references; inputs
+    (rows) are resampled, each group separately, and the medians are over all pairs of the resample. No ratio
+    (None) when a group is empty, or when the real-real median is below :data:`mclib.detect.BARRIER_RESOLUTION`
+    (a ratio to a number below the arithmetic's resolution is noise).
+    """
+    a, c = np.asarray(adv_pairs, dtype=float), np.asarray(clean_pairs, dtype=float)
+    if len(a) == 0 or len(c) == 0:
+        return {"ratio": None, "real_real": None, "real_adversarial": None, "inputs": [len(c), len(a)]}
+    if np.median(c) < detect.BARRIER_RESOLUTION:
+        return {"ratio": None, "real_real": float(np.median(c)), "real_adversarial": float(np.median(a)),
+                "inputs": [len(c), len(a)], "below_resolution": float(detect.BARRIER_RESOLUTION)}
+    iv = stats.two_sample_ci(a, c, lambda p, q: float(np.median(p) / np.median(q)), n_boot, seed)
+    return {"ratio": dict(iv._asdict()), "real_real": float(np.median(c)), "real_adversarial": float(np.median(a)),
+            "inputs": [len(c), len(a)]}
 
 
 def standard_detectors(with_mahalanobis: bool = True) -> dict[str, Callable[[], object]]:
@@ -268,6 +318,160 @@ def map_frame(conditions: Sequence[Mapping]) -> pd.DataFrame:
 #: Lines of :func:`plot_condition_map`: record key -> legend label.
 MAP_LINES = {"auroc_barrier_max": "threshold: barrier max", "auroc_barrier_gap": "threshold: barrier gap",
              "auroc_max_softmax": "baseline: max softmax", "auroc_combined": "logistic: path + logits"}
+
+
+@dataclass
+class Chapter:
+    """The detection chapter's fixed pieces (claims A8, A9), made once by :func:`prepare`: the ``model`` (on
+    ``device``), the ``references`` (the ``sizes.k`` lowest-loss correctly classified pool images per class), the
+    Mahalanobis baseline fitted on the pool, ``real_loss`` (each class's median pool CE, the high-confidence
+    optimisation attack's stopping loss), the correctly classified test images ``X_src``, ``y_src`` the attacks
+    start from, a random wrong ``targets`` class per source, and ``generator`` (the PGD and adaptive attacks'
+    random starts, drawn in the chapter's order). Its methods run the chapter's measurements."""
+
+    model: nn.Module
+    sizes: Sizes
+    device: torch.device
+    seed: int
+    references: detect.References
+    mahalanobis: detect.Mahalanobis
+    real_loss: torch.Tensor
+    X_src: torch.Tensor
+    y_src: torch.Tensor
+    targets: torch.Tensor
+    test_acc: float
+    n_test: int
+    generator: torch.Generator
+
+    def _on(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device)
+
+    def _generator(self, offset: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + offset)
+
+    def attacks(self) -> dict[str, Callable]:
+        """The chapter's five attacks ``(x, y, i) -> x_adv``: FGSM and PGD at ``sizes.eps`` (untargeted), the paper's
+        optimisation attack toward ``targets`` stopped at the first success or at a typical real image's loss, and
+        the adaptive PGD that also lowers the barrier to the target's references
+        (:mod:`mclib.attacks.evasion`)."""
+        S, m, on, t, gen = self.sizes, self.model, self._on, self.targets, self.generator
+        return {
+            "FGSM": lambda x, y, i: evasion.fgsm(m, on(x), on(y), S.eps).cpu(),
+            "PGD": lambda x, y, i: evasion.pgd(m, on(x), on(y), S.eps, steps=S.pgd_steps, generator=gen).cpu(),
+            "optimisation (first success)": lambda x, y, i: evasion.optimisation_attack(
+                m, on(x), on(t[i]), lr=S.opt_lr, steps=S.opt_steps_first, stop_on_success=True).cpu(),
+            "optimisation (high confidence)": lambda x, y, i: evasion.optimisation_attack(
+                m, on(x), on(t[i]), lr=S.opt_lr, steps=S.opt_steps_confident,
+                stop_loss=on(self.real_loss[t[i]])).cpu(),
+            "adaptive PGD": lambda x, y, i: evasion.adaptive_pgd(
+                m, on(x), on(t[i]), on(self.references.of(t[i], S.adaptive_k)), S.eps, steps=S.adaptive_steps,
+                num_points=S.adaptive_points, barrier_weight=S.adaptive_weight, generator=gen).cpu(),
+        }
+
+    def features(self, X: torch.Tensor) -> detect.Features:
+        """:func:`mclib.detect.extract` of ``X`` against the references, ``sizes.num_points`` path points."""
+        return detect.extract(self.model, X, self.references, self.sizes.num_points, mahalanobis=self.mahalanobis)
+
+    def collect(self, attack: Callable, targeted: bool = False) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Up to ``sizes.n`` successful adversarial examples of ``attack`` from the sources
+        (:func:`mclib.detect.collect_adversarial`): ``(X_adv, source indices, tried, succeeded)``."""
+        return detect.collect_adversarial(self.model, attack, self.X_src, self.y_src, self.sizes.n,
+                                          batch_size=self.sizes.attack_batch,
+                                          targets=self.targets if targeted else None)
+
+    def run_attacks(self):
+        """Every attack of :meth:`attacks`, in order: ``(clean_idx, F_clean, adv, F_adv, rows)`` -- the first
+        ``sizes.n`` sources as the clean inputs and their features, per attack its examples with their sources and
+        their features, and one row per attack (kept, attacked, success rate, median L-inf and L2 distance to the
+        source, seconds)."""
+        clean_idx = torch.arange(min(self.sizes.n, len(self.X_src)))
+        F_clean = self.features(self.X_src[clean_idx])
+        adv, F_adv, rows = {}, {}, []
+        for name, attack in self.attacks().items():
+            t0 = time.perf_counter()
+            Xa, src, tried, succeeded = self.collect(attack, targeted=name not in ("FGSM", "PGD"))
+            F_adv[name] = self.features(Xa)
+            adv[name] = (Xa, src)
+            d = (Xa - self.X_src[src]).flatten(1)
+            rows.append({"attack": name, "kept": len(Xa), "attacked": tried,
+                         "success rate": succeeded / max(1, tried), "median L-inf": float(d.abs().amax(1).median()),
+                         "median L2": float(d.norm(dim=1).median()), "seconds": time.perf_counter() - t0})
+        return clean_idx, F_clean, adv, F_adv, rows
+
+    def pgd_strengths(self) -> dict[str, tuple[detect.Features, torch.Tensor, torch.Tensor]]:
+        """PGD stopped at its first success and at full strength, from the same random starts: per strength the
+        examples' features, their perturbations and their sources."""
+        out = {}
+        for name, stop in (("PGD (first success)", True), ("PGD (full strength)", False)):
+            g_s = self._generator(5)          # the same random starts for both strengths
+            attack = lambda x, y, i, stop=stop, g_s=g_s: evasion.pgd(   # noqa: E731
+                self.model, self._on(x), self._on(y), self.sizes.eps, steps=self.sizes.pgd_steps, generator=g_s,
+                stop_on_success=stop).cpu()
+            Xa, src, _, _ = self.collect(attack)
+            out[name] = (self.features(Xa), Xa - self.X_src[src], src)
+        return out
+
+    def optimisation_to(self, setting: Mapping) -> Callable:
+        """The optimisation attack with Carlini & Wagner's margin loss, stopped at logit margin ``setting["kappa"]``."""
+        S = self.sizes
+        return lambda x, y, i: evasion.optimisation_attack(self.model, self._on(x), self._on(self.targets[i]),
+                                                           lr=S.opt_lr, loss="margin", steps=S.map_opt_steps,
+                                                           stop_margin=setting["kappa"]).cpu()
+
+    def pgd_past(self, setting: Mapping) -> Callable:
+        """PGD taking ``setting["extra_steps"]`` steps after its first success (the same random starts in every
+        setting)."""
+        g_s = self._generator(6)
+        return lambda x, y, i: evasion.pgd(self.model, self._on(x), self._on(y), self.sizes.eps,
+                                           steps=self.sizes.pgd_steps, generator=g_s, stop_on_success=True,
+                                           extra_steps=setting["extra_steps"]).cpu()
+
+    def confidence_points(self) -> list[SweepPoint]:
+        """A9's condition map's attacks (:func:`sweep`): the optimisation attack at each ``sizes.map_kappas`` and PGD
+        at each ``sizes.map_extra_steps``, ``sizes.map_n`` examples per setting within ``2 map_n`` attempts."""
+        S = self.sizes
+        common = dict(X=self.X_src, y=self.y_src, references=self.references, n=S.map_n, num_points=S.num_points,
+                      batch_size=S.map_n, attempts=2 * S.map_n)   # a rarely reached confidence must not run over all
+        return (sweep(self.model, [{"attack": "optimisation", "kappa": k} for k in S.map_kappas],
+                      self.optimisation_to, targets=self.targets, margin_key="kappa", **common)
+                + sweep(self.model, [{"attack": "PGD", "extra_steps": e} for e in S.map_extra_steps], self.pgd_past,
+                        **common))
+
+    def threshold_auroc(self, threshold, F_clean: detect.Features, clean_idx: torch.Tensor, F_adv: detect.Features,
+                        sources: torch.Tensor):
+        """A9's evidence for one attack: the out-of-fold AUROC of the ``threshold`` detector (the detection table's
+        folds and seed) with its bootstrap interval (``sizes.n_boot``); None when the attack left too few examples
+        for the folds."""
+        try:
+            lab, score, _ = detect.cross_val_scores(threshold, F_clean.table, F_adv.table, clean_idx.numpy(),
+                                                    sources.numpy(), self.sizes.folds, self.seed)
+        except ValueError:
+            return None
+        return stats.auroc_ci(lab, score, n_boot=self.sizes.n_boot, seed=self.seed)
+
+    def ratio_evidence(self, F_clean: detect.Features, F_adv: detect.Features) -> dict:
+        """A8's evidence for one attack: :func:`barrier_ratio_evidence` of the pairs' barrier max."""
+        return barrier_ratio_evidence(F_clean.pair_max.numpy(), F_adv.pair_max.numpy(), n_boot=self.sizes.n_boot,
+                                      seed=self.seed)
+
+
+def prepare(model: nn.Module, sizes: Sizes, X_pool: torch.Tensor, y_pool: torch.Tensor, X_test: torch.Tensor,
+            y_test: torch.Tensor, device, seed: int = 0) -> Chapter:
+    """The detection chapter's :class:`Chapter` for ``model``: references and the Mahalanobis baseline from the pool
+    ``(X_pool, y_pool)``, sources from the correctly classified test images, a random wrong target per source (from
+    the generator seeded ``seed + 4``, which then gives the attacks' random starts)."""
+    model = model.to(device)
+    refs = detect.select_references(model, X_pool.to(device), y_pool.to(device), sizes.k)
+    refs = detect.References(refs.images.cpu(), refs.losses.cpu(), refs.indices.cpu())
+    maha = detect.Mahalanobis().fit(model, X_pool, y_pool)
+    real_loss = detect.class_loss_quantile(model, X_pool, y_pool, sizes.stop_quantile)
+    correct = (train.logits(model, X_test).argmax(1) == y_test).nonzero()[:, 0]
+    X_src, y_src = X_test[correct], y_test[correct]
+    gen = torch.Generator().manual_seed(int(seed) + 4)
+    targets = (y_src + torch.randint(1, 10, y_src.shape, generator=gen)) % 10   # random wrong class per source
+    return Chapter(model=model, sizes=sizes, device=device, seed=int(seed), references=refs, mahalanobis=maha,
+                   real_loss=real_loss, X_src=X_src, y_src=y_src, targets=targets,
+                   test_acc=len(correct) / len(X_test), n_test=len(X_test), generator=gen)
 
 
 # --- plots

@@ -14,16 +14,52 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mclib import paths, sequential, stats, train
+from mclib import config, paths, sequential, stats, synth, train
 
-__all__ = ["same_class_pairs", "BarrierSample", "barrier_sample", "GrownPairs", "until_barriers", "condition_effects",
+__all__ = ["Sizes", "same_class_pairs", "BarrierSample", "barrier_sample", "GrownPairs", "until_barriers", "condition_effects",
            "PairStudy", "study_pairs",
-           "interpolated_pairs", "plot_condition_map"]
+           "interpolated_pairs", "KINDS", "kinds_of_pairs", "plot_condition_map"]
+
+#: An FVO input is a mode at CE below 5e-4 (the paper's stopping rule, :func:`mclib.synth.fvo`'s ``threshold``);
+#: :meth:`PairStudy.evidence` counts the share that are, claim A5 judges it (``mclib.claims.paper_a.MODE_CE``).
+MODE_CE = 5e-4
+
+
+@dataclass(frozen=True)
+class Sizes(config.Sizes):
+    """The sizes of the pair chapters (``a1_real_paths``, ``a4_interpolated_synthetic``) from
+    ``mclib/presets/paths.toml``; the file's comments say what each one is."""
+
+    FILE: ClassVar[str] = "paths"
+    n_pairs: int
+    num_points: int
+    iterations: int
+    max_rounds: int
+    tolerance: float
+    second_arch: str
+    n_interp_pairs: int
+    interp_budget: int
+    min_bent_pairs: int
+    interp_threshold: float
+    interp_steps: int
+    fvo_pairs_per_class: int
+    fvo_budget_per_class: int
+    fvo_steps: int
+    train_seeds: tuple[int, ...]
+    n_boot: int
+    max_pairs: int
+    min_barrier_pairs: int
+    map_epochs: tuple[int, ...]
+    map_lowest_loss: float
+    map_mse_weights: tuple[float, ...]
+    early_stop: int
 
 
 def same_class_pairs(model: nn.Module | None, X: torch.Tensor, y: torch.Tensor, n_pairs: int,
@@ -244,30 +280,87 @@ class PairStudy:
     tolerance: float
     endpoint_loss: torch.Tensor
 
+    def _per_pair(self) -> dict[str, np.ndarray] | None:
+        """The bypass's per-pair numbers over the pairs with a barrier, None when none has one: ``g1`` the gap after
+        one bend, ``connected``, ``bends``, ``rounds``, ``final_gap``, and ``shift`` the max|B'-B| in % of the max
+        pixel over the pairs bent in the first round."""
+        r = self.bypass
+        if r is None or not bool(self.line_has_barrier.any()):
+            return None
+        return {"g1": np.asarray((r.barriers[1] if len(r.barriers) > 1 else r.barriers[0]).gap, dtype=float),
+                "connected": np.asarray(r.connected, dtype=bool), "bends": np.asarray(r.bends, dtype=float),
+                "rounds": np.asarray(r.rounds), "final_gap": np.asarray(r.barriers[-1].gap, dtype=float),
+                "shift": 100 * np.asarray(r.shift(), dtype=float)[np.asarray(r.bent_first, dtype=bool)]}
+
     def summary(self) -> dict:
-        """Plain numbers: fraction with a barrier, bypass rounds and bends, free after one bend, B' shift."""
+        """Plain numbers for the chapter's table: fraction with a barrier, bypass rounds and bends, free after one
+        bend, B' shift (the point estimates of :meth:`evidence`)."""
         b = self.line_barrier
-        out = {"pairs": int(len(b)), "endpoint loss (median)": float(self.endpoint_loss.median()),
+        out = {"pairs": int(b.gap.shape[0]), "endpoint loss (median)": float(self.endpoint_loss.median()),
                "barrier max (median)": float(b.max.median()), "barrier gap (median)": float(b.gap.median()),
                "barrier gap (max)": float(b.gap.max()), "pairs with a barrier": int(self.line_has_barrier.sum()),
                "fraction with a barrier": float(self.line_has_barrier.float().mean())}
-        r = self.bypass
-        if r is None:
-            out.update({"free after 1 bend": float("nan"), "connected at the end": float("nan"),
-                        "rounds (median)": float("nan"), "rounds (max)": float("nan"), "bends (median)": float("nan"),
-                        "max|B'-B| % (median)": float("nan"), "max|B'-B| % (max)": float("nan"),
-                        "final gap (median)": float("nan")})
-            return out
-        g1 = r.barriers[1].gap if len(r.barriers) > 1 else r.barriers[0].gap
-        shift = 100 * r.shift()[r.bent_first]
-        out.update({"free after 1 bend": float((g1 <= self.tolerance).float().mean()),
-                    "connected at the end": float(r.connected.float().mean()),
-                    "rounds (median)": float(r.rounds.float().median()), "rounds (max)": int(r.rounds.max()),
-                    "bends (median)": float(r.bends.float().median()),
-                    "max|B'-B| % (median)": float(shift.median()) if shift.numel() else float("nan"),
-                    "max|B'-B| % (max)": float(shift.max()) if shift.numel() else float("nan"),
-                    "final gap (median)": float(r.barriers[-1].gap.median())})
+        q, nan = self._per_pair(), float("nan")
+        shift = q["shift"] if q is not None else np.zeros(0)
+        out.update({"free after 1 bend": float(np.mean(q["g1"] <= self.tolerance)) if q else nan,
+                    "connected at the end": float(np.mean(q["connected"])) if q else nan,
+                    "rounds (median)": float(np.median(q["rounds"])) if q else nan,
+                    "rounds (max)": int(q["rounds"].max()) if q else nan,
+                    "bends (median)": float(np.median(q["bends"])) if q else nan,
+                    "max|B'-B| % (median)": float(np.median(shift)) if shift.size else nan,
+                    "max|B'-B| % (max)": float(shift.max()) if shift.size else nan,
+                    "final gap (median)": float(np.median(q["final_gap"])) if q else nan})
         return out
+
+    def evidence(self, mode_loss=None, n_boot: int = 2000, seed: int = 0,
+                 barrier_fraction: dict | None = None) -> dict:
+        """What the judges of claims A1-A5 read (:mod:`mclib.claims.paper_a`), with intervals.
+
+        Over all P pairs: ``barrier_fraction`` (gap above the tolerance; Wilson interval) and ``connected_all``
+        (pairs whose straight line has no barrier, or whose bypass path ends barrier-free). Over the pairs with a
+        barrier: ``free_after_1`` (gap at most the tolerance after one bend), ``connected`` (barrier-free after at
+        most max_rounds rounds), ``bends_median`` (bootstrap interval of the median number of bends),
+        ``shift_median`` (bootstrap interval of the median ``max|B'-B|`` in % of the max pixel of ``B``); None where
+        there is nothing to measure (no barrier pair). ``mode_loss`` (optional, the endpoints' CE) adds
+        ``mode_fraction``: endpoints with CE below :data:`MODE_CE`. ``barrier_fraction`` (an interval dict) replaces
+        the Wilson interval of the pairs' barrier share: A1 passes its sequential sample's
+        (:meth:`BarrierSample.measured`), whose error is controlled over its looks.
+        """
+        has = np.asarray(self.line_barrier.gap > self.tolerance)
+        gap = np.asarray(self.line_barrier.gap, dtype=float)
+        out = {
+            "pairs": int(len(has)), "barrier_pairs": int(has.sum()), "tolerance": float(self.tolerance),
+            "barrier_fraction": dict(barrier_fraction) if barrier_fraction is not None else _iv(stats.fraction_ci(has)),
+            "gap_median": float(np.median(gap)), "gap_max": float(gap.max()),
+            "max_median": float(np.median(np.asarray(self.line_barrier.max, dtype=float))),
+            "endpoint_loss_median": float(np.median(np.asarray(self.endpoint_loss, dtype=float))),
+            "free_after_1": None, "connected": None, "bends_median": None, "shift_median": None, "shift_max": None,
+            "rounds_max": 0, "final_gap_median": None,
+        }
+        connected_all = ~has
+        q = self._per_pair()
+        if q is not None:
+            shift = q["shift"]
+            connected_all = connected_all.copy()
+            connected_all[np.flatnonzero(has)] = q["connected"]
+            out.update({
+                "free_after_1": _iv(stats.fraction_ci(q["g1"] <= self.tolerance)),
+                "connected": _iv(stats.fraction_ci(q["connected"])),
+                "bends_median": _iv(stats.bootstrap_ci(q["bends"], np.median, n_boot, seed)),
+                "shift_median": _iv(stats.bootstrap_ci(shift, np.median, n_boot, seed)) if shift.size else None,
+                "shift_max": float(shift.max()) if shift.size else None,
+                "rounds_max": int(q["rounds"].max()),
+                "final_gap_median": float(np.median(q["final_gap"])),
+            })
+        out["connected_all"] = _iv(stats.fraction_ci(connected_all))
+        if mode_loss is not None:
+            out["mode_fraction"] = _iv(stats.fraction_ci(np.asarray(mode_loss, dtype=float).reshape(-1) < MODE_CE))
+        return out
+
+
+def _iv(interval) -> dict | None:
+    """An :class:`mclib.stats.Interval` as the dict the records store (None stays None)."""
+    return None if interval is None else dict(interval._asdict())
 
 
 def study_pairs(model: nn.Module, A: torch.Tensor, C: torch.Tensor, target, num_points: int = 64,
@@ -320,6 +413,49 @@ def interpolated_pairs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, n_pai
     modes = paths.interpolated_modes(model, X1, X2, torch.cat([target, target]), mix=mix, **kwargs)
     P = len(target)
     return modes.x[:P], modes.x[P:], target, modes
+
+
+#: The kinds of pairs of claims A4 and A5, in the chapter's order.
+KINDS = ("real", "interpolated, same class", "interpolated, two classes", "FVO")
+
+
+def kinds_of_pairs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, sizes: Sizes, seed: int = 0):
+    """The endpoints of every kind of pair of claims A4 and A5 for one model (paper section 4.1), as three dicts keyed
+    by :data:`KINDS`: ``endpoints[kind] = (A, C, target)``, ``mode_loss[kind]`` the endpoints' own CE (2P,) and
+    ``drawn[kind]`` the pair counts after each draw.
+
+    ``real``: ``sizes.n_interp_pairs`` same-class pairs of correctly classified inputs; the two interpolated kinds
+    (:func:`interpolated_pairs`, optimised to modes with ``interp_threshold``, ``interp_steps``) and ``FVO`` (whole
+    pairs per class, :func:`mclib.synth.fvo_pairs` kept in [0, 1]) are drawn by :func:`until_barriers` until
+    ``sizes.min_bent_pairs`` of them have a straight-line barrier, within ``interp_budget`` pairs and
+    ``fvo_budget_per_class`` pairs per class. Draw ``part`` of a kind uses its own generator, seeded from ``seed``.
+    """
+    gen = lambda offset: torch.Generator().manual_seed(int(seed) + offset)   # noqa: E731 - independent streams
+    n_cls, in_shape = int(y.max()) + 1, tuple(X.shape[1:])
+    i, j = same_class_pairs(model, X, y, sizes.n_interp_pairs, generator=gen(1))
+    endpoints = {"real": (X[i], X[j], y[i])}
+    mode_loss = {"real": paths.linear_losses(model, X[i], X[j], y[i], 2).flatten()}
+    drawn = {}
+    grow = dict(min_barrier_pairs=sizes.min_bent_pairs, num_points=sizes.num_points, tolerance=sizes.tolerance)
+
+    def interpolated(kind: str, k: int):
+        def draw(n: int, part: int):   # n new pairs from an independent stream per draw
+            A, C, t, modes = interpolated_pairs(model, X, y, n, kind=kind, generator=gen(2 + k + 10 * part),
+                                                threshold=sizes.interp_threshold, steps=sizes.interp_steps)
+            return A, C, t, modes.loss
+        return until_barriers(model, draw, sizes.n_interp_pairs, sizes.interp_budget, **grow)
+
+    def fvo(n: int, part: int):   # whole pairs per class, so the classes stay balanced
+        A, C, t, res = synth.fvo_pairs(model, list(range(n_cls)), -(-n // n_cls), in_shape, steps=sizes.fvo_steps,
+                                       clamp=True, generator=gen(5 + 10 * part), progress=False)
+        return A, C, t, res.loss
+
+    grown = {KINDS[1]: interpolated("same", 0), KINDS[2]: interpolated("two", 1),
+             KINDS[3]: until_barriers(model, fvo, sizes.fvo_pairs_per_class * n_cls,
+                                      sizes.fvo_budget_per_class * n_cls, **grow)}
+    for kind, g in grown.items():
+        endpoints[kind], mode_loss[kind], drawn[kind] = (g.A, g.C, g.target), g.mode_loss, g.looks
+    return endpoints, mode_loss, drawn
 
 
 # --- plots
