@@ -320,6 +320,10 @@ MAP_LINES = {"auroc_barrier_max": "threshold: barrier max", "auroc_barrier_gap":
              "auroc_max_softmax": "baseline: max softmax", "auroc_combined": "logistic: path + logits"}
 
 
+#: The adaptive attack of :meth:`Chapter.attacks`: A8 and A9 judge it apart from the plain attacks.
+ADAPTIVE = "adaptive PGD"
+
+
 @dataclass
 class Chapter:
     """The detection chapter's fixed pieces (claims A8, A9), made once by :func:`prepare`: the ``model`` (on
@@ -454,6 +458,37 @@ class Chapter:
         return barrier_ratio_evidence(F_clean.pair_max.numpy(), F_adv.pair_max.numpy(), n_boot=self.sizes.n_boot,
                                       seed=self.seed)
 
+    def a8_evidence(self, F_clean: detect.Features, F_adv: Mapping[str, detect.Features]) -> dict:
+        """What A8's judge reads: per attack :meth:`ratio_evidence` (``attacks``; the adaptive attack's apart as
+        ``adaptive``), the model's test accuracy (a model at chance makes A8 inconclusive) and the real-real pair count."""
+        ratio = {k: self.ratio_evidence(F_clean, F_adv[k]) for k in F_adv}
+        return {"attacks": {k: v for k, v in ratio.items() if k != ADAPTIVE}, "adaptive": ratio.get(ADAPTIVE),
+                "test_acc": self.test_acc, "n_test": self.n_test,
+                "pairs_real_real": int(detect.pair_barriers(F_clean).numel())}
+
+    def a9_evidence(self, threshold, F_clean: detect.Features, clean_idx: torch.Tensor,
+                    F_adv: Mapping[str, detect.Features], adv: Mapping, conditions: list, table: pd.DataFrame,
+                    attack_rows: Sequence[Mapping]) -> dict:
+        """What A9's judge reads: per attack :meth:`threshold_auroc` (``auroc``; the adaptive attack's apart as
+        ``adaptive``), the model's test accuracy, the condition map ``conditions`` (:func:`confidence_map`), and for
+        the record the detection ``table`` and the attacks' rows (without their seconds)."""
+        auroc = {k: self.threshold_auroc(threshold, F_clean, clean_idx, F_adv[k], adv[k][1]) for k in F_adv}
+        return {"auroc": {k: v for k, v in auroc.items() if k != ADAPTIVE}, "adaptive": auroc.get(ADAPTIVE),
+                "test_acc": self.test_acc, "n_test": self.n_test, "conditions": conditions,
+                "table": table.round(4).to_dict(orient="records"),
+                "attack_stats": [{k: v for k, v in row.items() if k != "seconds"} for row in attack_rows]}
+
+    def strength(self, F_clean: detect.Features, clean_idx: torch.Tensor, threshold) -> pd.DataFrame:
+        """:func:`strength_table` of :meth:`pgd_strengths` with each strength's cross-validated AUROC of the
+        ``threshold`` detector (:func:`detection_table`)."""
+        strengths = self.pgd_strengths()
+        out = strength_table(F_clean, {k: (f, d) for k, (f, d, _) in strengths.items()})
+        s_table, _ = detection_table(F_clean.table, clean_idx.numpy(),
+                                     {k: (f.table, s.numpy()) for k, (f, _, s) in strengths.items()},
+                                     {"threshold: barrier max": threshold}, folds=self.sizes.folds, seed=self.seed)
+        out["AUROC (threshold: barrier max)"] = s_table.set_index("attack")["auroc"]
+        return out
+
 
 def prepare(model: nn.Module, sizes: Sizes, X_pool: torch.Tensor, y_pool: torch.Tensor, X_test: torch.Tensor,
             y_test: torch.Tensor, device, seed: int = 0) -> Chapter:
@@ -518,3 +553,89 @@ def plot_condition_map(axes, conditions: Sequence[Mapping], threshold: float = 0
             gain_ax.legend(loc="best", fontsize="small")
         drawn.append(gain_ax)
     return drawn
+
+
+def plot_barrier_boxes(groups: Mapping[str, detect.Features]):
+    """Box plots of every (input, reference) pair's barrier max (left) and gap (right), one box per group
+    (``{"real–real": ..., "real–<attack>": ...}``, the first on top), on log axes. Returns the figure."""
+    from matplotlib import ticker
+
+    from mclib import plots
+
+    labels = ["clean (real–real)"] + [g.replace("real–", "") for g in list(groups)[1:]]
+    fig, axes = plots.subplots(1, 2, figsize=(9, 0.45 * len(groups) + 1.4), sharey=True)
+    for ax, which in zip(axes, ["max", "gap"]):
+        vals = [detect.pair_barriers(f, which).clamp_min(1e-6).numpy() for f in groups.values()]
+        ax.boxplot(vals, orientation="horizontal", showfliers=False, tick_labels=labels)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"barrier {which} (cross-entropy, log scale)")
+        ax.set_title(f"barrier {which} per pair")
+        lo, hi = ax.get_xlim()
+        if hi / lo < 30:            # less than about a decade: plain tick labels instead of crowded minor ones
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
+            ax.xaxis.set_minor_locator(ticker.NullLocator())
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
+    axes[0].invert_yaxis()   # real–real on top
+    return fig
+
+
+def plot_path_curves(groups: Mapping[str, detect.Features], max_curves: int = 20):
+    """Loss along the straight path from the first reference to the input, up to ``max_curves`` pairs per group and
+    their median, one panel per group (2 x 3 grid, outer axes labelled). Returns the figure."""
+    from mclib import paths, plots
+
+    labels = ["clean (real–real)"] + [g.replace("real–", "") for g in list(groups)[1:]]
+    fig, axes = plots.subplots(2, 3, figsize=(9, 5.6), sharex=True, sharey=True)
+    for ax, label, f, col in zip(axes.flat, labels, groups.values(), plots.PALETTE):
+        paths.plot_loss_curves(ax, f.curves[:max_curves, 0], color=col, max_curves=max_curves, log=True)
+        ax.set_title(label.replace(" (", "\n("), fontsize=10)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    for ax in axes.flat:          # label the outer axes only
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("cross-entropy (log)")
+    for ax in axes[-1]:
+        ax.set_xlabel("path position a (0 = reference, 1 = input)")
+    return fig
+
+
+def plot_roc_grid(table: pd.DataFrame, rocs: Mapping, show: Sequence[str], short: Mapping[str, str] = {}):
+    """The ROC curves of the detectors ``show`` from :func:`detection_table`'s ``rocs``, one panel per attack of
+    ``table`` (titles shortened by ``short``), outer axes labelled, one legend below. Returns the figure."""
+    from mclib import plots
+
+    names = list(dict.fromkeys(table["attack"]))
+    cols = min(3, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plots.subplots(rows, cols, figsize=(9, 3.2 * rows + 0.8), squeeze=False, sharex=True, sharey=True)
+    for ax, name in zip(axes.flat, names):
+        detect.plot_roc(ax, {d: rocs[(name, d)] for d in show if (name, d) in rocs},
+                        title=short.get(name, name).replace(" (", "\n("))
+        if ax.get_legend():
+            ax.get_legend().remove()
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    for ax in axes.flat:          # label the outer axes only
+        ax.set_xlabel("false-positive rate" if ax in axes[-1] else "")
+        ax.set_ylabel("true-positive rate" if ax in axes[:, 0] else "")
+    handles = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.get_legend_handles_labels()[0]), ([], []))
+    if handles[0]:
+        fig.legend(*handles, loc="outside lower center", ncols=2)
+    return fig
+
+
+def plot_confidence_map(conditions: Sequence[Mapping], threshold: float):
+    """A9's condition map in one figure: :func:`plot_condition_map` with one panel per attack family on top and the
+    AUROC gain from the path features below. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(9, 7.2), layout="constrained")
+    panels = fig.subplot_mosaic([["family 1", "family 2"], ["gain", "gain"]])
+    plot_condition_map([panels["family 1"], panels["family 2"]], conditions, threshold, gain_ax=panels["gain"])
+    for ax in panels.values():
+        if ax.get_legend():
+            plt.setp(ax.get_legend().get_texts(), fontsize=9)
+    return fig
+
