@@ -25,7 +25,9 @@ from mclib import config, paths, sequential, stats, synth, train
 
 __all__ = ["Sizes", "same_class_pairs", "BarrierSample", "barrier_sample", "GrownPairs", "until_barriers", "condition_effects",
            "PairStudy", "study_pairs",
-           "interpolated_pairs", "KINDS", "kinds_of_pairs", "plot_condition_map"]
+           "interpolated_pairs", "KINDS", "kinds_of_pairs", "trained_for", "pairable", "RealPairs", "real_pairs",
+           "plot_condition_map", "plot_line_barriers", "plot_line_and_bypass", "plot_gap_history", "plot_a2_map",
+           "plot_bends"]
 
 #: An FVO input is a mode at CE below 5e-4 (the paper's stopping rule, :func:`mclib.synth.fvo`'s ``threshold``);
 #: :meth:`PairStudy.evidence` counts the share that are, claim A5 judges it (``mclib.claims.paper_a.MODE_CE``).
@@ -458,6 +460,150 @@ def kinds_of_pairs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, sizes: Si
     return endpoints, mode_loss, drawn
 
 
+def trained_for(ctx: config.Context, arch: str, seed: int, epochs: int | None = None) -> train.Trained:
+    """The standard recipe's trained ``arch`` at training ``seed`` (cached and shared with other chapters),
+    optionally trained for ``epochs`` instead."""
+    recipe = train.recipe_for(ctx, arch=arch, seed=seed, **({} if epochs is None else {"epochs": epochs}))
+    return ctx.model(recipe, progress=False)
+
+
+def pairable(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether some class has two correctly classified inputs, which same-class pairs need (a model at chance may
+    have none: its runs then have no pairs, and A1-A3 say so instead of crashing)."""
+    ok = train.logits(model, X).argmax(1) == y
+    return any(int(((y == c) & ok).sum()) >= 2 for c in y.unique().tolist())
+
+
+@dataclass
+class RealPairs:
+    """The real-pair chapter's measurement (claims A1-A3, paper sections 4.1-4.2), made by :func:`real_pairs`.
+
+    ``runs``: per run name (``"<arch> seed <s>"``, every architecture at every training seed) its
+    :class:`mclib.train.Trained`; ``samples``: its :class:`BarrierSample` (None when the model cannot pair,
+    :func:`pairable`); ``studies``: its :class:`PairStudy` (bypass of the barrier pairs), for runs with a sample."""
+
+    ctx: config.Context
+    sizes: Sizes
+    X: torch.Tensor
+    y: torch.Tensor
+    threshold: float
+    archs: tuple[str, ...]
+    runs: dict
+    samples: dict
+    studies: dict
+
+    @property
+    def nets(self) -> dict[str, nn.Module]:
+        return {name: run.model for name, run in self.runs.items()}
+
+    def table(self):
+        """One row per run: the model's test accuracy, its pairs and the sample sizes looked at (a pandas
+        DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            {"test accuracy": [run.metrics["test_acc"] for run in self.runs.values()],
+             "pairs": [len(s) if s is not None else 0 for s in self.samples.values()],
+             "looks at": [", ".join(map(str, s.looks)) if s is not None else "no class has two correctly classified "
+                          "inputs" for s in self.samples.values()]},
+            index=pd.Index(list(self.runs), name="model"))
+
+    @property
+    def seed0(self) -> int:
+        """The first training seed: the condition maps vary the other factors at it."""
+        return self.sizes.train_seeds[0]
+
+    def _sample_kw(self) -> dict:
+        S = self.sizes
+        return dict(tolerance=S.tolerance, threshold=self.threshold, max_pairs=S.max_pairs, num_points=S.num_points,
+                    seed=self.ctx.seed + 1)
+
+    def a1_map(self) -> list[dict]:
+        """Claim A1's condition map: the barrier share (:meth:`BarrierSample.measured`, plus the model's test
+        accuracy) per architecture, training length (``sizes.map_epochs``) and pair sampling (random, or within each
+        class's ``map_lowest_loss`` lowest-loss inputs), at the first training seed; a model that cannot pair gets
+        ``barrier_fraction`` None and 0 pairs."""
+        S, out = self.sizes, []
+        low = f"lowest-loss {S.map_lowest_loss:.0%}"
+        for arch in self.archs:
+            for epochs in S.map_epochs:
+                standard = epochs == self.ctx.preset.epochs
+                run = self.runs[f"{arch} seed {self.seed0}"] if standard else trained_for(self.ctx, arch, self.seed0,
+                                                                                           epochs)
+                net = run.model
+                for drawn, q in (("random", None), (low, S.map_lowest_loss)):
+                    s = (self.samples[f"{arch} seed {self.seed0}"] if standard and q is None
+                         else barrier_sample(net, self.X, self.y, S.n_pairs, lowest_loss=q, **self._sample_kw())
+                         if pairable(net, self.X, self.y) else None)
+                    measured = s.measured() if s is not None else {"barrier_fraction": None, "pairs": 0}
+                    out.append({"setting": {"arch": arch, "epochs": epochs, "pairs": drawn},
+                                "measured": {**measured, "test_acc": run.metrics["test_acc"]}})
+        return out
+
+    def a2_map(self) -> tuple[list[dict], dict]:
+        """Claim A2's condition map at the first training seed: per architecture with barrier pairs, the paper's full
+        bypass (MSE weight 0.1, no early stop) and one bypass round per ``sizes.map_mse_weights`` stopped as soon as
+        the path is barrier-free (``sizes.early_stop``), each with its intervals
+        (:meth:`mclib.paths.BypassResult.intervals`) and the barrier-pair count. Returns ``(map, stopped)``,
+        ``stopped[arch, weight]`` the early-stopped :class:`mclib.paths.BypassResult`."""
+        S, out, stopped = self.sizes, [], {}
+        for arch in self.archs:
+            name = f"{arch} seed {self.seed0}"
+            st, s = self.studies.get(name), self.samples[name]
+            if st is None or st.bypass is None:      # no pair, or no barrier pair: nothing to bypass for this model
+                continue
+            h = st.line_has_barrier
+            out.append({"setting": {"arch": arch, "mse_weight": 0.1, "early_stop": False},
+                        "measured": {**st.bypass.intervals(S.n_boot, self.ctx.seed), "barrier_pairs": int(h.sum())}})
+            for w in S.map_mse_weights:
+                stopped[arch, w] = paths.bypass(self.runs[name].model, self.X[s.i[h]], self.X[s.j[h]], s.target[h],
+                                                mse_weight=w, iterations=S.iterations, max_rounds=1,
+                                                num_points=S.num_points, tolerance=S.tolerance, clamp=True,
+                                                early_stop=S.early_stop, progress=False)
+                out.append({"setting": {"arch": arch, "mse_weight": w, "early_stop": True},
+                            "measured": {**stopped[arch, w].intervals(S.n_boot, self.ctx.seed),
+                                         "barrier_pairs": int(h.sum())}})
+        return out, stopped
+
+    def evidence(self) -> dict[str, dict]:
+        """What the judges of claims A1-A3 read, per run in the runs' order: :meth:`PairStudy.evidence` with A1's
+        sequential interval (:meth:`BarrierSample.measured`), or -- for a run that could not pair -- zero pairs and
+        ``missing`` saying why; each with the model's test accuracy on these inputs (a model at chance makes A1-A3
+        inconclusive)."""
+        S = self.sizes
+        ev = {name: {**st.evidence(n_boot=S.n_boot, seed=self.ctx.seed,
+                                   barrier_fraction=self.samples[name].measured()["barrier_fraction"]),
+                     "test_acc": train.evaluate(self.runs[name].model, self.X, self.y)["acc"], "n_test": len(self.X)}
+              for name, st in self.studies.items()}
+        unpaired = "no class had two correctly classified test inputs, so no pair was drawn"
+        ev.update({name: {"pairs": 0, "barrier_pairs": 0, "tolerance": S.tolerance, "barrier_fraction": None,
+                          "missing": unpaired, "test_acc": train.evaluate(run.model, self.X, self.y)["acc"],
+                          "n_test": len(self.X)}
+                   for name, run in self.runs.items() if name not in self.studies})
+        return {name: ev[name] for name in self.runs}
+
+
+def real_pairs(ctx: config.Context, sizes: Sizes, X: torch.Tensor, y: torch.Tensor, threshold: float) -> RealPairs:
+    """The real-pair chapter's models, samples and studies: the standard recipe's ``preset.arch`` and
+    ``sizes.second_arch`` at every ``sizes.train_seeds``; per model a :func:`barrier_sample` of same-class pairs of
+    ``X`` (``n_pairs`` doubling to ``max_pairs``, until A1's share is decided and ``min_barrier_pairs`` have a
+    barrier; ``threshold`` the share A1 judges against), then :func:`study_pairs` (the paper's bypass: ``iterations``,
+    ``max_rounds``, clamped to [0, 1])."""
+    S = sizes
+    archs = (ctx.preset.arch, S.second_arch)
+    # every architecture at every training seed of the preset: a claim on trained models must hold for each
+    runs = {f"{arch} seed {s}": trained_for(ctx, arch, s) for s in S.train_seeds for arch in archs}
+    out = RealPairs(ctx=ctx, sizes=S, X=X, y=y, threshold=float(threshold), archs=archs, runs=runs, samples={}, studies={})
+    out.samples = {name: barrier_sample(run.model, X, y, S.n_pairs, min_barrier_pairs=S.min_barrier_pairs,
+                                        **out._sample_kw()) if pairable(run.model, X, y) else None
+                   for name, run in runs.items()}
+    out.studies = {
+        name: study_pairs(runs[name].model, X[s.i], X[s.j], s.target, num_points=S.num_points, tolerance=S.tolerance,
+                          iterations=S.iterations, max_rounds=S.max_rounds, clamp=True, progress=False)
+        for name, s in out.samples.items() if s is not None}
+    return out
+
+
 # --- plots
 def plot_condition_map(ax, conditions, key: str, threshold: float, above: bool = True, scale: float = 1.0,
                        xlabel: str | None = None, colors=None):
@@ -495,3 +641,97 @@ def plot_condition_map(ax, conditions, key: str, threshold: float, above: bool =
     if xlabel:
         ax.set_xlabel(xlabel)
     return ax
+
+
+def plot_line_barriers(studies: dict, tolerance: float):
+    """Histograms of the straight lines' barrier max (left) and gap (right) per run (log scale; a gap of 0 in the
+    first bin), with the ``tolerance`` dashed in the gap panel. Returns the figure."""
+    from mclib import plots
+
+    fig, axes = plots.subplots(1, 2, figsize=(9, 3.4))
+    paths.plot_barrier_hist(axes[0], {k: st.line_barrier.max for k, st in studies.items()}, xlabel="barrier max (CE)")
+    paths.plot_barrier_hist(axes[1], {k: st.line_barrier.gap.clamp_min(1e-7) for k, st in studies.items()},
+                            xlabel="barrier gap (CE)")
+    axes[1].axvline(tolerance, color="k", ls="--", lw=1)
+    return fig
+
+
+def plot_line_and_bypass(studies: dict):
+    """Per run (rows), the loss along the straight lines (left) and along the final bypass paths (right) of the pairs
+    with a barrier. Returns the figure."""
+    from mclib import plots
+
+    fig, axes = plots.subplots(len(studies), 2, figsize=(9, 2.6 * len(studies)), squeeze=False)
+    for row, (name, st) in enumerate(studies.items()):
+        if st.bypass is None:
+            axes[row, 0].set_title(f"{name}: no pair has a barrier")
+            axes[row, 1].set_axis_off()
+            continue
+        for i, (L, pos, title) in enumerate([(st.line[st.line_has_barrier], None, "straight line"),
+                                             (st.bypass.losses, st.bypass.positions, "after bypass")]):
+            paths.plot_loss_curves(axes[row, i], L, pos, color=plots.PALETTE[i], log=True)
+            axes[row, i].set_title(f"{name}: {title} ({int(st.line_has_barrier.sum())} pairs)")
+    return fig
+
+
+def plot_gap_history(studies: dict, tolerance: float):
+    """Per run, the path's barrier gap after each bypass round (round 0 the straight line), one line per barrier
+    pair, the ``tolerance`` dashed. Returns the figure."""
+    from mclib import plots
+
+    rows = (len(studies) + 1) // 2
+    fig, axes = plots.subplots(rows, 2, figsize=(9, 2.8 * rows), squeeze=False)
+    for ax, (name, st) in zip(axes.flat, studies.items()):
+        ax.set_title(name)
+        if st.bypass is None:
+            ax.text(0.5, 0.5, "no pair has a barrier", ha="center", va="center", transform=ax.transAxes)
+            continue
+        H = st.bypass.gap_history().clamp_min(1e-6)
+        for p in range(H.shape[1]):
+            ax.plot(range(H.shape[0]), H[:, p].numpy(), color=plots.PALETTE[0], alpha=0.3, marker="o", ms=3)
+        ax.axhline(tolerance, color="k", ls="--", lw=1)
+        ax.set(yscale="log", xlabel="bypass round", ylabel="path barrier gap")
+        ax.set_xticks(range(H.shape[0]))
+    for ax in list(axes.flat)[len(studies):]:
+        ax.set_axis_off()
+    return fig
+
+
+def plot_a2_map(a2_map: list, shift_max: float, free_min: float):
+    """Claim A2's map in two panels sharing one row per setting: the median max|B'-B| (log scale, the paper's 1-5%
+    shaded, ``shift_max`` dashed) and the share of barrier pairs free after one bend (``free_min`` dashed).
+    Returns the figure."""
+    from mclib import plots
+
+    fig, axes = plots.subplots(1, 2, figsize=(10, 0.42 * len(a2_map) + 1.4), sharey=True,
+                               gridspec_kw={"width_ratios": [3, 2]})
+    plot_condition_map(axes[0], a2_map, "shift_median", shift_max, above=False,
+                       xlabel="median max|B'-B| (% of the max pixel)")
+    axes[0].axvspan(1, 5, color=plots.PALETTE[2], alpha=0.15, lw=0, label="paper: 1-5%")
+    axes[0].set_xscale("log")
+    axes[0].set_xticks([0.5, 1, 2, 5, 10, 20, 50], ["0.5", "1", "2", "5", "10", "20", "50"])
+    axes[0].minorticks_off()
+    axes[0].legend(loc="lower right", fontsize=9)
+    plot_condition_map(axes[1], a2_map, "free_after_1", free_min, scale=100,
+                       xlabel="barrier pairs free after one bend (%)")
+    axes[1].tick_params(labelleft=False)
+    return fig
+
+
+def plot_bends(X: torch.Tensor, sample: BarrierSample, study: PairStudy, early, k: int = 3):
+    """For the ``k`` barrier pairs with the largest straight-line gap: the endpoints A and C, the max-loss point B,
+    B' after the full bypass (``study.bypass``) and after the early-stopped one (``early``), each B' titled with
+    max|B'-B|. Returns the figure."""
+    from mclib import plots
+
+    order = study.line_barrier.gap[study.line_has_barrier].argsort(descending=True)[:k].tolist()
+    full = study.bypass
+    fig, axes = plots.subplots(len(order), 5, figsize=(9, 2.0 * len(order)), squeeze=False)
+    for row, q in enumerate(order):
+        p = int(study.line_has_barrier.nonzero()[q, 0])
+        d_full, d_early = ((r.B_prime[q] - r.B[q]).abs().max() for r in (full, early))
+        plots.images(axes[row], [X[sample.i[p]], full.B[q], full.B_prime[q], early.B_prime[q], X[sample.j[p]]],
+                     ["A", "B (max loss)", f"B' full ({d_full:.3f})", f"B' stopped ({d_early:.3f})", "C"])
+        axes[row, 0].set_ylabel(f"gap {float(study.line_barrier.gap[p]):.2f}", fontsize=9)
+    return fig
+
