@@ -26,11 +26,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mclib import config, sequential, som, stats
+from mclib import config, data, sequential, som, stats, train
 from mclib.attacks import pgd
 from mclib.torchutil import device_of, eval_mode
 
-__all__ = ["Sizes", "majority_hits", "code_evidence", "minimal_eps", "bmu_change", "PROTOCOL_KEYS", "shallow_layers", "fit_protocol", "one_at_a_time",
+__all__ = ["Sizes", "plot_condition_figure", "plot_entropy_vs_eps", "plot_bmu_change", "majority_hits", "code_evidence", "chapter_models", "layer_codes", "b3_study", "attack_change",
+           "b_evidence", "minimal_eps", "bmu_change", "PROTOCOL_KEYS", "shallow_layers", "fit_protocol", "one_at_a_time",
            "homogeneity", "condition_map", "sequential_inputs", "summarise_conditions", "plot_conditions"]
 
 
@@ -408,6 +409,104 @@ def summarise_conditions(conditions: Sequence[Mapping], key: str = "spearman", e
     return out
 
 
+# --- the chapter (B1-B3)
+def chapter_models(ctx: config.Context, sizes: Sizes):
+    """The chapter's trained models, ``recipe_for(ctx, arch=a, **sizes.recipe_changes.get(a, {}))`` for each of
+    ``sizes.archs`` (cached, shared with other chapters). Returns ``(nets, rows)``: the models by architecture and
+    one row per model (epochs, batch size, architecture options, test accuracy, training seconds)."""
+    changes = dict(sizes.recipe_changes)
+    nets, rows = {}, []
+    for arch in sizes.archs:
+        recipe = train.recipe_for(ctx, arch=arch, **changes.get(arch, {}))
+        trained = ctx.model(recipe, progress=False)
+        nets[arch], m = trained.model, trained.metrics
+        rows.append({"model": arch, "epochs": recipe.epochs, "batch size": recipe.batch_size,
+                     "architecture": ", ".join(f"{k}={v}" for k, v in dict(recipe.arch_kwargs).items()) or "default",
+                     "test acc": m["test_acc"], "train seconds": m["seconds"]})
+    return nets, rows
+
+
+def layer_codes(nets: Mapping[str, nn.Module], X: torch.Tensor, y: torch.Tensor, sizes: Sizes,
+                seed: int = 0) -> dict[str, som.LayerCodes]:
+    """Per model, a SOM per hooked layer fitted on the codes of ``X`` (:func:`mclib.som.fit_layers`, the default
+    batch-map torch SOM of ``sizes.som_rows`` x ``sizes.som_cols`` units, ``sizes.sigma``)."""
+    return {arch: som.fit_layers(som.activations(model, X, batch_size=sizes.batch_size), y, rows=sizes.som_rows,
+                                 cols=sizes.som_cols, sigma=sizes.sigma, seed=seed)
+            for arch, model in nets.items()}
+
+
+def b3_study(ctx: config.Context, sizes: Sizes, nets: Mapping[str, nn.Module], X: torch.Tensor, y: torch.Tensor):
+    """Claim B3 over its one-at-a-time design around ``sizes.b3_base``: per model, inputs drawn on the sequential
+    design (:func:`sequential_inputs`: more while the base setting's rho interval spans 0), the condition map of
+    every setting the model has (:func:`condition_map`), and the base setting's per-input label entropy at the BMU
+    (:func:`homogeneity`). Returns ``(vuln, conditions)``: per model ``idx``, ``eps`` (base vulnerability measure),
+    ``entropy``, ``censored`` (inputs never flipped), ``looks`` and ``base`` (the base setting's measured entry)."""
+    S = sizes
+    protocols = {name: dict(p) for name, p in S.protocols.items()}
+    X_fit, y_fit = data.load(ctx.preset.dataset, "train", n=S.n_fit_train, data_root=ctx.data_root)
+    base = dict(S.b3_base)
+    design = one_at_a_time(base, {"layer": S.b3_layers, "som": S.b3_soms, "protocol": S.b3_protocols,
+                                  "vulnerability": S.b3_vulnerability})
+    vuln, conditions = {}, []
+    fit_sets = {"test": (X, y), "train": (X_fit, y_fit)}
+    for arch, model in nets.items():
+        layers = shallow_layers(model)
+        measures = {name: S.vulnerability[name] for name in dict.fromkeys(s["vulnerability"] for s in design)}
+        idx, eps, looked = sequential_inputs(model, X, y, S.n_vuln, S.b3_budget, measures, base, layers, protocols,
+                                             fit_sets, resolution=S.resolution, generator=ctx.generator(1),
+                                             n_boot=S.n_boot, seed=ctx.seed, batch_size=S.batch_size)
+        settings = [s for s in design if s["layer"] in layers]  # a model without a pre-activation module skips that row
+        conditions += condition_map(model, X[idx], y[idx], eps, settings, layers, protocols, fit_sets,
+                                    n_boot=S.n_boot, seed=ctx.seed, batch_size=S.batch_size, tag={"model": arch},
+                                    level=looked.design.level)
+        # the base setting's per-input homogeneity, for the scatter plot (the chapter's SOM protocol and layer)
+        module, proto = layers[base["layer"]], protocols[base["protocol"]]
+        fit_X, fit_y = fit_sets.get(proto["fit_on"], (X[idx], y[idx]))
+        entropy, _, _ = homogeneity(som.activations(model, fit_X, [module])[module], fit_y,
+                                    som.activations(model, X[idx], [module])[module], base["som"], proto, ctx.seed)
+        e = eps[base["vulnerability"]]
+        vuln[arch] = {"idx": idx, "eps": e, "entropy": entropy, "censored": int(torch.isinf(e).sum()),
+                      "looks": looked.looks,
+                      "base": next(c for c in conditions if c["setting"] == {"model": arch, **base})["measured"]}
+    return vuln, conditions
+
+
+def attack_change(ctx: config.Context, sizes: Sizes, nets: Mapping[str, nn.Module], X: torch.Tensor, y: torch.Tensor,
+                  vuln: Mapping[str, Mapping], codes: Mapping[str, som.LayerCodes]) -> dict[str, dict]:
+    """Per model, one L-inf PGD attack (``sizes.attack_eps``, ``sizes.pgd_steps``) on B3's inputs: the share of BMUs
+    changed per layer (:func:`bmu_change`) and the share of predictions flipped."""
+    change = {}
+    for arch, model in nets.items():
+        idx = vuln[arch]["idx"]
+        adv = pgd(model, X[idx].to(ctx.device), y[idx].to(ctx.device), eps=sizes.attack_eps, steps=sizes.pgd_steps,
+                  generator=ctx.generator(3)).cpu()
+        flipped = float((train.logits(model, adv).argmax(1) != y[idx]).float().mean())
+        change[arch] = {"per_layer": bmu_change(model, X[idx], adv, codes[arch]), "flipped": flipped}
+    return change
+
+
+#: The per-layer SOM statistics B2's record keeps.
+B2_METRICS = ("units_used", "bmu_entropy", "purity", "mi", "nmi", "within_class_spread", "quantization_error",
+              "topographic_error")
+
+
+def b_evidence(nets: Mapping[str, nn.Module], codes: Mapping[str, som.LayerCodes], X: torch.Tensor, y: torch.Tensor,
+               vuln: Mapping[str, Mapping], change: Mapping[str, Mapping], conditions: list, sizes: Sizes,
+               seed: int = 0) -> dict:
+    """What the judges of B1-B3 read (:mod:`mclib.claims.paper_b`): ``"B1"`` and ``"B2"`` per model
+    :func:`code_evidence` of the shallowest and deepest layer's BMUs (B2 also the per-layer :data:`B2_METRICS`), ``"B3"``
+    per model the base setting's Spearman interval, censored inputs, setting and BMU change, and B3's condition map
+    ``conditions`` (:func:`b3_study`); each model's evidence
+    carries its test accuracy on ``X`` (a model at chance makes B1-B3 inconclusive)."""
+    acc = {a: {"test_acc": train.evaluate(nets[a], X, y)["acc"], "n_test": len(X)} for a in codes}
+    ev = {a: {**code_evidence(c.bmus[c.layers[0]], c.bmus[c.layers[-1]], y, n_boot=sizes.n_boot, seed=seed),
+              **acc[a]} for a, c in codes.items()}
+    metrics = {a: {k: list(c.metrics[k]) for k in B2_METRICS} for a, c in codes.items()}
+    spearman = {a: {"spearman": v["base"]["spearman"], "censored": v["censored"], "setting": dict(sizes.b3_base),
+                    "bmu_change": change[a]["per_layer"], **acc[a]} for a, v in vuln.items()}
+    return {"B1": {"models": ev}, "B2": {"models": ev, "metrics": metrics}, "B3": {"models": spearman, "conditions": conditions}}
+
+
 # --- plots
 def plot_conditions(conditions: Sequence[Mapping], key: str = "spearman", effect: float = 0.15, ax=None,
                     label_keys: Sequence[str] | None = None, xlabel: str = "Spearman's rho"):
@@ -441,3 +540,52 @@ def plot_conditions(conditions: Sequence[Mapping], key: str = "spearman", effect
         ax.legend([Line2D([], [], marker="o", color=colours[m], ls="") for m in models_], models_, fontsize="small",
                   loc="best")
     return ax
+
+
+def plot_entropy_vs_eps(vuln: Mapping[str, Mapping], generator: torch.Generator | None = None):
+    """Per model, each input's label entropy at its shallow BMU (jittered) against its smallest flipping radius
+    (inputs never flipped drawn just above the largest radius), titled with the base setting's Spearman interval.
+    Returns the figure."""
+    from mclib import plots
+
+    fig, axes = plots.subplots(1, len(vuln), figsize=(min(9, 4.5 * len(vuln)), 3.8), squeeze=False)
+    for ax, (arch, v) in zip(axes[0], vuln.items()):
+        e = v["eps"].clone()
+        e[torch.isinf(e)] = float(e[torch.isfinite(e)].max()) * 1.05 if torch.isfinite(e).any() else 1.0
+        jitter = (torch.rand(len(e), generator=generator) - 0.5) * 0.05
+        ax.scatter(v["entropy"] + jitter, e, s=8, alpha=0.5)
+        sp = v["base"]["spearman"]
+        ax.set_xlabel(f"label entropy at BMU of {v['base']['module']} (bits)")
+        ax.set_ylabel("smallest flipping L-inf radius")
+        ax.set_title(f"{arch}: Spearman {sp['estimate']:.2f} [{sp['lo']:.2f}, {sp['hi']:.2f}]", fontsize=10)
+    return fig
+
+
+def plot_bmu_change(change: Mapping[str, Mapping]):
+    """The share of BMUs changed by the attack against relative depth, one line per model (:func:`attack_change`).
+    Returns the figure."""
+    from mclib import plots
+
+    fig, ax = plots.subplots(figsize=(6.4, 3.4))
+    for arch, ch in change.items():
+        vals = list(ch["per_layer"].values())
+        ax.plot(np.linspace(0, 1, len(vals)), vals, "o-", label=f"{arch} (attack flips {ch['flipped']:.0%})")
+    ax.set_xlabel("relative depth (0 = first layer, 1 = logits)")
+    ax.set_ylabel("share of BMUs changed")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    return fig
+
+
+def plot_condition_figure(conditions: Sequence[Mapping]):
+    """B3's condition map as the chapter shows it: :func:`plot_conditions` sized to its rows, small row labels and
+    legend. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    ax = plot_conditions(conditions)
+    ax.tick_params(axis="y", labelsize=9)
+    ax.figure.set_size_inches(8, 0.3 * len(conditions) + 1.6)
+    if ax.get_legend():
+        plt.setp(ax.get_legend().get_texts(), fontsize=9)
+    return ax.figure
+
