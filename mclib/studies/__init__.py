@@ -3,15 +3,30 @@
 A concept module (:mod:`mclib.paths`, :mod:`mclib.curves`, :mod:`mclib.hessian`, :mod:`mclib.som`,
 :mod:`mclib.detect`, :mod:`mclib.repair`, ...) holds one idea of the papers and nothing chapter-specific. A study
 combines them into the measurement behind a group of claims -- the sampling design, the condition map, the
-chapter's table -- one readable file per study:
+chapter's table -- one readable file per study. Each study defines its chapter's ``Sizes``: a frozen dataclass
+of typed fields read from the chapter's preset file (:class:`mclib.config.Sizes`; ``S = pairs.Sizes.read(ctx)``,
+then ``S.n_pairs``), and each study result has one method or function returning exactly the evidence its claims'
+judges read (:mod:`mclib.claims` keeps only thresholds and verdicts).
 
-* :mod:`mclib.studies.pairs` -- pairs of inputs, their barriers and bypasses (claims A1-A5);
-* :mod:`mclib.studies.detection` -- the detection table, attack strength and the confidence map (A8, A9);
-* :mod:`mclib.studies.codes` -- shallow-code homogeneity against vulnerability over a condition map (B3);
-* :mod:`mclib.studies.curves` -- line, Bezier curve and polygonal chain between two endpoints, per seed pair (C1);
-* :mod:`mclib.studies.bonafide` -- repair with limited bonafide data: sweeps over N, the baselines' table (C2-C4);
-* :mod:`mclib.studies.error_injection` -- error-injected endpoints, their repair and C4's evidence;
-* :mod:`mclib.studies.robustness` -- robustness and the input Hessian along a weight-space path (C6, C7).
+Where each chapter's pieces live (chapter = notebook + study + preset file in ``mclib/presets/``; a preset file
+shared by two chapters is read by one ``Sizes`` class):
 
-Studies import concept modules, never the reverse. ``from mclib.studies import pairs`` then ``pairs.barrier_sample(...)``.
+* ``notebooks/a1_real_paths.ipynb`` -- :mod:`mclib.studies.pairs` -- ``paths.toml`` -- A1-A3;
+* ``notebooks/a4_interpolated_synthetic.ipynb`` -- :mod:`mclib.studies.pairs` -- ``paths.toml`` -- A4, A5;
+* ``notebooks/a6_untrained.ipynb`` -- :mod:`mclib.studies.untrained` -- ``untrained.toml`` -- A6;
+* ``notebooks/a7_barrier_evolution.ipynb`` -- :mod:`mclib.studies.evolution` -- ``evolution.toml`` -- A7;
+* ``notebooks/a8_detection.ipynb`` -- :mod:`mclib.studies.detection` -- ``detect.toml`` -- A8, A9;
+* ``notebooks/a10_percolation.ipynb`` -- :mod:`mclib.studies.percolation` -- ``percolation.toml`` -- A10;
+* ``notebooks/b_internal_codes.ipynb`` -- :mod:`mclib.studies.codes` -- ``som.toml`` -- B1-B3;
+* ``notebooks/own_model.ipynb`` -- :mod:`mclib.studies.own_model` -- ``detect.toml`` -- no claim;
+* ``notebooks/c1_curves.ipynb`` -- :mod:`mclib.studies.curves` -- ``curves.toml`` -- C1;
+* ``notebooks/c2_backdoor_repair.ipynb`` -- :mod:`mclib.studies.bonafide` -- ``repair.toml`` -- C2, C3, C5;
+* ``notebooks/c4_error_injection.ipynb`` -- :mod:`mclib.studies.error_injection` -- ``repair.toml`` -- C4;
+* ``notebooks/c6_robustness_hessian.ipynb`` -- :mod:`mclib.studies.robustness` -- ``robustness.toml`` -- C6, C7;
+* ``notebooks/c8_across_architectures.ipynb`` -- the C studies above -- ``across.toml`` with ``curves.toml``,
+  ``repair.toml`` and ``robustness.toml`` -- C8.
+
+The C chapters still read their preset sections by name (``ctx.section("repair")``); they move to typed ``Sizes``
+next. Studies import concept modules, never the reverse. ``from mclib.studies import pairs`` then
+``pairs.barrier_sample(...)``.
 """

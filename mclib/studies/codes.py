@@ -30,9 +30,10 @@ from mclib import config, data, sequential, som, stats, train
 from mclib.attacks import pgd
 from mclib.torchutil import device_of, eval_mode
 
-__all__ = ["Sizes", "plot_condition_figure", "plot_entropy_vs_eps", "plot_bmu_change", "majority_hits", "code_evidence", "chapter_models", "layer_codes", "b3_study", "attack_change",
-           "b_evidence", "minimal_eps", "bmu_change", "PROTOCOL_KEYS", "shallow_layers", "fit_protocol", "one_at_a_time",
-           "homogeneity", "condition_map", "sequential_inputs", "summarise_conditions", "plot_conditions"]
+__all__ = ["Sizes", "plot_condition_figure", "plot_entropy_vs_eps", "plot_bmu_change", "majority_hits", "code_evidence",
+           "chapter_models", "layer_codes", "b3_study", "attack_change", "b_evidence", "minimal_eps", "bmu_change",
+           "PROTOCOL_KEYS", "shallow_layers", "fit_protocol", "one_at_a_time", "homogeneity", "condition_map",
+           "sequential_inputs", "summarise_conditions", "plot_conditions"]
 
 
 @dataclass(frozen=True)
@@ -493,18 +494,19 @@ B2_METRICS = ("units_used", "bmu_entropy", "purity", "mi", "nmi", "within_class_
 def b_evidence(nets: Mapping[str, nn.Module], codes: Mapping[str, som.LayerCodes], X: torch.Tensor, y: torch.Tensor,
                vuln: Mapping[str, Mapping], change: Mapping[str, Mapping], conditions: list, sizes: Sizes,
                seed: int = 0) -> dict:
-    """What the judges of B1-B3 read (:mod:`mclib.claims.paper_b`): ``"B1"`` and ``"B2"`` per model
-    :func:`code_evidence` of the shallowest and deepest layer's BMUs (B2 also the per-layer :data:`B2_METRICS`), ``"B3"``
-    per model the base setting's Spearman interval, censored inputs, setting and BMU change, and B3's condition map
-    ``conditions`` (:func:`b3_study`); each model's evidence
-    carries its test accuracy on ``X`` (a model at chance makes B1-B3 inconclusive)."""
+    """What the judges of B1-B3 read (:mod:`mclib.claims.paper_b`), by claim: ``"B1"`` and ``"B2"`` per model
+    :func:`code_evidence` of the shallowest and deepest layer's BMUs (B2 also the per-layer :data:`B2_METRICS`);
+    ``"B3"`` per model the base setting's Spearman interval, censored inputs, setting and BMU change, and B3's
+    condition map ``conditions`` (:func:`b3_study`). Each model's evidence carries its test accuracy on ``X`` (a model
+    at chance makes B1-B3 inconclusive)."""
     acc = {a: {"test_acc": train.evaluate(nets[a], X, y)["acc"], "n_test": len(X)} for a in codes}
     ev = {a: {**code_evidence(c.bmus[c.layers[0]], c.bmus[c.layers[-1]], y, n_boot=sizes.n_boot, seed=seed),
               **acc[a]} for a, c in codes.items()}
     metrics = {a: {k: list(c.metrics[k]) for k in B2_METRICS} for a, c in codes.items()}
     spearman = {a: {"spearman": v["base"]["spearman"], "censored": v["censored"], "setting": dict(sizes.b3_base),
                     "bmu_change": change[a]["per_layer"], **acc[a]} for a, v in vuln.items()}
-    return {"B1": {"models": ev}, "B2": {"models": ev, "metrics": metrics}, "B3": {"models": spearman, "conditions": conditions}}
+    return {"B1": {"models": ev}, "B2": {"models": ev, "metrics": metrics},
+            "B3": {"models": spearman, "conditions": conditions}}
 
 
 # --- plots

@@ -27,8 +27,10 @@ from torch import nn
 from mclib import config, detect, stats, train
 from mclib.attacks import evasion
 
-__all__ = ["Sizes", "barrier_ratio_evidence", "Chapter", "prepare", "standard_detectors", "detection_table", "strength_table", "transfer_table", "map_detectors", "SweepPoint",
-           "sweep", "setting_evidence", "confidence_map", "map_frame", "MAP_LINES", "plot_condition_map"]
+__all__ = ["Sizes", "barrier_ratio_evidence", "Chapter", "prepare", "ADAPTIVE", "plot_barrier_boxes",
+           "plot_path_curves", "plot_roc_grid", "plot_confidence_map", "standard_detectors", "detection_table",
+           "strength_table", "transfer_table", "map_detectors", "SweepPoint", "sweep", "setting_evidence",
+           "confidence_map", "map_frame", "MAP_LINES", "plot_condition_map"]
 
 
 @dataclass(frozen=True)
@@ -460,7 +462,8 @@ class Chapter:
 
     def a8_evidence(self, F_clean: detect.Features, F_adv: Mapping[str, detect.Features]) -> dict:
         """What A8's judge reads: per attack :meth:`ratio_evidence` (``attacks``; the adaptive attack's apart as
-        ``adaptive``), the model's test accuracy (a model at chance makes A8 inconclusive) and the real-real pair count."""
+        ``adaptive``), the model's test accuracy (a model at chance makes A8 inconclusive) and the real-real pair
+        count."""
         ratio = {k: self.ratio_evidence(F_clean, F_adv[k]) for k in F_adv}
         return {"attacks": {k: v for k, v in ratio.items() if k != ADAPTIVE}, "adaptive": ratio.get(ADAPTIVE),
                 "test_acc": self.test_acc, "n_test": self.n_test,

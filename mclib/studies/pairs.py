@@ -23,11 +23,10 @@ import torch.nn.functional as F
 
 from mclib import config, paths, sequential, stats, synth, train
 
-__all__ = ["Sizes", "same_class_pairs", "BarrierSample", "barrier_sample", "GrownPairs", "until_barriers", "condition_effects",
-           "PairStudy", "study_pairs",
-           "interpolated_pairs", "KINDS", "kinds_of_pairs", "trained_for", "pairable", "RealPairs", "real_pairs",
-           "plot_condition_map", "plot_line_barriers", "plot_line_and_bypass", "plot_gap_history", "plot_a2_map",
-           "plot_bends"]
+__all__ = ["Sizes", "same_class_pairs", "BarrierSample", "barrier_sample", "GrownPairs", "until_barriers",
+           "condition_effects", "PairStudy", "study_pairs", "interpolated_pairs", "KINDS", "kinds_of_pairs",
+           "trained_for", "pairable", "RealPairs", "real_pairs", "plot_condition_map", "plot_line_barriers",
+           "plot_line_and_bypass", "plot_gap_history", "plot_a2_map", "plot_bends"]
 
 #: An FVO input is a mode at CE below 5e-4 (the paper's stopping rule, :func:`mclib.synth.fvo`'s ``threshold``);
 #: :meth:`PairStudy.evidence` counts the share that are, claim A5 judges it (``mclib.claims.paper_a.MODE_CE``).
@@ -593,7 +592,8 @@ def real_pairs(ctx: config.Context, sizes: Sizes, X: torch.Tensor, y: torch.Tens
     archs = (ctx.preset.arch, S.second_arch)
     # every architecture at every training seed of the preset: a claim on trained models must hold for each
     runs = {f"{arch} seed {s}": trained_for(ctx, arch, s) for s in S.train_seeds for arch in archs}
-    out = RealPairs(ctx=ctx, sizes=S, X=X, y=y, threshold=float(threshold), archs=archs, runs=runs, samples={}, studies={})
+    out = RealPairs(ctx=ctx, sizes=S, X=X, y=y, threshold=float(threshold), archs=archs, runs=runs, samples={},
+                    studies={})
     out.samples = {name: barrier_sample(run.model, X, y, S.n_pairs, min_barrier_pairs=S.min_barrier_pairs,
                                         **out._sample_kw()) if pairable(run.model, X, y) else None
                    for name, run in runs.items()}
