@@ -261,3 +261,29 @@ def test_sequential_inputs_attacks_only_new_inputs_and_stops_when_the_sign_is_de
     assert sample.looks == [10, 20] and sample.design.looks == (10, 20, 40) and sample.status == "holds"
     assert attacked == [10, 10] and len(eps["v"]) == 20 and idx.tolist() == list(range(20))
     assert sample.design.level == pytest.approx(1 - 0.05 / 3)
+
+
+def test_b_evidence_by_claim():
+    """B1 and B2 read code_evidence of the first and last layer's BMUs, B2 also the per-layer metrics, B3 the base
+    setting's interval per model and the condition map; each model's evidence carries its test accuracy."""
+    import pandas as pd
+    from types import SimpleNamespace as NS
+    from torch import nn
+
+    y = torch.arange(40) % 4
+    c = NS(layers=["a", "b"], bmus={"a": torch.zeros(40, dtype=torch.long), "b": y.clone()},
+           metrics=pd.DataFrame({k: [0.1, 0.9] for k in codes.B2_METRICS}, index=["a", "b"]))
+    X = torch.eye(4)[y].reshape(40, 1, 2, 2)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 4, bias=False)).eval()
+    with torch.no_grad():
+        net[1].weight.copy_(torch.eye(4))                     # a perfect classifier of these inputs
+    vuln = {"m": {"base": {"spearman": {"estimate": -0.5}}, "censored": 1}}
+    S = codes.Sizes.read("smoke")
+    ev = codes.b_evidence({"m": net}, {"m": c}, X, y, vuln, {"m": {"per_layer": {"a": 0.1}}}, ["map"], S, seed=0)
+    assert ev["B1"]["models"]["m"] == ev["B2"]["models"]["m"]
+    b1 = ev["B1"]["models"]["m"]
+    assert b1["purity_first"]["estimate"] == 0.25 and b1["purity_last"] == 1.0 and b1["test_acc"] == 1.0
+    assert b1 == {**codes.code_evidence(c.bmus["a"], c.bmus["b"], y, n_boot=S.n_boot, seed=0), "test_acc": 1.0,
+                  "n_test": 40}
+    assert ev["B2"]["metrics"]["m"]["purity"] == [0.1, 0.9]
+    assert ev["B3"]["conditions"] == ["map"] and ev["B3"]["models"]["m"]["setting"] == dict(S.b3_base)

@@ -136,3 +136,40 @@ def test_sweep_confidence_map_and_plot():
     plt.close(fig)
     with pytest.raises(ValueError, match="exactly one other parameter"):
         detection.map_frame([{"setting": {"attack": "x", "a": 1, "b": 2}, "measured": {}}])
+
+
+def _chapter(n=6):
+    """The detection chapter's pieces for test_detect's small template classifier (3 classes, 4x4 inputs)."""
+    from dataclasses import replace
+    g = torch.Generator().manual_seed(1)
+    templates, model = _template_classifier(g)
+    y = torch.arange(90) % 3
+    X = (templates[y] + 0.05 * torch.randn(90, 16, generator=g)).clamp(0, 1).reshape(-1, 1, 4, 4)
+    S = replace(detection.Sizes.read("smoke"), n=n, k=2, num_points=5, eps=0.5, pgd_steps=3, folds=2, n_boot=50,
+                attack_batch=16, adaptive_k=1, opt_steps_first=8, opt_steps_confident=8, adaptive_steps=2)
+    return detection.prepare(model, S, X[:60], y[:60], X[60:], y[60:], torch.device("cpu"), seed=0), X, y
+
+
+def test_prepare_targets_a_wrong_class_and_keeps_correct_sources():
+    ch, X, y = _chapter()
+    assert (ch.targets != ch.y_src).all() and int(ch.targets.max()) < 3
+    assert (ch.model(ch.X_src).argmax(1) == ch.y_src).all()
+    assert ch.test_acc == pytest.approx(len(ch.X_src) / 30) and ch.n_test == 30
+    assert ch.references.images.shape[:2] == (3, 2)
+
+
+def test_chapter_attacks_and_the_evidence_the_judges_read():
+    """run_attacks returns one row per attack in the chapter's order; A8's and A9's evidence hold the plain attacks
+    under one key and the adaptive attack apart, each evidence equal to its single-attack method."""
+    ch, X, y = _chapter()
+    clean_idx, F_clean, adv, F_adv, rows = ch.run_attacks()
+    assert [r["attack"] for r in rows] == list(ch.attacks()) == list(F_adv)
+    assert detection.ADAPTIVE in F_adv and all(len(adv[k][0]) == len(F_adv[k].table) for k in F_adv)
+    ev8 = ch.a8_evidence(F_clean, F_adv)
+    assert set(ev8["attacks"]) == set(F_adv) - {detection.ADAPTIVE}
+    assert ev8["adaptive"] == ch.ratio_evidence(F_clean, F_adv[detection.ADAPTIVE])
+    assert ev8["test_acc"] == ch.test_acc and ev8["pairs_real_real"] == len(clean_idx) * 2
+    thr = lambda: detect.ThresholdDetector("barrier_max")  # noqa: E731
+    ev9 = ch.a9_evidence(thr, F_clean, clean_idx, F_adv, adv, [], pd.DataFrame({"a": [1.0]}), rows)
+    assert set(ev9["auroc"]) == set(F_adv) - {detection.ADAPTIVE}
+    assert all("seconds" not in r for r in ev9["attack_stats"]) and ev9["table"] == [{"a": 1.0}]

@@ -123,3 +123,38 @@ def test_barrier_sample_draws_on_until_enough_pairs_have_a_barrier(bump_pair):
     assert more.looks[:2] == [20, 40] and int(more.line_has_barrier.sum()) > k
     rec = more.measured()["barrier_fraction"]
     assert rec["planned"] == [20, 40, 80] and rec["level"] == pytest.approx(1 - 0.05 / 3) and rec["looks"] == more.looks
+
+
+class _Constant(nn.Module):
+    """Equal logits for every input: at chance, no input is correctly classified... except by argmax tie-break."""
+
+    def __init__(self, k=3):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        return torch.zeros(len(x), self.k)
+
+
+def test_pairable_needs_two_correct_inputs_of_one_class():
+    X = torch.rand(6, 1, 2, 2)
+    assert not pairs.pairable(_Constant(), X, torch.tensor([1, 1, 2, 2, 1, 2]))   # argmax is class 0: none correct
+    assert pairs.pairable(_Constant(), X, torch.tensor([0, 0, 1, 2, 1, 2]))       # two correct inputs of class 0
+    assert not pairs.pairable(_Constant(), X, torch.tensor([0, 1, 1, 2, 1, 2]))
+
+
+def test_real_pairs_evidence_of_a_run_that_could_not_pair():
+    """A run without a sample has zero pairs and says why, with its accuracy, in the runs' order."""
+    from types import SimpleNamespace as NS
+    from mclib import config
+
+    X, y = torch.rand(6, 1, 2, 2), torch.tensor([1, 1, 2, 2, 1, 2])
+    S = pairs.Sizes.read("smoke")
+    runs = {"m seed 0": NS(model=_Constant(), metrics={"test_acc": 0.0})}
+    real = pairs.RealPairs(ctx=config.setup("smoke", "cpu", style=False), sizes=S, X=X, y=y, threshold=0.05,
+                           archs=("m",), runs=runs, samples={"m seed 0": None}, studies={})
+    ev = real.evidence()
+    assert list(ev) == ["m seed 0"] and ev["m seed 0"]["pairs"] == 0 and ev["m seed 0"]["barrier_fraction"] is None
+    assert "no class had two correctly classified" in ev["m seed 0"]["missing"] and ev["m seed 0"]["test_acc"] == 0.0
+    assert real.seed0 == S.train_seeds[0] and list(real.table().index) == ["m seed 0"]
+    assert real.a2_map() == ([], {})

@@ -544,17 +544,17 @@ def plot_conditions(conditions: Sequence[Mapping], key: str = "spearman", effect
     return ax
 
 
-def plot_entropy_vs_eps(vuln: Mapping[str, Mapping], generator: torch.Generator | None = None):
-    """Per model, each input's label entropy at its shallow BMU (jittered) against its smallest flipping radius
-    (inputs never flipped drawn just above the largest radius), titled with the base setting's Spearman interval.
-    Returns the figure."""
+def plot_entropy_vs_eps(vuln: Mapping[str, Mapping], seed: int = 0):
+    """Per model, each input's label entropy at its shallow BMU (jittered, from a generator seeded ``seed`` for each
+    model) against its smallest flipping radius (inputs never flipped drawn just above the largest radius), titled
+    with the base setting's Spearman interval. Returns the figure."""
     from mclib import plots
 
     fig, axes = plots.subplots(1, len(vuln), figsize=(min(9, 4.5 * len(vuln)), 3.8), squeeze=False)
     for ax, (arch, v) in zip(axes[0], vuln.items()):
         e = v["eps"].clone()
         e[torch.isinf(e)] = float(e[torch.isfinite(e)].max()) * 1.05 if torch.isfinite(e).any() else 1.0
-        jitter = (torch.rand(len(e), generator=generator) - 0.5) * 0.05
+        jitter = (torch.rand(len(e), generator=torch.Generator().manual_seed(seed)) - 0.5) * 0.05
         ax.scatter(v["entropy"] + jitter, e, s=8, alpha=0.5)
         sp = v["base"]["spearman"]
         ax.set_xlabel(f"label entropy at BMU of {v['base']['module']} (bits)")

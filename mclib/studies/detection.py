@@ -506,7 +506,8 @@ def prepare(model: nn.Module, sizes: Sizes, X_pool: torch.Tensor, y_pool: torch.
     correct = (train.logits(model, X_test).argmax(1) == y_test).nonzero()[:, 0]
     X_src, y_src = X_test[correct], y_test[correct]
     gen = torch.Generator().manual_seed(int(seed) + 4)
-    targets = (y_src + torch.randint(1, 10, y_src.shape, generator=gen)) % 10   # random wrong class per source
+    n_cls = len(refs.images)
+    targets = (y_src + torch.randint(1, n_cls, y_src.shape, generator=gen)) % n_cls   # a random wrong class per source
     return Chapter(model=model, sizes=sizes, device=device, seed=int(seed), references=refs, mahalanobis=maha,
                    real_loss=real_loss, X_src=X_src, y_src=y_src, targets=targets,
                    test_acc=len(correct) / len(X_test), n_test=len(X_test), generator=gen)
