@@ -2,8 +2,9 @@
 
 The evidence each judge reads comes from one method or function of the claim's study: A1-A5
 :meth:`mclib.studies.pairs.PairStudy.evidence`, A6 :func:`mclib.studies.untrained.evidence`, A7
-:func:`mclib.studies.evolution.evidence`, A8 :func:`mclib.studies.detection.barrier_ratio_evidence`, A9
-:func:`mclib.studies.detection.setting_evidence`, A10 :func:`mclib.studies.percolation.evidence`.
+:func:`mclib.studies.evolution.evidence`, A8 :meth:`mclib.studies.detection.Chapter.a8_evidence`, A9
+:meth:`mclib.studies.detection.Chapter.a9_evidence` (its condition map :func:`mclib.studies.detection.confidence_map`),
+A10 :func:`mclib.studies.percolation.evidence`. A1-A3 per run: :meth:`mclib.studies.pairs.RealPairs.evidence`.
 
 Every criterion is judged on intervals: fractions carry Wilson intervals, medians and ratios percentile
 bootstrap intervals over pairs or inputs (:mod:`mclib.stats`). A run is one model (and training seed);

@@ -1,9 +1,9 @@
 """Claims of Lee & Vijayan (arXiv 2205.10952), B1..B3: the thresholds and the verdict logic, nothing else.
 
 An input's internal code at a layer is its best-matching unit (BMU) on that layer's SOM. The evidence the judges
-read comes from the codes study: B1 and B2 :func:`mclib.studies.codes.code_evidence` (purity and NMI of
-:mod:`mclib.som`, bootstrapped over inputs with the fitted SOMs held fixed), B3
-:func:`mclib.studies.codes.one_at_a_time`'s condition map and its base setting.
+read comes from one function of the codes study, :func:`mclib.studies.codes.b_evidence`: B1 and B2
+:func:`mclib.studies.codes.code_evidence` (purity and NMI of :mod:`mclib.som`, bootstrapped over inputs with the
+fitted SOMs held fixed), B3 the base setting's interval and the condition map of :func:`mclib.studies.codes.b3_study`.
 """
 from __future__ import annotations
 

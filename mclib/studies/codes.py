@@ -31,9 +31,9 @@ from mclib.attacks import pgd
 from mclib.torchutil import device_of, eval_mode
 
 __all__ = ["Sizes", "plot_condition_figure", "plot_entropy_vs_eps", "plot_bmu_change", "majority_hits", "code_evidence",
-           "chapter_models", "layer_codes", "b3_study", "attack_change", "b_evidence", "minimal_eps", "bmu_change",
-           "PROTOCOL_KEYS", "shallow_layers", "fit_protocol", "one_at_a_time", "homogeneity", "condition_map",
-           "sequential_inputs", "summarise_conditions", "plot_conditions"]
+           "chapter_models", "layer_codes", "b3_study", "attack_change", "b_evidence", "B2_METRICS", "minimal_eps",
+           "bmu_change", "PROTOCOL_KEYS", "shallow_layers", "fit_protocol", "one_at_a_time", "homogeneity",
+           "condition_map", "sequential_inputs", "summarise_conditions", "plot_conditions"]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from mclib import config, paths, sequential, stats, synth, train
 
-__all__ = ["Sizes", "same_class_pairs", "BarrierSample", "barrier_sample", "GrownPairs", "until_barriers",
+__all__ = ["Sizes", "MODE_CE", "same_class_pairs", "BarrierSample", "barrier_sample", "GrownPairs", "until_barriers",
            "condition_effects", "PairStudy", "study_pairs", "interpolated_pairs", "KINDS", "kinds_of_pairs",
            "trained_for", "pairable", "RealPairs", "real_pairs", "plot_condition_map", "plot_line_barriers",
            "plot_line_and_bypass", "plot_gap_history", "plot_a2_map", "plot_bends"]

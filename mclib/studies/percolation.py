@@ -65,10 +65,10 @@ def pc_table(study: Mapping[int, Mapping]) -> pd.DataFrame:
 
 
 def real_fractions(ctx: config.Context, sizes: Sizes):
-    """Low-loss fractions around ``sizes.real_inputs`` class-balanced test inputs (:func:`mclib.percolation.
-    label_fractions` in L-inf boxes of ``sizes.real_radii``) for the standard recipe's trained network and an
-    untrained copy. Returns ``(trained, {"trained": ..., "untrained": ...}, n_inputs)``; ``trained`` is the
-    :class:`mclib.train.Trained` run."""
+    """Low-loss fractions around ``sizes.real_inputs`` class-balanced test inputs
+    (:func:`mclib.percolation.label_fractions` in L-inf boxes of ``sizes.real_radii``) for the standard recipe's
+    trained network and an untrained copy. Returns ``(trained, real, n_inputs)``: ``trained`` the
+    :class:`mclib.train.Trained` run, ``real`` the fractions by network (``"trained"``, ``"untrained"``)."""
     trained = ctx.model(train.recipe_for(ctx))
     raw = train.recipe_for(ctx).build().to(ctx.device).eval()
     Xt, yt = data.load(ctx.preset.dataset, "test", data_root=ctx.data_root)

@@ -16,7 +16,7 @@ import torch
 
 from mclib import config, models, stats, synth
 
-__all__ = ["Sizes", "run", "max_by_round", "evidence"]
+__all__ = ["Sizes", "PAPER_MAX_LOSS", "run", "max_by_round", "evidence"]
 
 #: The paper's range of path max loss for untrained networks: 5e-4 to 5e-3 (CE); a final max at or below the upper
 #: end counts as "in the paper's range".
