@@ -491,10 +491,6 @@ class RealPairs:
     samples: dict
     studies: dict
 
-    @property
-    def nets(self) -> dict[str, nn.Module]:
-        return {name: run.model for name, run in self.runs.items()}
-
     def table(self):
         """One row per run: the model's test accuracy, its pairs and the sample sizes looked at (a pandas
         DataFrame)."""
