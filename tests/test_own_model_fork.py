@@ -375,14 +375,21 @@ def test_own_model_page_follows_its_advice_and_is_linked_from_the_readme():
     for node in ast.walk(ast.parse(code)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             calls.setdefault(node.func.attr, []).append({k.arg: ast.unparse(k.value) for k in node.keywords})
-    assert "attack_radius" in calls and 'S["eps"]' not in code.replace('attack_radius(meta.in_shape[0], S["eps"])', "")
+    assert "attack_radius" in calls and "S.eps" not in code.replace("attack_radius(meta.in_shape[0], S.eps)", "")
     # the eigenvalue of record is the default (exact); power iteration only as the named comparison
     eig = calls["batch_top_eigenvalue"]
     assert any("method" not in kw for kw in eig) and all(kw.get("method") in (None, "'power'") for kw in eig)
     # the curve's table keeps the endpoints' statistics; recomputing them only as the check
     along = calls["evaluate_along"]
     assert any("endpoint_bn" not in kw for kw in along)
-    assert "fold_directions" in calls and "return_detectors" in calls["cross_val_scores"][0]
+    # the page's PGD-strength table (mclib.studies.own_model) reports each fold's learned direction
+    assert "pgd_strength_study" in calls
+    study = (root / "mclib" / "studies" / "own_model.py").read_text()
+    study_calls = {}
+    for node in ast.walk(ast.parse(study)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            study_calls.setdefault(node.func.attr, []).append({k.arg: ast.unparse(k.value) for k in node.keywords})
+    assert "fold_directions" in study_calls and "return_detectors" in study_calls["cross_val_scores"][0]
     assert "check_normalization" in calls
     assert "held_out" in calls["fit_layers"][0] and calls["pre_activation"][0].get("explain") == "True"
     readme = (root / "README.md").read_text()
