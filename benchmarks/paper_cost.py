@@ -21,6 +21,12 @@ attacks and optimisations), not evaluation passes, SOM fitting or lattice percol
 models shared between chapters through the cache are counted in every chapter that needs them (the first pays),
 so the sum over chapters is an upper bound on a whole build's. It is a projection from a few timed steps, not a
 measured run.
+
+The C chapters train each architecture on its own dataset (``datasets`` in their preset tables: Zhao et al.'s VGG
+on CIFAR-10 and ResNet on SVHN, :func:`chapter_datasets`). A step costs the same on either (3x32x32 inputs, 10
+classes, ``n_train`` images per epoch), so the dataset changes which models are trained -- the ResNet-20 endpoints
+of c1, c2, c4 and c6 are SVHN models, shared among those chapters and not with the A and B chapters' CIFAR-10
+ResNet-20 -- not the number of steps each costs.
 """
 from __future__ import annotations
 
@@ -106,16 +112,22 @@ def chapter_steps(preset: str = "paper") -> dict[str, list[tuple[str, str, float
     # setting and bonafide size a curve and three trained baselines of curve_steps each; the path-aware attacker
     n_set, n_set2 = len(r["triggers"]) * 2, len(r["second_settings"])
     repairs = lambda k, ns: 4 * r["curve_steps"] * k * len(ns)   # noqa: E731 curve + fine-tune + scratch + prune
-    out["c2_backdoor_repair"] = [(p.arch, "train", 2 * n_set * model), (r["second_arch"], "train", 2 * n_set2 * model),
+    second_attacked = ["in-support", "single"] in [list(s) for s in r["second_settings"]]
+    out["c2_backdoor_repair"] = [(p.arch, "train", (2 * n_set + 1) * model),   # + the untampered reference model
+                                 (r["second_arch"], "train", 2 * n_set2 * model),
                                  (p.arch, "curve", repairs(n_set, r["n_bonafide"]) / 4),
                                  (p.arch, "train", 3 * repairs(n_set, r["table_n"]) / 4),
                                  (r["second_arch"], "curve", repairs(n_set2, r["second_n"]) / 4),
                                  (r["second_arch"], "train", 3 * repairs(n_set2, r["second_n"]) / 4),
-                                 (p.arch, "grad", 3 * len(r["triggers"]) * r["attack_steps"] * batches(1000))]
-    # C4: the clean endpoints of every seed pair, error injection, a repair sweep per pair
+                                 (p.arch, "grad", 3 * len(r["triggers"]) * r["attack_steps"] * batches(1000)),
+                                 (r["second_arch"], "grad", 2 * second_attacked * r["attack_steps"] * batches(1000))]
+    # C4: the clean endpoints of every seed pair, error injection, a repair sweep per pair; the second architecture
+    # (its own dataset) at the first pair, over its bonafide sizes
     k4 = len(r["c4_seed_pairs"])
     out["c4_error_injection"] = [(p.arch, "train", 2 * k4 * model), (p.arch, "train", 2 * k4 * r["inject_steps"]),
-                                 (p.arch, "curve", k4 * r["curve_steps"] * len(r["n_bonafide"]))]
+                                 (p.arch, "curve", k4 * r["curve_steps"] * len(r["n_bonafide"])),
+                                 (r["second_arch"], "train", 2 * model + 2 * r["inject_steps"]),
+                                 (r["second_arch"], "curve", r["curve_steps"] * len(r["second_n"]))]
     # C6/C7: per architecture a regular and a PGD-trained endpoint (each step: adv_steps grad steps + a train step),
     # a curve; the map's extra radii; PGD along the curves; input-Hessian spectra (an HVP ~ 2 grad steps)
     out["c6_robustness_hessian"] = []
@@ -157,6 +169,17 @@ def chapter_steps(preset: str = "paper") -> dict[str, list[tuple[str, str, float
     return out
 
 
+def chapter_datasets(preset: str = "paper") -> dict[str, dict[str, str]]:
+    """Per C chapter, the dataset each of its architectures is trained and measured on at ``preset``
+    (:func:`mclib.data.dataset_of` over the chapter's ``datasets`` table; the preset's dataset where none is named)."""
+    p = config.get_preset(preset)
+    c, r, rb = (p.section(k) for k in ("curves", "repair", "robustness"))
+    on = lambda table, archs: {a: data.dataset_of(a, table["datasets"], p.dataset) for a in archs}  # noqa: E731
+    repair = on(r, (p.arch, r["second_arch"]))
+    return {"c1_curves": on(c, c["archs"]), "c2_backdoor_repair": repair, "c4_error_injection": repair,
+            "c6_robustness_hessian": on(rb, dict.fromkeys([*rb["archs"], *rb["map_archs"]]))}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto")
@@ -168,7 +191,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = config.get_device(args.device)
     batch = config.get_preset(args.preset).batch_size
-    work = chapter_steps(args.preset)
+    work, where = chapter_steps(args.preset), chapter_datasets(args.preset)
     needed = sorted({a for items in work.values() for a, _, _ in items})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"Timing steps at batch {batch}, 3x32x32, on {name} ({args.iters} steps each after a warm-up):")
@@ -183,7 +206,8 @@ def main(argv=None) -> int:
         hours = sum(secs[a][k] * n for a, k, n in items) / 3600
         total += hours
         top = max(items, key=lambda it: secs[it[0]][it[1]] * it[2])
-        print(f"  {chapter:<26} {hours:10.1f} h   (most: {top[0]} {top[1]}, {top[2]:,.0f} steps)")
+        on = "; " + ", ".join(f"{a} on {d}" for a, d in where[chapter].items()) if chapter in where else ""
+        print(f"  {chapter:<26} {hours:10.1f} h   (most: {top[0]} {top[1]}, {top[2]:,.0f} steps{on})")
     print(f"  {'sum (models counted per chapter)':<26} {total:10.1f} h")
     print("  not modelled: a7_barrier_evolution and a10_percolation (small CNN, lattices on the CPU), c8 and report "
           "(read records)")

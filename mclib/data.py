@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -301,3 +302,20 @@ def image_words(name: str) -> str:
     """A few words for the images of dataset ``name`` (:data:`IMAGE_WORDS`), e.g. for a figure's alt text."""
     info(name)
     return IMAGE_WORDS.get(name, f"{name} images")
+
+
+def dataset_of(arch: str, datasets: Mapping[str, str] | None, default: str) -> str:
+    """The dataset on which a chapter trains and measures architecture ``arch``: ``datasets[arch]`` where the
+    chapter's preset table names one (Zhao et al. 2020 measure CIFAR-10 with VGG and SVHN with ResNet, so the
+    C chapters' ``[paper]`` tables hold ``datasets = {vgg16_bn = "cifar10", resnet20 = "svhn"}``), else ``default``
+    (the preset's dataset; an empty ``datasets`` puts every architecture on it). An unknown name raises naming it."""
+    name = (datasets or {}).get(arch, default)
+    info(name)
+    return name
+
+
+def load_each(names, split: str = "train", n: int | None = None, data_root: str | os.PathLike | None = None,
+              download: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`load` for every distinct dataset of ``names`` (an iterable, e.g. the values of a per-architecture
+    mapping), each read once: name -> ``(X, y)``, in the order the names first appear."""
+    return {name: load(name, split, n=n, data_root=data_root, download=download) for name in dict.fromkeys(names)}

@@ -7,7 +7,9 @@ that their md5 is not the official one). Learnable: each class has its own colou
 frequency and a bright blob at its own place, under pixel noise, so a few SGD steps of any of the book's networks
 lift test accuracy well above chance; the images are not photographs, and nothing measured on them is a result.
 
-Run as a script: ``python tests/paper_data.py FOLDER`` (used by ``make paper-path``).
+Run as a script: ``python tests/paper_data.py FOLDER`` (used by ``make paper-path``) writes the data;
+``python tests/paper_data.py --check-records BUILD`` then checks that the C chapters' claim records under
+``BUILD/claims`` name both datasets (:func:`check_c_records`).
 """
 from __future__ import annotations
 
@@ -96,7 +98,38 @@ def write(root: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
     return root
 
 
+#: The C claims whose records must name every dataset of the paper preset (C8 reads them; it trains nothing).
+C_CLAIMS = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")
+
+
+def check_c_records(build: Path, required=("cifar10", "svhn")) -> dict[str, set[str]]:
+    """The datasets each C claim's record under ``build/claims`` was measured on
+    (:func:`mclib.claims.paper_c.datasets_of`: the record's ``dataset`` and its per-architecture entries'); raises
+    AssertionError naming every claim that is missing or lacks one of ``required`` (the paper preset: Zhao et al.
+    measure CIFAR-10 with VGG and SVHN with ResNet)."""
+    import json
+
+    from mclib.claims import paper_c
+
+    found, problems = {}, []
+    for cid in C_CLAIMS:
+        path = Path(build) / "claims" / f"{cid}.json"
+        if not path.exists():
+            problems.append(f"{cid}: no record at {path}")
+            continue
+        found[cid] = paper_c.datasets_of(json.loads(path.read_text())["values"])
+        lacking = [d for d in required if d not in found[cid]]
+        if lacking:
+            problems.append(f"{cid}: measured on {sorted(found[cid]) or 'no named dataset'}, not on {lacking}")
+    assert not problems, "the C records do not name the paper's datasets: " + "; ".join(problems)
+    return found
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--check-records":
+        got = check_c_records(Path(sys.argv[2]))
+        print("C records name " + "; ".join(f"{cid}: {', '.join(sorted(d))}" for cid, d in got.items()))
+        sys.exit(0)
     if len(sys.argv) != 2:
-        sys.exit("usage: python tests/paper_data.py FOLDER")
+        sys.exit("usage: python tests/paper_data.py FOLDER | --check-records BUILD")
     print(f"wrote CIFAR-10 and SVHN ({N_TRAIN} train, {N_TEST} test images each) under {write(Path(sys.argv[1]))}")

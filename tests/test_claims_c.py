@@ -302,3 +302,54 @@ def test_c4_must_hold_for_every_endpoint_seed_pair():
     reason = claims.CATALOGUE["C4"].verdict({**_c4(), "seeds_label": "seeds 0/1",
                                              "seed_pairs": {"2/3": _c4(injection=0.2)}}).reason
     assert reason.startswith("seeds 2/3") and "8 of 40" in reason
+
+
+def test_c1_reads_each_architectures_own_test_size():
+    """An architecture measured on another dataset carries its own n_test: 50 images cannot decide what 100000 can."""
+    vals = _c1(0.97, 0.80)
+    assert status("C1", vals) == "holds"
+    vals["archs"]["cnn"]["n_test"] = 50
+    assert status("C1", vals) == "inconclusive"
+
+
+def _c8_records(c2_other_dataset, c1_datasets=("cifar10", "svhn")):
+    """C1..C7 records that hold on two architectures; C1's archs entries and C2's other_archs name their datasets."""
+    c1 = {"n_test": 100000, "archs": {a: {**_c1(0.97, 0.8)["archs"]["cnn"], "dataset": d}
+                                       for a, d in zip(("vgg16_bn", "resnet20"), c1_datasets)}}
+    two = lambda v: {"archs": {"vgg16_bn": v, "resnet20": v}}   # noqa: E731
+    c6 = {"archs": {"cnn": {"robust": {"estimate": 0.5, "lo": 0.3, "hi": 0.7, "threshold": 0.1},
+                            "standard": {"estimate": 0.0, "lo": -0.01, "hi": 0.02, "threshold": 0.1}}}}
+    c7 = {"t_fixed": 0.5, "archs": {a: {"monotone": True, "profile": _corr(0.8, 0.7, 0.9), "across": _corr(0.8, 0.7, 0.9),
+                                        "dataset": d} for a, d in (("vgg16_bn", "cifar10"), ("resnet20", "svhn"))}}
+    other = lambda v: {**v, "arch": "resnet20", "other_archs": {"vgg16": {**v, "arch": "vgg16", "dataset": c2_other_dataset}}}  # noqa: E731
+    c6_two = two(c6["archs"]["cnn"])
+    c6_two["archs"]["resnet20"] = {**c6_two["archs"]["resnet20"], "dataset": "svhn"}
+    c6_two["archs"]["vgg16_bn"] = {**c6_two["archs"]["vgg16_bn"], "dataset": "cifar10"}
+    return {"C1": c1, "C2": {**other(_c2()), "dataset": "svhn"}, "C3": {**other(_c3(0.95, 0.9)), "dataset": "svhn"},
+            "C4": {**other(_c4()), "dataset": "svhn"}, "C5": {**other(_c5()), "dataset": "svhn"}, "C6": c6_two, "C7": c7}
+
+
+def test_c8_judges_architectures_and_datasets():
+    """Zhao et al.'s pairing -- VGG on CIFAR-10, ResNet on SVHN -- recorded per architecture entry: C8 holds only
+    when every claim names both datasets; one measured on CIFAR-10 only stays inconclusive, naming what is missing."""
+    required = ["cifar10", "svhn"]
+    recs = _c8_records("cifar10")
+    assert {cid: C.datasets_of(v) for cid, v in recs.items()} == {cid: {"cifar10", "svhn"} for cid in recs}
+    v = claims.CATALOGUE["C8"].verdict({"records": recs, "datasets_required": required})
+    assert v.status == "holds", v.reason
+    lacking = _c8_records("svhn", c1_datasets=("svhn", "svhn"))
+    v = claims.CATALOGUE["C8"].verdict({"records": lacking, "datasets_required": required})
+    assert v.status == "inconclusive"
+    assert "C1 was not measured on cifar10 (measured on svhn)" in v.reason and "C2 was not measured on cifar10" in v.reason
+    # without a required list the datasets are not judged
+    assert status("C8", {"records": lacking}) == "holds"
+
+
+def test_c8_conditions_name_each_architectures_dataset():
+    recs = _c8_records("cifar10")
+    assert C.dataset_per_arch(recs["C2"]) == {"resnet20": "svhn", "vgg16": "cifar10"}
+    assert C.dataset_per_arch(recs["C1"]) == {"vgg16_bn": "cifar10", "resnet20": "svhn"}
+    assert C.dataset_per_arch({"arch": "cnn"}) == {"cnn": None}
+    got = {(c["setting"]["claim"], c["setting"]["arch"]): c["setting"].get("dataset") for c in C.c8_conditions(recs)}
+    assert got[("C2", "vgg16")] == "cifar10" and got[("C2", "resnet20")] == "svhn"
+    assert got[("C7", "resnet20")] == "svhn" and got[("C1", "vgg16_bn")] == "cifar10"

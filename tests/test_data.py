@@ -104,3 +104,21 @@ def test_missing_torchvision_dataset_names_path_and_flag(tmp_path, name):
         data.load(name, "train", data_root=tmp_path)
     msg = str(info.value)
     assert str(tmp_path / data.TORCHVISION_FOLDER[name]) in msg and "download=True" in msg
+
+
+def test_dataset_of_reads_a_chapters_per_architecture_table():
+    assert data.dataset_of("resnet20", {"vgg16_bn": "cifar10", "resnet20": "svhn"}, "cifar10") == "svhn"
+    assert data.dataset_of("vgg16_bn", {"resnet20": "svhn"}, "cifar10") == "cifar10"   # not named: the preset's
+    assert data.dataset_of("cnn", {}, "digits") == data.dataset_of("cnn", None, "digits") == "digits"
+    with pytest.raises(ValueError, match="unknown dataset 'svnh'"):
+        data.dataset_of("resnet20", {"resnet20": "svnh"}, "cifar10")
+
+
+def test_load_each_reads_every_distinct_dataset_once(monkeypatch):
+    calls = []
+    real = data.load
+    monkeypatch.setattr(data, "load", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
+    got = data.load_each(["digits", "digits"], "test", n=7)
+    assert list(got) == ["digits"] and calls == ["digits"]
+    X, y = got["digits"]
+    assert X.shape == (7, 1, 8, 8) and torch.equal(X, real("digits", "test", n=7)[0])

@@ -97,6 +97,45 @@ def test_paper_smoke_names_the_papers_datasets_and_architectures():
     assert ps.section("som")["archs"] == ["resnet20", "resnet18_cifar"]
 
 
+def test_the_c_chapters_pair_each_paper_architecture_with_its_dataset():
+    """Zhao et al. measure CIFAR-10 with VGG and SVHN with ResNet: every C chapter's [paper] table names a dataset
+    for each of its architectures, and each chapter covers every dataset C8 requires (across.toml), so that each of
+    C1..C7 is measured on both; quick and smoke keep their one dataset (an empty table)."""
+    paper = config.get_preset("paper")
+    required = set(paper.section("across")["datasets"])
+    assert required == {"cifar10", "svhn"}
+    archs = {"curves": paper.section("curves")["archs"],
+             "robustness": [*paper.section("robustness")["archs"], *paper.section("robustness")["map_archs"]],
+             "repair": [paper.arch, paper.section("repair")["second_arch"]]}
+    for chapter, names in archs.items():
+        table = paper.section(chapter)["datasets"]
+        assert set(names) <= set(table), (chapter, names, dict(table))
+        assert {data.dataset_of(a, table, paper.dataset) for a in names} == required, chapter
+        assert {data.dataset_of(a, table, paper.dataset) for a in names if a.startswith("vgg")} == {"cifar10"}, chapter
+        assert {data.dataset_of(a, table, paper.dataset) for a in names if a.startswith("resnet")} == {"svhn"}, chapter
+        for name in ("smoke", "quick"):
+            assert dict(config.get_preset(name).section(chapter)["datasets"]) == {}, (name, chapter)
+
+
+def test_the_record_check_names_a_c_claim_without_svhn(tmp_path):
+    """``python tests/paper_data.py --check-records BUILD`` (after the paper-path build): every C record must name
+    cifar10 and svhn, in its own ``dataset`` or its per-architecture entries."""
+    import json
+
+    claims_dir = tmp_path / "claims"
+    claims_dir.mkdir()
+    both = {"arch": "resnet20", "dataset": "svhn", "other_archs": {"vgg16": {"dataset": "cifar10"}}}
+    for cid in paper_data.C_CLAIMS:
+        (claims_dir / f"{cid}.json").write_text(json.dumps({"values": both}))
+    (claims_dir / "C1.json").write_text(json.dumps({"values": {"archs": {"vgg16_bn": {"dataset": "cifar10"},
+                                                                          "resnet20": {"dataset": "svhn"}}}}))
+    assert paper_data.check_c_records(tmp_path)["C1"] == {"cifar10", "svhn"}
+    (claims_dir / "C6.json").write_text(json.dumps({"values": {"archs": {"vgg16_bn": {"dataset": "cifar10"}}}}))
+    (claims_dir / "C4.json").unlink()
+    with pytest.raises(AssertionError, match=r"C4: no record.*C6: measured on \['cifar10'\], not on \['svhn'\]"):
+        paper_data.check_c_records(tmp_path)
+
+
 def test_paper_smoke_own_sizes_are_sizes_of_known_keys():
     own = config.derived_sizes("paper-smoke")
     assert own, "mclib/presets/derived/paper-smoke.toml is read"

@@ -72,3 +72,14 @@ def test_plot_map_marks_each_cell_and_the_threshold():
     cbar_lines = [l for l in fig.axes[1].lines if l.get_ydata()[0] == pytest.approx(10.0)]
     assert cbar_lines
     plt.close(fig)
+
+
+def test_backdoored_recipe_trains_on_the_architectures_dataset():
+    from mclib import config
+    from mclib.studies import bonafide as bf
+
+    paper = config.get_preset("paper")
+    r = bf.backdoored_recipe(paper, seed=1, arch="vgg16", dataset="svhn")
+    assert (r.arch, r.dataset, r.seed, r.data_hook) == ("vgg16", "svhn", 1, "mclib.attacks.backdoor:poison")
+    default = bf.backdoored_recipe(paper, seed=1, arch="vgg16")
+    assert default.dataset == paper.dataset == "cifar10" and default.replace(dataset="svhn") == r

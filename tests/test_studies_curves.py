@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from mclib import claims, curves, models
+from mclib.claims import paper_c
 from mclib.studies import curves as study
 
 
@@ -60,3 +61,25 @@ def test_evidence_is_what_judge_c1_reads_for_every_seed_pair():
     rows = study.table({"0/1": res})
     assert list(rows["path"]) == ["line", "bezier"] and rows["95% interval"].str.startswith("[").all()
     assert "cnn, seeds 0/1" in study.measured({"0/1": res})
+
+
+def test_evidence_names_each_architectures_dataset_and_test_size():
+    """Each architecture's entry carries the dataset it was measured on and its own n_test, so that C8 reads the
+    datasets (paper_c.datasets_of) and C1 judges each architecture on its own number of test images."""
+    (X, y), (Xt, yt) = _data(), _data(40, 1)
+    res = {arch: study.connect(*_pair(), X, y, Xt, yt, [0.0, 0.5, 1.0], kinds=("line", "bezier"), **FIT)
+           for arch in ("vgg", "resnet")}
+    datasets = {"vgg": "cifar10", "resnet": "svhn"}
+    values = study.evidence(res, {"vgg": 40, "resnet": 30}, more={"2/3": res}, datasets=datasets)
+    assert values["n_test"] == 30
+    assert {a: (e["dataset"], e["n_test"]) for a, e in values["archs"].items()} == {"vgg": ("cifar10", 40), "resnet": ("svhn", 30)}
+    assert values["seed_pairs"]["2/3"]["archs"]["resnet"]["dataset"] == "svhn"
+    assert paper_c.datasets_of(values) == {"cifar10", "svhn"}
+    assert paper_c.dataset_per_arch(values) == datasets
+    # the judge reads the bezier and line entries as before: the extra keys change nothing
+    plain = study.evidence(res, 40)
+    assert "dataset" not in plain["archs"]["vgg"] and plain["archs"]["vgg"]["n_test"] == 40
+    assert claims.CATALOGUE["C1"].verdict(plain).status == claims.CATALOGUE["C1"].verdict(study.evidence(res, 40, datasets=datasets)).status
+    rows = study.table({"0/1": res}, datasets)
+    assert list(rows["dataset"]) == ["cifar10"] * 2 + ["svhn"] * 2
+    assert "resnet on svhn, seeds 0/1" in study.measured({"0/1": res}, datasets)

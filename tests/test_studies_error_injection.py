@@ -84,3 +84,23 @@ def test_injected_pair_flips_the_chosen_images_and_evidence_counts_survivors():
     assert [p["N"] for p in values["points"]] == [10, 20]
     assert "N=10: 90.0% clean / 1 of 6 injected errors survive" in text
     assert paper_c.judge_c4(values).status == "inconclusive"   # six images cannot bound a rate below 10%
+
+
+def test_the_pair_trains_on_its_dataset_and_the_evidence_names_it(monkeypatch):
+    """The endpoints' recipe gets the architecture's dataset; the values (injected or missing) carry it for C8."""
+    asked = []
+    monkeypatch.setattr(inj.train, "recipe_for", lambda ctx, arch=None, seed=0, **kw: asked.append(kw) or (arch, seed))
+    X, y = _data(80, 1)
+    pair = inj.injected_pair(_ctx(_Oracle()), "oracle", (0, 1), X, y, X, y, n_chosen=4, steps=50, dataset="svhn")
+    assert asked == [{"dataset": "svhn"}] * 2 and pair.dataset == "svhn"
+    frame = pd.DataFrame([{"N": 10, "t": t, "loss": 0.1, "acc": 0.9, "injection": 0.0} for t in (0.0, 0.5, 1.0)])
+    values, text = inj.evidence(pair, frame, 0.5)
+    assert values["dataset"] == "svhn" and text.startswith("oracle on svhn:")
+    assert paper_c.datasets_of(values) == {"svhn"}
+    y0 = torch.where(y == 0, torch.ones_like(y), y)
+    missing = inj.injected_pair(_ctx(_Constant()), "cnn", (0, 1), X, y0, X, y0, n_chosen=4, steps=5, dataset="cifar10")
+    assert inj.evidence(missing, None, 0.5)[0]["dataset"] == "cifar10"
+    # without a dataset the preset's is used, and the values name none (the record's own dataset applies)
+    asked.clear()
+    plain = inj.injected_pair(_ctx(_Oracle()), "oracle", (0, 1), X, y, X, y, n_chosen=4, steps=5)
+    assert asked == [{}] * 2 and "dataset" not in inj.evidence(plain, frame, 0.5)[0]

@@ -95,7 +95,8 @@ def judge_c1(values: Mapping[str, Any]) -> Verdict:
     """Per architecture: the Bezier curve's accuracy drop (worse endpoint - worst along t) at most
     ``C1_CURVE_MARGIN`` and the straight line's more than ``C1_LINE_GAP``, on ``n_test`` images.
 
-    ``values = {"n_test": n, "archs": {arch: {"line": {"end_acc", "worst_acc", "table"}, "bezier": {...}}}}``.
+    ``values = {"n_test": n, "archs": {arch: {"line": {"end_acc", "worst_acc", "table"}, "bezier": {...}}}}``; an
+    architecture's own ``n_test`` (measured on another dataset, :func:`mclib.studies.curves.evidence`) replaces ``n``.
     ``table`` (optional) is the 2x2 correctness table of the worse endpoint and the worst point on the same test
     images (:func:`mclib.curves.paired_table`): the drop is then judged on the paired interval, which counts only
     the images on which the two disagree. Training-seed variation: ``seed_pairs`` (optional) maps a label such as
@@ -107,9 +108,9 @@ def judge_c1(values: Mapping[str, Any]) -> Verdict:
         own = {k: v for k, v in values.items() if k not in ("seed_pairs", "seeds_label")}
         label = values.get("seeds_label", "first seed pair")
         return combine([_tag(label, judge_c1(own)), *(_tag(f"seeds {k}", judge_c1(v)) for k, v in pairs.items())])
-    n = int(values["n_test"])
     parts = []
     for arch, paths in required(values, "archs").items():
+        n = int(paths.get("n_test", values["n_test"]))
         b, ln = paths["bezier"], paths["line"]
         degenerate = at_chance(f"{arch}: the worse endpoint", b["end_acc"], n, values.get("num_classes"))
         if degenerate is not None:   # a model at chance has no barrier to find or to avoid
@@ -478,9 +479,31 @@ def per_architecture(cid: str, values: Mapping[str, Any], arch: str | None = Non
 
 
 def c8_conditions(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
-    """The C8 map: one entry per (claim, architecture) with the claim's own verdict there (:func:`per_architecture`)."""
-    return [{"setting": {"claim": cid, "arch": a}, "measured": {"status": v.status, "reason": v.reason}}
-            for cid, vals in records.items() for a, v in per_architecture(cid, vals).items()]
+    """The C8 map: one entry per (claim, architecture) with the claim's own verdict there (:func:`per_architecture`)
+    and, where the record names it, the dataset that architecture was measured on (:func:`dataset_per_arch`)."""
+    out = []
+    for cid, vals in records.items():
+        where = dataset_per_arch(vals)
+        for a, v in per_architecture(cid, vals).items():
+            setting = {"claim": cid, "arch": a, **({"dataset": where[a]} if where.get(a) else {})}
+            out.append({"setting": setting, "measured": {"status": v.status, "reason": v.reason}})
+    return out
+
+
+def dataset_per_arch(values: Mapping[str, Any]) -> dict[str, str | None]:
+    """Architecture -> the dataset a claim's record measured it on: an ``archs`` / ``other_archs`` entry's own
+    ``dataset``, else the record's ``dataset`` (None where neither names one). The main architecture of a record
+    without ``archs`` is ``values["arch"]``."""
+    own = values.get("dataset")
+    out: dict[str, str | None] = {}
+    if isinstance(values.get("archs"), Mapping):
+        out |= {str(a): (v.get("dataset", own) if isinstance(v, Mapping) else own) for a, v in values["archs"].items()}
+    elif values.get("arch") is not None:
+        out[str(values["arch"])] = own
+    if isinstance(values.get("other_archs"), Mapping):
+        out |= {str(a): (v.get("dataset", own) if isinstance(v, Mapping) else own)
+                for a, v in values["other_archs"].items()}
+    return out
 
 
 def datasets_of(values: Mapping[str, Any]) -> set[str]:

@@ -25,16 +25,19 @@ __all__ = ["backdoored_recipe", "epochs_for", "RepairSweep", "sweep", "asr_metri
 
 
 def backdoored_recipe(ctx_or_preset, seed: int = 0, trigger: Mapping[str, Any] | None = None, mode: str = "single",
-                      target: int = 0, rate: float = 0.1, arch: str | None = None) -> train.Recipe:
-    """The book's standard recipe (:func:`mclib.train.recipe_for`) with BadNets poisoning as its data hook.
+                      target: int = 0, rate: float = 0.1, arch: str | None = None,
+                      dataset: str | None = None) -> train.Recipe:
+    """The book's standard recipe (:func:`mclib.train.recipe_for`) with BadNets poisoning as its data hook, for
+    ``arch`` on ``dataset`` (None: the preset's architecture and dataset).
 
     Two endpoints = the same poisoned data (poisoning drawn from the recipe's seed) and different seeds
     (Zhao et al. sec. 3.1). ``trigger`` is a dict of :class:`~mclib.attacks.backdoor.Trigger` arguments.
     """
     kw = {"mode": mode, "target": int(target), "rate": float(rate),
           "trigger": dict(trigger) if trigger is not None else backdoor.Trigger().to_dict()}
+    on = {"dataset": dataset} if dataset is not None else {}
     return train.recipe_for(ctx_or_preset, arch=arch, seed=seed, data_hook="mclib.attacks.backdoor:poison",
-                            data_hook_kwargs=kw)
+                            data_hook_kwargs=kw, **on)
 
 
 def epochs_for(n: int, steps: int, batch_size: int) -> int:

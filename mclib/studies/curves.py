@@ -80,23 +80,41 @@ def path_evidence(result: PathResult) -> dict[str, Any]:
             "loss_barrier": s["loss_barrier"], "table": dict(result.table)}
 
 
-def evidence(results: Mapping[str, Mapping[str, PathResult]], n_test: int,
+def evidence(results: Mapping[str, Mapping[str, PathResult]], n_test: int | Mapping[str, int],
              more: Mapping[str, Mapping[str, Mapping[str, PathResult]]] | None = None,
-             label: str = "seeds 0/1") -> dict[str, Any]:
-    """C1's values: ``{"n_test", "archs": {arch: {kind: path_evidence}}}`` for the first pair of endpoint seeds
-    (``label``), and ``seed_pairs`` (a label such as ``"2/3"`` -> the same values) for the others in ``more``."""
-    def archs(res):
-        return {arch: {kind: path_evidence(r) for kind, r in paths.items()} for arch, paths in res.items()}
+             label: str = "seeds 0/1", datasets: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """C1's values: ``{"n_test", "archs": {arch: {kind: path_evidence, "dataset", "n_test"}}}`` for the first pair
+    of endpoint seeds (``label``), and ``seed_pairs`` (a label such as ``"2/3"`` -> the same values) for the others
+    in ``more``.
 
-    values: dict[str, Any] = {"n_test": int(n_test), "archs": archs(results)}
+    ``datasets`` (architecture -> dataset name, :func:`mclib.data.dataset_of`) names the dataset each architecture
+    was trained and measured on, so that C8 judges datasets as well as architectures
+    (:func:`mclib.claims.paper_c.datasets_of`); ``n_test`` is the number of test images, one for all or one per
+    architecture (datasets of different sizes). The top-level ``n_test`` is the smallest."""
+    def n_of(arch):
+        return int(n_test[arch]) if isinstance(n_test, Mapping) else int(n_test)
+
+    def entry(arch, paths):
+        out: dict[str, Any] = {kind: path_evidence(r) for kind, r in paths.items()}
+        out["n_test"] = n_of(arch)
+        if datasets and arch in datasets:
+            out["dataset"] = str(datasets[arch])
+        return out
+
+    def archs(res):
+        return {arch: entry(arch, paths) for arch, paths in res.items()}
+
+    n_all = min(n_test.values()) if isinstance(n_test, Mapping) else n_test
+    values: dict[str, Any] = {"n_test": int(n_all), "archs": archs(results)}
     if more:
         values["seeds_label"] = label
-        values["seed_pairs"] = {k: {"n_test": int(n_test), "archs": archs(res)} for k, res in more.items()}
+        values["seed_pairs"] = {k: {"n_test": int(n_all), "archs": archs(res)} for k, res in more.items()}
     return values
 
 
-def table(paths: Mapping[str, Mapping[str, Mapping[str, PathResult]]]):
-    """The chapter's table: one row per pair of endpoint seeds, architecture and path, with the worse endpoint's
+def table(paths: Mapping[str, Mapping[str, Mapping[str, PathResult]]], datasets: Mapping[str, str] | None = None):
+    """The chapter's table: one row per pair of endpoint seeds, architecture (and its dataset, where ``datasets``
+    names one) and path, with the worse endpoint's
     and the worst point's accuracy (%), the drop and its paired 95% interval (points), the maximum error, the loss
     barrier and the training seconds. ``paths``: seed-pair label -> architecture -> kind -> :class:`PathResult`."""
     import pandas as pd
@@ -109,7 +127,8 @@ def table(paths: Mapping[str, Mapping[str, Mapping[str, PathResult]]]):
             for kind, r in results.items():
                 s, t = r.summary, r.table
                 iv = paired_difference_from_counts(t["both"], t["ref_only"], t["point_only"], t["neither"])
-                rows.append({"seeds": seeds, "arch": arch, "path": kind, "endpoint acc (%)": 100 * s["end_acc"],
+                where = {"dataset": datasets[arch]} if datasets and arch in datasets else {}
+                rows.append({"seeds": seeds, "arch": arch, **where, "path": kind, "endpoint acc (%)": 100 * s["end_acc"],
                              "worst acc (%)": 100 * s["worst_acc"], "at t": s["t_worst"],
                              "drop (points)": 100 * s["acc_drop"], "95% interval": f"[{100 * iv.lo:.1f}, {100 * iv.hi:.1f}]",
                              "max error (%)": 100 * s["max_error"], "loss barrier": s["loss_barrier"],
@@ -117,14 +136,15 @@ def table(paths: Mapping[str, Mapping[str, Mapping[str, PathResult]]]):
     return pd.DataFrame(rows)
 
 
-def measured(paths: Mapping[str, Mapping[str, Mapping[str, PathResult]]]) -> str:
-    """One sentence per pair of endpoint seeds and architecture: the endpoints' accuracy and the worst point of
-    each path, for the claim record's ``measured`` text."""
+def measured(paths: Mapping[str, Mapping[str, Mapping[str, PathResult]]], datasets: Mapping[str, str] | None = None) -> str:
+    """One sentence per pair of endpoint seeds and architecture (with its dataset, where ``datasets`` names one):
+    the endpoints' accuracy and the worst point of each path, for the claim record's ``measured`` text."""
     parts = []
     for seeds, by_arch in paths.items():
         for arch, r in by_arch.items():
             line, bez = r["line"].summary, r["bezier"].summary
-            text = (f"{arch}, seeds {seeds}: worse endpoint {100 * line['end_acc']:.1f}% test acc, worst along the line "
+            on = f" on {datasets[arch]}" if datasets and arch in datasets else ""
+            text = (f"{arch}{on}, seeds {seeds}: worse endpoint {100 * line['end_acc']:.1f}% test acc, worst along the line "
                     f"{100 * line['worst_acc']:.1f}% (max error {100 * line['max_error']:.1f}%), Bezier "
                     f"{100 * bez['worst_acc']:.1f}% (max error {100 * bez['max_error']:.1f}%)")
             if "polychain" in r:
