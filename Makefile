@@ -83,12 +83,14 @@ cluster-test: setup
 # datasets, architectures, triggers, recipe at small sizes: mclib/presets/derived/paper-smoke.toml) on small,
 # learnable CIFAR-10 and SVHN written in torchvision's on-disk format (tests/paper_data.py), in a temporary folder
 # (data, build, model cache), so that no GPU user is the first to run a line. Prints each chapter's time; fails
-# when any chapter fails. PAPER_PATH_DIR keeps the folder for a look afterwards.
+# when any chapter fails, or when a C claim's record does not name both CIFAR-10 and SVHN (the paper pairs VGG with
+# CIFAR-10 and ResNet with SVHN; tests/paper_data.py --check-records). PAPER_PATH_DIR keeps the folder.
 paper-path: setup
 	@dir="$${PAPER_PATH_DIR:-$$(mktemp -d "$${TMPDIR:-/tmp}/mclib-paper-path.XXXXXX")}"; \
 	$(PY) tests/paper_data.py "$$dir/data" && \
 	MCLIB_BUILD_DIR="$$dir/build" MCLIB_CACHE="$$dir/cache" $(PY) -m mclib.book build --preset paper-smoke --no-html \
-	  --device $(DEVICE) --executor $(EXECUTOR) --jobs $(JOBS) --data-root "$$dir/data"; status=$$?; \
+	  --device $(DEVICE) --executor $(EXECUTOR) --jobs $(JOBS) --data-root "$$dir/data" && \
+	$(PY) tests/paper_data.py --check-records "$$dir/build"; status=$$?; \
 	if [ -z "$$PAPER_PATH_DIR" ]; then rm -rf "$$dir"; else echo "make paper-path: kept $$dir"; fi; exit $$status
 
 bench: setup
