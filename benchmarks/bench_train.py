@@ -51,7 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _timing import forward_flops, paired, peak_fraction, single_thread
 from mclib import curves, hessian, models, paths, synth, train
-from mclib.attacks import evasion
+from mclib.attacks import backdoor, evasion
 
 SHAPE = (1, 28, 28)
 
@@ -97,6 +97,39 @@ def old_fit(model, X, y, batch_size, lr, generator):
         losses.append(value.item())
     model.eval()
     return losses
+
+
+def old_optimise_trigger(curve_or_models, X, y, trigger, mode="single", target=0, num_classes=10, steps=200,
+                         lr=0.05, batch_size=128, n_t=4, kappa=5.0, init="random", generator=None):
+    """:func:`mclib.attacks.backdoor.optimise_trigger`'s loop before issue 31 (``loss.backward()``, which also
+    differentiates the models' weights or the curve's bends, NCHW): the reference of the ``trigger`` pass."""
+    trig = backdoor.Trigger.make(trigger)
+    Xa, ya = X, backdoor.attack_labels(y, mode, target, num_classes)
+    if mode == "single":
+        Xa, ya = X[y != target], ya[y != target]
+    is_curve = isinstance(curve_or_models, curves.Curve)
+    models_ = None if is_curve else list(curve_or_models)
+    p = backdoor._start_pattern(init, trig, X.shape[1], generator).clone().requires_grad_(True)
+    opt = torch.optim.Adam([p], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    n_views = n_t if is_curve else len(models_)
+    for _ in range(steps):
+        idx = torch.randint(len(Xa), (min(batch_size, len(Xa)),), generator=generator)
+        xb, yb = Xa[idx], ya[idx]
+        xt = backdoor.Trigger(trig.size, trig.position, pattern=p).apply(xb)
+        if is_curve:
+            ts = (torch.arange(n_t, dtype=torch.float64) + torch.rand(n_t, generator=generator, dtype=torch.float64)) / n_t
+            outs = [curve_or_models(xt, t) for t in ts]
+        else:
+            outs = [m(xt) for m in models_]
+        loss = sum(backdoor.trigger_margin_loss(o, yb, kappa).mean() for o in outs) / n_views
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            p.clamp_(0.0, 1.0)
+    return backdoor.Trigger(trig.size, trig.position, pattern=p.detach())
 
 
 @contextlib.contextmanager

@@ -409,6 +409,18 @@ class Curve(nn.Module):
         state.update(self.buffers_at(t))
         return functional_call(self.template, state, (x,))
 
+    def forward_frozen(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with :math:`w(t)` held constant: no gradient reaches the bends, only ``x`` (and what
+        ``x`` depends on). For input-gradient passes through a fixed curve (the path-aware trigger attack,
+        :func:`mclib.attacks.backdoor.optimise_trigger`): :math:`w(t)` is formed without an autograd node and
+        its convolution weights are laid out channels-last on the CPU (:func:`mclib.torchutil.channels_last_weight`;
+        issue 31: the same arithmetic in another summation order, so equal to :meth:`forward` to float32
+        rounding)."""
+        with torch.no_grad():
+            state = {name: _torchutil.channels_last_weight(w) for name, w in self.weights(t).items()}
+            state.update(self.buffers_at(t))
+        return functional_call(self.template, state, (x,))
+
     def bend_parameters(self) -> list[nn.Parameter]:
         """The trainable tensors (for an optimiser): :attr:`bend_tensors`, or ``[]`` for a straight line."""
         return list(self.bend_tensors) if self.num_bends else []

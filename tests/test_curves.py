@@ -563,3 +563,24 @@ def test_paired_table_counts_per_input_agreement_of_two_points(arch):
     assert n == 40
     assert (table["both"] + table["ref_only"]) / n == pytest.approx(df["acc"].iloc[0], abs=1e-6)
     assert (table["both"] + table["point_only"]) / n == pytest.approx(df["acc"].iloc[1], abs=1e-6)
+
+
+def test_forward_frozen_agrees_with_forward_and_sends_no_gradient_to_the_bends():
+    """Issue 31: ``forward_frozen`` (w(t) constant, convolutions channels-last) against ``forward``: outputs and
+    input gradients agree within the worst-case rounding of a float32 dot product of the net's longest length n
+    (n * u, u = 2**-24) relative to their scale; the bends get no gradient, the input does."""
+    m0, m1 = _pair("vgg_bn", widths=(4, "M", 8))
+    c = curves.Curve([m0, m1], num_bends=1).eval()
+    _perturb_bends(c)
+    X = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    n = max(8 * 4 * 4, 4 * 9)
+    outs, grads = [], []
+    for fn in (c.forward, c.forward_frozen):
+        x = X.clone().requires_grad_(True)
+        out = fn(x, 0.3)
+        outs.append(out.detach())
+        grads.append(torch.autograd.grad(out.square().sum(), x)[0])
+    scale = float(outs[0].abs().max())
+    assert (outs[1] - outs[0]).abs().max() <= n * 2.0 ** -24 * scale
+    assert (grads[1] - grads[0]).abs().max() <= 2 * n * 2.0 ** -24 * float(grads[0].abs().max())
+    assert not c.forward_frozen(X, 0.3).requires_grad   # no path to the bends (nor to X, which needs none)
