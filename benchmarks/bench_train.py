@@ -11,6 +11,9 @@ the elementwise work, so the fraction is a lower bound on how busy the core is. 
 * ``train_vgg_bn``: the same for the small VGG-BN (``models.build("vgg_bn")``), 2 steps;
 * ``curve``: :func:`mclib.curves.train_curve` on a one-bend Bezier curve between two quick CNNs, 4 SGD steps;
 * ``pgd``: :func:`mclib.attacks.evasion.pgd` on 128 inputs, 5 steps (L-inf, eps 0.3), the CNN in eval mode;
+* ``trigger_curve`` / ``trigger_model``: :func:`mclib.attacks.backdoor.optimise_trigger` (the path-aware
+  trigger attack of claim C5), 8 projected-Adam steps of batch 128 against the one-bend curve (4 points per
+  step) and against one quick CNN;
 * ``fvo``: :func:`mclib.synth.fvo`, 32 Adam (:class:`mclib.optim.RowAdam`) steps on 64 inputs;
 * ``bypass``: one round of :func:`mclib.paths.bypass` (32 RowAdam iterations) on 32 pairs;
 * ``hvp``: 8 input Hessian-vector products (:func:`mclib.hessian.input_hvp`, double backward) on 128 inputs.
@@ -18,9 +21,18 @@ the elementwise work, so the fraction is a lower bound on how busy the core is. 
 ``forward_engine_fraction_of_gemm_peak_cnn28`` is the forward engine (:func:`mclib.paths.linear_losses`) in the
 same run, for comparison. Every gradient pass has a faster path than the code before issue 31 (channels-last
 convolutions: in ``fit`` for ``train_*``, in the curve objective, ``torchutil.channels_last`` in PGD, FVO and
-bypass); ``<pass>_new_vs_old`` pairs that code (``old_fit`` re-implemented below as it was; the others with
-the channels-last helpers replaced by no-ops, :func:`old_code`) against today's in one run (target 1.5x, the issue's), and the old side's fraction of peak is printed
-next to the new one's (new fraction / ratio).
+bypass); ``<pass>_new_vs_old`` pairs that code (``old_fit`` and ``old_optimise_trigger`` re-implemented below
+as they were; the others with the channels-last helpers replaced by no-ops, :func:`old_code`) against today's in
+one run (target 1.5x, the issue's), and the old side's fraction of peak is printed next to the new one's (new
+fraction / ratio). The FLOPs are those of today's pass: ``optimise_trigger`` no longer computes the weights'
+(or bends') gradients, so its old code's fraction counts only the work it needed.
+
+``optimise_trigger`` (issue 31, second round): the largest gradient pass of c2 in a profile of the quick chapter
+(cProfile, one thread: 128 s of 449 s profiled, against 181 s of training and 108 s of ``data.load``); it
+called ``loss.backward()``, which also differentiated every weight (or the curve's bends) and left their
+``.grad`` filled, on NCHW tensors. Now ``torch.autograd.grad`` on the pattern only, channels-last models and
+curve points (:meth:`mclib.curves.Curve.forward_frozen`): 1.64x (curve) and 1.59x (model) paired, patterns
+equal to 3e-8 after 8 steps.
 
 Measured (issue 31; 2-core shared Intel Xeon, AVX-512, load average 5-9, two runs of 5 rounds; fraction of
 the GEMM peak, old -> new, and the paired speed-up): forward engine 0.43-0.44; train_cnn 0.17-0.20 ->
@@ -113,6 +125,8 @@ def old_optimise_trigger(curve_or_models, X, y, trigger, mode="single", target=0
     opt = torch.optim.Adam([p], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     n_views = n_t if is_curve else len(models_)
+    for m in ([curve_or_models] if is_curve else models_):
+        m.eval()
     for _ in range(steps):
         idx = torch.randint(len(Xa), (min(batch_size, len(Xa)),), generator=generator)
         xb, yb = Xa[idx], ya[idx]
@@ -237,6 +251,15 @@ def main(rounds: int = 5) -> dict:
         pgd = lambda: evasion.pgd(cnn, Xa, ya, eps=0.3, steps=5, generator=torch.Generator().manual_seed(0))  # noqa: E731
         _agree("pgd", pgd)
         _pass("pgd", pgd, rounds, out, old=old_code(pgd), note="128 inputs, 5 steps")
+        trig = backdoor.Trigger(size=3, position="bottom_right")
+        for what, obj in (("trigger_curve", curve), ("trigger_model", [cnn])):
+            new = lambda obj=obj: backdoor.optimise_trigger(  # noqa: E731
+                obj, X, y, trig, steps=8, generator=torch.Generator().manual_seed(0)).pattern
+            old = lambda obj=obj: old_optimise_trigger(  # noqa: E731
+                obj, X, y, trig, steps=8, generator=torch.Generator().manual_seed(0)).pattern
+            print(f"    {what}: max |new - old| pattern = {float((new() - old()).abs().max()):.1e}", flush=True)
+            _pass(what, new, rounds, out, old=old,
+                  note="8 projected-Adam steps, batch 128" + (", n_t = 4 points" if what == "trigger_curve" else ""))
         fvo = lambda: synth.fvo(cnn, torch.arange(64) % 10, SHAPE, steps=32,  # noqa: E731
                                 generator=torch.Generator().manual_seed(0), progress=False)
         _agree("fvo", lambda: fvo().loss)

@@ -337,7 +337,8 @@ def optimise_trigger(curve_or_models, X: torch.Tensor, y: torch.Tensor, trigger:
             xb, yb = Xa[idx].to(device), ya[idx].to(device)
             xt = Trigger(trig.size, trig.position, pattern=p).apply(xb)
             if is_curve:
-                ts = (torch.arange(n_t, dtype=torch.float64) + torch.rand(n_t, generator=generator, dtype=torch.float64)) / n_t
+                ts = (torch.arange(n_t, dtype=torch.float64)
+                      + torch.rand(n_t, generator=generator, dtype=torch.float64)) / n_t
                 outs = [curve_or_models.forward_frozen(xt, t) for t in ts]
             else:
                 outs = [m(xt) for m in models]
