@@ -31,8 +31,11 @@ fraction / ratio). The FLOPs are those of today's pass: ``optimise_trigger`` no 
 (cProfile, one thread: 128 s of 449 s profiled, against 181 s of training and 108 s of ``data.load``); it
 called ``loss.backward()``, which also differentiated every weight (or the curve's bends) and left their
 ``.grad`` filled, on NCHW tensors. Now ``torch.autograd.grad`` on the pattern only, channels-last models and
-curve points (:meth:`mclib.curves.Curve.forward_frozen`): 1.64x (curve) and 1.59x (model) paired, patterns
-equal to 3e-8 after 8 steps.
+curve points (:meth:`mclib.curves.Curve.forward_frozen`): 1.64-1.78x (curve) and 1.59x (model) paired in two
+runs, patterns equal to 3e-8 after 8 steps; fraction of peak 0.08-0.10 -> 0.15-0.16 (curve), 0.10-0.11 -> 0.15-0.17
+(model). The same two runs (load average 1-4) for the other passes, new/old: train_cnn 1.37-1.44x (0.24-0.29 of
+peak), train_vgg_bn 1.44-1.53x (0.41-0.46), curve 1.48-1.49x (0.26-0.28), pgd 1.43-1.57x (0.20-0.21), fvo
+1.39-1.68x (0.16-0.19), bypass 1.14-1.16x (0.07), hvp 0.16-0.18 of peak; forward engine 0.44-0.60.
 
 Measured (issue 31; 2-core shared Intel Xeon, AVX-512, load average 5-9, two runs of 5 rounds; fraction of
 the GEMM peak, old -> new, and the paired speed-up): forward engine 0.43-0.44; train_cnn 0.17-0.20 ->
