@@ -16,6 +16,8 @@ the elementwise work, so the fraction is a lower bound on how busy the core is. 
   step) and against one quick CNN;
 * ``fvo``: :func:`mclib.synth.fvo`, 32 Adam (:class:`mclib.optim.RowAdam`) steps on 64 inputs;
 * ``bypass``: one round of :func:`mclib.paths.bypass` (32 RowAdam iterations) on 32 pairs;
+* ``update_bn``: :func:`mclib.curves.update_bn` of the VGG-BN on 2048 inputs (train-mode forward passes; what
+  :meth:`mclib.curves.Curve.at` does at every interior ``t``: 17% of c1's profiled time);
 * ``hvp``: 8 input Hessian-vector products (:func:`mclib.hessian.input_hvp`, double backward) on 128 inputs.
 
 ``forward_engine_fraction_of_gemm_peak_cnn28`` is the forward engine (:func:`mclib.paths.linear_losses`) in the
@@ -271,6 +273,10 @@ def main(rounds: int = 5) -> dict:
         bypass = lambda: paths.bypass(cnn, A, C, t, **kw)  # noqa: E731
         _pass("bypass", bypass, rounds, out, old=old_code(bypass),
               note="32 pairs, 1 round of 32 RowAdam iterations (with its path checks)")
+        vgg, Xb = _net("vgg_bn", 0), _data(2048)[0]
+        bn_old = lambda: torch.optim.swa_utils.update_bn([Xb[i:i + 256] for i in range(0, len(Xb), 256)], vgg)  # noqa: E731
+        _pass("update_bn", lambda: curves.update_bn(vgg, Xb), rounds, out, old=bn_old,
+              note="VGG-BN running statistics re-estimated on 2048 inputs (Curve.at at every interior t), NCHW before")
         V = torch.randn(128, 784, generator=g)
         hvp = hessian.input_hvp(cnn, Xa, ya)
         _pass("hvp", lambda: [hvp(V) for _ in range(8)], rounds, out, note="128 inputs, 8 products, graph built once")

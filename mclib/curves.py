@@ -479,13 +479,16 @@ def update_bn(model: nn.Module, X: torch.Tensor, batch_size: int = 256) -> nn.Mo
     """Reset every BatchNorm's running statistics and re-estimate them on inputs ``X`` (in place).
 
     Cumulative average over the batches (momentum ``None``), via :func:`torch.optim.swa_utils.update_bn`;
-    the model's train/eval mode is restored afterwards.
+    the model's train/eval mode is restored afterwards. The forward passes run channels-last on the CPU
+    (:func:`mclib.torchutil.channels_last`; issue 31: the statistics are the same sums in another order, equal to
+    float32 rounding), the model's tensors back in their own layout afterwards.
     """
     if not isinstance(X, torch.Tensor) or len(X) == 0:
         raise ValueError("bn_data must be a non-empty tensor of inputs")
     device = device_of(model)
     batches = [X[i:i + batch_size] for i in range(0, len(X), batch_size)]
-    torch.optim.swa_utils.update_bn(batches, model, device=device)
+    with _torchutil.channels_last(model):
+        torch.optim.swa_utils.update_bn(batches, model, device=device)
     return model
 
 
