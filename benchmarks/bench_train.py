@@ -38,6 +38,8 @@ runs, patterns equal to 3e-8 after 8 steps; fraction of peak 0.08-0.10 -> 0.15-0
 (model). The same two runs (load average 1-4) for the other passes, new/old: train_cnn 1.37-1.44x (0.24-0.29 of
 peak), train_vgg_bn 1.44-1.53x (0.41-0.46), curve 1.48-1.49x (0.26-0.28), pgd 1.43-1.57x (0.20-0.21), fvo
 1.39-1.68x (0.16-0.19), bypass 1.14-1.16x (0.07), hvp 0.16-0.18 of peak; forward engine 0.44-0.60.
+``update_bn`` channels-last (third round, c1's profile): 1.78x (3 rounds), 0.18 -> 0.33 of peak; 1.73x for 4000
+inputs in a separate paired run; C1's verdict and values unchanged but for one test image (56.4% -> 56.5%).
 
 Measured (issue 31; 2-core shared Intel Xeon, AVX-512, load average 5-9, two runs of 5 rounds; fraction of
 the GEMM peak, old -> new, and the paired speed-up): forward engine 0.43-0.44; train_cnn 0.17-0.20 ->
