@@ -11,16 +11,35 @@ the elementwise work, so the fraction is a lower bound on how busy the core is. 
 * ``train_vgg_bn``: the same for the small VGG-BN (``models.build("vgg_bn")``), 2 steps;
 * ``curve``: :func:`mclib.curves.train_curve` on a one-bend Bezier curve between two quick CNNs, 4 SGD steps;
 * ``pgd``: :func:`mclib.attacks.evasion.pgd` on 128 inputs, 5 steps (L-inf, eps 0.3), the CNN in eval mode;
+* ``trigger_curve`` / ``trigger_model``: :func:`mclib.attacks.backdoor.optimise_trigger` (the path-aware
+  trigger attack of claim C5), 8 projected-Adam steps of batch 128 against the one-bend curve (4 points per
+  step) and against one quick CNN;
 * ``fvo``: :func:`mclib.synth.fvo`, 32 Adam (:class:`mclib.optim.RowAdam`) steps on 64 inputs;
 * ``bypass``: one round of :func:`mclib.paths.bypass` (32 RowAdam iterations) on 32 pairs;
+* ``update_bn``: :func:`mclib.curves.update_bn` of the VGG-BN on 2048 inputs (train-mode forward passes; what
+  :meth:`mclib.curves.Curve.at` does at every interior ``t``: 17% of c1's profiled time);
 * ``hvp``: 8 input Hessian-vector products (:func:`mclib.hessian.input_hvp`, double backward) on 128 inputs.
 
 ``forward_engine_fraction_of_gemm_peak_cnn28`` is the forward engine (:func:`mclib.paths.linear_losses`) in the
 same run, for comparison. Every gradient pass has a faster path than the code before issue 31 (channels-last
 convolutions: in ``fit`` for ``train_*``, in the curve objective, ``torchutil.channels_last`` in PGD, FVO and
-bypass); ``<pass>_new_vs_old`` pairs that code (``old_fit`` re-implemented below as it was; the others with
-the channels-last helpers replaced by no-ops, :func:`old_code`) against today's in one run (target 1.5x, the issue's), and the old side's fraction of peak is printed
-next to the new one's (new fraction / ratio).
+bypass); ``<pass>_new_vs_old`` pairs that code (``old_fit`` and ``old_optimise_trigger`` re-implemented below
+as they were; the others with the channels-last helpers replaced by no-ops, :func:`old_code`) against today's in
+one run (target 1.5x, the issue's), and the old side's fraction of peak is printed next to the new one's (new
+fraction / ratio). The FLOPs are those of today's pass: ``optimise_trigger`` no longer computes the weights'
+(or bends') gradients, so its old code's fraction counts only the work it needed.
+
+``optimise_trigger`` (issue 31, second round): the largest gradient pass of c2 in a profile of the quick chapter
+(cProfile, one thread: 128 s of 449 s profiled, against 181 s of training and 108 s of ``data.load``); it
+called ``loss.backward()``, which also differentiated every weight (or the curve's bends) and left their
+``.grad`` filled, on NCHW tensors. Now ``torch.autograd.grad`` on the pattern only, channels-last models and
+curve points (:meth:`mclib.curves.Curve.forward_frozen`): 1.64-1.78x (curve) and 1.59x (model) paired in two
+runs, patterns equal to 3e-8 after 8 steps; fraction of peak 0.08-0.10 -> 0.15-0.16 (curve), 0.10-0.11 -> 0.15-0.17
+(model). The same two runs (load average 1-4) for the other passes, new/old: train_cnn 1.37-1.44x (0.24-0.29 of
+peak), train_vgg_bn 1.44-1.53x (0.41-0.46), curve 1.48-1.49x (0.26-0.28), pgd 1.43-1.57x (0.20-0.21), fvo
+1.39-1.68x (0.16-0.19), bypass 1.14-1.16x (0.07), hvp 0.16-0.18 of peak; forward engine 0.44-0.60.
+``update_bn`` channels-last (third round, c1's profile): 1.78x (3 rounds), 0.18 -> 0.33 of peak; 1.73x for 4000
+inputs in a separate paired run; C1's verdict and values unchanged but for one test image (56.4% -> 56.5%).
 
 Measured (issue 31; 2-core shared Intel Xeon, AVX-512, load average 5-9, two runs of 5 rounds; fraction of
 the GEMM peak, old -> new, and the paired speed-up): forward engine 0.43-0.44; train_cnn 0.17-0.20 ->
@@ -51,7 +70,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _timing import forward_flops, paired, peak_fraction, single_thread
 from mclib import curves, hessian, models, paths, synth, train
-from mclib.attacks import evasion
+from mclib.attacks import backdoor, evasion
 
 SHAPE = (1, 28, 28)
 
@@ -97,6 +116,41 @@ def old_fit(model, X, y, batch_size, lr, generator):
         losses.append(value.item())
     model.eval()
     return losses
+
+
+def old_optimise_trigger(curve_or_models, X, y, trigger, mode="single", target=0, num_classes=10, steps=200,
+                         lr=0.05, batch_size=128, n_t=4, kappa=5.0, init="random", generator=None):
+    """:func:`mclib.attacks.backdoor.optimise_trigger`'s loop before issue 31 (``loss.backward()``, which also
+    differentiates the models' weights or the curve's bends, NCHW): the reference of the ``trigger`` pass."""
+    trig = backdoor.Trigger.make(trigger)
+    Xa, ya = X, backdoor.attack_labels(y, mode, target, num_classes)
+    if mode == "single":
+        Xa, ya = X[y != target], ya[y != target]
+    is_curve = isinstance(curve_or_models, curves.Curve)
+    models_ = None if is_curve else list(curve_or_models)
+    p = backdoor._start_pattern(init, trig, X.shape[1], generator).clone().requires_grad_(True)
+    opt = torch.optim.Adam([p], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    n_views = n_t if is_curve else len(models_)
+    for m in ([curve_or_models] if is_curve else models_):
+        m.eval()
+    for _ in range(steps):
+        idx = torch.randint(len(Xa), (min(batch_size, len(Xa)),), generator=generator)
+        xb, yb = Xa[idx], ya[idx]
+        xt = backdoor.Trigger(trig.size, trig.position, pattern=p).apply(xb)
+        if is_curve:
+            ts = (torch.arange(n_t, dtype=torch.float64) + torch.rand(n_t, generator=generator, dtype=torch.float64)) / n_t
+            outs = [curve_or_models(xt, t) for t in ts]
+        else:
+            outs = [m(xt) for m in models_]
+        loss = sum(backdoor.trigger_margin_loss(o, yb, kappa).mean() for o in outs) / n_views
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            p.clamp_(0.0, 1.0)
+    return backdoor.Trigger(trig.size, trig.position, pattern=p.detach())
 
 
 @contextlib.contextmanager
@@ -204,6 +258,15 @@ def main(rounds: int = 5) -> dict:
         pgd = lambda: evasion.pgd(cnn, Xa, ya, eps=0.3, steps=5, generator=torch.Generator().manual_seed(0))  # noqa: E731
         _agree("pgd", pgd)
         _pass("pgd", pgd, rounds, out, old=old_code(pgd), note="128 inputs, 5 steps")
+        trig = backdoor.Trigger(size=3, position="bottom_right")
+        for what, obj in (("trigger_curve", curve), ("trigger_model", [cnn])):
+            new = lambda obj=obj: backdoor.optimise_trigger(  # noqa: E731
+                obj, X, y, trig, steps=8, generator=torch.Generator().manual_seed(0)).pattern
+            old = lambda obj=obj: old_optimise_trigger(  # noqa: E731
+                obj, X, y, trig, steps=8, generator=torch.Generator().manual_seed(0)).pattern
+            print(f"    {what}: max |new - old| pattern = {float((new() - old()).abs().max()):.1e}", flush=True)
+            _pass(what, new, rounds, out, old=old,
+                  note="8 projected-Adam steps, batch 128" + (", n_t = 4 points" if what == "trigger_curve" else ""))
         fvo = lambda: synth.fvo(cnn, torch.arange(64) % 10, SHAPE, steps=32,  # noqa: E731
                                 generator=torch.Generator().manual_seed(0), progress=False)
         _agree("fvo", lambda: fvo().loss)
@@ -212,6 +275,10 @@ def main(rounds: int = 5) -> dict:
         bypass = lambda: paths.bypass(cnn, A, C, t, **kw)  # noqa: E731
         _pass("bypass", bypass, rounds, out, old=old_code(bypass),
               note="32 pairs, 1 round of 32 RowAdam iterations (with its path checks)")
+        vgg, Xb = _net("vgg_bn", 0), _data(2048)[0]
+        bn_old = lambda: torch.optim.swa_utils.update_bn([Xb[i:i + 256] for i in range(0, len(Xb), 256)], vgg)  # noqa: E731
+        _pass("update_bn", lambda: curves.update_bn(vgg, Xb), rounds, out, old=bn_old,
+              note="VGG-BN running statistics re-estimated on 2048 inputs (Curve.at at every interior t), NCHW before")
         V = torch.randn(128, 784, generator=g)
         hvp = hessian.input_hvp(cnn, Xa, ya)
         _pass("hvp", lambda: [hvp(V) for _ in range(8)], rounds, out, note="128 inputs, 8 products, graph built once")

@@ -409,6 +409,18 @@ class Curve(nn.Module):
         state.update(self.buffers_at(t))
         return functional_call(self.template, state, (x,))
 
+    def forward_frozen(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with :math:`w(t)` held constant: no gradient reaches the bends, only ``x`` (and what
+        ``x`` depends on). For input-gradient passes through a fixed curve (the path-aware trigger attack,
+        :func:`mclib.attacks.backdoor.optimise_trigger`): :math:`w(t)` is formed without an autograd node and
+        its convolution weights are laid out channels-last on the CPU (:func:`mclib.torchutil.channels_last_weight`;
+        issue 31: the same arithmetic in another summation order, so equal to :meth:`forward` to float32
+        rounding)."""
+        with torch.no_grad():
+            state = {name: _torchutil.channels_last_weight(w) for name, w in self.weights(t).items()}
+            state.update(self.buffers_at(t))
+        return functional_call(self.template, state, (x,))
+
     def bend_parameters(self) -> list[nn.Parameter]:
         """The trainable tensors (for an optimiser): :attr:`bend_tensors`, or ``[]`` for a straight line."""
         return list(self.bend_tensors) if self.num_bends else []
@@ -467,13 +479,16 @@ def update_bn(model: nn.Module, X: torch.Tensor, batch_size: int = 256) -> nn.Mo
     """Reset every BatchNorm's running statistics and re-estimate them on inputs ``X`` (in place).
 
     Cumulative average over the batches (momentum ``None``), via :func:`torch.optim.swa_utils.update_bn`;
-    the model's train/eval mode is restored afterwards.
+    the model's train/eval mode is restored afterwards. The forward passes run channels-last on the CPU
+    (:func:`mclib.torchutil.channels_last`; issue 31: the statistics are the same sums in another order, equal to
+    float32 rounding), the model's tensors back in their own layout afterwards.
     """
     if not isinstance(X, torch.Tensor) or len(X) == 0:
         raise ValueError("bn_data must be a non-empty tensor of inputs")
     device = device_of(model)
     batches = [X[i:i + batch_size] for i in range(0, len(X), batch_size)]
-    torch.optim.swa_utils.update_bn(batches, model, device=device)
+    with _torchutil.channels_last(model):
+        torch.optim.swa_utils.update_bn(batches, model, device=device)
     return model
 
 

@@ -1,9 +1,11 @@
 """Backdoor triggers, poisoning, ASR and error injection (mclib.attacks.backdoor)."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from mclib import models, train
+from mclib import curves, models, train
 from mclib.attacks import backdoor as bd
 
 
@@ -179,9 +181,27 @@ def test_optimise_trigger_against_models_keeps_place_and_range():
     out = trig.apply(X[:2])
     assert torch.equal(out[:, :, 2:5, 2:5], trig.pattern.expand(2, 1, 3, 3))
     assert torch.equal(out[:, :, :2], X[:2, :, :2])
+    m.zero_grad(set_to_none=True)                    # what training left
     again = bd.optimise_trigger([m], X, y, bd.Trigger(size=3, position="center"), target=5, steps=15,
                                 generator=torch.Generator().manual_seed(0))
     assert torch.equal(again.pattern, trig.pattern)  # deterministic given the generator
+    # issue 31: only the pattern is differentiated -- nothing lands in the model's .grad, and its layout is its own
+    assert all(p.grad is None for p in m.parameters())
+    assert all(p.is_contiguous() for p in m.parameters())
+
+
+def test_optimise_trigger_along_a_curve_leaves_the_bends_untouched():
+    m0, X, y = _small_trained()
+    m1 = copy.deepcopy(m0)
+    with torch.no_grad():
+        for p in m1.parameters():
+            p.add_(0.01)
+    curve = curves.Curve([m0, m1], num_bends=1)
+    bends = [b.detach().clone() for b in curve.bend_parameters()]
+    trig = bd.optimise_trigger(curve, X, y, bd.Trigger(size=3, position="center"), target=5, steps=5,
+                               generator=torch.Generator().manual_seed(0))
+    assert trig.pattern.shape == (1, 3, 3) and not torch.equal(trig.pattern, trig.start)
+    assert all(b.grad is None and torch.equal(b, b0) for b, b0 in zip(curve.bend_parameters(), bends))
 
 
 _CHECKER = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]])

@@ -563,3 +563,43 @@ def test_paired_table_counts_per_input_agreement_of_two_points(arch):
     assert n == 40
     assert (table["both"] + table["ref_only"]) / n == pytest.approx(df["acc"].iloc[0], abs=1e-6)
     assert (table["both"] + table["point_only"]) / n == pytest.approx(df["acc"].iloc[1], abs=1e-6)
+
+
+def test_forward_frozen_agrees_with_forward_and_sends_no_gradient_to_the_bends():
+    """Issue 31: ``forward_frozen`` (w(t) constant, convolutions channels-last) against ``forward``: outputs and
+    input gradients agree within the worst-case rounding of a float32 dot product of the net's longest length n
+    (n * u, u = 2**-24) relative to their scale; the bends get no gradient, the input does."""
+    m0, m1 = _pair("vgg_bn", widths=(4, "M", 8))
+    c = curves.Curve([m0, m1], num_bends=1).eval()
+    _perturb_bends(c)
+    X = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    n = max(8 * 4 * 4, 4 * 9)
+    outs, grads = [], []
+    for fn in (c.forward, c.forward_frozen):
+        x = X.clone().requires_grad_(True)
+        out = fn(x, 0.3)
+        outs.append(out.detach())
+        grads.append(torch.autograd.grad(out.square().sum(), x)[0])
+    scale = float(outs[0].abs().max())
+    assert (outs[1] - outs[0]).abs().max() <= n * 2.0 ** -24 * scale
+    assert (grads[1] - grads[0]).abs().max() <= 2 * n * 2.0 ** -24 * float(grads[0].abs().max())
+    assert not c.forward_frozen(X, 0.3).requires_grad   # no path to the bends (nor to X, which needs none)
+
+
+def test_update_bn_in_channels_last_matches_a_float64_reference_and_restores_the_layout():
+    """Issue 31: update_bn runs channels-last. Its running statistics against the float64 NCHW estimate
+    (torch.optim.swa_utils.update_bn on a float64 copy): within the worst-case rounding of a float32 sum of the n
+    values one batch holds per channel (n * u, u = 2**-24) relative to the statistics' scale; the parameters
+    end in their own (contiguous) layout."""
+    m0, _ = _pair("vgg_bn", widths=(4, "M", 8))
+    X = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = copy.deepcopy(m0).double()
+    torch.optim.swa_utils.update_bn([X[i:i + 32].double() for i in range(0, 64, 32)], ref)
+    curves.update_bn(m0, X, batch_size=32)
+    n = 32 * 8 * 8
+    for (name, a), b in zip(m0.named_buffers(), ref.buffers()):
+        if a.is_floating_point():
+            assert (a.double() - b).abs().max() <= n * 2.0 ** -24 * float(b.abs().max()), name
+        else:
+            assert torch.equal(a, b), name
+    assert all(p.is_contiguous() for p in m0.parameters())

@@ -247,6 +247,25 @@ def test_a_fresh_build_starts_the_typically_longest_chapter_first(tmp_path):
     assert order[0].stem == "c2_backdoor_repair" and order[-1].stem == "c8_across_architectures"
 
 
+def test_the_last_run_records_seconds_order_a_build_before_the_typical_table(tmp_path):
+    """Issue 31: the longest chapter of *this* build folder's last run starts first; the table only fills gaps
+    (no record, a record set aside by an interrupted rerun is still read, a record without seconds is not)."""
+    chapters = [nb for nb in book.notebooks() if nb.stem != "report"]
+    stems = {nb.stem: nb for nb in chapters}
+    (tmp_path / "runs").mkdir()
+    runner.run_record_path(tmp_path, stems["a7_barrier_evolution"]).write_text(json.dumps({"seconds": 1e4}))
+    runner.run_record_path(tmp_path, stems["c2_backdoor_repair"]).write_text(json.dumps({"seconds": "n/a"}))
+    aside = runner._previous(tmp_path, stems["a1_real_paths"])
+    aside.mkdir(parents=True)
+    (aside / "run.json").write_text(json.dumps({"seconds": 5e3}))
+    seconds = book.last_seconds(tmp_path, chapters)
+    assert seconds["a7_barrier_evolution"] == 1e4 and seconds["a1_real_paths"] == 5e3
+    assert seconds["c2_backdoor_repair"] == book.TYPICAL_SECONDS["c2_backdoor_repair"]
+    order = [nb.stem for nb in book.order_chapters(chapters, book.chapter_needs(chapters), seconds)]
+    assert order[:3] == ["a7_barrier_evolution", "a1_real_paths", "c2_backdoor_repair"]
+    assert order[-1] == "c8_across_architectures"            # it reads C1-C7's claims: after them whatever its time
+
+
 def test_a_refused_submission_cancels_the_jobs_already_submitted(monkeypatch, tmp_path):
     """sbatch refusing a later chapter used to leave the earlier chapters' jobs in the queue."""
     cancelled = []

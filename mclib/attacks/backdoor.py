@@ -23,6 +23,7 @@ compare the paper's corner trigger with a trigger inside the digits' support.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any, Mapping, Sequence
 
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mclib.torchutil import device_of, eval_mode
+from mclib.torchutil import channels_last, device_of, eval_mode
 
 MODES = ("single", "all2all")
 POSITIONS = ("bottom_right", "center", "top_left")
@@ -295,6 +296,12 @@ def optimise_trigger(curve_or_models, X: torch.Tensor, y: torch.Tensor, trigger:
     ``"random"`` (a uniform pattern from ``generator``, default), ``"trigger"`` (the given trigger's
     pattern, the white square) or a tensor. Returns a :class:`Trigger` carrying the optimised
     ``pattern``, with the starting pattern as ``.start``.
+
+    Only :math:`p` is differentiated (``torch.autograd.grad``): no gradient of the models' weights or the
+    curve's bends is computed (:meth:`mclib.curves.Curve.forward_frozen`), and none is left in their ``.grad``.
+    The networks run channels-last on the CPU (the models' weights through :func:`mclib.torchutil.channels_last`,
+    the curve's points through ``forward_frozen``; issue 31: the same arithmetic in another summation order,
+    float32 rounding).
     """
     from tqdm.auto import tqdm
 
@@ -322,22 +329,25 @@ def optimise_trigger(curve_or_models, X: torch.Tensor, y: torch.Tensor, trigger:
     for m in ([curve_or_models] if is_curve else models):
         m.eval()
     n_views = n_t if is_curve else len(models)
-    for _ in tqdm(range(steps), desc="optimise trigger", disable=not progress, leave=False):
-        idx = torch.randint(len(Xa), (min(batch_size, len(Xa)),), generator=generator)
-        xb, yb = Xa[idx].to(device), ya[idx].to(device)
-        xt = Trigger(trig.size, trig.position, pattern=p).apply(xb)
-        if is_curve:
-            ts = (torch.arange(n_t, dtype=torch.float64) + torch.rand(n_t, generator=generator, dtype=torch.float64)) / n_t
-            outs = [curve_or_models(xt, t) for t in ts]
-        else:
-            outs = [m(xt) for m in models]
-        loss = sum(trigger_margin_loss(o, yb, kappa).mean() for o in outs) / n_views
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            p.clamp_(0.0, 1.0)  # projection onto the pixel box: a pixel at an edge can leave it at the next step
+    with contextlib.ExitStack() as stack:
+        for m in models or ():
+            stack.enter_context(channels_last(m))
+        for _ in tqdm(range(steps), desc="optimise trigger", disable=not progress, leave=False):
+            idx = torch.randint(len(Xa), (min(batch_size, len(Xa)),), generator=generator)
+            xb, yb = Xa[idx].to(device), ya[idx].to(device)
+            xt = Trigger(trig.size, trig.position, pattern=p).apply(xb)
+            if is_curve:
+                ts = (torch.arange(n_t, dtype=torch.float64)
+                      + torch.rand(n_t, generator=generator, dtype=torch.float64)) / n_t
+                outs = [curve_or_models.forward_frozen(xt, t) for t in ts]
+            else:
+                outs = [m(xt) for m in models]
+            loss = sum(trigger_margin_loss(o, yb, kappa).mean() for o in outs) / n_views
+            p.grad = torch.autograd.grad(loss, p)[0]
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                p.clamp_(0.0, 1.0)  # projection onto the pixel box: a pixel at an edge can leave it at the next step
     out = Trigger(trig.size, trig.position, pattern=p.detach().cpu())
     out.start = start
     return out
