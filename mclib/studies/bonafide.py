@@ -418,26 +418,24 @@ class Chapter:
                  "methods": {r["method"]: {"clean_acc": r["clean_acc"], "asr": r["asr"]} for _, r in g.iterrows()}}
                 for k, g in table.groupby(["trigger", "mode", "N"], sort=False)]
 
-    def c2_map(self, sweeps, ends, ns, t_values, arch: str | None = None) -> list[dict]:
-        """C2's condition map over ``t_values`` on ``arch``'s evaluation half."""
-        from mclib.claims import paper_c
+    def counts(self, arch: str) -> tuple[int, dict[str, int]]:
+        """``(n_eval, n_asr)`` of ``arch``'s dataset: its evaluation images, and per mode those an ASR is measured on."""
+        return len(self.data.eval_of(arch)[0]), self.n_asr_of[self.data.dataset[arch]]
 
-        arch = self.data.arch if arch is None else arch
-        return paper_c.c2_conditions(self.c2_rows(sweeps, ends, ns, t_values), len(self.data.eval_of(arch)[0]),
-                                     self.n_asr_of[self.data.dataset[arch]])
+    def c2_input(self, sweeps, ends, ns, t_values, arch: str | None = None) -> tuple[list[dict], int, dict[str, int]]:
+        """The arguments of C2's condition map (:func:`mclib.claims.paper_c.c2_conditions`) over ``t_values`` on
+        ``arch`` (None: the main one): :meth:`c2_rows` and :meth:`counts`."""
+        return (self.c2_rows(sweeps, ends, ns, t_values), *self.counts(self.data.arch if arch is None else arch))
 
-    def c3_map(self, table, arch: str | None = None) -> list[dict]:
-        """C3's condition map (the path point against every baseline) on ``arch``'s evaluation half."""
-        from mclib.claims import paper_c
+    def c3_input(self, table, arch: str | None = None) -> tuple[list[dict], int, dict[str, int], str]:
+        """The arguments of C3's condition map (:func:`mclib.claims.paper_c.c3_conditions`, the path point against
+        every baseline) on ``arch`` (None: the main one): :meth:`c3_columns`, :meth:`counts` and the path's name."""
+        return (self.c3_columns(table), *self.counts(self.data.arch if arch is None else arch), self.path_name)
 
-        arch = self.data.arch if arch is None else arch
-        return paper_c.c3_conditions(self.c3_columns(table), len(self.data.eval_of(arch)[0]),
-                                     self.n_asr_of[self.data.dataset[arch]], self.path_name)
-
-    def c2_evidence(self, sweeps, ends, ns, arch: str) -> tuple[dict, str]:
+    def c2_evidence(self, sweeps, ends, ns, arch: str, conditions: list[dict]) -> tuple[dict, str]:
         """C2's values for ``arch`` (what :func:`mclib.claims.paper_c.judge_c2` reads: per setting the endpoints'
-        clean accuracy and the path point ``t_table`` at the smallest and largest N, and the condition map) and
-        the sentence for the record."""
+        clean accuracy and the path point ``t_table`` at the smallest and largest N, and the ``conditions`` --
+        C2's condition map at ``t_table``, :meth:`c2_input`) and the sentence for the record."""
         T = self.sizes.t_table
         n_eval, n_asr = len(self.data.eval_of(arch)[0]), self.n_asr_of[self.data.dataset[arch]]
         settings, rows = [], []
@@ -450,11 +448,12 @@ class Chapter:
             rows.append(f"{trig_name}/{mode}: endpoints {pct(ref)}% clean; N={max(ns)}: {pct(hi['acc'])}% / "
                         f"{pct(hi['asr'])}% ASR; N={min(ns)}: {pct(lo['acc'])}% / {pct(lo['asr'])}% ASR")
         values = {"arch": arch, "dataset": self.data.dataset[arch], "t": T, "n_eval": n_eval, "settings": settings,
-                  "conditions": self.c2_map(sweeps, ends, ns, [T], arch), "endpoints": ends.to_dict("records")}
+                  "conditions": conditions, "endpoints": ends.to_dict("records")}
         return values, "; ".join(rows)
 
-    def c3_evidence(self, table, arch: str) -> tuple[dict, str]:
-        """C3's values for ``arch`` (the single-target columns of Table 1 and the condition map) and the sentence."""
+    def c3_evidence(self, table, arch: str, conditions: list[dict]) -> tuple[dict, str]:
+        """C3's values for ``arch`` (the single-target columns of Table 1 and the ``conditions``, C3's condition map
+        from :meth:`c3_input`) and the sentence."""
         n_eval, n_asr = len(self.data.eval_of(arch)[0]), self.n_asr_of[self.data.dataset[arch]]
         single = table.query("mode == 'single'")
         rows = [f"{k[0]}, N={k[1]}: " + ", ".join(f"{r['method']} {pct(r['clean_acc'])}/{pct(r['asr'])}"
@@ -462,7 +461,7 @@ class Chapter:
                 for k, g in single.groupby(["trigger", "N"], sort=False)]
         columns = [{k: c[k] for k in ("trigger", "N", "methods")} for c in self.c3_columns(single)]
         return ({"arch": arch, "dataset": self.data.dataset[arch], "n_eval": n_eval, "n_asr": n_asr["single"],
-                 "path": self.path_name, "columns": columns, "conditions": self.c3_map(table, arch)},
+                 "path": self.path_name, "columns": columns, "conditions": conditions},
                 "; ".join(rows))
 
     def c5_evidence(self, a: dict, frame, n: int, arch: str) -> dict:
