@@ -8,6 +8,13 @@ Built from :mod:`mclib.repair` (path repair and its baselines, clean accuracy an
 * :func:`repair_methods` and :func:`comparison_table` -- Table 1: every repair method with the same bonafide data
   and budget, clean accuracy and ASR of each;
 * :func:`plot_sweep` and :func:`plot_map` draw the sweeps and the condition maps (:data:`MAP_MARKS`).
+
+The chapters' pieces: :class:`Sizes` (``repair.toml``, read by C2 and C4), :class:`RepairData` (each architecture on
+its own dataset, the bonafide and evaluation halves; shared with :mod:`mclib.studies.error_injection`) and
+:class:`Chapter`, the C2/C3/C5 study -- endpoints, sweeps, Table 1, the path-aware attacker, the second
+architecture (:class:`ArchResult`) and exactly what the judges read (:meth:`Chapter.c2_evidence`,
+:meth:`Chapter.c3_evidence`, :meth:`Chapter.c5_evidence`; the condition maps' inputs :meth:`Chapter.c2_input` and
+:meth:`Chapter.c3_input`, which :mod:`mclib.claims.paper_c` judges).
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ only the images on which the two points disagree.
 Training-seed variation: the chapter repeats the study for every pair of endpoint seeds in its preset, and the
 claim must hold for each pair (:func:`mclib.claims.paper_c.judge_c1`), so that a verdict does not rest on one
 pair of trained models (whose weights move with the machine's float rounding).
+
+The chapter reads its sizes as :class:`Sizes` (``curves.toml``) and runs as :class:`Chapter`: the endpoints
+(:meth:`Chapter.endpoints`), the paths (:meth:`Chapter.paths`) and exactly what C1's judge reads
+(:meth:`Chapter.evidence`).
 """
 from __future__ import annotations
 

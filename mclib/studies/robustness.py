@@ -15,7 +15,11 @@ robustness loss correlates with the largest eigenvalue of the input Hessian (C7)
 * for C7, :func:`mclib.stats.correlation` compares the two profiles along t -- which cannot discriminate when both
   are monotone -- while :func:`detrended_correlation` removes the shared trend in t and
   :func:`across_inputs_correlation` correlates per-input PGD loss and eigenvalue at one fixed t;
-* :func:`plot_along` draws one profile along t with the straight line between its end values (no twin axes).
+* :class:`Sizes` (``robustness.toml``) and :class:`Chapter`, the chapter's study: the endpoints, the curves, the
+  measurements along them, C6's and C7's evidence (:meth:`Chapter.evidence`) and the C6 map
+  (:meth:`Chapter.map_conditions`), with the record sentences :func:`c6_measured` and :func:`c7_measured`;
+* :func:`plot_along` draws one profile along t with the straight line between its end values (no twin axes);
+  :func:`plot_barrier_map` and :func:`plot_map_profiles` draw the C6 map.
 """
 from __future__ import annotations
 
