@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mclib import config, curves, data, models, train  # noqa: E402
 from mclib.attacks import evasion  # noqa: E402
+from mclib.studies import bonafide, codes, detection, pairs, robustness, untrained  # noqa: E402
+from mclib.studies import curves as curve_study  # noqa: E402
 
 ARCHS = ("resnet20", "vgg16", "vgg16_bn", "resnet18_cifar")
 
@@ -100,72 +102,72 @@ def chapter_steps(preset: str = "paper") -> dict[str, list[tuple[str, str, float
     per_epoch = math.ceil(p.n_train / p.batch_size)
     model = p.epochs * per_epoch                      # training steps of one standard model
     batches = lambda n: math.ceil(n / 128)            # noqa: E731  grad steps per 128 inputs
-    c, r, rb, pa, d, s, u = (p.section(k) for k in ("curves", "repair", "robustness", "paths", "detect", "som",
-                                                     "untrained"))
+    c, r, rb, pa, d, s, u = (cls.Sizes.read(p) for cls in (curve_study, bonafide, robustness, pairs, detection, codes,
+                                                           untrained))
     out: dict[str, list[tuple[str, str, float]]] = {}
     # C1: every architecture at the first seed pair, the main one at every pair; a curve per pair
-    main, n_pairs = c["archs"][0], len(c["seed_pairs"])
-    out["c1_curves"] = ([(a, "train", 2 * model) for a in c["archs"]] + [(main, "train", 2 * (n_pairs - 1) * model)]
-                        + [(a, "curve", c["curve_epochs"] * per_epoch) for a in c["archs"]]
-                        + [(main, "curve", (n_pairs - 1) * c["curve_epochs"] * per_epoch)])
+    main, n_pairs = c.archs[0], len(c.seed_pairs)
+    out["c1_curves"] = ([(a, "train", 2 * model) for a in c.archs] + [(main, "train", 2 * (n_pairs - 1) * model)]
+                        + [(a, "curve", c.curve_epochs * per_epoch) for a in c.archs]
+                        + [(main, "curve", (n_pairs - 1) * c.curve_epochs * per_epoch)])
     # C2/C3/C5: 2 triggers x 2 modes x 2 seeds backdoored models (main arch) and the second arch's settings; per
     # setting and bonafide size a curve and three trained baselines of curve_steps each; the path-aware attacker
-    n_set, n_set2 = len(r["triggers"]) * 2, len(r["second_settings"])
-    repairs = lambda k, ns: 4 * r["curve_steps"] * k * len(ns)   # noqa: E731 curve + fine-tune + scratch + prune
-    second_attacked = ["in-support", "single"] in [list(s) for s in r["second_settings"]]
+    n_set, n_set2 = len(r.triggers) * 2, len(r.second_settings)
+    repairs = lambda k, ns: 4 * r.curve_steps * k * len(ns)   # noqa: E731 curve + fine-tune + scratch + prune
+    second_attacked = ["in-support", "single"] in [list(s) for s in r.second_settings]
     out["c2_backdoor_repair"] = [(p.arch, "train", (2 * n_set + 1) * model),   # + the untampered reference model
-                                 (r["second_arch"], "train", 2 * n_set2 * model),
-                                 (p.arch, "curve", repairs(n_set, r["n_bonafide"]) / 4),
-                                 (p.arch, "train", 3 * repairs(n_set, r["table_n"]) / 4),
-                                 (r["second_arch"], "curve", repairs(n_set2, r["second_n"]) / 4),
-                                 (r["second_arch"], "train", 3 * repairs(n_set2, r["second_n"]) / 4),
-                                 (p.arch, "grad", 3 * len(r["triggers"]) * r["attack_steps"] * batches(1000)),
-                                 (r["second_arch"], "grad", 2 * second_attacked * r["attack_steps"] * batches(1000))]
+                                 (r.second_arch, "train", 2 * n_set2 * model),
+                                 (p.arch, "curve", repairs(n_set, r.n_bonafide) / 4),
+                                 (p.arch, "train", 3 * repairs(n_set, r.table_n) / 4),
+                                 (r.second_arch, "curve", repairs(n_set2, r.second_n) / 4),
+                                 (r.second_arch, "train", 3 * repairs(n_set2, r.second_n) / 4),
+                                 (p.arch, "grad", 3 * len(r.triggers) * r.attack_steps * batches(1000)),
+                                 (r.second_arch, "grad", 2 * second_attacked * r.attack_steps * batches(1000))]
     # C4: the clean endpoints of every seed pair, error injection, a repair sweep per pair; the second architecture
     # (its own dataset) at the first pair, over its bonafide sizes
-    k4 = len(r["c4_seed_pairs"])
-    out["c4_error_injection"] = [(p.arch, "train", 2 * k4 * model), (p.arch, "train", 2 * k4 * r["inject_steps"]),
-                                 (p.arch, "curve", k4 * r["curve_steps"] * len(r["n_bonafide"])),
-                                 (r["second_arch"], "train", 2 * model + 2 * r["inject_steps"]),
-                                 (r["second_arch"], "curve", r["curve_steps"] * len(r["second_n"]))]
+    k4 = len(r.c4_seed_pairs)
+    out["c4_error_injection"] = [(p.arch, "train", 2 * k4 * model), (p.arch, "train", 2 * k4 * r.inject_steps),
+                                 (p.arch, "curve", k4 * r.curve_steps * len(r.n_bonafide)),
+                                 (r.second_arch, "train", 2 * model + 2 * r.inject_steps),
+                                 (r.second_arch, "curve", r.curve_steps * len(r.second_n))]
     # C6/C7: per architecture a regular and a PGD-trained endpoint (each step: adv_steps grad steps + a train step),
     # a curve; the map's extra radii; PGD along the curves; input-Hessian spectra (an HVP ~ 2 grad steps)
     out["c6_robustness_hessian"] = []
-    for a in rb["archs"]:
-        extra = len(rb["map_train_eps"]) - 1 if a in rb["map_archs"] else 0
+    for a in rb.archs:
+        extra = len(rb.map_train_eps) - 1 if a in rb.map_archs else 0
         out["c6_robustness_hessian"] += [
-            (a, "train", (2 + extra) * model), (a, "grad", (1 + extra) * rb["adv_steps"] * model),
-            (a, "curve", (1 + extra) * rb["curve_epochs"] * per_epoch),
-            (a, "grad", rb["n_t"] * batches(rb["n_eval"]) * rb["eval_steps"]
-             + 2 * rb["n_t"] * batches(rb["n_hessian"]) * rb["hessian_iters"]),
-            (a, "grad", 2 * (1 + extra) * len(rb["map_eval_eps"]) * rb["map_n_t"] * batches(rb["map_n_eval"])
-             * rb["eval_steps"])]
+            (a, "train", (2 + extra) * model), (a, "grad", (1 + extra) * rb.adv_steps * model),
+            (a, "curve", (1 + extra) * rb.curve_epochs * per_epoch),
+            (a, "grad", rb.n_t * batches(rb.n_eval) * rb.eval_steps
+             + 2 * rb.n_t * batches(rb.n_hessian) * rb.hessian_iters),
+            (a, "grad", 2 * (1 + extra) * len(rb.map_eval_eps) * rb.map_n_t * batches(rb.map_n_eval)
+             * rb.eval_steps)]
     # A1-A3: both architectures at every training seed, the map's shorter runs; the bypass of the barrier pairs
-    seeds = len(pa["train_seeds"])
-    archs = (p.arch, pa["second_arch"])
-    out["a1_real_paths"] = ([(a, "train", seeds * model + sum(e * per_epoch for e in pa["map_epochs"][:-1]))
+    seeds = len(pa.train_seeds)
+    archs = (p.arch, pa.second_arch)
+    out["a1_real_paths"] = ([(a, "train", seeds * model + sum(e * per_epoch for e in pa.map_epochs[:-1]))
                              for a in archs]
-                            + [(a, "grad", batches(pa["max_pairs"]) * pa["iterations"] * pa["max_rounds"]
-                                * (1 + len(pa["map_mse_weights"]))) for a in archs])
+                            + [(a, "grad", batches(pa.max_pairs) * pa.iterations * pa.max_rounds
+                                * (1 + len(pa.map_mse_weights))) for a in archs])
     # A4/A5: FVO from noise and the interpolated pairs' optimisation, then their bypass
-    out["a4_interpolated_synthetic"] = [(a, "grad", pa["fvo_budget_per_class"] * 10 * pa["fvo_steps"] / 128
-                                         + 2 * pa["interp_budget"] * pa["interp_steps"] / 128
-                                         + batches(pa["interp_budget"]) * pa["iterations"] * pa["max_rounds"])
-                                        for a in archs] + [(pa["second_arch"], "train", model)]
+    out["a4_interpolated_synthetic"] = [(a, "grad", pa.fvo_budget_per_class * 10 * pa.fvo_steps / 128
+                                         + 2 * pa.interp_budget * pa.interp_steps / 128
+                                         + batches(pa.interp_budget) * pa.iterations * pa.max_rounds)
+                                        for a in archs] + [(pa.second_arch, "train", model)]
     # A6: FVO and bypass on the untrained networks
-    out["a6_untrained"] = [(a, "grad", n * u["pairs_per_class"] * 2 * (f + b * u["rounds"]) / 128)
-                           for a, n, f, b in zip(u["archs"], u["n_classes"], u["fvo_steps"], u["bypass_iterations"])]
+    out["a6_untrained"] = [(a, "grad", n * u.pairs_per_class * 2 * (f + b * u.rounds) / 128)
+                           for a, n, f, b in zip(u.archs, u.n_classes, u.fvo_steps, u.bypass_iterations)]
     # A8/A9: the standard model; PGD, the optimisation attack at two strengths, the adaptive attack, the map
     out["a8_detection"] = [(p.arch, "train", model),
-                           (p.arch, "grad", batches(d["n"]) * (d["pgd_steps"] + d["opt_steps_first"]
-                                                               + d["opt_steps_confident"]
-                                                               + d["adaptive_steps"] * d["adaptive_points"])
-                            + len(d["map_kappas"]) * len(d["map_extra_steps"]) * batches(d["map_n"])
-                            * d["map_opt_steps"])]
+                           (p.arch, "grad", batches(d.n) * (d.pgd_steps + d.opt_steps_first
+                                                               + d.opt_steps_confident
+                                                               + d.adaptive_steps * d.adaptive_points)
+                            + len(d.map_kappas) * len(d.map_extra_steps) * batches(d.map_n)
+                            * d.map_opt_steps)]
     # B: the SOM chapter's models; the minimal-eps searches (bisection over resolution, PGD steps each)
-    vuln = sum(v["steps"] for v in s["vulnerability"].values())
-    out["b_internal_codes"] = [(a, "train", model) for a in s["archs"]] + [
-        (a, "grad", batches(s["b3_budget"]) * math.ceil(math.log2(s["resolution"]) + 1) * vuln) for a in s["archs"]]
+    vuln = sum(v["steps"] for v in s.vulnerability.values())
+    out["b_internal_codes"] = [(a, "train", model) for a in s.archs] + [
+        (a, "grad", batches(s.b3_budget) * math.ceil(math.log2(s.resolution) + 1) * vuln) for a in s.archs]
     return out
 
 
@@ -173,11 +175,11 @@ def chapter_datasets(preset: str = "paper") -> dict[str, dict[str, str]]:
     """Per C chapter, the dataset each of its architectures is trained and measured on at ``preset``
     (:func:`mclib.data.dataset_of` over the chapter's ``datasets`` table; the preset's dataset where none is named)."""
     p = config.get_preset(preset)
-    c, r, rb = (p.section(k) for k in ("curves", "repair", "robustness"))
-    on = lambda table, archs: {a: data.dataset_of(a, table["datasets"], p.dataset) for a in archs}  # noqa: E731
-    repair = on(r, (p.arch, r["second_arch"]))
-    return {"c1_curves": on(c, c["archs"]), "c2_backdoor_repair": repair, "c4_error_injection": repair,
-            "c6_robustness_hessian": on(rb, dict.fromkeys([*rb["archs"], *rb["map_archs"]]))}
+    c, r, rb = (cls.Sizes.read(p) for cls in (curve_study, bonafide, robustness))
+    on = lambda sizes, archs: {a: data.dataset_of(a, sizes.datasets, p.dataset) for a in archs}  # noqa: E731
+    repair = on(r, (p.arch, r.second_arch))
+    return {"c1_curves": on(c, c.archs), "c2_backdoor_repair": repair, "c4_error_injection": repair,
+            "c6_robustness_hessian": on(rb, dict.fromkeys([*rb.archs, *rb.map_archs]))}
 
 
 def main(argv=None) -> int:

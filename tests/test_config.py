@@ -176,8 +176,16 @@ def test_sizes_read_names_the_file_and_preset(tmp_path, monkeypatch):
 
 
 def _chapter_sizes():
-    from mclib.studies import codes, detection, evolution, pairs, percolation, untrained
-    return [pairs.Sizes, detection.Sizes, codes.Sizes, untrained.Sizes, evolution.Sizes, percolation.Sizes]
+    from mclib.studies import (across, bonafide, codes, curves, detection, evolution, pairs, percolation, robustness,
+                               untrained)
+    return [pairs.Sizes, detection.Sizes, codes.Sizes, untrained.Sizes, evolution.Sizes, percolation.Sizes,
+            curves.Sizes, bonafide.Sizes, robustness.Sizes, across.Sizes]
+
+
+def test_every_preset_file_but_base_and_recipe_has_a_sizes_class():
+    # recipe.toml and base.toml are the training recipe's and the run's, read by mclib.train and config.Preset
+    files = {cls.FILE for cls in _chapter_sizes()}
+    assert files == {p.stem for p in config._PRESET_DIR.glob("*.toml")} - {"base", "recipe"}
 
 
 @pytest.mark.parametrize("preset", [*config.PRESET_NAMES, *config.DERIVED_PRESETS])

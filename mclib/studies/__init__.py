@@ -23,10 +23,13 @@ shared by two chapters is read by one ``Sizes`` class):
 * ``notebooks/c2_backdoor_repair.ipynb`` -- :mod:`mclib.studies.bonafide` -- ``repair.toml`` -- C2, C3, C5;
 * ``notebooks/c4_error_injection.ipynb`` -- :mod:`mclib.studies.error_injection` -- ``repair.toml`` -- C4;
 * ``notebooks/c6_robustness_hessian.ipynb`` -- :mod:`mclib.studies.robustness` -- ``robustness.toml`` -- C6, C7;
-* ``notebooks/c8_across_architectures.ipynb`` -- the C studies above -- ``across.toml`` with ``curves.toml``,
-  ``repair.toml`` and ``robustness.toml`` -- C8.
+* ``notebooks/c8_across_architectures.ipynb`` -- :mod:`mclib.studies.across` -- ``across.toml`` -- C8 (it reads
+  the records of C1-C7).
 
-The C chapters still read their preset sections by name (``ctx.section("repair")``); they move to typed ``Sizes``
-next. Studies import concept modules, never the reverse. ``from mclib.studies import pairs`` then
+The repair chapters share ``repair.toml`` (:class:`mclib.studies.bonafide.Sizes`) and their data
+(:class:`mclib.studies.bonafide.RepairData`); C4 reads its own keys of it (``n_chosen``, ``c4_seed_pairs``,
+``inject_steps``) through :func:`mclib.studies.error_injection.injected_for`. Where a claim judges a condition map
+(C2, C3), the study returns the map's inputs (``study.c2_input(...)``) and :mod:`mclib.claims` judges them: studies
+import concept modules and :mod:`mclib.config`, never :mod:`mclib.claims`. ``from mclib.studies import pairs`` then
 ``pairs.barrier_sample(...)``.
 """

@@ -10,19 +10,23 @@ only the images on which the two points disagree.
 Training-seed variation: the chapter repeats the study for every pair of endpoint seeds in its preset, and the
 claim must hold for each pair (:func:`mclib.claims.paper_c.judge_c1`), so that a verdict does not rest on one
 pair of trained models (whose weights move with the machine's float rounding).
+
+The chapter reads its sizes as :class:`Sizes` (``curves.toml``) and runs as :class:`Chapter`: the endpoints
+(:meth:`Chapter.endpoints`), the paths (:meth:`Chapter.paths`) and exactly what C1's judge reads
+(:meth:`Chapter.evidence`).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from mclib import curves
+from mclib import config, curves, data, train
 
-__all__ = ["KINDS", "PathResult", "connect", "path_evidence", "evidence", "table", "measured"]
+__all__ = ["KINDS", "PathResult", "connect", "path_evidence", "evidence", "table", "measured", "Sizes", "Chapter", "seeds_label"]
 
 #: the paths the chapter compares; the claim reads the line and the Bezier curve
 KINDS = ("line", "bezier", "polychain")
@@ -70,6 +74,113 @@ def connect(m0: nn.Module, m1: nn.Module, X: torch.Tensor, y: torch.Tensor, Xt: 
         table = curves.paired_table(curve, s["t_end"], s["t_worst"], Xt, yt, bn_data=bn)
         out[kind] = PathResult(kind, frame, s, table, seconds, curve)
     return out
+
+
+@dataclass(frozen=True)
+class Sizes(config.Sizes):
+    """The sizes of chapter C1 (``c1_curves``) from ``mclib/presets/curves.toml``; the file's comments say what each
+    one is."""
+
+    FILE: ClassVar[str] = "curves"
+    archs: tuple[str, ...]
+    datasets: dict[str, str]
+    seed_pairs: tuple[tuple[int, ...], ...]
+    num_bends: int
+    curve_epochs: int
+    curve_batch_size: int
+    curve_optimizer: str
+    curve_lr: float
+    curve_weight_decay: float
+    n_t: int
+    n_bn: int
+
+    def archs_of(self, i: int) -> tuple[str, ...]:
+        """The architectures connected at the ``i``-th pair of endpoint seeds: all at the first, the main one (the
+        first of ``archs``) at every other (training-seed variation)."""
+        return self.archs if i == 0 else self.archs[:1]
+
+
+def seeds_label(seeds: Sequence[int]) -> str:
+    """``(0, 1)`` -> ``"0/1"``: how the chapter and its record name a pair of endpoint seeds."""
+    return "/".join(map(str, seeds))
+
+
+@dataclass
+class Chapter:
+    """Chapter C1's study: the run ``ctx``, its ``sizes``, each architecture's ``dataset`` and that dataset's
+    ``train_sets`` (the preset's ``n_train``) and ``test_sets`` (``n_test``), the t grid ``ts`` and the endpoint
+    seed ``pairs`` (the run's seed added). :meth:`endpoints` trains the endpoints, :meth:`paths` the paths between
+    them, :meth:`evidence` returns what C1's judge reads."""
+
+    ctx: Any
+    sizes: Sizes
+    dataset: dict[str, str]
+    train_sets: dict
+    test_sets: dict
+    ts: Any
+    pairs: list[tuple[int, ...]]
+
+    @classmethod
+    def prepare(cls, ctx, sizes: Sizes) -> "Chapter":
+        """Each architecture on its own dataset (:func:`mclib.data.dataset_of`), the data, the grid and the seeds."""
+        p = ctx.preset
+        dataset = {arch: data.dataset_of(arch, sizes.datasets, p.dataset) for arch in sizes.archs}
+        train_sets = data.load_each(dataset.values(), "train", n=p.n_train, data_root=ctx.data_root)
+        test_sets = data.load_each(dataset.values(), "test", n=p.n_test, data_root=ctx.data_root)
+        pairs = [tuple(ctx.seed + int(s) for s in pair) for pair in sizes.seed_pairs]
+        return cls(ctx, sizes, dataset, train_sets, test_sets, curves.grid(sizes.n_t), pairs)
+
+    @property
+    def first(self) -> str:
+        """The label of the first pair of endpoint seeds (every architecture and path is measured there)."""
+        return seeds_label(self.pairs[0])
+
+    def describe(self) -> str:
+        """The chapter's scale in one line."""
+        return ("; ".join(f"{name}: {len(self.train_sets[name][0])} train / {len(self.test_sets[name][0])} test images"
+                          for name in self.train_sets)
+                + f"; architectures {', '.join(f'{a} ({d})' for a, d in self.dataset.items())}; "
+                f"endpoint seed pairs {[seeds_label(p) for p in self.pairs]}; {len(self.ts)} values of t; "
+                f"device {self.ctx.device}")
+
+    def endpoints(self) -> dict[tuple[str, int], Any]:
+        """(arch, seed) -> the trained run (:meth:`mclib.config.Context.model`, the standard recipe on the
+        architecture's dataset): every architecture at the first pair of seeds, the main one at every pair."""
+        return {(arch, s): self.ctx.model(train.recipe_for(self.ctx, arch=arch, seed=s, dataset=self.dataset[arch]),
+                                          progress=False)
+                for i, pair in enumerate(self.pairs) for arch in self.sizes.archs_of(i) for s in pair}
+
+    def connect(self, runs, arch: str, pair, kinds) -> dict[str, PathResult]:
+        """The paths of ``kinds`` between the endpoints of ``pair`` (:func:`connect`): trained on the architecture's
+        training split, BatchNorm re-estimated on its first ``n_bn`` images, evaluated on its test split."""
+        S = self.sizes
+        (X, y), (Xt, yt) = self.train_sets[self.dataset[arch]], self.test_sets[self.dataset[arch]]
+        return connect(runs[arch, pair[0]].model, runs[arch, pair[1]].model, X, y, Xt, yt, self.ts,
+                       bn_data=X[: S.n_bn], generator=self.ctx.generator(1), kinds=kinds, num_bends=S.num_bends,
+                       epochs=S.curve_epochs, batch_size=S.curve_batch_size, lr=S.curve_lr,
+                       weight_decay=S.curve_weight_decay, optimizer=S.curve_optimizer, device=self.ctx.device)
+
+    def paths(self, runs) -> dict[str, dict[str, dict[str, PathResult]]]:
+        """Seed-pair label -> architecture -> kind -> :class:`PathResult`: the first pair of endpoint seeds gets
+        all three paths (:data:`KINDS`), the others the line and the Bezier curve the claim reads."""
+        return {seeds_label(pair): {arch: self.connect(runs, arch, pair, KINDS if i == 0 else ("line", "bezier"))
+                                    for arch in self.sizes.archs_of(i)}
+                for i, pair in enumerate(self.pairs)}
+
+    def n_test(self) -> dict[str, int]:
+        """Architecture -> the number of test images of its dataset."""
+        return {arch: len(self.test_sets[self.dataset[arch]][0]) for arch in self.sizes.archs}
+
+    def evidence(self, paths) -> dict[str, Any]:
+        """C1's values (:func:`evidence`): the first pair of seeds' paths, the other pairs under ``seed_pairs``."""
+        return evidence(paths[self.first], self.n_test(), more={k: v for k, v in paths.items() if k != self.first},
+                        label=f"seeds {self.first}", datasets=self.dataset)
+
+    def measured(self, paths) -> str:
+        """C1's sentence for the record: the test images per architecture, the grid, and :func:`measured`."""
+        n_test = self.n_test()
+        return (", ".join(f"{arch}: {n_test[arch]} {self.dataset[arch]} test images" for arch in self.sizes.archs)
+                + f"; {len(self.ts)} values of t: " + measured(paths, self.dataset))
 
 
 def path_evidence(result: PathResult) -> dict[str, Any]:

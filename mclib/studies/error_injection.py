@@ -8,6 +8,7 @@ images (the chosen ones left out) and the injection success, the fraction of the
 injected label.
 
 * :func:`injected_pair` -- the injected endpoints (:class:`InjectedPair`), or what was missing to inject any;
+* :func:`injected_for` -- the same with the chapter's sizes and data (:class:`mclib.studies.bonafide.RepairData`);
 * :func:`sweep` -- the repair along t for every N;
 * :func:`evidence` -- exactly what :func:`mclib.claims.paper_c.judge_c4` reads, and the sentence for the record.
 
@@ -25,7 +26,7 @@ from mclib import train
 from mclib.attacks import backdoor
 from mclib.studies import bonafide
 
-__all__ = ["InjectedPair", "injected_pair", "sweep", "evidence"]
+__all__ = ["InjectedPair", "injected_pair", "injected_for", "sweep", "evidence"]
 
 
 @dataclass
@@ -82,6 +83,14 @@ def injected_pair(ctx, arch: str, seeds: Sequence[int], X_eval: torch.Tensor, y_
                           "injection_success": backdoor.injection_success(m, X_chosen, wrong)}
                          for i, s in enumerate(seeds) for name, m in (("clean", clean[i]), ("injected", injected[i]))])
     return InjectedPair(arch, seeds, ends, injected, None, X_chosen, wrong, exclude, layer, dataset)
+
+
+def injected_for(ctx, sizes: bonafide.Sizes, data: bonafide.RepairData, arch: str, seeds: Sequence[int]) -> InjectedPair:
+    """:func:`injected_pair` for ``arch`` on its own dataset of the repair chapters' ``data``
+    (:class:`mclib.studies.bonafide.RepairData`), with the chapter's ``n_chosen`` and ``inject_steps``."""
+    (X_train, y_train), (X_eval, y_eval) = data.train_of(arch), data.eval_of(arch)
+    return injected_pair(ctx, arch, seeds, X_eval, y_eval, X_train, y_train, n_chosen=sizes.n_chosen,
+                         steps=sizes.inject_steps, dataset=data.dataset[arch])
 
 
 def sweep(pair: InjectedPair, X_test: torch.Tensor, y_test: torch.Tensor, ns, ts, *, steps: int, batch_size: int,

@@ -15,11 +15,16 @@ robustness loss correlates with the largest eigenvalue of the input Hessian (C7)
 * for C7, :func:`mclib.stats.correlation` compares the two profiles along t -- which cannot discriminate when both
   are monotone -- while :func:`detrended_correlation` removes the shared trend in t and
   :func:`across_inputs_correlation` correlates per-input PGD loss and eigenvalue at one fixed t;
-* :func:`plot_along` draws one profile along t with the straight line between its end values (no twin axes).
+* :class:`Sizes` (``robustness.toml``) and :class:`Chapter`, the chapter's study: the endpoints, the curves, the
+  measurements along them, C6's and C7's evidence (:meth:`Chapter.evidence`) and the C6 map
+  (:meth:`Chapter.map_conditions`), with the record sentences :func:`c6_measured` and :func:`c7_measured`;
+* :func:`plot_along` draws one profile along t with the straight line between its end values (no twin axes);
+  :func:`plot_barrier_map` and :func:`plot_map_profiles` draw the C6 map.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,12 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from mclib import curves, hessian, stats
+from mclib import config, curves, data, hessian, stats, train
 from mclib.attacks import pgd
 from mclib.torchutil import device_of
 
 __all__ = ["robustness_along", "barrier_interval", "barrier_map", "detrended_correlation", "across_inputs_correlation",
-           "plot_along"]
+           "plot_along", "Sizes", "T_FIXED", "Chapter", "interval_text", "r_text", "c6_measured", "c7_measured",
+           "plot_barrier_map", "plot_map_profiles", "PATH_NAMES"]
 
 
 def _per_input_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -193,6 +199,187 @@ def across_inputs_correlation(per_example: Mapping[str, np.ndarray], t_index: in
     return stats.correlation(loss[t_index, :eig.shape[1]], eig[t_index], n_boot=n_boot, seed=seed, level=level)
 
 
+# --------------------------------------------------------------------------- the chapter's sizes and study
+@dataclass(frozen=True)
+class Sizes(config.Sizes):
+    """The sizes of chapter C6/C7 (``c6_robustness_hessian``) from ``mclib/presets/robustness.toml``; the file's
+    comments say what each one is."""
+
+    FILE: ClassVar[str] = "robustness"
+    archs: tuple[str, ...]
+    datasets: dict[str, str]
+    eps: float
+    adv_steps: int
+    adv_step_size: float
+    eval_steps: int
+    eval_step_size: float
+    curve_epochs: int
+    curve_lr: float
+    curve_optimizer: str
+    curve_weight_decay: float
+    n_t: int
+    n_eval: int
+    n_hessian: int
+    hessian_iters: int
+    n_boot: int
+    map_archs: tuple[str, ...]
+    map_train_eps: tuple[float, ...]
+    map_eval_eps: tuple[float, ...]
+    map_step_fraction: float
+    map_n_t: int
+    map_n_eval: int
+
+
+#: The point of the path where C7's across-input correlation is measured (fixed before measuring).
+T_FIXED = 0.5
+
+
+@dataclass
+class Chapter:
+    """Chapter C6/C7's study: the run ``ctx``, its ``sizes`` and each architecture's ``dataset`` (``archs`` and
+    ``map_archs``). :meth:`trained_pair` trains the regular and adversarial endpoints, :meth:`bezier` the curve
+    between them, :meth:`along` measures it, :meth:`evidence` returns what C6's and C7's judges read and
+    :meth:`map_conditions` the C6 map."""
+
+    ctx: Any
+    sizes: Sizes
+    dataset: dict[str, str]
+    train_sets: dict | None = None
+    test_sets: dict | None = None
+
+    @classmethod
+    def prepare(cls, ctx, sizes: Sizes) -> "Chapter":
+        """Each architecture on its own dataset (:func:`mclib.data.dataset_of`); the data come with :meth:`load`."""
+        return cls(ctx, sizes, {arch: data.dataset_of(arch, sizes.datasets, ctx.preset.dataset)
+                                for arch in dict.fromkeys([*sizes.archs, *sizes.map_archs])})
+
+    def load(self) -> None:
+        """Each dataset's training split (the preset's ``n_train``) and its first ``n_eval`` test images."""
+        self.train_sets = data.load_each(self.dataset.values(), "train", n=self.ctx.preset.n_train,
+                                         data_root=self.ctx.data_root)
+        self.test_sets = data.load_each(self.dataset.values(), "test", n=self.sizes.n_eval, data_root=self.ctx.data_root)
+
+    def adv_kwargs(self, train_eps: float) -> dict:
+        """PGD adversarial training at radius ``train_eps``: the preset's steps, its step size scaled with the
+        radius."""
+        S = self.sizes
+        return {"eps": train_eps, "steps": S.adv_steps, "step_size": round(S.adv_step_size * train_eps / S.eps, 6)}
+
+    def trained_pair(self, arch: str, train_eps: float) -> list:
+        """The regular and the adversarially trained run of ``arch`` (models with their metrics)."""
+        regular = train.recipe_for(self.ctx, arch=arch, seed=self.ctx.seed, dataset=self.dataset[arch])
+        robust = regular.replace(batch_hook="mclib.attacks.evasion:pgd", batch_hook_kwargs=self.adv_kwargs(train_eps))
+        return [self.ctx.model(r, progress=False) for r in (regular, robust)]
+
+    def bezier(self, arch: str, m0: nn.Module, m1: nn.Module, stream: int) -> curves.Curve:
+        """The quadratic Bezier curve between ``m0`` and ``m1`` trained on ``arch``'s own training split (the
+        preset's batch size, the chapter's curve optimiser, generator stream ``stream``)."""
+        S = self.sizes
+        X, y = self.train_sets[self.dataset[arch]]
+        curve = curves.Curve([m0, m1], kind="bezier", num_bends=1).to(self.ctx.device)
+        curves.train_curve(curve, X, y, epochs=S.curve_epochs, batch_size=self.ctx.preset.batch_size, lr=S.curve_lr,
+                           weight_decay=S.curve_weight_decay, optimizer=S.curve_optimizer,
+                           generator=self.ctx.generator(stream), device=self.ctx.device, progress=False)
+        return curve
+
+    def along(self, curve_of: Mapping[str, curves.Curve]) -> tuple[dict, dict]:
+        """Per architecture, :func:`robustness_along` its curve on its dataset's test images: the frames and the
+        per-input values."""
+        S = self.sizes
+        ts = curves.grid(S.n_t)
+        frames, per_example = {}, {}
+        for k, (arch, curve) in enumerate(curve_of.items()):
+            (X, _), (Xt, yt) = self.train_sets[self.dataset[arch]], self.test_sets[self.dataset[arch]]
+            frames[arch], per_example[arch] = robustness_along(
+                curve, ts, Xt, yt, eps=S.eps, steps=S.eval_steps, step_size=S.eval_step_size,
+                n_hessian=S.n_hessian, bn_data=X[:1000], hessian_kwargs={"iters": S.hessian_iters},
+                generator=self.ctx.generator(200 + k), progress=False)
+        return frames, per_example
+
+    def t_index(self) -> int:
+        """The index of the t grid's point nearest :data:`T_FIXED`."""
+        ts = curves.grid(self.sizes.n_t)
+        return min(range(len(ts)), key=lambda i: abs(ts[i] - T_FIXED))
+
+    def evidence(self, frames: Mapping, per_example: Mapping) -> tuple[dict, dict]:
+        """Per architecture, what C6's judge reads (the robustness- and standard-loss barriers with their bootstrap
+        intervals, :func:`barrier_interval`) and what C7's reads (both profiles monotone, the along-path,
+        detrended and across-input correlations); each with the worse endpoint's clean accuracy on the evaluated
+        inputs (endpoints at chance make C6 and C7 inconclusive), ``n_eval`` and the ``dataset`` (C8 judges
+        datasets too)."""
+        boot = {"n_boot": self.sizes.n_boot, "seed": self.ctx.seed}
+        k_fixed = self.t_index()
+        c6_values, c7_values = {}, {}
+        for arch, df in frames.items():
+            per = per_example[arch]
+            ends = {"end_acc": float(min(df["acc"].iloc[0], df["acc"].iloc[-1])),
+                    "n_eval": len(self.test_sets[self.dataset[arch]][0]), "dataset": self.dataset[arch]}
+            c6_values[arch] = {"robust": barrier_interval(per["pgd_loss"], **boot),
+                               "standard": barrier_interval(per["loss"], **boot), **ends}
+            c7_values[arch] = {"monotone": stats.is_monotone(df["pgd_loss"]) and stats.is_monotone(df["eig_mean"]),
+                               "profile": stats.correlation(df["pgd_loss"], df["eig_mean"], **boot),
+                               "detrended": detrended_correlation(df, **boot),
+                               "across": across_inputs_correlation(per, k_fixed, **boot), **ends}
+        return c6_values, c7_values
+
+    def map_conditions(self, pairs: Mapping[str, Sequence[nn.Module]], curve_of: Mapping[str, curves.Curve]) -> list[dict]:
+        """The C6 map (:func:`barrier_map`): for every architecture of ``map_archs`` and training radius of
+        ``map_train_eps`` (the chapter's own pair and curve at ``eps``, else freshly trained endpoints and curve)
+        the trained Bezier curve and the straight line, each dataset's paths on its own first ``map_n_eval`` test
+        images, at every attack radius of ``map_eval_eps``."""
+        S = self.sizes
+        boot = {"n_boot": S.n_boot, "seed": self.ctx.seed}
+        paths = []
+        for a, arch in enumerate(S.map_archs):
+            for j, train_eps in enumerate(S.map_train_eps):
+                own = arch in curve_of and train_eps == S.eps  # the chapter's own pair and curve
+                m0, m1 = pairs[arch] if own else [run.model for run in self.trained_pair(arch, train_eps)]
+                curve = curve_of[arch] if own else self.bezier(arch, m0, m1, 300 + 10 * a + j)
+                setting = {"arch": arch, "train_eps": train_eps}
+                paths += [({**setting, "path": "bezier"}, curve),
+                          ({**setting, "path": "line"}, curves.line(m0, m1).to(self.ctx.device))]
+        conditions, gen = [], self.ctx.generator(400)
+        for name in dict.fromkeys(self.dataset[arch] for arch in S.map_archs):  # each dataset's paths on its own images
+            (X, _), (Xt, yt) = self.train_sets[name], self.test_sets[name]
+            conditions += barrier_map([(s, c) for s, c in paths if self.dataset[s["arch"]] == name], S.map_eval_eps,
+                                      curves.grid(S.map_n_t), Xt[:S.map_n_eval], yt[:S.map_n_eval],
+                                      steps=S.eval_steps, step_fraction=S.map_step_fraction, bn_data=X[:1000],
+                                      generator=gen, **boot)
+        return conditions
+
+
+def interval_text(d: Mapping, spec: str = ".3f") -> str:
+    """``"0.123 [0.100, 0.150]"``: an estimate with its interval (``estimate``, ``lo``, ``hi``)."""
+    return f"{d['estimate']:{spec}} [{d['lo']:{spec}}, {d['hi']:{spec}}]"
+
+
+def r_text(c: Mapping) -> str:
+    """``"0.85 [0.70, 0.93]"``: a Pearson correlation with its interval (:func:`mclib.stats.correlation`)."""
+    return f"{c['pearson']:.2f} [{c['pearson_lo']:.2f}, {c['pearson_hi']:.2f}]"
+
+
+def c6_measured(c6_values: Mapping, dataset: Mapping[str, str], sizes: Sizes, n_conditions: int) -> str:
+    """C6's sentence for the record: per architecture both barriers with their thresholds, the attack, the map."""
+    S = sizes
+    return ("; ".join(
+        f"{arch}: robustness-loss barrier {interval_text(v['robust'])} nats (threshold {v['robust']['threshold']:.3f}), "
+        f"standard-loss barrier {interval_text(v['standard'])} (threshold {v['standard']['threshold']:.3f})"
+        for arch, v in c6_values.items())
+        + f" ({', '.join(f'{a} on {d}' for a, d in dataset.items() if a in c6_values)}, PGD eps {S.eps:g}, "
+          f"{S.eval_steps} steps of {S.eval_step_size:g}; 95% bootstrap over {S.n_eval} test inputs); the map over "
+          f"{n_conditions} settings (training radius x attack radius x path, {', '.join(S.map_archs)}) is in the "
+          "values under conditions")
+
+
+def c7_measured(c7_values: Mapping, t_fixed: float, sizes: Sizes) -> str:
+    """C7's sentence for the record: per architecture the across-input, along-path and detrended correlations."""
+    return "; ".join(
+        f"{arch}: across {sizes.n_hessian} inputs at t={t_fixed:.2g} Pearson {r_text(v['across'])}; along the path "
+        f"Pearson {r_text(v['profile'])} ({'both profiles monotone' if v['monotone'] else 'not both monotone'}), "
+        f"detrended by t {r_text(v['detrended'])}" for arch, v in c7_values.items()) \
+        + f" (95% pairs-bootstrap intervals, {sizes.n_t} points of t)"
+
+
 # --- plots
 def plot_along(ax, df, column: str = "pgd_loss", label: str | None = None, color: str | None = None,
                threshold: bool = False, title: str | None = None):
@@ -219,3 +406,72 @@ def plot_along(ax, df, column: str = "pgd_loss", label: str | None = None, color
     if title:
         ax.set_title(title)
     return ax
+
+
+#: The C6 map's paths in words.
+PATH_NAMES = {"bezier": "trained Bezier curve", "line": "straight line"}
+
+
+def plot_barrier_map(conditions: Sequence[Mapping], key: str = "robust_barrier"):
+    """The C6 map (:meth:`Chapter.map_conditions`): per architecture one row of two heatmaps (trained curve,
+    straight line) of the barrier height minus its own threshold, per training radius (rows) and attack radius
+    (columns), each cell annotated with the height, its interval, its threshold and BARRIER where the interval lies
+    wholly above the threshold. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    map_archs = list(dict.fromkeys(c["setting"]["arch"] for c in conditions))
+    margins = [c["measured"][key]["estimate"] - c["measured"][key]["threshold"] for c in conditions]
+    span = max(1e-3, max(abs(m) for m in margins))
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-span, vmax=span)
+    fig, axes = plt.subplots(len(map_archs), 2, figsize=(9, 3.6 * len(map_archs)), squeeze=False, sharey=True)
+    for row, arch in zip(axes, map_archs):
+        for ax, path in zip(row, PATH_NAMES):
+            cells = [{"train ε": c["setting"]["train_eps"], "attack ε": c["setting"]["eval_eps"], **c["measured"][key]}
+                     for c in conditions if c["setting"]["arch"] == arch and c["setting"]["path"] == path]
+            te, ee = sorted({r["train ε"] for r in cells}), sorted({r["attack ε"] for r in cells})
+            grid = np.full((len(te), len(ee)), np.nan)
+            for r in cells:
+                i, k = te.index(r["train ε"]), ee.index(r["attack ε"])
+                grid[i, k] = r["estimate"] - r["threshold"]
+                barrier = r["lo"] > r["threshold"]
+                dark = abs(grid[i, k]) > 0.55 * span  # white text on the saturated ends of the colour map
+                ax.text(k, i, f"{r['estimate']:.2f}\n[{r['lo']:.2f}, {r['hi']:.2f}]\nthr {r['threshold']:.2f}"
+                        + ("\nBARRIER" if barrier else ""), ha="center", va="center", fontsize=9,
+                        color="white" if dark else "black", fontweight="bold" if barrier else "normal")
+            im = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto")
+            ax.set_xticks(range(len(ee)), [f"{e:g}" for e in ee])
+            ax.set_yticks(range(len(te)), [f"{e:g}" for e in te])
+            ax.set(xlabel="attack radius ε (evaluation)", title=f"{arch}: {PATH_NAMES[path]}")
+            ax.grid(False)
+        row[0].set_ylabel("adversarial-training radius ε")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="barrier − threshold (nats)")
+    return fig
+
+
+def plot_map_profiles(conditions: Sequence[Mapping]):
+    """The mean PGD loss along every path of the C6 map for its first architecture, one panel per attack radius:
+    colours the adversarial-training radius, solid the trained curve, dashed the straight line. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from mclib import plots
+
+    eval_radii = sorted({c["setting"]["eval_eps"] for c in conditions})
+    train_radii = sorted({c["setting"]["train_eps"] for c in conditions})
+    first = next(iter(dict.fromkeys(c["setting"]["arch"] for c in conditions)))
+    fig, axes = plt.subplots(1, len(eval_radii), figsize=(10, 3.2), squeeze=False)
+    for ax, e in zip(axes[0], eval_radii):
+        for c in conditions:
+            s = c["setting"]
+            if s["eval_eps"] != e or s["arch"] != first:
+                continue
+            prof = c["measured"]["profile"]
+            ax.plot(prof["t"], prof["pgd_loss"], "o-" if s["path"] == "bezier" else "s--", markersize=3,
+                    color=plots.PALETTE[train_radii.index(s["train_eps"])],
+                    label=f"train ε {s['train_eps']:g}, {PATH_NAMES[s['path']]}")
+        ax.set(xlabel="t (0 regular, 1 adversarial)", title=f"{first}: attack ε = {e:g}", xlim=(0, 1))
+    axes[0][0].set_ylabel("PGD loss (nats)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    return fig
