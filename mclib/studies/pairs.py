@@ -620,13 +620,12 @@ def plot_condition_map(ax, conditions, key: str, threshold: float, above: bool =
         labels.append(", ".join(f"{k}={v}" for k, v in (entry.get("setting") or {}).items()))
         iv = (entry.get("measured") or {}).get(key)
         iv = iv._asdict() if hasattr(iv, "_asdict") else iv       # an mclib.stats.Interval
-        if iv is None or iv.get("lo") is None:
+        if iv is None or not all(isinstance(iv.get(k), (int, float)) and math.isfinite(iv[k]) for k in ("lo", "hi")):
             ax.text(threshold * scale, row, " n/a", va="center", fontsize=9)
             continue
         est, lo, hi = (float(iv[k]) * scale for k in ("estimate", "lo", "hi"))
-        t = threshold * scale
-        ok, bad = (lo >= t, hi < t) if above else (hi <= t, lo > t)
-        status = "holds" if ok else "fails" if bad else "inconclusive"
+        # the sentence's rule (mclib.stats.interval_side), so a plot never colours what its sentence calls undecided
+        status = stats.interval_side(lo, hi, threshold * scale, above, n=iv.get("n"))
         ax.plot([lo, hi], [row, row], color=colors[status], lw=2.2, solid_capstyle="butt")
         ax.plot([est], [row], "o", color=colors[status], ms=6,
                 mfc=colors[status] if status != "inconclusive" else "white")
