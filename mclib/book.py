@@ -169,7 +169,7 @@ def last_seconds(build_dir: Path, chapters: list[Path]) -> dict[str, float]:
 
 def _adopt(build_dir: Path, nb: Path) -> None:
     """Mark a reused chapter's run record as part of this build (``--resume``, ``--only``): checked publishable
-    by the caller, so a chapter that needs it may read its claims (:func:`mclib.claims.load_needed`)."""
+    by the caller, so a chapter that needs it may read its claims (:func:`mclib.claims.core.load_needed`)."""
     rec = read_run_record(build_dir, nb)
     if rec is not None:
         rec["build_id"] = os.environ.get("MCLIB_BUILD_ID")

@@ -28,7 +28,7 @@ class Sizes(config.Sizes):
 
 
 def records_of(records: Mapping[str, Mapping[str, Any]], preset: config.Preset) -> dict[str, dict[str, Any]]:
-    """Claim id -> the values of its record (``records``: id -> record, :func:`mclib.claims.load_needed`), with the
+    """Claim id -> the values of its record (``records``: id -> record, :func:`mclib.claims.core.load_needed`), with the
     preset's ``arch`` and ``dataset`` where the record names none."""
     return {cid: {"arch": preset.arch, "dataset": preset.dataset, **rec["values"]} for cid, rec in records.items()}
 

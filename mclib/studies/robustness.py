@@ -44,7 +44,7 @@ __all__ = ["robustness_along", "barrier_interval", "barrier_map", "detrended_cor
 def _per_input_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int,
                     attack: Mapping | None = None, generator: torch.Generator | None = None):
     """Per-input cross-entropy and correctness (CPU tensors (N,)) of ``model`` in eval mode on ``(X, y)``, or on
-    their L-inf PGD examples crafted against ``model`` when ``attack`` holds :func:`mclib.attacks.pgd`'s
+    their L-inf PGD examples crafted against ``model`` when ``attack`` holds :func:`mclib.attacks.evasion.pgd`'s
     ``eps``, ``steps``, ``step_size``."""
     dev = device_of(model)
     losses, correct = [], []
