@@ -158,15 +158,37 @@ def _nothing(model):
     yield model
 
 
+@contextlib.contextmanager
+def written_order():
+    """The networks' ReLU-MaxPool pairs in their written order (``nn.Sequential.forward`` for
+    :class:`mclib.models.PoolFirst`), as before issue 31's third round."""
+    saved = models.PoolFirst.forward
+    models.PoolFirst.forward = torch.nn.Sequential.forward
+    try:
+        yield
+    finally:
+        models.PoolFirst.forward = saved
+
+
+def _in_written_order(fn):
+    """``fn`` run under :func:`written_order`."""
+    def run():
+        with written_order():
+            return fn()
+    return run
+
+
 def old_code(fn):
     """``fn`` run as the code before issue 31: the channels-last helpers that the curve objective, PGD, FVO and
-    bypass call (``torchutil.channels_last``/``channels_last_weight``) replaced by no-ops (the only change)."""
+    bypass call (``torchutil.channels_last``/``channels_last_weight``) replaced by no-ops, and ReLU before
+    max-pooling (:func:`written_order`)."""
     def run():
         saved = (evasion.channels_last, synth.channels_last, paths.channels_last, curves._torchutil.channels_last_weight)
         evasion.channels_last = synth.channels_last = paths.channels_last = _nothing
         curves._torchutil.channels_last_weight = lambda w: w
         try:
-            return fn()
+            with written_order():
+                return fn()
         finally:
             (evasion.channels_last, synth.channels_last, paths.channels_last,
              curves._torchutil.channels_last_weight) = saved
@@ -220,7 +242,8 @@ def _train_passes(rounds: int, out: dict) -> None:
 
         def old(net=net, X=X, y=y, state=state):
             net.load_state_dict(state)
-            return old_fit(net, X, y, 128, 1e-3, torch.Generator().manual_seed(0))
+            with written_order():
+                return old_fit(net, X, y, 128, 1e-3, torch.Generator().manual_seed(0))
 
         a, b = torch.tensor(old()), torch.tensor(new())
         note = f"{n // 128} Adam steps of batch 128; max |loss new - old| {float((a - b).abs().max()):.1e}"
@@ -262,8 +285,8 @@ def main(rounds: int = 5) -> dict:
         for what, obj in (("trigger_curve", curve), ("trigger_model", [cnn])):
             new = lambda obj=obj: backdoor.optimise_trigger(  # noqa: E731
                 obj, X, y, trig, steps=8, generator=torch.Generator().manual_seed(0)).pattern
-            old = lambda obj=obj: old_optimise_trigger(  # noqa: E731
-                obj, X, y, trig, steps=8, generator=torch.Generator().manual_seed(0)).pattern
+            old = _in_written_order(lambda obj=obj: old_optimise_trigger(
+                obj, X, y, trig, steps=8, generator=torch.Generator().manual_seed(0)).pattern)
             print(f"    {what}: max |new - old| pattern = {float((new() - old()).abs().max()):.1e}", flush=True)
             _pass(what, new, rounds, out, old=old,
                   note="8 projected-Adam steps, batch 128" + (", n_t = 4 points" if what == "trigger_curve" else ""))
@@ -276,7 +299,7 @@ def main(rounds: int = 5) -> dict:
         _pass("bypass", bypass, rounds, out, old=old_code(bypass),
               note="32 pairs, 1 round of 32 RowAdam iterations (with its path checks)")
         vgg, Xb = _net("vgg_bn", 0), _data(2048)[0]
-        bn_old = lambda: torch.optim.swa_utils.update_bn([Xb[i:i + 256] for i in range(0, len(Xb), 256)], vgg)  # noqa: E731
+        bn_old = _in_written_order(lambda: torch.optim.swa_utils.update_bn([Xb[i:i + 256] for i in range(0, len(Xb), 256)], vgg))
         _pass("update_bn", lambda: curves.update_bn(vgg, Xb), rounds, out, old=bn_old,
               note="VGG-BN running statistics re-estimated on 2048 inputs (Curve.at at every interior t), NCHW before")
         V = torch.randn(128, 784, generator=g)

@@ -27,7 +27,8 @@ import torch
 
 from mclib import train
 from mclib.runtime import (  # noqa: F401 - re-exported: notebooks and the runner call config.get_device ...
-    DEVICE_NAMES, REPO_ROOT, build_dir, cache_dir, check_seed, get_device, seed_everything)
+    DEVICE_NAMES, REPO_ROOT, build_dir, cache_dir, check_seed, get_device, seed_everything,
+    use_deterministic_kernels)
 
 PRESET_NAMES = ("smoke", "quick", "paper")
 #: Presets composed from two tables of every preset file: name -> (the table giving the settings, the table giving
@@ -285,7 +286,7 @@ def setup(
     )
     seed_everything(ctx.seed)
     # Deterministic kernels where torch has them; warn_only keeps GPU runs possible.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    use_deterministic_kernels()
     if style:
         from mclib import plots
 

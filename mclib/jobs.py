@@ -48,7 +48,8 @@ class Options:
     slurm_args: tuple[str, ...] = ()  # extra sbatch flags, e.g. ("--account=abc", "--qos=high")
     fail_fast: bool = False
     dry_run: bool = False
-    poll_s: float = 2.0
+    poll_s: float | None = None       # seconds between looks at the jobs; None: 0.25 local (a free slot is
+                                      # refilled at once), 2 on Slurm (each look asks the scheduler)
 
     def __post_init__(self):
         if self.executor not in EXECUTORS:
@@ -404,7 +405,8 @@ def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, op
                 pending.clear()
             progress.draw()
             if pending or running:
-                time.sleep(options.poll_s)
+                time.sleep(options.poll_s if options.poll_s is not None
+                           else 0.25 if options.executor == "local" else 2.0)
     except KeyboardInterrupt:
         for job, _ in running.values():
             job.cancel(check=False)

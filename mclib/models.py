@@ -52,6 +52,45 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class PoolFirst(nn.Sequential):
+    r"""An ``nn.Sequential`` that runs every ``nn.ReLU`` directly followed by an ``nn.MaxPool2d`` as pool-then-ReLU.
+
+    The same modules, state dict and numbers as ``nn.Sequential``, bit for bit: ReLU is monotone, so for every
+    pooling window :math:`\max_i \max(x_i, 0) = \max(\max_i x_i, 0)`, and the gradient goes to the same input
+    (the window's first maximum when it is positive; nowhere when it is not, where ReLU's derivative is 0 on both
+    sides; padding is :math:`-\infty` and never selected over a real element). The ReLU then reads and writes a
+    quarter of the elements, and its backward pass too: on the quick CNN's 128 x 16 x 28 x 28 activations that
+    was a third of a training step (issue 31: 1.6-1.7x per step).
+
+    Where a hook is registered on the ReLU or the pool (or a global module hook), the pair runs in its written
+    order, so the hook sees the activation it asked for (the internal codes of claims B1-B3 read ReLU outputs).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mods = list(self._modules.values())
+        i, n = 0, len(mods)
+        while i < n:
+            m = mods[i]
+            if i + 1 < n and type(m) is nn.ReLU and type(mods[i + 1]) is nn.MaxPool2d and _swappable(m, mods[i + 1]):
+                x = m(mods[i + 1](x))
+                i += 2
+            else:
+                x = m(x)
+                i += 1
+        return x
+
+
+def _swappable(relu: nn.Module, pool: nn.MaxPool2d) -> bool:
+    """No hook can tell the order apart: none on either module, no global module hook; the pool returns one tensor."""
+    from torch.nn.modules import module as M
+
+    if pool.return_indices or M._global_forward_hooks or M._global_forward_pre_hooks or M._global_backward_hooks \
+            or M._global_backward_pre_hooks:
+        return False
+    return not any(h for m in (relu, pool) for h in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks,
+                                                     m._backward_pre_hooks))
+
+
 def with_normalization(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Sequential:
     """Wrap ``model`` so it accepts [0, 1] images: ``Sequential(Normalize(mean, std), model)``.
 
@@ -147,6 +186,8 @@ def mlp(in_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256,
 def cnn(in_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (16, 32), hidden: int = 128) -> nn.Sequential:
     """Conv(3x3)-ReLU-MaxPool blocks (one per entry of ``channels``), then a ReLU dense layer and a read-out.
 
+    A :class:`PoolFirst` sequence: each ReLU-MaxPool pair runs as pool-then-ReLU, the same numbers faster.
+
     Pooling is skipped once the feature map is 2 pixels or less, so 8x8 inputs work too.
     """
     c, h, w = in_shape
@@ -158,7 +199,7 @@ def cnn(in_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (16
             h, w = h // 2, w // 2
         c = out
     layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
-    return nn.Sequential(*layers)
+    return PoolFirst(*layers)
 
 
 class BasicBlock(nn.Module):
@@ -211,7 +252,7 @@ def vgg(in_shape: Sequence[int], num_classes: int, widths: Sequence[int | str] =
     """VGG-style stack: 3x3 convs (with BatchNorm if ``batch_norm``), ``"M"`` = 2x2 max-pool, then a dense head."""
     layers, c, h, w = _conv_stack(in_shape, widths, batch_norm)
     layers += [nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
-    return nn.Sequential(*layers)
+    return PoolFirst(*layers)
 
 
 def _conv_stack(in_shape: Sequence[int], widths: Sequence[int | str], batch_norm: bool, init=None):
@@ -289,7 +330,7 @@ def vgg16(in_shape: Sequence[int], num_classes: int, batch_norm: bool = False, h
     layers, c, h, w = _conv_stack(in_shape, widths, batch_norm, garipov_init)
     layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Dropout(dropout),
                nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
-    return nn.Sequential(*layers)
+    return PoolFirst(*layers)
 
 
 def torchvision_model(arch: str, num_classes: int = 1000, weights_path: str | os.PathLike | None = None) -> nn.Module:

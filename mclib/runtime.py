@@ -61,6 +61,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def use_deterministic_kernels() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without its import of ``torch._inductor``.
+
+    The public call imports Inductor only to set ``torch._inductor.config.deterministic``; that import took about 3 s
+    of every chapter's first cell, and the library compiles nothing. The flag that picks the kernels is set here the
+    same way; Inductor's is set too when it is already imported (else it is left to whoever imports it).
+    """
+    import sys
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # a torch without the private setter: the public call, import and all
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    setter(True, warn_only=True)
+    if "torch._inductor.config" in sys.modules:
+        sys.modules["torch._inductor.config"].deterministic = True
+
+
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """Where trained models are cached: ``override``, else ``$MCLIB_CACHE``, else ``<repo>/.cache``.
 

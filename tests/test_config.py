@@ -54,6 +54,18 @@ def test_setup_returns_context_and_sections():
     assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
 
 
+def test_setup_turns_on_deterministic_kernels_without_importing_inductor():
+    # the first cell of every chapter: deterministic kernels (warn only), and no 3 s Inductor import for it
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from mclib import config; config.setup('smoke', 'cpu', 0, style=False); "
+            "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "'torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"]
+
+
 # --- bad input: seeds and preset files (issue 13, item 7) ---
 
 @pytest.mark.parametrize("seed", [-1, 3.7, 3.0, "3", True, 2**63])
