@@ -41,6 +41,18 @@ peak), train_vgg_bn 1.44-1.53x (0.41-0.46), curve 1.48-1.49x (0.26-0.28), pgd 1.
 ``update_bn`` channels-last (third round, c1's profile): 1.78x (3 rounds), 0.18 -> 0.33 of peak; 1.73x for 4000
 inputs in a separate paired run; C1's verdict and values unchanged but for one test image (56.4% -> 56.5%).
 
+Third round (issue 31): ReLU before 2x2 max-pooling ran on the full 128 x 16 x 28 x 28 activation, forward and
+backward (``threshold_backward`` 12% and ``clamp_min`` 6% of a CNN training step, plus their copies).
+:class:`mclib.models.PoolFirst` runs each ReLU-MaxPool pair of the CNN and VGG bodies as pool-then-ReLU: the
+same numbers bit for bit (``tests/test_pool_first.py``; the quick book's 21 claim records came out identical),
+the ReLU on a quarter of the elements. The "old" side of every pair now also runs the written order
+(:func:`written_order`). One run, one thread, quiet machine but for the test suite on the other core, new/old
+and fraction of peak: train_cnn 1.69x (0.34), train_vgg_bn 1.67x (0.47), curve 1.42x (0.28), pgd 1.84x (0.21),
+trigger_curve 2.20x (0.20), trigger_model 2.12x (0.26), fvo 1.81x (0.25), bypass 1.23x (0.09), update_bn 2.68x
+(0.51), hvp 0.23 of peak; forward engine 0.58. What bounds the two under 1.5x (``torch.profiler``): the curve step
+is convolutions 43%, max-pooling forward and backward with its int64 indices 17% and zero-fills 11% (the
+curve's own point assembly, ``_CurvePoint``, 6%); bypass, as before, its path checks and small batches.
+
 Measured (issue 31; 2-core shared Intel Xeon, AVX-512, load average 5-9, two runs of 5 rounds; fraction of
 the GEMM peak, old -> new, and the paired speed-up): forward engine 0.43-0.44; train_cnn 0.17-0.20 ->
 0.22-0.25 (1.26-1.31x); train_vgg_bn 0.24-0.26 -> 0.34-0.35 (1.32-1.42x); curve 0.14-0.16 -> 0.19-0.21

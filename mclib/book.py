@@ -148,12 +148,12 @@ def order_chapters(chapters: list[Path], needs: dict[str, set[str]], seconds: di
     return order
 
 
-#: A chapter's seconds at the quick preset (two one-thread local jobs on a 2-core Xeon, issue 31's build): the
+#: A chapter's seconds at the quick preset (two one-thread local jobs on a 2-core Xeon, issue 31's third round): the
 #: longest-first order of a build that has no run records yet (a fresh clone). Only an order, never a result.
-TYPICAL_SECONDS = {"c2_backdoor_repair": 258, "c6_robustness_hessian": 200, "a6_untrained": 197, "c1_curves": 184,
-                   "a8_detection": 144, "own_model": 87, "a1_real_paths": 83, "a4_interpolated_synthetic": 57,
-                   "b_internal_codes": 53, "a10_percolation": 41, "c4_error_injection": 27,
-                   "a7_barrier_evolution": 23, "c8_across_architectures": 7}
+TYPICAL_SECONDS = {"c2_backdoor_repair": 177, "a6_untrained": 173, "c1_curves": 158, "c6_robustness_hessian": 140,
+                   "a1_real_paths": 108, "a8_detection": 93, "own_model": 84, "b_internal_codes": 69,
+                   "a4_interpolated_synthetic": 54, "a10_percolation": 53, "c4_error_injection": 52,
+                   "a7_barrier_evolution": 21, "c8_across_architectures": 7}
 
 
 def last_seconds(build_dir: Path, chapters: list[Path]) -> dict[str, float]:
