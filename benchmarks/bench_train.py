@@ -83,6 +83,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from _timing import forward_flops, paired, peak_fraction, single_thread
 from mclib import curves, hessian, models, paths, synth, train
 from mclib.attacks import backdoor, evasion
+from mclib.torchutil import eval_mode
 
 SHAPE = (1, 28, 28)
 
@@ -195,14 +196,16 @@ def old_code(fn):
     bypass call (``torchutil.channels_last``/``channels_last_weight``) replaced by no-ops, and ReLU before
     max-pooling (:func:`written_order`)."""
     def run():
-        saved = (evasion.channels_last, synth.channels_last, paths.channels_last, curves._torchutil.channels_last_weight)
-        evasion.channels_last = synth.channels_last = paths.channels_last = _nothing
+        saved = (evasion.channels_last, synth.for_input_gradients, paths.for_input_gradients,
+                 curves._torchutil.channels_last_weight)
+        evasion.channels_last = _nothing
+        synth.for_input_gradients = paths.for_input_gradients = eval_mode     # no layout change, no BN folding
         curves._torchutil.channels_last_weight = lambda w: w
         try:
             with written_order():
                 return fn()
         finally:
-            (evasion.channels_last, synth.channels_last, paths.channels_last,
+            (evasion.channels_last, synth.for_input_gradients, paths.for_input_gradients,
              curves._torchutil.channels_last_weight) = saved
     return run
 
@@ -306,6 +309,11 @@ def main(rounds: int = 5) -> dict:
                                 generator=torch.Generator().manual_seed(0), progress=False)
         _agree("fvo", lambda: fvo().loss)
         _pass("fvo", fvo, rounds, out, old=old_code(fvo), note="64 inputs, 32 RowAdam steps")
+        resnet = _net("resnet8", 0).eval()      # BatchNorm: folded into the convolutions (torchutil.fold_batchnorm)
+        fvo_rn = lambda: synth.fvo(resnet, torch.arange(64) % 10, SHAPE, steps=16,  # noqa: E731
+                                   generator=torch.Generator().manual_seed(0), progress=False)
+        _agree("fvo_resnet8", lambda: fvo_rn().loss)
+        _pass("fvo_resnet8", fvo_rn, rounds, out, old=old_code(fvo_rn), note="ResNet-8 (BatchNorm), 64 inputs, 16 RowAdam steps")
         kw = dict(iterations=32, max_rounds=1, num_points=32, tolerance=0.0, progress=False)   # bend every pair with a gap
         bypass = lambda: paths.bypass(cnn, A, C, t, **kw)  # noqa: E731
         _pass("bypass", bypass, rounds, out, old=old_code(bypass),

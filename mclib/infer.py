@@ -59,7 +59,7 @@ import math
 import os
 import warnings
 import weakref
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable
 
 import torch
@@ -68,7 +68,7 @@ import torch.nn as nn
 from mclib.torchutil import device_of, eval_mode
 
 __all__ = ["prepare", "Prepared", "forward_chunks", "logits", "chunk_size", "configure_threads", "clear_cache",
-           "PRECISIONS", "RTOL", "ATOL", "CPU_CHUNK_SCALARS"]
+           "pinned", "static_forward", "PRECISIONS", "RTOL", "ATOL", "CPU_CHUNK_SCALARS"]
 
 PRECISIONS = ("fp32", "bf16")
 #: the engine's fp32 promise against eager fp32: ``|engine - eager| <= ATOL + RTOL * |eager|``
@@ -78,6 +78,7 @@ CPU_CHUNK_SCALARS = 2 ** 18
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 _WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_PINNED: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()   # pinned(): open blocks
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -168,8 +169,9 @@ class Prepared:
     NHWC) or ``"eager"`` (the copy as is: inputs that are not images, or a model that cannot be converted).
     """
 
-    def __init__(self, module, kind: str, precision: str, device: torch.device, nhwc: bool):
+    def __init__(self, module, kind: str, precision: str, device: torch.device, nhwc: bool, static: bool = False):
         self.module, self.kind, self.precision, self.device, self.nhwc = module, kind, precision, device, nhwc
+        self.static = static            # no module can branch on the input's values (static_forward)
         self.calls = 0
         self.no_graph = False           # freezing was tried and failed: do not try again
         self.eager = module             # the eager copy, kept to check the graph against
@@ -256,6 +258,22 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool(torch.isclose(a, b, rtol=RTOL, atol=ATOL, equal_nan=True).all())
 
 
+def static_forward(model: nn.Module) -> bool:
+    """True when no module of ``model`` can branch on the values of its input, so one trace is the model on
+    every input.
+
+    That holds for torch.nn's own layers and containers, and for a class that declares it in its own body
+    (``static_forward = True``; mclib's :class:`~mclib.models.Normalize`, :class:`~mclib.models.PoolFirst`,
+    :class:`~mclib.models.BasicBlock`, :class:`~mclib.models.ResNet` and :class:`~mclib.models.ResNet18Cifar`
+    do). The flag is not inherited: a subclass that overrides ``forward`` must declare it again. Any other
+    class (a user's module, a lambda layer) counts as possibly data-dependent. :func:`forward_chunks`
+    compares a frozen graph with the eager copy on every call only for models that are not static;
+    a static model's graph was checked once, on two batch sizes, when it was frozen (:func:`_upgrade`).
+    """
+    return all(type(m).__dict__.get("static_forward") is True or type(m).__module__.startswith("torch.nn.modules.")
+               for m in model.modules())
+
+
 def _has_hooks(model: nn.Module) -> bool:
     from torch.nn.modules import module as M
     if M._global_forward_hooks or M._global_forward_pre_hooks:
@@ -274,6 +292,16 @@ class _InEval:
             return self.model(x)
 
 
+def _validate(model: nn.Module) -> dict:
+    """The model's cache entry, emptied if its signature changed since the last call (weights, modules)."""
+    sig = _signature(model)
+    per_model = _CACHE.setdefault(model, {})
+    if per_model.get("signature") != sig:        # weights changed: drop every stale preparation
+        per_model.clear()
+        per_model["signature"] = sig
+    return per_model
+
+
 def prepare(model: nn.Module, example: torch.Tensor, precision: str = "fp32", device=None,
             graph: bool | None = None) -> Prepared:
     """The prepared form of ``model`` for inputs shaped like ``example`` (a batch), cached (module docstring).
@@ -289,18 +317,16 @@ def prepare(model: nn.Module, example: torch.Tensor, precision: str = "fp32", de
     shape = tuple(example.shape[1:])
     if _has_hooks(model):      # hooks are side effects (feature capture) that only the model itself has
         return Prepared(_InEval(model, dev), "eager", precision, dev, False)
-    sig = _signature(model)
-    per_model = _CACHE.setdefault(model, {})
-    if per_model.get("signature") != sig:        # weights changed: drop every stale preparation
-        per_model.clear()
-        per_model["signature"] = sig
+    per_model = _CACHE.get(model) if _PINNED.get(model) else None    # inside pinned(model): checked on entry
+    if per_model is None:
+        per_model = _validate(model)
     key = (shape, precision, str(dev))
     prep = per_model.get(key)
     nhwc = len(shape) == 3
     if prep is None:
         module, copied = _copy(model, dev, nhwc)
         kind = "channels_last" if (nhwc and copied) else "eager"
-        prep = per_model[key] = Prepared(module, kind, precision, dev, nhwc and copied)
+        prep = per_model[key] = Prepared(module, kind, precision, dev, nhwc and copied, static_forward(model))
     want_graph = (graph is True) or (graph is None and prep.calls >= 1)
     if (want_graph and graph is not False and prep.kind == "channels_last" and not prep.no_graph
             and precision == "fp32" and dev.type == "cpu"):
@@ -347,6 +373,26 @@ def _check_graph(model: nn.Module, prep: Prepared, x: torch.Tensor) -> None:
         prep.module, prep.kind, prep.no_graph = prep.eager, "channels_last", True
 
 
+@contextmanager
+def pinned(model: nn.Module):
+    """A block in which the caller promises that ``model``'s weights, buffers and modules do not change.
+
+    :func:`prepare` then checks the model's signature (a sum and a norm of every tensor, about 1 ms for the
+    quick CNN and 2 ms for ResNet-8) once, on the first call, instead of on every call: what the input-space
+    optimisations need (:func:`mclib.paths.bypass` evaluates its candidate segments thousands of times on a model
+    it never changes). The results are the same as without the block. Blocks nest.
+    """
+    if not _PINNED.get(model):
+        _validate(model)            # weights changed before the block: its first call prepares afresh
+    _PINNED[model] = _PINNED.get(model, 0) + 1
+    try:
+        yield model
+    finally:
+        _PINNED[model] -= 1
+        if not _PINNED[model]:
+            del _PINNED[model]
+
+
 def clear_cache() -> None:
     """Forget every prepared model."""
     _CACHE.clear()
@@ -381,7 +427,7 @@ def forward_chunks(model: nn.Module, n: int, make: Callable[[int, int], torch.Te
             x = make(s, e)
             if prep is None:
                 prep = prepare(model, x, precision, dev)
-                if prep.kind == "graph":
+                if prep.kind == "graph" and not prep.static:
                     _check_graph(model, prep, x)
             consume(s, e, prep(x))
     finally:

@@ -43,6 +43,8 @@ class Normalize(nn.Module):
     ``std``), so callers always pass pixels in :math:`[0, 1]`.
     """
 
+    static_forward = True   # no branch on input values (mclib.infer.static_forward)
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -65,6 +67,8 @@ class PoolFirst(nn.Sequential):
     Where a hook is registered on the ReLU or the pool (or a global module hook), the pair runs in its written
     order, so the hook sees the activation it asked for (the internal codes of claims B1-B3 read ReLU outputs).
     """
+
+    static_forward = True   # no branch on input values (mclib.infer.static_forward)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mods = list(self._modules.values())
@@ -205,6 +209,8 @@ def cnn(in_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (16
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with an identity (or 1x1-conv) shortcut."""
 
+    static_forward = True   # no branch on input values (mclib.infer.static_forward)
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -226,6 +232,8 @@ class ResNet(nn.Module):
 
     The stages are exposed as ``stem``, ``layer1``..``layer3`` so hooks can name them.
     """
+
+    static_forward = True   # no branch on input values (mclib.infer.static_forward)
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, depth: int = 20, width: int = 16):
         super().__init__()
@@ -286,6 +294,8 @@ class ResNet18Cifar(nn.Module):
 
     The stages are exposed as ``stem``, ``layer1``..``layer4`` so hooks can name them.
     """
+
+    static_forward = True   # no branch on input values (mclib.infer.static_forward)
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, width: int = 64):
         super().__init__()

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from mclib import _check
 from mclib import infer
 from mclib.optim import RowAdam, check_input_grad, total_variation
-from mclib.torchutil import channels_last, device_of, eval_mode
+from mclib.torchutil import device_of, for_input_gradients
 
 __all__ = [
     "alphas", "linear_losses", "Barrier", "barrier", "path_losses",
@@ -385,10 +385,10 @@ def _optimise(model, B, target, *, lr, iterations, mse_weight, tv_weight, direct
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc=desc, leave=False)
-    with eval_mode(model), channels_last(model):
+    with for_input_gradients(model) as net:      # eval mode, BatchNorm folded, channels-last
         for k in it:
             xa = x[active].requires_grad_(True)
-            ce = F.cross_entropy(model(xa).float(), tgt[active], reduction="none")
+            ce = F.cross_entropy(net(xa).float(), tgt[active], reduction="none")
             obj = ce.sum()
             diff = xa - ref[active]
             if mse_weight:
@@ -566,8 +566,15 @@ def _segment_check(model, starts, ends, target, cap, n, chunk_size, device):
     return check
 
 
-def _bypass_impl(model, A, C, target, *, free, lr, iterations, mse_weight, tv_weight, tolerance, max_rounds,
-                 num_points, clamp, stop_loss, chunk_size, device, progress, early_stop=None):
+def _bypass_impl(model, A, C, target, **kw):
+    # the model is fixed for the whole bypass: the engine checks its weights once, not on each of the
+    # thousands of segment evaluations (infer.pinned; the same results)
+    with infer.pinned(model):
+        return _bypass_rounds(model, A, C, target, **kw)
+
+
+def _bypass_rounds(model, A, C, target, *, free, lr, iterations, mse_weight, tv_weight, tolerance, max_rounds,
+                   num_points, clamp, stop_loss, chunk_size, device, progress, early_stop=None):
     every = _check_early_stop(early_stop)
     _check_pair(A, C)
     P = A.shape[0]

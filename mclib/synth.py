@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mclib.optim import RowAdam, check_input_grad, total_variation
-from mclib.torchutil import channels_last, device_of, eval_mode
+from mclib.torchutil import device_of, for_input_gradients
 
 __all__ = ["FVOResult", "fvo", "fvo_pairs", "SyntheticPaths", "synthetic_paths",
            "BarrierEvolution", "barrier_evolution"]
@@ -134,10 +134,10 @@ def fvo(
     steps = int(steps)
     device = device_of(model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    with eval_mode(model), channels_last(model):
+    with for_input_gradients(model) as net:     # eval mode, BatchNorm folded, channels-last
         with torch.no_grad():
             try:
-                probe = model(torch.zeros((1, *shape), device=device, dtype=dtype))
+                probe = net(torch.zeros((1, *shape), device=device, dtype=dtype))
             except RuntimeError as err:
                 raise ValueError(f"the model does not accept inputs of shape (N, {', '.join(map(str, shape))}): {err}") from err
         if probe.dim() != 2:
@@ -163,7 +163,7 @@ def fvo(
         bar = tqdm(total=steps, desc="FVO", disable=not progress, leave=False)
         for it in range(steps + 1):
             xa = x[active].requires_grad_(True)
-            ce = F.cross_entropy(model(xa), t[active], reduction="none")
+            ce = F.cross_entropy(net(xa), t[active], reduction="none")
             objective = ce + tv_weight * total_variation(xa) if tv_weight else ce
             with torch.no_grad():
                 ce_d = ce.detach()

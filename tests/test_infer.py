@@ -267,3 +267,49 @@ def test_configure_threads():
             infer.configure_threads(0)
     finally:
         torch.set_num_threads(old)
+
+
+def test_static_forward_names_the_models_whose_trace_is_every_input():
+    assert infer.static_forward(_cnn())
+    assert infer.static_forward(models.build("resnet8", in_shape=(1, 12, 12), num_classes=5))
+    assert not infer.static_forward(_DataDependent())
+
+    class Sub(models.ResNet):          # the flag is not inherited: a subclass may override forward
+        def forward(self, x):
+            return super().forward(x)
+
+    assert not infer.static_forward(Sub((1, 12, 12), 5, depth=8))
+
+
+def test_static_model_graph_is_not_rechecked_but_others_are(monkeypatch):
+    calls = []
+    real = infer._check_graph
+    monkeypatch.setattr(infer, "_check_graph", lambda *a: calls.append(a[0]) or real(*a))
+    X = torch.rand(8, 1, 12, 12)
+    cnn = _cnn()
+    for _ in range(3):
+        assert close(infer.logits(cnn, X), eager(cnn, X))
+    assert calls == []                                     # a static model: checked once, when frozen
+    dd = _DataDependent()
+    Y = 0.2 * torch.rand(6, 1, 5, 5)
+    for _ in range(3):
+        infer.logits(dd, Y)
+    assert calls == [dd, dd]                               # frozen on the second call, checked on every later one
+
+
+def test_pinned_skips_the_signature_but_not_a_change_made_before_it(monkeypatch):
+    model, X = _cnn(), torch.rand(9, 1, 12, 12)
+    infer.logits(model, X)
+    with torch.no_grad():
+        model[1][0].weight.data.mul_(-1.0)                 # through .data: only the values can tell
+    sigs = []
+    real = infer._signature
+    monkeypatch.setattr(infer, "_signature", lambda m: sigs.append(m) or real(m))
+    with infer.pinned(model):
+        outs = [infer.logits(model, X) for _ in range(4)]
+        with infer.pinned(model):                          # blocks nest
+            outs.append(infer.logits(model, X))
+    assert len(sigs) == 1                                  # once, on entering the block
+    assert all(close(o, eager(model, X)) for o in outs)    # the change made before the block is seen
+    infer.logits(model, X)
+    assert len(sigs) == 2 and not infer._PINNED            # outside the block: checked on every call again

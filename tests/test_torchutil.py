@@ -120,3 +120,91 @@ def test_channels_last_sets_unit_channel_strides_on_one_channel_weights_and_give
     assert w.data_ptr() == ptr and w.stride() == (9, 9, 3, 1)
     c = channels_last_weight(torch.rand(16, 1, 3, 3))
     assert c.stride(1) == 1
+
+
+# ---- fold_batchnorm / for_input_gradients: BatchNorm folded into the layer before it (eval-mode input gradients)
+def _bn_net(seed: int = 0):
+    from mclib import models
+
+    torch.manual_seed(seed)
+    net = models.build("resnet8", in_shape=(1, 12, 12), num_classes=5)
+    with torch.no_grad():                      # running statistics and affine terms away from their defaults
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def test_fold_batchnorm_is_the_same_function_and_gradient():
+    from mclib.torchutil import fold_batchnorm
+
+    net = _bn_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = fold_batchnorm(net)
+    assert folded is not net
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())   # every BatchNorm followed a conv
+    assert all(not p.requires_grad for p in folded.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())   # the user's model untouched
+    x = torch.rand(6, 1, 12, 12, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    ref = net(x)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    out = folded(x)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    # the same affine maps in another float32 rounding: a few ulps of values of order 1
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_fold_batchnorm_hand_computed_conv_bn():
+    from mclib.torchutil import fold_batchnorm
+
+    conv, bn = nn.Conv2d(1, 1, 1, bias=True), nn.BatchNorm2d(1, eps=0.0)
+    with torch.no_grad():
+        conv.weight.fill_(2.0), conv.bias.fill_(1.0)
+        bn.running_mean.fill_(3.0), bn.running_var.fill_(4.0), bn.weight.fill_(5.0), bn.bias.fill_(0.5)
+    folded = fold_batchnorm(nn.Sequential(conv, bn).eval())
+    # y = 5 (2x + 1 - 3) / 2 + 0.5 = 5x - 4.5: one convolution with weight 5 and bias -4.5
+    (layer,) = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    assert float(layer.weight) == 5.0 and float(layer.bias) == -4.5
+    assert float(folded(torch.full((1, 1, 1, 1), 2.0))) == 5.5
+
+
+def test_fold_batchnorm_leaves_what_it_cannot_or_must_not_fold():
+    from mclib import models
+    from mclib.torchutil import fold_batchnorm
+
+    cnn = models.build("cnn", in_shape=(1, 12, 12), num_classes=5).eval()
+    assert fold_batchnorm(cnn) is cnn                       # no BatchNorm: the same object, the same numbers
+    net = _bn_net()
+    assert fold_batchnorm(net.train()) is net               # training mode: batch statistics, nothing to fold
+    net.eval()
+    h = net[1].layer1[0].register_forward_hook(lambda m, i, o: None)
+    try:
+        assert fold_batchnorm(net) is net                   # a hook must see its own module run
+    finally:
+        h.remove()
+
+    class Branchy(nn.Module):                                # data-dependent control flow: fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if float(x.mean()) > 0 else x
+
+    b = Branchy().eval()
+    assert fold_batchnorm(b) is b
+
+
+def test_for_input_gradients_restores_mode_and_layout():
+    from mclib.torchutil import for_input_gradients
+
+    net = _bn_net().train()
+    w = net[1].stem[0].weight
+    with for_input_gradients(net) as f:
+        assert not net.training and f is not net
+        assert f(torch.rand(2, 1, 12, 12)).shape == (2, 5)
+    assert net.training and w.is_contiguous()
