@@ -131,29 +131,56 @@ def order_chapters(chapters: list[Path], needs: dict[str, set[str]], seconds: di
                    ) -> list[Path]:
     """``chapters`` in an order that runs every chapter after those it needs.
 
-    Among the chapters whose needs are met, the longest first by ``seconds`` (the last run records' times:
-    with several jobs the longest chapter then does not start last), else the table-of-contents order.
+    Among the chapters whose needs are met, the one with the longest chain of work ahead first: its own
+    ``seconds`` (the last run records' times) plus the longest chain of chapters that wait for it (list
+    scheduling by *bottom level*). With several jobs the longest chapter then does not start last, and a
+    chapter that another waits for (c4 for c8) does not start so late that the reader ends the build alone;
+    ties keep the table-of-contents order.
     """
     seconds = seconds or {}
     left, done, order = list(chapters), set(), []
     in_build = {nb.stem for nb in chapters}
+    level = _bottom_levels(in_build, needs, seconds)
     while left:
         ready = [nb for nb in left if not (needs.get(nb.stem, set()) & in_build) - done]
         if not ready:
             raise ValueError(f"the chapters' claim needs form a cycle: {sorted(nb.stem for nb in left)}")
-        nb = max(ready, key=lambda n: (seconds.get(n.stem, 0.0), -left.index(n)))
+        nb = max(ready, key=lambda n: (level[n.stem], -left.index(n)))
         order.append(nb)
         done.add(nb.stem)
         left.remove(nb)
     return order
 
 
-#: A chapter's seconds at the quick preset (two one-thread local jobs on a 2-core Xeon, issue 31's third round): the
+#: Seconds from a chapter job's start to its run record's clock (the job's process and imports; 2-3 s measured on
+#: two one-thread local jobs): every chapter of a chain pays it, so :func:`order_chapters` counts it per chapter.
+JOB_START_SECONDS = 3.0
+
+
+def _bottom_levels(stems: set[str], needs: dict[str, set[str]], seconds: dict[str, float]) -> dict[str, float]:
+    """Per chapter: its seconds plus the longest chain of seconds of the chapters that (transitively) need it,
+    each chapter with :data:`JOB_START_SECONDS` added. A cycle contributes nothing here (:func:`order_chapters`
+    reports it)."""
+    waiting = {s: {t for t in stems if s in needs.get(t, set())} for s in stems}
+    level: dict[str, float] = {}
+
+    def visit(s: str, path: frozenset) -> float:
+        if s not in level:
+            level[s] = seconds.get(s, 0.0) + JOB_START_SECONDS + max(
+                (visit(t, path | {s}) for t in waiting[s] if t not in path), default=0.0)
+        return level[s]
+
+    for s in stems:
+        visit(s, frozenset())
+    return level
+
+
+#: A chapter's seconds at the quick preset (two one-thread local jobs on a 2-core Xeon, issue 31's fourth round): the
 #: longest-first order of a build that has no run records yet (a fresh clone). Only an order, never a result.
-TYPICAL_SECONDS = {"c2_backdoor_repair": 177, "a6_untrained": 173, "c1_curves": 158, "c6_robustness_hessian": 140,
-                   "a1_real_paths": 108, "a8_detection": 93, "own_model": 84, "b_internal_codes": 69,
-                   "a4_interpolated_synthetic": 54, "a10_percolation": 53, "c4_error_injection": 52,
-                   "a7_barrier_evolution": 21, "c8_across_architectures": 7}
+TYPICAL_SECONDS = {"c2_backdoor_repair": 182, "c1_curves": 153, "a6_untrained": 140, "c6_robustness_hessian": 125,
+                   "a8_detection": 96, "a1_real_paths": 92, "own_model": 86, "b_internal_codes": 73,
+                   "a10_percolation": 53, "a4_interpolated_synthetic": 52, "c4_error_injection": 46,
+                   "a7_barrier_evolution": 22, "c8_across_architectures": 6}
 
 
 def last_seconds(build_dir: Path, chapters: list[Path]) -> dict[str, float]:

@@ -13,18 +13,22 @@ one model without gradients. They all go through :func:`forward_chunks` (or :fun
    precision, device), so repeated calls do not prepare again, and a model trained in place in between
    (``barrier_evolution``), written through ``.data`` or given a new submodule gets a fresh copy (the
    values are checked by a sum and a norm per tensor: about 0.1 ms per call for the quick CNN, see
-   ``_checksum``);
+   ``_checksum``; once per block inside :func:`pinned`, for a caller that holds the weights fixed);
 2. on the CPU in fp32, **the second call with unchanged weights freezes the copy into a graph** (trace,
    freeze, ``optimize_for_inference``: constant-folded weights, oneDNN layout kept between layers, and
    max-pooling moved before ReLU -- exact, and it spares the ReLU three quarters of its work:
-   ``_pool_before_relu``). Freezing costs about a second, so a model evaluated once (one probe of a
-   model that trains in between) is not frozen; a model evaluated repeatedly (a trained model in a chapter) is.
+   ``_pool_before_relu``). Freezing costs tens of milliseconds (the quick CNN: trace 14 ms, freeze and
+   optimise 5 ms, on one core), about two eager passes over 500 images, so a model evaluated once (one probe
+   of a model that trains in between) is not frozen; a model evaluated repeatedly (a trained model in a
+   chapter) is.
    TorchScript is deprecated in current torch, whose replacement (``torch.compile``, freezing) costs
    14-49 s on the first call -- far too slow for the quick book. The frozen graph is used only if it
    reproduces the eager copy on two batch sizes within the fp32 tolerance below; a model that cannot be
    traced or frozen (unsupported ops), or whose graph differs from the eager copy on the first inputs of
    any later call (data-dependent control flow), falls back to the channels-last eager copy with ONE
-   warning per model;
+   warning per model. That per-call comparison is skipped for a model built only of modules that cannot
+   branch on their input (:func:`static_forward`: torch.nn's layers, mclib's networks): it was 2 ms of a
+   12 ms segment check in :func:`mclib.paths.bypass` on the quick CNN;
 3. **chooses the chunk size** (inputs per forward pass) from the input size and the device's memory
    (:func:`chunk_size`): on a CPU about ``2**18`` input scalars per pass (1x28x28: 334 images; 3x32x32: 85),
    large enough that per-call overhead is negligible, small enough that activations stay in cache; on a GPU
@@ -43,11 +47,11 @@ convolutions) and ``torch.backends.cudnn.benchmark`` is switched on while the en
 autotunes each convolution shape once per chunk size; no graph freezing (TorchScript on CUDA gains little
 over cuDNN). ``precision="bf16"`` uses CUDA autocast.
 
-**Gradient passes** (bypass, FVO, attacks) stay eager on the user's model. A channels-last copy made
-forward+backward to the input 1.5x faster on the quick CNN (batch 64, paired median of 5 rounds), but it
-changes float rounding, which Adam amplifies over hundreds of steps into different optimised inputs
-(``mclib.synth``'s docstring), so recorded claims would move beyond the fp32 tolerance: left for a
-deliberate, separately checked change.
+**Gradient passes** (bypass, FVO, attacks) stay eager, on the user's model in channels-last
+(:func:`mclib.torchutil.channels_last`) and, for FVO and bypass, with its BatchNorm folded into the
+convolutions (:func:`mclib.torchutil.fold_batchnorm`). Both change float rounding, which Adam amplifies over
+hundreds of steps into different optimised inputs (``mclib.synth``'s docstring): issue 31 made them deliberate
+changes, checked by comparing every claim's verdict before and after.
 
 **Threads**: :func:`configure_threads` fixes torch/OpenMP threads and the OpenMP wait policy for a shared
 machine (see its docstring for the measurement behind the choice).
@@ -268,7 +272,7 @@ def static_forward(model: nn.Module) -> bool:
     do). The flag is not inherited: a subclass that overrides ``forward`` must declare it again. Any other
     class (a user's module, a lambda layer) counts as possibly data-dependent. :func:`forward_chunks`
     compares a frozen graph with the eager copy on every call only for models that are not static;
-    a static model's graph was checked once, on two batch sizes, when it was frozen (:func:`_upgrade`).
+    a static model's graph was checked once, on two batch sizes, when it was frozen.
     """
     return all(type(m).__dict__.get("static_forward") is True or type(m).__module__.startswith("torch.nn.modules.")
                for m in model.modules())

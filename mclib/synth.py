@@ -121,8 +121,9 @@ def fvo(
     ``clamp=False`` (default, as in the paper) leaves pixels unconstrained -- the result may leave [0, 1];
     ``clamp=True`` projects the start and every iterate onto [0, 1].
 
-    The model is evaluated in eval mode (its mode is restored afterwards) and its parameters receive no
-    gradient. Returns an :class:`FVOResult` on the model's device.
+    The model is evaluated in eval mode (its mode is restored afterwards), channels-last and with its BatchNorm
+    folded into the convolutions (:func:`mclib.torchutil.for_input_gradients`: the same function, another float
+    rounding), and its parameters receive no gradient. Returns an :class:`FVOResult` on the model's device.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -18,7 +18,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["device_of", "eval_mode", "channels_last", "channels_last_weight", "show_progress", "PROGRESS_ENV"]
+__all__ = ["device_of", "eval_mode", "channels_last", "channels_last_weight", "fold_batchnorm", "for_input_gradients",
+           "show_progress", "PROGRESS_ENV"]
 
 #: set to ``0`` to silence every progress bar of the library (also an explicit ``progress=True``)
 PROGRESS_ENV = "MCLIB_PROGRESS"

@@ -48,12 +48,23 @@ def test_needs_come_from_the_catalogue_and_c8_reads_c1_to_c7():
     assert order.index("c8_across_architectures") > order.index("c6_robustness_hessian")  # even if the longest
 
 
-def test_longest_chapter_starts_first_among_those_ready():
+def test_longest_chain_of_work_starts_first_among_those_ready():
     nbs = [Path(f"notebooks/{n}.ipynb") for n in ("a", "b", "c")]
     order = book.order_chapters(nbs, {"a": set(), "b": set(), "c": {"a"}}, {"a": 5.0, "b": 50.0, "c": 500.0})
-    assert [nb.stem for nb in order] == ["b", "a", "c"]
+    assert [nb.stem for nb in order] == ["a", "c", "b"]     # the long c waits for the short a: a first
+    order = book.order_chapters(nbs, {"a": set(), "b": set(), "c": {"a"}}, {"a": 5.0, "b": 50.0, "c": 1.0})
+    assert [nb.stem for nb in order] == ["b", "a", "c"]     # 50 > 5 + 1: the longest first
     with pytest.raises(ValueError, match="cycle"):
         book.order_chapters(nbs, {"a": {"c"}, "b": set(), "c": {"a"}})
+
+
+def test_a_short_chapter_that_another_reads_goes_before_an_equally_short_free_one():
+    """Issue 31: c4 (48 s) started after a4 and a10 (54 s each), so c8, which reads c4's claims, ran alone at the
+    end of the build while the other core idled."""
+    nbs = [Path(f"notebooks/{n}.ipynb") for n in ("a4", "a10", "c4", "c8")]
+    needs = {"c8": {"c4"}}
+    order = book.order_chapters(nbs, needs, {"a4": 54.0, "a10": 54.0, "c4": 48.0, "c8": 8.0})
+    assert [nb.stem for nb in order] == ["c4", "a4", "a10", "c8"]
 
 
 def test_a_reader_waits_for_what_it_reads_under_two_local_jobs(reader_book):

@@ -41,6 +41,23 @@ def test_fraction_ci_is_scipys_wilson_interval(k, n):
     assert ci.lo == pytest.approx(ref.low, abs=1e-12) and ci.hi == pytest.approx(ref.high, abs=1e-12)
 
 
+@pytest.mark.parametrize("level", [0.9, 0.95, 0.99, 1 - 0.05 / 7])
+def test_fraction_ci_uses_scipy_stats_quantiles_bit_for_bit(level):
+    """fraction_ci takes its quantiles from scipy.special (a lighter import): exactly scipy.stats' beta and normal
+    quantiles, so no recorded interval moves with the change."""
+    a = 1 - level
+    for n in (1, 2, 7, 20, 61, 200, 1024):
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            f = np.arange(n) < k
+            ex, wi = stats.fraction_ci(f, level, method="exact"), stats.fraction_ci(f, level)
+            assert ex.lo == (float(sps.beta.ppf(a / 2, k, n - k + 1)) if k > 0 else 0.0)
+            assert ex.hi == (float(sps.beta.ppf(1 - a / 2, k + 1, n - k)) if k < n else 1.0)
+            z, p = float(sps.norm.ppf((1 + level) / 2)), k / n
+            denom = 1 + z * z / n
+            half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+            assert wi.lo == max(0.0, (p + z * z / (2 * n)) / denom - half)
+
+
 def test_fraction_ci_degenerate_and_bad_input():
     empty = stats.fraction_ci(np.array([], dtype=bool))
     assert math.isnan(empty.estimate) and (empty.lo, empty.hi) == (0.0, 1.0)
