@@ -15,6 +15,7 @@ the elementwise work, so the fraction is a lower bound on how busy the core is. 
   trigger attack of claim C5), 8 projected-Adam steps of batch 128 against the one-bend curve (4 points per
   step) and against one quick CNN;
 * ``fvo``: :func:`mclib.synth.fvo`, 32 Adam (:class:`mclib.optim.RowAdam`) steps on 64 inputs;
+* ``fvo_resnet8``: the same, 16 steps, on ResNet-8 (BatchNorm folded into its convolutions, issue 31's fourth round);
 * ``bypass``: one round of :func:`mclib.paths.bypass` (32 RowAdam iterations) on 32 pairs;
 * ``update_bn``: :func:`mclib.curves.update_bn` of the VGG-BN on 2048 inputs (train-mode forward passes; what
   :meth:`mclib.curves.Curve.at` does at every interior ``t``: 17% of c1's profiled time);
@@ -52,6 +53,16 @@ trigger_curve 2.20x (0.20), trigger_model 2.12x (0.26), fvo 1.81x (0.25), bypass
 (0.51), hvp 0.23 of peak; forward engine 0.58. What bounds the two under 1.5x (``torch.profiler``): the curve step
 is convolutions 43%, max-pooling forward and backward with its int64 indices 17% and zero-fills 11% (the
 curve's own point assembly, ``_CurvePoint``, 6%); bypass, as before, its path checks and small batches.
+
+Fourth round (issue 31): in eval mode BatchNorm is an affine map, so FVO and bypass fold it into the convolution
+before it (:func:`mclib.torchutil.fold_batchnorm`, ``torch.fx``'s conv-BN fusion; the old side keeps it):
+``fvo_resnet8`` 1.35x, 0.32 -> 0.43 of peak, losses equal to 2e-5 after 16 steps. The passes without BatchNorm are
+unchanged by it (the same run, the test suite on the other core): train_cnn 1.68x (0.30), train_vgg_bn 1.50x
+(0.43), curve 1.71x (0.30), pgd 1.68x (0.23), trigger_curve 1.85x (0.22), trigger_model 1.95x (0.25), fvo 1.86x
+(0.23), bypass 1.19x (0.07), update_bn 2.00x (0.31), hvp 0.25 of peak; forward engine 0.58. Bypass's own overhead
+went down on both sides of its pair: its thousands of segment checks no longer recompute the model's signature
+(:func:`mclib.infer.pinned`) or compare the frozen graph with the eager copy (:func:`mclib.infer.static_forward`):
+12 -> 9.6 ms per check of 5 pairs x 64 points on the quick CNN.
 
 Measured (issue 31; 2-core shared Intel Xeon, AVX-512, load average 5-9, two runs of 5 rounds; fraction of
 the GEMM peak, old -> new, and the paired speed-up): forward engine 0.43-0.44; train_cnn 0.17-0.20 ->
