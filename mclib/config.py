@@ -21,14 +21,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-import torch
-
-from mclib import train
 from mclib.runtime import (  # noqa: F401 - re-exported: notebooks and the runner call config.get_device ...
     DEVICE_NAMES, REPO_ROOT, build_dir, cache_dir, check_seed, get_device, seed_everything,
     use_deterministic_kernels)
+
+if TYPE_CHECKING:
+    import torch
 
 PRESET_NAMES = ("smoke", "quick", "paper")
 #: Presets composed from two tables of every preset file: name -> (the table giving the settings, the table giving
@@ -247,6 +247,8 @@ class Context:
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU torch generator seeded from the run's seed (plus ``offset`` for independent streams)."""
+        import torch
+
         return torch.Generator().manual_seed(self.seed + offset)
 
     def model(self, recipe=None, *, progress: bool = True, retrain: bool = False, **recipe_changes):
@@ -257,6 +259,8 @@ class Context:
         ``recipe_changes`` change fields of it (``arch=``, ``seed=``, ``epochs=``, ...). Returns a
         :class:`mclib.train.Trained`: ``.model`` (eval mode, on ``device``), ``.metrics``, ``.recipe``.
         """
+        from mclib import train   # torch and the training code: imported where a model is asked for
+
         if recipe is None:
             recipe = train.recipe_for(self, **recipe_changes)
         elif not isinstance(recipe, train.Recipe):

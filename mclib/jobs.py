@@ -30,7 +30,7 @@ from mclib import _optional
 
 _optional.require_book("mclib.jobs (the chapter runner)")
 
-from mclib import runner  # noqa: E402 - one chapter's run, shared with mclib.book
+from mclib import config, runner  # noqa: E402 - one chapter's run, shared with mclib.book
 
 EXECUTORS = ("sequential", "local", "slurm")
 
@@ -352,6 +352,8 @@ def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, op
     if options.executor == "local" and options.gpus_per_job:
         gpus = gpus[: max(options.jobs, 1)]
     cores = os.cpu_count() or 1
+    # a Slurm job resolves ``--device auto`` on its own node; a local job runs here
+    device = str(config.get_device(params["device"])) if options.executor == "local" else None
     progress = Progress([nb.stem for nb in todo], out)
     pending, running, failures, times = list(todo), {}, {}, {}
     in_build = {nb.stem for nb in todo}
@@ -373,6 +375,8 @@ def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, op
                 nb, slot = ready[0], _slot_free(slots)
                 pending.remove(nb)
                 env = job_environment(options, slot, gpus, cores)
+                if options.executor == "local":     # this machine's device, so the job need not import torch
+                    env[runner.DEVICE_ENV] = device
                 if options.executor == "slurm":
                     ex.update_parameters(job_name=f"mclib-{nb.stem}")
                 try:

@@ -23,13 +23,15 @@ from mclib import _optional
 
 _optional.require_book("mclib.runner (the chapter runner)")  # before the imports that need it: one clear message
 
-import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from mclib import cards, claims, config  # noqa: E402
 
 
 KERNEL = "mclib"
+#: The device a local chapter job's run record names, resolved once by the runner (``--device auto`` needs torch to
+#: resolve, and a job process that only drives papermill need not import it: 2 s of every chapter, issue 31).
+DEVICE_ENV = "MCLIB_JOB_DEVICE"
 
 
 class NotebookFailed(RuntimeError):
@@ -130,6 +132,8 @@ def _kernel_threads() -> int:
     try:
         return int(os.environ["OMP_NUM_THREADS"])
     except (KeyError, ValueError):
+        import torch
+
         return torch.get_num_threads()
 
 
@@ -151,7 +155,8 @@ def _claim_ids(nb: Path) -> list[str]:
 def _write_run_record(build_dir: Path, nb: Path, params: dict, root: Path, seconds: float, status: str,
                       error: str | None = None) -> dict:
     rec = {"notebook": Path(nb).as_posix(), "preset": params["preset"], "seed": params["seed"],
-           "device": str(config.get_device(params["device"])), "torch_threads": _kernel_threads(),
+           "device": os.environ.get(DEVICE_ENV) or str(config.get_device(params["device"])),
+           "torch_threads": _kernel_threads(),
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "source_hash": claims.source_hash(nb, root),
            "seconds": round(seconds, 1), "status": status, "claims": _claim_ids(nb) if status == "ok" else [],
            "date": date.today().isoformat(), "build_id": os.environ.get("MCLIB_BUILD_ID")}

@@ -2,17 +2,21 @@
 
 The bottom of the library's layers: :mod:`mclib.data` and :mod:`mclib.train` read these, and
 :mod:`mclib.config` (presets and the run context, above :mod:`mclib.train`) re-exports them, so notebooks
-keep calling ``config.get_device``, ``config.cache_dir`` ... Nothing here imports another mclib module.
+keep calling ``config.get_device``, ``config.cache_dir`` ... Nothing here imports another mclib module, and torch
+only inside the functions that use it: a book's chapter job reads presets and claim records without paying
+torch's 2 s import (issue 31).
 """
 from __future__ import annotations
 
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 #: The repository root when mclib runs from a checkout (editable install), else None.
@@ -36,6 +40,8 @@ def get_device(name: str | None = "auto") -> torch.device:
     An explicit name that is not available raises instead of silently falling back,
     so a GPU run never turns into an unnoticed CPU run.
     """
+    import torch
+
     name = "auto" if name in (None, "") else str(name)
     base = name.split(":")[0]
     if base not in DEVICE_NAMES:
@@ -55,6 +61,8 @@ def get_device(name: str | None = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (every device) so a preset and a seed give the same results on CPU."""
+    import torch
+
     seed = check_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -69,6 +77,8 @@ def use_deterministic_kernels() -> None:
     same way; Inductor's is set too when it is already imported (else it is left to whoever imports it).
     """
     import sys
+
+    import torch
 
     setter = getattr(torch._C, "_set_deterministic_algorithms", None)
     if setter is None:  # a torch without the private setter: the public call, import and all

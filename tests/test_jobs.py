@@ -185,3 +185,30 @@ def test_a_kernel_killed_by_the_scheduler_is_reported_as_the_jobs_state(tmp_path
     else:
         assert message.startswith("notebooks/victim.ipynb: the kernel died at cell 2"), message
         assert "ended outside" not in message
+
+
+def test_a_chapter_job_records_its_run_without_importing_torch(tmp_path):
+    """Issue 31: the job process only drives papermill and writes the run record and the summary box; importing
+    torch there (through the runner's imports) cost 2 s of every chapter. The runner resolves the device once and
+    hands it to local jobs (runner.DEVICE_ENV)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import json, os, sys
+        from pathlib import Path
+        os.environ.update(OMP_NUM_THREADS="1", MCLIB_JOB_DEVICE="cpu", MCLIB_BUILD_DIR={str(tmp_path)!r})
+        import nbformat
+        from mclib import jobs, runner, cards
+        params = {{"preset": "quick", "device": "auto", "seed": 0, "data_root": None, "cache_dir": None}}
+        nb = Path("notebooks/a1_real_paths.ipynb")
+        rec = runner._write_run_record(Path({str(tmp_path)!r}), nb, params, Path.cwd(), 1.0, "ok")
+        executed = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Title\\n\\nText.")])
+        cards.add_summary(executed, nb, params)
+        print(json.dumps({{"torch": "torch" in sys.modules, "device": rec["device"], "threads": rec["torch_threads"],
+                          "cells": len(executed.cells)}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"torch": False, "device": "cpu", "threads": 1, "cells": 3}
