@@ -353,7 +353,7 @@ def run_chapters(todo: list[Path], root: Path, build_dir: Path, params: dict, op
         gpus = gpus[: max(options.jobs, 1)]
     cores = os.cpu_count() or 1
     # a Slurm job resolves ``--device auto`` on its own node; a local job runs here
-    device = str(config.get_device(params["device"])) if options.executor == "local" else None
+    device = str(config.get_device(params.get("device"))) if options.executor == "local" else None
     progress = Progress([nb.stem for nb in todo], out)
     pending, running, failures, times = list(todo), {}, {}, {}
     in_build = {nb.stem for nb in todo}
