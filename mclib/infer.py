@@ -69,7 +69,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from mclib.torchutil import device_of, eval_mode
+from mclib.torchutil import device_of, eval_mode, has_forward_hooks
 
 __all__ = ["prepare", "Prepared", "forward_chunks", "logits", "chunk_size", "configure_threads", "clear_cache",
            "pinned", "static_forward", "PRECISIONS", "RTOL", "ATOL", "CPU_CHUNK_SCALARS"]
@@ -278,13 +278,6 @@ def static_forward(model: nn.Module) -> bool:
                for m in model.modules())
 
 
-def _has_hooks(model: nn.Module) -> bool:
-    from torch.nn.modules import module as M
-    if M._global_forward_hooks or M._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-
-
 class _InEval:
     """Calls the user's model itself in eval mode (restored afterwards): for models with hooks."""
 
@@ -319,7 +312,7 @@ def prepare(model: nn.Module, example: torch.Tensor, precision: str = "fp32", de
     check_inputs("example", example)
     dev = device_of(model, device)
     shape = tuple(example.shape[1:])
-    if _has_hooks(model):      # hooks are side effects (feature capture) that only the model itself has
+    if has_forward_hooks(model):      # hooks are side effects (feature capture) that only the model itself has
         return Prepared(_InEval(model, dev), "eager", precision, dev, False)
     per_model = _CACHE.get(model) if _PINNED.get(model) else None    # inside pinned(model): checked on entry
     if per_model is None:

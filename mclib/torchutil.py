@@ -18,8 +18,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["device_of", "eval_mode", "channels_last", "channels_last_weight", "fold_batchnorm", "for_input_gradients",
-           "show_progress", "PROGRESS_ENV"]
+__all__ = ["device_of", "eval_mode", "channels_last", "channels_last_weight", "has_forward_hooks", "fold_batchnorm",
+           "for_input_gradients", "show_progress", "PROGRESS_ENV"]
 
 #: set to ``0`` to silence every progress bar of the library (also an explicit ``progress=True``)
 PROGRESS_ENV = "MCLIB_PROGRESS"
@@ -97,6 +97,16 @@ def channels_last(model: nn.Module) -> Iterator[nn.Module]:
             t.data = old
 
 
+def has_forward_hooks(model: nn.Module) -> bool:
+    """Whether a forward (pre-)hook would fire when ``model`` runs: on any of its modules, or a global one. A copy
+    or a graph of such a model would skip the hook's side effect (feature capture), so it must run as it is."""
+    from torch.nn.modules import module as M
+
+    if M._global_forward_hooks or M._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     r"""For gradient passes on the inputs of an eval-mode model: a copy with every BatchNorm that directly follows a
     convolution (or linear layer) folded into it, or ``model`` itself where there is nothing to fold.
@@ -111,12 +121,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     The copy's parameters need no gradient: it is for gradients with respect to the inputs only. The
     user's model is not modified.
     """
-    from torch.nn.modules import module as M
-
     if model.training or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return model
-    if (M._global_forward_hooks or M._global_forward_pre_hooks
-            or any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())):
+    if has_forward_hooks(model):
         return model
     from torch.fx.experimental.optimization import fuse
 
